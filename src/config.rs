@@ -1,0 +1,212 @@
+//! Configuration: a TOML file, overridden by `OHLCV_*` environment variables, overridden by
+//! command-line flags (applied by the caller).
+//!
+//! Environment variables map onto TOML keys: `OHLCV_DATA_DIR` is `data_dir`, and a double
+//! underscore descends into a section, so `OHLCV_CATALOG__URL` is `[catalog] url`. Values are
+//! read as TOML literals when they parse as one (numbers, booleans), else as strings.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment variables that override the file.
+pub const ENV_PREFIX: &str = "OHLCV_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config ({origin}): {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// The whole server configuration; every field has a default so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root of the embedded deployment: `catalog.db`, `warehouse/` and the writer lock live here.
+    pub data_dir: PathBuf,
+    pub catalog: CatalogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// SQL catalog URL (`sqlite://…` or `postgres://…`); unset means SQLite under the data dir.
+    pub url: Option<String>,
+    /// Catalog name other engines must use to find our tables.
+    pub name: String,
+    pub namespace: String,
+    /// Directory for table files; unset means `<data_dir>/warehouse`.
+    pub warehouse: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            catalog: CatalogConfig::default(),
+        }
+    }
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            url: None,
+            name: "ohlcv".to_string(),
+            namespace: "market".to_string(),
+            warehouse: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (if any) and applies the `OHLCV_*` variables found in `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                    ConfigError::Invalid {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    }
+                })?;
+                (table, path.display().to_string())
+            }
+            None => (toml::Table::new(), "defaults".to_string()),
+        };
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            set_path(&mut table, &key.to_ascii_lowercase(), parse_env_value(&value));
+            overridden.push(name);
+        }
+        let origin = if overridden.is_empty() {
+            origin
+        } else {
+            format!("{origin} + env {}", overridden.join(", "))
+        };
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin,
+                message: e.to_string(),
+            })
+    }
+
+    /// Absolute data dir, so catalog URLs and table locations never depend on the cwd later.
+    pub fn data_dir_abs(&self) -> PathBuf {
+        absolute(&self.data_dir)
+    }
+
+    pub fn catalog_url(&self) -> String {
+        match &self.catalog.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir_abs().join("catalog.db").display()
+            ),
+        }
+    }
+
+    pub fn warehouse_dir(&self) -> PathBuf {
+        match &self.catalog.warehouse {
+            Some(dir) => absolute(dir),
+            None => self.data_dir_abs().join("warehouse"),
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once("__") {
+        None => {
+            table.insert(key.to_string(), value);
+        }
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_data_dir_layout() {
+        let cfg = Config::load(None, env(&[])).unwrap();
+        assert_eq!(cfg.catalog.name, "ohlcv");
+        assert_eq!(cfg.catalog.namespace, "market");
+        assert!(cfg.catalog_url().ends_with("/data/catalog.db?mode=rwc"));
+        assert!(cfg.warehouse_dir().ends_with("data/warehouse"));
+    }
+
+    #[test]
+    fn env_overrides_file_and_sections_nest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from/file\"\n[catalog]\nnamespace = \"filens\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&file),
+            env(&[
+                ("OHLCV_CATALOG__NAMESPACE", "envns"),
+                ("HOME", "/ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(cfg.catalog.namespace, "envns");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_origin() {
+        let err = Config::load(None, env(&[("OHLCV_NO_SUCH_KEY", "1")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("OHLCV_NO_SUCH_KEY"), "{msg}");
+        assert!(msg.contains("no_such_key"), "{msg}");
+    }
+}

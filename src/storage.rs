@@ -1,0 +1,34 @@
+//! Storage: our Iceberg tables, and every read and write of them.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `catalog` | the SQL catalog, the `Storage` handle, table creation |
+//! | `schema` | table schemas, partitioning, sort orders |
+//! | `files` | the partitioned Parquet writer and data-file reader |
+//! | `snapshot` | live files of a snapshot, pruning |
+//! | `commit` | our atomic commit (manifests, manifest list, catalog update) |
+//! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
+//! | `maintenance` | snapshot expiry and the orphan-file sweep |
+//! | `lock` | the single-writer lock |
+//! | `provider` | DataFusion `TableProvider` / `SchemaProvider` |
+
+pub mod catalog;
+pub mod commit;
+pub mod error;
+pub mod files;
+pub mod lock;
+pub mod maintenance;
+pub mod provider;
+pub mod schema;
+pub mod snapshot;
+pub mod writer;
+
+pub use catalog::Storage;
+pub use commit::CommitOutcome;
+pub use error::{Error, Result};
+pub use lock::WriterLock;
+pub use maintenance::SweepReport;
+pub use provider::{MarketSchema, SnapshotTable};
+pub use schema::TableKind;
+pub use snapshot::{Listing, LiveFile, TimeRange};
+pub use writer::{Properties, TableWriter};

@@ -1,0 +1,178 @@
+//! The Iceberg SQL catalog (SQLite embedded, PostgreSQL by URL) and the `Storage` handle that
+//! every other layer uses to reach our tables.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use iceberg_rust::catalog::tabular::Tabular;
+use iceberg_rust::catalog::Catalog;
+use iceberg_rust::object_store::ObjectStoreBuilder;
+use iceberg_rust::spec::identifier::Identifier;
+use iceberg_rust::spec::namespace::Namespace;
+use iceberg_rust::table::Table;
+use iceberg_sql_catalog::SqlCatalog;
+use object_store::local::LocalFileSystem;
+use object_store::ObjectStore;
+use sqlx::AnyPool;
+
+use super::error::{Error, Result};
+use super::schema::TableKind;
+use crate::config::Config;
+
+/// Cheap, cloneable handle on the catalog and the warehouse.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Arc<dyn Catalog>,
+    /// Our own connection to the catalog database: the crate exposes neither the current
+    /// metadata file of a table (needed by the orphan sweep) nor a way to verify a commit.
+    pool: AnyPool,
+    store: Arc<dyn ObjectStore>,
+    catalog_name: String,
+    namespace: String,
+    warehouse: PathBuf,
+    catalog_url: String,
+}
+
+impl Storage {
+    /// Connects to the catalog and creates the namespace and every table that is missing.
+    pub async fn open(config: &Config) -> Result<Storage> {
+        let warehouse = config.warehouse_dir();
+        std::fs::create_dir_all(config.data_dir_abs())
+            .map_err(|e| Error::io(config.data_dir_abs(), e))?;
+        std::fs::create_dir_all(&warehouse).map_err(|e| Error::io(&warehouse, e))?;
+        let url = config.catalog_url();
+        let catalog = SqlCatalog::new(
+            &url,
+            &config.catalog.name,
+            ObjectStoreBuilder::filesystem("/"),
+        )
+        .await
+        .map_err(|e| Error::Catalog(format!("cannot open catalog {url}: {e}")))?;
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await?;
+        let storage = Storage {
+            inner: Arc::new(Inner {
+                catalog: Arc::new(catalog),
+                pool,
+                store: Arc::new(LocalFileSystem::new()),
+                catalog_name: config.catalog.name.clone(),
+                namespace: config.catalog.namespace.clone(),
+                warehouse,
+                catalog_url: url,
+            }),
+        };
+        storage.ensure_tables().await?;
+        Ok(storage)
+    }
+
+    pub fn catalog(&self) -> Arc<dyn Catalog> {
+        Arc::clone(&self.inner.catalog)
+    }
+
+    pub fn catalog_name(&self) -> &str {
+        &self.inner.catalog_name
+    }
+
+    pub fn catalog_url(&self) -> &str {
+        &self.inner.catalog_url
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    pub fn warehouse(&self) -> &Path {
+        &self.inner.warehouse
+    }
+
+    /// Object store holding every table file; paths are absolute filesystem paths.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        Arc::clone(&self.inner.store)
+    }
+
+    pub fn identifier(&self, kind: TableKind) -> Identifier {
+        Identifier::new(&[self.inner.namespace.clone()], &kind.name())
+    }
+
+    pub fn table_location(&self, kind: TableKind) -> PathBuf {
+        self.inner
+            .warehouse
+            .join(&self.inner.namespace)
+            .join(kind.name())
+    }
+
+    /// Loads the table's current metadata from the catalog (never a cached copy).
+    pub async fn table(&self, kind: TableKind) -> Result<Table> {
+        match self
+            .inner
+            .catalog
+            .clone()
+            .load_tabular(&self.identifier(kind))
+            .await
+        {
+            Ok(Tabular::Table(table)) => Ok(table),
+            Ok(_) => Err(Error::Catalog(format!("{} is not a table", kind.name()))),
+            Err(iceberg_rust::error::Error::NotFound(_)) => Err(Error::TableNotFound(kind.name())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Path of the metadata JSON the catalog currently points at.
+    pub async fn metadata_location(&self, kind: TableKind) -> Result<String> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "select metadata_location from iceberg_tables \
+             where catalog_name = $1 and table_namespace = $2 and table_name = $3",
+        )
+        .bind(&self.inner.catalog_name)
+        .bind(&self.inner.namespace)
+        .bind(kind.name())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.map(|(loc,)| loc)
+            .ok_or_else(|| Error::TableNotFound(kind.name()))
+    }
+
+    async fn ensure_tables(&self) -> Result<()> {
+        let namespace = Namespace::try_new(&[self.inner.namespace.clone()])?;
+        let existing = self.inner.catalog.list_namespaces(None).await?;
+        if !existing.contains(&namespace) {
+            self.inner
+                .catalog
+                .create_namespace(&namespace, None)
+                .await
+                .map_err(|e| Error::Catalog(format!("create namespace: {e}")))?;
+        }
+        for kind in TableKind::all() {
+            if self
+                .inner
+                .catalog
+                .tabular_exists(&self.identifier(kind))
+                .await?
+            {
+                continue;
+            }
+            let location = self.table_location(kind);
+            Table::builder()
+                .with_name(kind.name())
+                .with_location(location.display().to_string())
+                .with_schema(kind.iceberg_schema()?)
+                .with_partition_spec(kind.partition_spec()?)
+                .with_sort_order(kind.sort_order()?)
+                .with_property((
+                    "write.parquet.compression-codec".to_string(),
+                    "zstd".to_string(),
+                ))
+                .build(&[self.inner.namespace.clone()], self.catalog())
+                .await?;
+            tracing::info!(table = %kind.name(), "created table");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,474 @@
+//! Our snapshot committer: one atomic Iceberg commit that adds files, removes files and sets
+//! table properties together.
+//!
+//! iceberg-rust 0.10's `overwrite()` panics once the files it replaces sit in several manifests,
+//! and its `replace()` drops the parent snapshot. This module writes the manifests and the
+//! manifest list itself from the public spec types and hands the catalog a `CommitTable` that
+//! asserts the parent snapshot:
+//! - manifests holding none of the removed files are carried over unchanged;
+//! - a manifest holding removed files is rewritten: its other files as `Existing` (original
+//!   snapshot id and sequence number kept), the removed ones as `Deleted`;
+//! - added files go into one new manifest whose entries inherit the new sequence number;
+//! - once more than `MAX_MANIFESTS` manifests would be carried, they are merged into one, so
+//!   the cost of reading a snapshot stays bounded however many commits a table has seen.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use apache_avro::{Schema as AvroSchema, Writer as AvroWriter};
+use iceberg_rust::catalog::commit::{CommitTable, TableRequirement, TableUpdate};
+use iceberg_rust::spec::manifest::{partition_value_schema, DataFile, ManifestEntry, Status};
+use iceberg_rust::spec::manifest_list::{
+    manifest_list_schema_v2, Content, FieldSummary, ManifestListEntry,
+};
+use iceberg_rust::spec::schema::SchemaV2;
+use iceberg_rust::spec::snapshot::{
+    generate_snapshot_id, Operation, SnapshotBuilder, SnapshotReference, SnapshotRetention,
+    Summary,
+};
+use iceberg_rust::spec::table_metadata::{FormatVersion, TableMetadata};
+use iceberg_rust::spec::values::Value;
+use iceberg_rust::table::Table;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::catalog::Storage;
+use super::error::{Error, Result};
+use super::schema::TableKind;
+use super::snapshot::{Listing, LiveFile};
+
+/// Most manifests a snapshot carries before they are merged into one.
+const MAX_MANIFESTS: usize = 32;
+
+/// What one commit changes. Files to remove are named by path and must be live.
+#[derive(Debug, Default)]
+pub struct Change {
+    pub add: Vec<DataFile>,
+    pub remove: HashSet<String>,
+    /// Table properties set in the same commit (the builder's watermark lives here).
+    pub properties: HashMap<String, String>,
+    /// Extra snapshot summary fields.
+    pub summary: HashMap<String, String>,
+    /// Rows are rearranged but not changed (compaction): recorded as a `replace` snapshot.
+    pub rewrite_only: bool,
+}
+
+/// What a commit did, for job records and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The new snapshot, or `None` when the change touched no data.
+    pub snapshot_id: Option<i64>,
+    pub files_added: usize,
+    pub files_removed: usize,
+    pub rows_added: i64,
+    pub rows_removed: i64,
+}
+
+/// Commits `change` on top of `listing`, which must be the current snapshot of `table`.
+pub async fn commit(
+    storage: &Storage,
+    kind: TableKind,
+    table: &Table,
+    listing: &Listing,
+    change: Change,
+) -> Result<CommitOutcome> {
+    let metadata = table.metadata();
+    let identifier = storage.identifier(kind);
+    let parent = metadata.current_snapshot(None)?.map(|s| *s.snapshot_id());
+    if parent != listing.snapshot_id {
+        return Err(Error::Catalog(format!(
+            "listing of {} is for snapshot {:?}, table is at {parent:?}",
+            kind.name(),
+            listing.snapshot_id
+        )));
+    }
+    let requirements: Vec<TableRequirement> = parent
+        .map(|snapshot_id| TableRequirement::AssertRefSnapshotId {
+            r#ref: "main".to_string(),
+            snapshot_id,
+        })
+        .into_iter()
+        .collect();
+
+    if change.add.is_empty() && change.remove.is_empty() {
+        if !change.properties.is_empty() {
+            let commit = CommitTable {
+                identifier,
+                requirements,
+                updates: vec![TableUpdate::SetProperties {
+                    updates: change.properties,
+                }],
+            };
+            storage.catalog().update_table(commit).await?;
+        }
+        return Ok(CommitOutcome::default());
+    }
+
+    let live: HashSet<&str> = listing.files.iter().map(LiveFile::path).collect();
+    if let Some(missing) = change.remove.iter().find(|p| !live.contains(p.as_str())) {
+        return Err(Error::Catalog(format!(
+            "cannot remove {missing} from {}: it is not a live file",
+            kind.name()
+        )));
+    }
+
+    let snapshot_id = loop {
+        let id = generate_snapshot_id();
+        if !metadata.snapshots.contains_key(&id) {
+            break id;
+        }
+    };
+    let sequence_number = metadata.last_sequence_number + 1;
+    let mut writer = ManifestSet::new(storage.store(), metadata, snapshot_id, sequence_number)?;
+
+    let by_manifest = listing.by_manifest();
+    let mut carried: Vec<&ManifestListEntry> = Vec::new();
+    let mut merge_pool: Vec<ManifestEntry> = Vec::new();
+    for manifest in &listing.manifests {
+        let files = by_manifest
+            .get(manifest.manifest_path.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if manifest.content != Content::Data {
+            carried.push(manifest);
+            continue;
+        }
+        if files.is_empty() {
+            // Only deleted entries left: nothing live to carry.
+            continue;
+        }
+        if files.iter().any(|f| change.remove.contains(f.path())) {
+            let entries = files
+                .iter()
+                .map(|f| carry_entry(f, change.remove.contains(f.path()), snapshot_id))
+                .collect();
+            writer.write(entries).await?;
+        } else {
+            carried.push(manifest);
+            merge_pool.extend(files.iter().map(|f| carry_entry(f, false, snapshot_id)));
+        }
+    }
+    if carried.len() > MAX_MANIFESTS {
+        carried.retain(|m| m.content != Content::Data);
+        writer.write(merge_pool).await?;
+    }
+    let outcome = CommitOutcome {
+        snapshot_id: Some(snapshot_id),
+        files_added: change.add.len(),
+        files_removed: change.remove.len(),
+        rows_added: change.add.iter().map(|f| *f.record_count()).sum(),
+        rows_removed: listing
+            .files
+            .iter()
+            .filter(|f| change.remove.contains(f.path()))
+            .map(LiveFile::record_count)
+            .sum(),
+    };
+    if !change.add.is_empty() {
+        let entries = change
+            .add
+            .iter()
+            .cloned()
+            .map(|file| {
+                ManifestEntry::builder()
+                    .with_format_version(FormatVersion::V2)
+                    .with_status(Status::Added)
+                    .with_snapshot_id(snapshot_id)
+                    .with_data_file(file)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        writer.write(entries).await?;
+    }
+    let mut list: Vec<ManifestListEntry> = carried.into_iter().cloned().collect();
+    list.extend(writer.written);
+    let list_location = format!(
+        "{}/metadata/snap-{snapshot_id}-1-{}.avro",
+        metadata.location,
+        uuid::Uuid::new_v4()
+    );
+    write_manifest_list(
+        &storage.store(),
+        &list_location,
+        &list,
+        snapshot_id,
+        parent,
+        sequence_number,
+    )
+    .await?;
+
+    let operation = match (change.add.is_empty(), change.remove.is_empty()) {
+        (_, true) => Operation::Append,
+        (true, false) => Operation::Delete,
+        (false, false) if change.rewrite_only => Operation::Replace,
+        (false, false) => Operation::Overwrite,
+    };
+    let mut summary = summary_fields(listing, &change, &outcome);
+    summary.extend(change.summary);
+    let mut builder = SnapshotBuilder::default();
+    builder
+        .with_snapshot_id(snapshot_id)
+        .with_sequence_number(sequence_number)
+        .with_manifest_list(list_location)
+        .with_summary(Summary {
+            operation,
+            other: summary,
+        })
+        .with_schema_id(*table.current_schema(None)?.schema_id());
+    if let Some(parent) = parent {
+        builder.with_parent_snapshot_id(parent);
+    }
+    let mut updates = vec![
+        TableUpdate::AddSnapshot {
+            snapshot: builder.build()?,
+        },
+        TableUpdate::SetSnapshotRef {
+            ref_name: "main".to_string(),
+            snapshot_reference: SnapshotReference {
+                snapshot_id,
+                retention: SnapshotRetention::default(),
+            },
+        },
+    ];
+    if !change.properties.is_empty() {
+        updates.push(TableUpdate::SetProperties {
+            updates: change.properties,
+        });
+    }
+    storage
+        .catalog()
+        .update_table(CommitTable {
+            identifier,
+            requirements,
+            updates,
+        })
+        .await?;
+
+    // The SQL catalog reports success even when another writer moved the table first.
+    let found = storage
+        .table(kind)
+        .await?
+        .metadata()
+        .current_snapshot_id;
+    if found != Some(snapshot_id) {
+        return Err(Error::LostCommit {
+            table: kind.name(),
+            expected: snapshot_id,
+            found,
+        });
+    }
+    Ok(outcome)
+}
+
+fn carry_entry(file: &LiveFile, removed: bool, snapshot_id: i64) -> ManifestEntry {
+    let mut entry = file.entry.clone();
+    if removed {
+        *entry.status_mut() = Status::Deleted;
+        *entry.snapshot_id_mut() = Some(snapshot_id);
+    } else {
+        *entry.status_mut() = Status::Existing;
+    }
+    entry
+}
+
+fn summary_fields(
+    listing: &Listing,
+    change: &Change,
+    outcome: &CommitOutcome,
+) -> HashMap<String, String> {
+    let added_size: i64 = change.add.iter().map(|f| *f.file_size_in_bytes()).sum();
+    let removed_size: i64 = listing
+        .files
+        .iter()
+        .filter(|f| change.remove.contains(f.path()))
+        .map(LiveFile::size)
+        .sum();
+    let total_size: i64 = listing.files.iter().map(LiveFile::size).sum();
+    let total_files = listing.files.len() + outcome.files_added - outcome.files_removed;
+    let total_records = listing.total_records() + outcome.rows_added - outcome.rows_removed;
+    let partitions: HashSet<String> = change
+        .add
+        .iter()
+        .map(|f| format!("{:?}", f.partition()))
+        .collect();
+    [
+        ("added-data-files", outcome.files_added.to_string()),
+        ("deleted-data-files", outcome.files_removed.to_string()),
+        ("added-records", outcome.rows_added.to_string()),
+        ("deleted-records", outcome.rows_removed.to_string()),
+        ("added-files-size", added_size.to_string()),
+        ("removed-files-size", removed_size.to_string()),
+        ("changed-partition-count", partitions.len().to_string()),
+        ("total-records", total_records.to_string()),
+        ("total-data-files", total_files.to_string()),
+        (
+            "total-files-size",
+            (total_size + added_size - removed_size).to_string(),
+        ),
+        ("total-delete-files", "0".to_string()),
+        ("total-position-deletes", "0".to_string()),
+        ("total-equality-deletes", "0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Writes the manifests of one commit and collects their manifest-list entries.
+struct ManifestSet<'a> {
+    store: Arc<dyn ObjectStore>,
+    metadata: &'a TableMetadata,
+    schema: AvroSchema,
+    snapshot_id: i64,
+    sequence_number: i64,
+    commit_uuid: String,
+    written: Vec<ManifestListEntry>,
+}
+
+impl<'a> ManifestSet<'a> {
+    fn new(
+        store: Arc<dyn ObjectStore>,
+        metadata: &'a TableMetadata,
+        snapshot_id: i64,
+        sequence_number: i64,
+    ) -> Result<Self> {
+        let partition_fields = metadata.current_partition_fields(None)?;
+        let schema = ManifestEntry::schema(
+            &partition_value_schema(&partition_fields)?,
+            &FormatVersion::V2,
+        )?;
+        Ok(ManifestSet {
+            store,
+            metadata,
+            schema,
+            snapshot_id,
+            sequence_number,
+            commit_uuid: uuid::Uuid::new_v4().to_string(),
+            written: Vec::new(),
+        })
+    }
+
+    async fn write(&mut self, entries: Vec<ManifestEntry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let metadata = self.metadata;
+        let spec = metadata.default_partition_spec()?;
+        let location = format!(
+            "{}/metadata/{}-m{}.avro",
+            metadata.location,
+            self.commit_uuid,
+            self.written.len()
+        );
+        let mut writer = AvroWriter::new(&self.schema, Vec::new());
+        let schema_json = serde_json::to_string(&SchemaV2::from(
+            metadata.current_schema(None)?.clone(),
+        ))
+        .map_err(|e| Error::Catalog(e.to_string()))?;
+        let spec_json =
+            serde_json::to_string(spec.fields()).map_err(|e| Error::Catalog(e.to_string()))?;
+        writer.add_user_metadata("format-version".to_string(), "2")?;
+        writer.add_user_metadata("schema".to_string(), schema_json)?;
+        writer.add_user_metadata(
+            "schema-id".to_string(),
+            metadata.current_schema(None)?.schema_id().to_string(),
+        )?;
+        writer.add_user_metadata("partition-spec".to_string(), spec_json)?;
+        writer.add_user_metadata(
+            "partition-spec-id".to_string(),
+            metadata.default_spec_id.to_string(),
+        )?;
+        writer.add_user_metadata("content".to_string(), "data")?;
+
+        let field_name = spec.fields().first().map(|f| f.name().to_string());
+        let mut entry = ManifestListEntry {
+            format_version: FormatVersion::V2,
+            manifest_path: location.clone(),
+            manifest_length: 0,
+            partition_spec_id: metadata.default_spec_id,
+            content: Content::Data,
+            sequence_number: self.sequence_number,
+            min_sequence_number: self.sequence_number,
+            added_snapshot_id: self.snapshot_id,
+            added_files_count: Some(0),
+            existing_files_count: Some(0),
+            deleted_files_count: Some(0),
+            added_rows_count: Some(0),
+            existing_rows_count: Some(0),
+            deleted_rows_count: Some(0),
+            partitions: None,
+            key_metadata: None,
+        };
+        let mut bounds: Option<(i32, i32)> = None;
+        for manifest_entry in entries {
+            let rows = *manifest_entry.data_file().record_count();
+            let (files, row_count) = match manifest_entry.status() {
+                Status::Added => (&mut entry.added_files_count, &mut entry.added_rows_count),
+                Status::Existing => (
+                    &mut entry.existing_files_count,
+                    &mut entry.existing_rows_count,
+                ),
+                Status::Deleted => (
+                    &mut entry.deleted_files_count,
+                    &mut entry.deleted_rows_count,
+                ),
+            };
+            *files = Some(files.unwrap_or(0) + 1);
+            *row_count = Some(row_count.unwrap_or(0) + rows);
+            if let Some(seq) = manifest_entry.sequence_number() {
+                entry.min_sequence_number = entry.min_sequence_number.min(*seq);
+            }
+            if let Some(Some(Value::Int(v))) = field_name
+                .as_deref()
+                .and_then(|name| manifest_entry.data_file().partition().get(name))
+            {
+                bounds = Some(match bounds {
+                    None => (*v, *v),
+                    Some((lo, hi)) => (lo.min(*v), hi.max(*v)),
+                });
+            }
+            writer.append_ser(manifest_entry)?;
+        }
+        entry.partitions = field_name.map(|_| {
+            vec![FieldSummary {
+                contains_null: false,
+                contains_nan: None,
+                lower_bound: bounds.map(|b| Value::Int(b.0)),
+                upper_bound: bounds.map(|b| Value::Int(b.1)),
+            }]
+        });
+        let bytes = writer.into_inner()?;
+        entry.manifest_length = bytes.len() as i64;
+        self.store
+            .put(&ObjectPath::from(location.as_str()), bytes.into())
+            .await?;
+        self.written.push(entry);
+        Ok(())
+    }
+}
+
+async fn write_manifest_list(
+    store: &Arc<dyn ObjectStore>,
+    location: &str,
+    entries: &[ManifestListEntry],
+    snapshot_id: i64,
+    parent: Option<i64>,
+    sequence_number: i64,
+) -> Result<()> {
+    let mut writer = AvroWriter::new(manifest_list_schema_v2(), Vec::new());
+    writer.add_user_metadata("format-version".to_string(), "2")?;
+    writer.add_user_metadata("snapshot-id".to_string(), snapshot_id.to_string())?;
+    writer.add_user_metadata(
+        "parent-snapshot-id".to_string(),
+        parent.map_or("null".to_string(), |p| p.to_string()),
+    )?;
+    writer.add_user_metadata("sequence-number".to_string(), sequence_number.to_string())?;
+    for entry in entries {
+        writer.append_ser(entry.clone())?;
+    }
+    let bytes = writer.into_inner()?;
+    store
+        .put(&ObjectPath::from(location), bytes.into())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Errors of the storage layer (catalog, Iceberg metadata, Parquet files, the writer lock).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong below the bar engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg_rust::error::Error),
+
+    #[error("iceberg metadata: {0}")]
+    Spec(#[from] iceberg_rust::spec::error::Error),
+
+    #[error("catalog: {0}")]
+    Catalog(String),
+
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+
+    #[error("catalog database: {0}")]
+    Sql(#[from] sqlx::Error),
+
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("table {0} does not exist")]
+    TableNotFound(String),
+
+    /// Another process holds the single-writer lock; `holder` says who.
+    #[error("another writer holds the lock on {resource}: {holder}")]
+    Locked { resource: String, holder: String },
+
+    /// The catalog accepted our commit but the table does not show it: another writer won.
+    #[error("commit to {table} was lost: the table's current snapshot is {found:?}, not {expected}")]
+    LostCommit {
+        table: String,
+        expected: i64,
+        found: Option<i64>,
+    },
+
+    #[error("invalid rows for {table}: {reason}")]
+    InvalidData { table: String, reason: String },
+
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,246 @@
+//! Our own partitioned Parquet writer and reader of table data files.
+//!
+//! The crate's partitioned writer cannot transform `timestamptz` columns into day partitions,
+//! so rows are split by partition here, sorted by the table's sort order, and written as one
+//! file per partition. The `DataFile` entry (statistics, partition tuple) comes from the
+//! written file's Parquet footer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use chrono::{Datelike, TimeZone, Utc};
+use futures::TryStreamExt;
+use iceberg_rust::file_format::parquet::parquet_to_datafile;
+use iceberg_rust::spec::manifest::DataFile;
+use iceberg_rust::spec::partition::Transform;
+use iceberg_rust::table::Table;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+
+use super::error::{Error, Result};
+use super::schema::TableKind;
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// Partition value (Iceberg `day` or `month` transform result) of a timestamp in microseconds.
+pub fn partition_value(transform: &Transform, ts_us: i64) -> i32 {
+    match transform {
+        Transform::Month => {
+            let dt = Utc.timestamp_micros(ts_us).single().unwrap_or_default();
+            (dt.year() - 1970) * 12 + dt.month0() as i32
+        }
+        _ => ts_us.div_euclid(MICROS_PER_DAY) as i32,
+    }
+}
+
+/// Start (inclusive) and end (exclusive) in microseconds of a partition value.
+pub fn partition_range(transform: &Transform, value: i32) -> (i64, i64) {
+    match transform {
+        Transform::Month => {
+            let month_start = |m: i32| {
+                let (y, m0) = (1970 + m.div_euclid(12), m.rem_euclid(12) as u32);
+                Utc.with_ymd_and_hms(y, m0 + 1, 1, 0, 0, 0)
+                    .single()
+                    .map(|d| d.timestamp_micros())
+                    .unwrap_or_default()
+            };
+            (month_start(value), month_start(value + 1))
+        }
+        _ => (
+            value as i64 * MICROS_PER_DAY,
+            (value as i64 + 1) * MICROS_PER_DAY,
+        ),
+    }
+}
+
+/// Checks that `batches` carry exactly the table's schema and concatenates them.
+pub fn conform(kind: TableKind, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    let schema = kind.arrow_schema()?;
+    for batch in batches {
+        if batch.schema().fields() != schema.fields() {
+            return Err(Error::InvalidData {
+                table: kind.name(),
+                reason: format!(
+                    "batch schema {:?} differs from the table schema {:?}",
+                    batch.schema(),
+                    schema
+                ),
+            });
+        }
+    }
+    Ok(concat_batches(&schema, batches)?)
+}
+
+/// Row indices of `batch` grouped by partition value.
+pub fn split_by_partition(kind: TableKind, batch: &RecordBatch) -> Result<BTreeMap<i32, Vec<u32>>> {
+    let ts = time_column(kind, batch)?;
+    let transform = kind.partition_transform();
+    let mut groups: BTreeMap<i32, Vec<u32>> = BTreeMap::new();
+    for (row, value) in ts.iter().enumerate() {
+        let value = value.ok_or_else(|| Error::InvalidData {
+            table: kind.name(),
+            reason: format!("row {row} has a NULL {}", kind.time_column()),
+        })?;
+        groups
+            .entry(partition_value(&transform, value))
+            .or_default()
+            .push(row as u32);
+    }
+    Ok(groups)
+}
+
+pub fn time_column(kind: TableKind, batch: &RecordBatch) -> Result<&TimestampMicrosecondArray> {
+    batch
+        .column_by_name(kind.time_column())
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .ok_or_else(|| Error::InvalidData {
+            table: kind.name(),
+            reason: format!("missing microsecond column {}", kind.time_column()),
+        })
+}
+
+/// Sorts rows by the table's sort order.
+pub fn sort_rows(kind: TableKind, batch: &RecordBatch) -> Result<RecordBatch> {
+    let columns: Vec<SortColumn> = kind
+        .sort_columns()
+        .iter()
+        .map(|name| SortColumn {
+            values: Arc::clone(batch.column_by_name(name).expect("table column")),
+            options: None,
+        })
+        .collect();
+    let indices = lexsort_to_indices(&columns, None)?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+/// Writes `batches` as sorted Parquet files, one per partition, and returns their entries.
+/// Nothing is visible in the table until the files are committed.
+pub async fn write_data_files(
+    store: &Arc<dyn ObjectStore>,
+    table: &Table,
+    kind: TableKind,
+    batches: &[RecordBatch],
+) -> Result<Vec<DataFile>> {
+    let batch = conform(kind, batches)?;
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let mut files = Vec::new();
+    for (value, rows) in split_by_partition(kind, &batch)? {
+        let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
+        files.push(write_partition_file(store, table, kind, value, &part).await?);
+    }
+    Ok(files)
+}
+
+/// Writes one partition's rows (any order) as one sorted file.
+pub async fn write_partition_file(
+    store: &Arc<dyn ObjectStore>,
+    table: &Table,
+    kind: TableKind,
+    partition: i32,
+    rows: &RecordBatch,
+) -> Result<DataFile> {
+    let sorted = sort_rows(kind, rows)?;
+    let location = format!(
+        "{}/data/{}={}/{}.parquet",
+        table.metadata().location,
+        kind.partition_field_name(),
+        partition,
+        uuid::Uuid::new_v4()
+    );
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, sorted.schema(), Some(writer_props(kind)?))?;
+    writer.write(&sorted)?;
+    let metadata = writer.close()?;
+    let size = bytes.len() as u64;
+    store
+        .put(&ObjectPath::from(location.as_str()), bytes.into())
+        .await?;
+    let metadata_ref = table.metadata();
+    let partition_fields = metadata_ref.current_partition_fields(None)?;
+    let schema = table.current_schema(None)?;
+    Ok(parquet_to_datafile(
+        &location,
+        size,
+        &metadata,
+        schema,
+        &partition_fields,
+        None,
+    )?)
+}
+
+fn writer_props(kind: TableKind) -> Result<WriterProperties> {
+    let schema = kind.arrow_schema()?;
+    let sorting = kind
+        .sort_columns()
+        .iter()
+        .map(|name| SortingColumn {
+            column_idx: schema.index_of(name).expect("table column") as i32,
+            descending: false,
+            nulls_first: true,
+        })
+        .collect();
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(sorting))
+        .build())
+}
+
+/// Reads a whole data file back as batches of the table's schema.
+pub async fn read_data_file(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<Vec<RecordBatch>> {
+    let reader = ParquetObjectReader::new(Arc::clone(store), ObjectPath::from(path));
+    let stream = ParquetRecordBatchStreamBuilder::new(reader).await?.build()?;
+    Ok(stream.try_collect().await?)
+}
+
+/// Deletes files that were written but never committed (best effort: the orphan sweep
+/// catches whatever this misses).
+pub async fn discard(store: &Arc<dyn ObjectStore>, files: &[DataFile]) {
+    for file in files {
+        let path = ObjectPath::from(file.file_path().as_str());
+        if let Err(e) = store.delete(&path).await {
+            tracing::warn!(file = %file.file_path(), error = %e, "could not delete uncommitted file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn month_partitions_round_trip() {
+        let ts = Utc
+            .with_ymd_and_hms(2024, 2, 29, 23, 59, 59)
+            .unwrap()
+            .timestamp_micros();
+        let value = partition_value(&Transform::Month, ts);
+        assert_eq!(value, (2024 - 1970) * 12 + 1);
+        let (start, end) = partition_range(&Transform::Month, value);
+        assert!(start <= ts && ts < end);
+        assert_eq!(
+            end,
+            Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0)
+                .unwrap()
+                .timestamp_micros()
+        );
+    }
+
+    #[test]
+    fn day_partitions_floor_negative_times() {
+        assert_eq!(partition_value(&Transform::Day, -1), -1);
+        assert_eq!(partition_range(&Transform::Day, -1), (-MICROS_PER_DAY, 0));
+    }
+}

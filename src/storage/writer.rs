@@ -1,0 +1,300 @@
+//! `TableWriter`: the only way to change our tables. It holds the single-writer lock and
+//! serialises commits inside the process, so every write is one commit on a known parent.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch, StringArray, UInt32Array};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
+use tokio::sync::Mutex;
+
+use super::catalog::Storage;
+use super::commit::{commit, Change, CommitOutcome};
+use super::error::{Error, Result};
+use super::files::{
+    conform, discard, partition_range, read_data_file, split_by_partition, time_column,
+    write_data_files, write_partition_file,
+};
+use super::lock::WriterLock;
+use super::schema::TableKind;
+use super::snapshot::{Listing, TimeRange};
+
+/// Handle for writing; cheap to clone, all clones share the lock and the commit queue.
+#[derive(Clone)]
+pub struct TableWriter {
+    pub(super) storage: Storage,
+    /// Held for the life of the writer; dropped (released) with the last clone.
+    _lock: Arc<WriterLock>,
+    /// One commit at a time within the process: each builds on the snapshot the previous left.
+    pub(super) commit_queue: Arc<Mutex<()>>,
+}
+
+/// Properties to store in the same commit as the data.
+pub type Properties = HashMap<String, String>;
+
+impl TableWriter {
+    pub fn new(storage: Storage, lock: WriterLock) -> TableWriter {
+        TableWriter {
+            storage,
+            _lock: Arc::new(lock),
+            commit_queue: Arc::new(Mutex::new(())),
+        }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Appends rows as new files.
+    pub async fn append(
+        &self,
+        kind: TableKind,
+        batches: &[RecordBatch],
+        properties: Properties,
+    ) -> Result<CommitOutcome> {
+        let _turn = self.commit_queue.lock().await;
+        let table = self.storage.table(kind).await?;
+        let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
+        let store = self.storage.store();
+        let add = write_data_files(&store, &table, kind, batches).await?;
+        let change = Change {
+            add,
+            properties,
+            ..Change::default()
+        };
+        self.commit_or_discard(kind, &table, &listing, change).await
+    }
+
+    /// Inserts or replaces rows by key `(exchange, symbol, window_start)`.
+    ///
+    /// Only the files that hold one of the given keys are rewritten (copy-on-write): their
+    /// other rows and the new rows of the same partition become one new sorted file, and the
+    /// old files are removed in the same commit.
+    pub async fn upsert(
+        &self,
+        kind: TableKind,
+        batches: &[RecordBatch],
+        properties: Properties,
+    ) -> Result<CommitOutcome> {
+        let TableKind::Bars(_) = kind else {
+            return Err(Error::InvalidData {
+                table: kind.name(),
+                reason: "upsert is defined for bar tables only".to_string(),
+            });
+        };
+        let rows = conform(kind, batches)?;
+        let _turn = self.commit_queue.lock().await;
+        let table = self.storage.table(kind).await?;
+        let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
+        let store = self.storage.store();
+        let schema = kind.arrow_schema()?;
+
+        let mut change = Change {
+            properties,
+            ..Change::default()
+        };
+        for (partition, indices) in split_by_partition(kind, &rows)? {
+            let new_rows = take_record_batch(&rows, &UInt32Array::from(indices))?;
+            let keys = bar_keys(&new_rows)?;
+            if keys.len() != new_rows.num_rows() {
+                return Err(Error::InvalidData {
+                    table: kind.name(),
+                    reason: "the rows to upsert repeat a key".to_string(),
+                });
+            }
+            let (lo, hi) = key_time_bounds(&keys);
+            let mut merged = vec![new_rows];
+            for file in listing.files.iter().filter(|f| {
+                f.partition(kind) == Some(partition)
+                    && f.may_overlap(kind, &TimeRange::new(Some(lo), Some(hi + 1)))
+            }) {
+                let old = read_data_file(&store, file.path()).await?;
+                if old.is_empty() {
+                    continue;
+                }
+                let old = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    concat_batches(&old[0].schema(), &old)?.columns().to_vec(),
+                )?;
+                let keep = not_in_keys(&old, &keys)?;
+                if keep.true_count() == old.num_rows() {
+                    continue;
+                }
+                merged.push(filter_record_batch(&old, &keep)?);
+                change.remove.insert(file.path().to_string());
+            }
+            let part = concat_batches(&schema, &merged)?;
+            match write_partition_file(&store, &table, kind, partition, &part).await {
+                Ok(file) => change.add.push(file),
+                Err(e) => {
+                    discard(&store, &change.add).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.commit_or_discard(kind, &table, &listing, change).await
+    }
+
+    /// Replaces whole partitions: every live file of `partitions` is removed and `batches`
+    /// (whose rows must all fall inside those partitions) become their new content. With no
+    /// batches, the partitions are dropped.
+    pub async fn replace_partitions(
+        &self,
+        kind: TableKind,
+        partitions: &[i32],
+        batches: &[RecordBatch],
+        properties: Properties,
+    ) -> Result<CommitOutcome> {
+        let wanted: HashSet<i32> = partitions.iter().copied().collect();
+        let rows = conform(kind, batches)?;
+        if let Some(stray) = split_by_partition(kind, &rows)?
+            .keys()
+            .find(|p| !wanted.contains(p))
+        {
+            let (start, _) = partition_range(&kind.partition_transform(), *stray);
+            return Err(Error::InvalidData {
+                table: kind.name(),
+                reason: format!(
+                    "rows in partition {stray} (starting {}) are outside the partitions being replaced",
+                    chrono::DateTime::from_timestamp_micros(start).unwrap_or_default()
+                ),
+            });
+        }
+        let _turn = self.commit_queue.lock().await;
+        let table = self.storage.table(kind).await?;
+        let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
+        let remove = listing
+            .files
+            .iter()
+            .filter(|f| f.partition(kind).is_some_and(|p| wanted.contains(&p)))
+            .map(|f| f.path().to_string())
+            .collect();
+        let add = write_data_files(&self.storage.store(), &table, kind, &[rows]).await?;
+        let change = Change {
+            add,
+            remove,
+            properties,
+            ..Change::default()
+        };
+        self.commit_or_discard(kind, &table, &listing, change).await
+    }
+
+    /// Sets table properties without touching data (no new snapshot).
+    pub async fn set_properties(&self, kind: TableKind, properties: Properties) -> Result<()> {
+        let _turn = self.commit_queue.lock().await;
+        let table = self.storage.table(kind).await?;
+        let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
+        let change = Change {
+            properties,
+            ..Change::default()
+        };
+        commit(&self.storage, kind, &table, &listing, change).await?;
+        Ok(())
+    }
+
+    /// Rewrites the files of each partition listed in `partitions` into one sorted file
+    /// without changing a row (compaction). Partitions with a single file are left alone.
+    pub async fn compact(&self, kind: TableKind, partitions: &[i32]) -> Result<CommitOutcome> {
+        let _turn = self.commit_queue.lock().await;
+        let table = self.storage.table(kind).await?;
+        let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
+        let store = self.storage.store();
+        let schema = kind.arrow_schema()?;
+        let mut by_partition: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+        for file in &listing.files {
+            if let Some(p) = file.partition(kind).filter(|p| partitions.contains(p)) {
+                by_partition.entry(p).or_default().push(file.path());
+            }
+        }
+        let mut change = Change {
+            rewrite_only: true,
+            ..Change::default()
+        };
+        for (partition, paths) in by_partition.into_iter().filter(|(_, p)| p.len() > 1) {
+            let mut batches = Vec::new();
+            for path in &paths {
+                for batch in read_data_file(&store, path).await? {
+                    batches.push(RecordBatch::try_new(
+                        Arc::clone(&schema),
+                        batch.columns().to_vec(),
+                    )?);
+                }
+            }
+            let rows = concat_batches(&schema, &batches)?;
+            change
+                .add
+                .push(write_partition_file(&store, &table, kind, partition, &rows).await?);
+            change.remove.extend(paths.iter().map(|p| p.to_string()));
+        }
+        self.commit_or_discard(kind, &table, &listing, change).await
+    }
+
+    async fn commit_or_discard(
+        &self,
+        kind: TableKind,
+        table: &iceberg_rust::table::Table,
+        listing: &Listing,
+        change: Change,
+    ) -> Result<CommitOutcome> {
+        let added = change.add.clone();
+        match commit(&self.storage, kind, table, listing, change).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                discard(&self.storage.store(), &added).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+type BarKey = (String, String, i64);
+
+fn bar_keys(batch: &RecordBatch) -> Result<HashSet<BarKey>> {
+    let kind = TableKind::Bars(crate::timeframe::Timeframe::M1);
+    let exchange = string_column(batch, "exchange")?;
+    let symbol = string_column(batch, "symbol")?;
+    let ts = time_column(kind, batch)?;
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            (
+                exchange.value(i).to_string(),
+                symbol.value(i).to_string(),
+                ts.value(i),
+            )
+        })
+        .collect())
+}
+
+fn key_time_bounds(keys: &HashSet<BarKey>) -> (i64, i64) {
+    let lo = keys.iter().map(|k| k.2).min().unwrap_or(i64::MIN);
+    let hi = keys.iter().map(|k| k.2).max().unwrap_or(i64::MAX);
+    (lo, hi)
+}
+
+fn not_in_keys(batch: &RecordBatch, keys: &HashSet<BarKey>) -> Result<BooleanArray> {
+    let kind = TableKind::Bars(crate::timeframe::Timeframe::M1);
+    let exchange = string_column(batch, "exchange")?;
+    let symbol = string_column(batch, "symbol")?;
+    let ts = time_column(kind, batch)?;
+    let mut probe = (String::new(), String::new(), 0);
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            probe.0.clear();
+            probe.0.push_str(exchange.value(i));
+            probe.1.clear();
+            probe.1.push_str(symbol.value(i));
+            probe.2 = ts.value(i);
+            Some(!keys.contains(&probe))
+        })
+        .collect())
+}
+
+fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| Error::InvalidData {
+            table: "bars".to_string(),
+            reason: format!("missing string column {name}"),
+        })
+}

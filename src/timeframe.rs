@@ -1,0 +1,127 @@
+//! The five stored timeframes and their window arithmetic.
+//!
+//! Windows are half-open `[start, start + len)` and aligned to the Unix epoch in UTC, so a
+//! window start is always a multiple of the timeframe length in microseconds (1d: UTC midnight).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Microseconds in one minute; every stored timeframe is a whole number of minutes.
+pub const MINUTE_US: i64 = 60_000_000;
+
+/// A timeframe that has its own `ohlcv_*` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Timeframe {
+    M1,
+    M5,
+    M30,
+    H1,
+    D1,
+}
+
+impl Timeframe {
+    /// All stored timeframes, finest first: the order rollups and validation walk.
+    pub const ALL: [Timeframe; 5] = [
+        Timeframe::M1,
+        Timeframe::M5,
+        Timeframe::M30,
+        Timeframe::H1,
+        Timeframe::D1,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timeframe::M1 => "1m",
+            Timeframe::M5 => "5m",
+            Timeframe::M30 => "30m",
+            Timeframe::H1 => "1h",
+            Timeframe::D1 => "1d",
+        }
+    }
+
+    /// Window length in microseconds.
+    pub fn micros(self) -> i64 {
+        MINUTE_US
+            * match self {
+                Timeframe::M1 => 1,
+                Timeframe::M5 => 5,
+                Timeframe::M30 => 30,
+                Timeframe::H1 => 60,
+                Timeframe::D1 => 1440,
+            }
+    }
+
+    /// Name of the Iceberg table holding this timeframe's bars.
+    pub fn table_name(self) -> String {
+        format!("ohlcv_{}", self.as_str())
+    }
+
+    /// Start of the window containing `ts_us`; floors towards negative infinity so that
+    /// pre-1970 timestamps align the same way as later ones.
+    pub fn window_start(self, ts_us: i64) -> i64 {
+        ts_us.div_euclid(self.micros()) * self.micros()
+    }
+
+    /// The next finer stored timeframe, whose bars roll up into this one.
+    pub fn lower(self) -> Option<Timeframe> {
+        match self {
+            Timeframe::M1 => None,
+            Timeframe::M5 => Some(Timeframe::M1),
+            Timeframe::M30 => Some(Timeframe::M5),
+            Timeframe::H1 => Some(Timeframe::M30),
+            Timeframe::D1 => Some(Timeframe::H1),
+        }
+    }
+}
+
+impl fmt::Display for Timeframe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for a timeframe string that names no stored timeframe.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown timeframe '{0}': expected one of 1m, 5m, 30m, 1h, 1d")]
+pub struct UnknownTimeframe(pub String);
+
+impl FromStr for Timeframe {
+    type Err = UnknownTimeframe;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Timeframe::ALL
+            .into_iter()
+            .find(|tf| tf.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownTimeframe(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_half_open_and_epoch_aligned() {
+        let tf = Timeframe::M5;
+        assert_eq!(tf.window_start(0), 0);
+        assert_eq!(tf.window_start(tf.micros() - 1), 0);
+        assert_eq!(tf.window_start(tf.micros()), tf.micros());
+        assert_eq!(tf.window_start(-1), -tf.micros());
+    }
+
+    #[test]
+    fn parses_every_name_and_rejects_others() {
+        for tf in Timeframe::ALL {
+            assert_eq!(tf.as_str().parse::<Timeframe>().unwrap(), tf);
+        }
+        assert!("15m".parse::<Timeframe>().is_err());
+    }
+
+    #[test]
+    fn each_timeframe_divides_the_next() {
+        for tf in Timeframe::ALL {
+            if let Some(lower) = tf.lower() {
+                assert_eq!(tf.micros() % lower.micros(), 0);
+            }
+        }
+    }
+}

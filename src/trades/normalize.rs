@@ -1,0 +1,309 @@
+//! Turning trade batches of any reasonable shape into rows of `market.trades`, or refusing them.
+//!
+//! Accepted input: `exchange, symbol, trade_id, ts, price, quantity` and optional `side`;
+//! `trade_id` as a string or an integer; `ts` as a timestamp of any unit, with or without a
+//! time zone (naive means UTC), or as an ISO-8601 string. A batch with any bad row is refused
+//! whole, naming the first bad rows, so a file is either loaded entirely or not at all.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, TimeUnit};
+
+use super::error::{BadRow, Error, Result};
+use crate::storage::TableKind;
+
+/// How many bad rows an error names.
+const REPORTED_BAD_ROWS: usize = 5;
+
+/// Normalises one input batch. `row_offset` numbers rows across the batches of one file;
+/// `ingested_at` (UTC microseconds) stamps every row.
+pub fn normalize(batch: &RecordBatch, row_offset: usize, ingested_at: i64) -> Result<RecordBatch> {
+    let exchange = string_column(batch, "exchange", false)?;
+    let symbol = string_column(batch, "symbol", false)?;
+    let trade_id = string_column(batch, "trade_id", true)?;
+    let ts = timestamp_column(batch)?;
+    let price = float_column(batch, "price")?;
+    let quantity = float_column(batch, "quantity")?;
+    let side = match batch.column_by_name("side") {
+        Some(_) => Some(string_column(batch, "side", false)?),
+        None => None,
+    };
+    let side = side.map(|s| {
+        s.iter()
+            .map(|v| v.map(|v| v.trim().to_ascii_lowercase()))
+            .collect::<StringArray>()
+    });
+
+    let mut bad = Vec::new();
+    let mut bad_count = 0;
+    for row in 0..batch.num_rows() {
+        let mut reasons = Vec::new();
+        for (name, array) in [
+            ("exchange", &exchange),
+            ("symbol", &symbol),
+            ("trade_id", &trade_id),
+        ] {
+            if array.is_null(row) || array.value(row).is_empty() {
+                reasons.push(format!("{name} is NULL or empty"));
+            }
+        }
+        if ts.is_null(row) {
+            reasons.push("ts is NULL or not a valid timestamp".to_string());
+        }
+        if price.is_null(row) {
+            reasons.push("price is NULL".to_string());
+        } else if !price.value(row).is_finite() || price.value(row) <= 0.0 {
+            reasons.push(format!("price {} is not a positive finite number", price.value(row)));
+        }
+        if quantity.is_null(row) {
+            reasons.push("quantity is NULL".to_string());
+        } else if !quantity.value(row).is_finite() || quantity.value(row) <= 0.0 {
+            reasons.push(format!(
+                "quantity {} is not a positive finite number",
+                quantity.value(row)
+            ));
+        }
+        if let Some(side) = &side {
+            if side.is_valid(row) && !matches!(side.value(row), "buy" | "sell") {
+                reasons.push(format!(
+                    "side '{}' is not 'buy', 'sell' or NULL",
+                    side.value(row)
+                ));
+            }
+        }
+        if !reasons.is_empty() {
+            bad_count += 1;
+            if bad.len() < REPORTED_BAD_ROWS {
+                bad.push(BadRow {
+                    row: row_offset + row,
+                    reason: reasons.join(", "),
+                });
+            }
+        }
+    }
+    if bad_count > 0 {
+        return Err(Error::BadRows {
+            count: bad_count,
+            first: bad,
+        });
+    }
+
+    let n = batch.num_rows();
+    let side: ArrayRef = match side {
+        Some(side) => Arc::new(side),
+        None => Arc::new(StringArray::new_null(n)),
+    };
+    let ingested = TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC");
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(exchange),
+        Arc::new(symbol),
+        Arc::new(trade_id),
+        Arc::new(ts),
+        Arc::new(price),
+        Arc::new(quantity),
+        side,
+        Arc::new(ingested),
+    ];
+    Ok(RecordBatch::try_new(TableKind::Trades.arrow_schema()?, columns)?)
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| {
+        let found: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        Error::Schema(format!(
+            "missing column '{name}' (found: {})",
+            found.join(", ")
+        ))
+    })
+}
+
+fn string_column(batch: &RecordBatch, name: &str, integers_allowed: bool) -> Result<StringArray> {
+    let array = column(batch, name)?;
+    let ok = match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, value) => {
+            matches!(**value, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        }
+        t => integers_allowed && t.is_integer(),
+    };
+    if !ok {
+        let expected = if integers_allowed {
+            "a string or an integer"
+        } else {
+            "a string"
+        };
+        return Err(Error::Schema(format!(
+            "column '{name}' is {}, expected {expected}",
+            array.data_type()
+        )));
+    }
+    let cast = cast(array, &DataType::Utf8)?;
+    Ok(cast
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8")
+        .clone())
+}
+
+fn float_column(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
+    let array = column(batch, name)?;
+    if !array.data_type().is_numeric() {
+        return Err(Error::Schema(format!(
+            "column '{name}' is {}, expected a number",
+            array.data_type()
+        )));
+    }
+    let cast = cast(array, &DataType::Float64)?;
+    Ok(cast
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("cast to Float64")
+        .clone())
+}
+
+/// `ts` as UTC microseconds. Values that cannot be represented become NULL (and are reported
+/// as bad rows) rather than failing the whole cast.
+fn timestamp_column(batch: &RecordBatch) -> Result<TimestampMicrosecondArray> {
+    let array = column(batch, "ts")?;
+    let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let micros = match array.data_type() {
+        // A zone only labels the instant; the stored value is already UTC.
+        DataType::Timestamp(_, Some(_)) => cast(array, &utc)?,
+        // Naive timestamps are taken as UTC: convert the unit, then label.
+        DataType::Timestamp(_, None) => {
+            cast(array, &DataType::Timestamp(TimeUnit::Microsecond, None))?
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let options = arrow::compute::CastOptions {
+                safe: true,
+                ..Default::default()
+            };
+            arrow::compute::cast_with_options(array, &utc, &options)?
+        }
+        other => {
+            return Err(Error::Schema(format!(
+                "column 'ts' is {other}, expected a timestamp or an ISO-8601 string"
+            )))
+        }
+    };
+    Ok(micros
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .expect("cast to microsecond timestamps")
+        .clone()
+        .with_timezone("UTC"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, TimestampNanosecondArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect();
+        RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap()
+    }
+
+    fn strings(v: &[Option<&str>]) -> ArrayRef {
+        Arc::new(StringArray::from(v.to_vec()))
+    }
+
+    #[test]
+    fn integer_ids_and_zoned_nanoseconds_are_accepted() {
+        let ts = TimestampNanosecondArray::from(vec![1_700_000_000_123_456_789])
+            .with_timezone("America/New_York");
+        let b = batch(vec![
+            ("exchange", strings(&[Some("kraken")])),
+            ("symbol", strings(&[Some("BTC-USD")])),
+            ("trade_id", Arc::new(Int64Array::from(vec![42]))),
+            ("ts", Arc::new(ts)),
+            ("price", Arc::new(Float64Array::from(vec![100.5]))),
+            ("quantity", Arc::new(Int64Array::from(vec![2]))),
+            ("side", strings(&[Some("BUY")])),
+        ]);
+        let out = normalize(&b, 0, 7).unwrap();
+        let ids = out.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(ids.value(0), "42");
+        let ts = out
+            .column(3)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(0), 1_700_000_000_123_456);
+        let side = out.column(6).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(side.value(0), "buy");
+    }
+
+    #[test]
+    fn naive_strings_are_utc() {
+        let b = batch(vec![
+            ("exchange", strings(&[Some("x")])),
+            ("symbol", strings(&[Some("s")])),
+            ("trade_id", strings(&[Some("1")])),
+            ("ts", strings(&[Some("2024-01-01T00:00:01")])),
+            ("price", Arc::new(Float64Array::from(vec![1.0]))),
+            ("quantity", Arc::new(Float64Array::from(vec![1.0]))),
+        ]);
+        let out = normalize(&b, 0, 0).unwrap();
+        let ts = out
+            .column(3)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        assert_eq!(ts.value(0), 1_704_067_201_000_000);
+        assert!(out.column(6).is_null(0), "missing side is NULL");
+    }
+
+    #[test]
+    fn bad_rows_are_named_with_their_file_row_numbers() {
+        let b = batch(vec![
+            ("exchange", strings(&[Some("x"), None, Some("x"), Some("x")])),
+            ("symbol", strings(&[Some("s"); 4])),
+            ("trade_id", strings(&[Some("1"), Some("2"), Some("3"), Some("4")])),
+            (
+                "ts",
+                Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3, 4])),
+            ),
+            (
+                "price",
+                Arc::new(Float64Array::from(vec![1.0, 1.0, f64::NAN, 1.0])),
+            ),
+            (
+                "quantity",
+                Arc::new(Float64Array::from(vec![1.0, 1.0, 1.0, -1.0])),
+            ),
+        ]);
+        let err = normalize(&b, 100, 0).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("3 bad rows"), "{msg}");
+        assert!(msg.contains("row 101: exchange is NULL"), "{msg}");
+        assert!(msg.contains("row 102: price NaN"), "{msg}");
+        assert!(msg.contains("row 103: quantity -1"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_types_and_missing_columns_are_schema_errors() {
+        let b = batch(vec![("exchange", strings(&[Some("x")]))]);
+        assert!(normalize(&b, 0, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("missing column 'symbol'"));
+    }
+}

@@ -1,0 +1,157 @@
+//! The binary as a user runs it: `generate`, `load` of Parquet and CSV, refusals, the lock.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use ohlcv_server::storage::{TableKind, WriterLock};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+async fn trade_count(dir: &std::path::Path) -> (i64, Option<i64>) {
+    let d = Deployment {
+        config: ohlcv_server::config::Config {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        },
+        dir: tempfile::tempdir().unwrap(),
+        writer: writer_for(&ohlcv_server::config::Config {
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        })
+        .await,
+    };
+    let batches = d
+        .session()
+        .sql("select count(*) from ohlcv.market.trades")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    (n, d.snapshot(TableKind::Trades).await)
+}
+
+#[tokio::test]
+async fn generate_then_load_parquet_and_csv() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let pq = work.path().join("t.parquet");
+    let csv = work.path().join("t.csv");
+    run_ok(bin().args(["generate", "--trades", "2000", "--duplicates", "0.01", "--output"]).arg(&pq));
+    run_ok(bin().args(["generate", "--trades", "500", "--seed", "7", "--duplicates", "0", "--output"]).arg(&csv));
+    let out = run_ok(bin().arg("--data-dir").arg(&data).arg("load").arg(&pq).arg(&csv));
+    assert!(out.contains("loaded 2520 trades from 2 file(s)"), "{out}");
+    let (n, snapshot) = trade_count(&data).await;
+    assert_eq!(n, 2520, "rows are stored as delivered; dedupe is the bar engine's job");
+    assert!(snapshot.is_some());
+}
+
+#[tokio::test]
+async fn a_bad_row_refuses_the_whole_load_naming_the_row() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let good = work.path().join("good.csv");
+    let bad = work.path().join("bad.csv");
+    std::fs::write(
+        &good,
+        "exchange,symbol,trade_id,ts,price,quantity,side\n\
+         kraken,BTC-USD,1,2024-01-01T00:00:00Z,100.5,0.1,buy\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &bad,
+        "exchange,symbol,trade_id,ts,price,quantity,side\n\
+         kraken,BTC-USD,2,2024-01-01T00:00:01Z,100.5,0.1,sell\n\
+         kraken,BTC-USD,3,2024-01-01T00:00:02Z,-4,0.1,buy\n\
+         kraken,,4,2024-01-01T00:00:03Z,100,0.1,buy\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("load")
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.csv"), "{err}");
+    assert!(err.contains("2 bad rows"), "{err}");
+    assert!(err.contains("row 1: price -4"), "{err}");
+    assert!(err.contains("row 2: symbol is NULL"), "{err}");
+    let (n, snapshot) = trade_count(&data).await;
+    assert_eq!((n, snapshot), (0, None), "nothing written, not even the good file");
+}
+
+#[test]
+fn load_refuses_while_another_writer_holds_the_lock() {
+    let data = tempfile::tempdir().unwrap();
+    let _held = WriterLock::acquire(data.path(), "serve").unwrap();
+    let out = bin()
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["load", "/nonexistent.parquet"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another writer holds the lock"), "{err}");
+    assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+}
+
+#[test]
+fn a_lock_left_by_a_killed_process_is_recovered() {
+    let data = tempfile::tempdir().unwrap();
+    let lock = data.path().join("writer.lock");
+    // A foreign process takes the same flock, records itself, and is then SIGKILLed.
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import fcntl,os,sys,time\n\
+             f=open({:?},'a+'); fcntl.flock(f, fcntl.LOCK_EX)\n\
+             f.truncate(0); f.write('pid %d (build on test) since now' % os.getpid()); f.flush()\n\
+             print('locked', flush=True); time.sleep(600)\n",
+            lock.display().to_string()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let err = WriterLock::acquire(data.path(), "load").unwrap_err().to_string();
+    assert!(err.contains(&format!("pid {}", child.id())), "{err}");
+    assert!(err.contains("build on test"), "{err}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let taken = WriterLock::acquire(data.path(), "load").expect("stale lock recovered");
+    assert!(std::fs::read_to_string(taken.path())
+        .unwrap()
+        .contains(&format!("pid {}", std::process::id())));
+}
