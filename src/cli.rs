@@ -5,12 +5,19 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::build;
 use crate::config::Config;
+use crate::storage::TimeRange;
 use crate::storage::{Storage, TableWriter, WriterLock};
+use crate::timeframe::Timeframe;
 use crate::trades::{self, GeneratorConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "ohlcv-server", version, about = "OHLCV candles from Iceberg trades, served over Arrow Flight SQL")]
+#[command(
+    name = "ohlcv-server",
+    version,
+    about = "OHLCV candles from Iceberg trades, served over Arrow Flight SQL"
+)]
 pub struct Cli {
     /// TOML configuration file (overridden by OHLCV_* variables, which flags override).
     #[arg(long, global = true, value_name = "FILE")]
@@ -28,6 +35,29 @@ pub enum Command {
     Load {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+    /// Run the builder once over everything pending, offline (the scheduler's jobs), or with
+    /// --from/--to rebuild that range from the source (backfill).
+    Build {
+        /// 1m, 5m, 30m, 1h, 1d or all.
+        #[arg(long, default_value = "all")]
+        timeframe: String,
+        /// Start of a range to rebuild (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (exclusive) of the range to rebuild.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Bars straight from a trades Parquet file, no tables involved.
+    Compute {
+        #[arg(long, value_name = "FILE.parquet")]
+        input: PathBuf,
+        /// Window length: 1m, 5m, 30m, 1h, 1d or any other like 15m, 4h.
+        #[arg(long)]
+        timeframe: String,
+        #[arg(long, value_name = "FILE.parquet")]
+        output: Option<PathBuf>,
     },
     /// Write synthetic trades to a Parquet or CSV file.
     Generate {
@@ -75,8 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let writer = open_writer(&config, "load").await?;
             let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
             let outcome =
-                trades::load_files(&writer, &paths, chrono::Utc::now().timestamp_micros())
-                    .await?;
+                trades::load_files(&writer, &paths, chrono::Utc::now().timestamp_micros()).await?;
             println!(
                 "loaded {} trades from {} file(s) into {}.trades (snapshot {})",
                 outcome.rows_added,
@@ -85,6 +114,79 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 outcome
                     .snapshot_id
                     .map_or("none: no rows".to_string(), |s| s.to_string())
+            );
+        }
+        Command::Build {
+            timeframe,
+            from,
+            to,
+        } => {
+            let timeframes: Vec<Timeframe> = if timeframe == "all" {
+                Timeframe::ALL.to_vec()
+            } else {
+                vec![timeframe.parse()?]
+            };
+            let range = match (&from, &to) {
+                (None, None) => None,
+                _ => Some(TimeRange::new(
+                    from.as_deref().map(parse_timestamp).transpose()?,
+                    to.as_deref().map(parse_timestamp).transpose()?,
+                )),
+            };
+            let writer = open_writer(&config, "build").await?;
+            let settings = config.build.settings();
+            for tf in timeframes {
+                let now = chrono::Utc::now().timestamp_micros();
+                let report = match range {
+                    None => build::build(&writer, tf, now, settings).await?,
+                    Some(range) => build::backfill(&writer, tf, range, now).await?,
+                };
+                println!(
+                    "{tf}: read {} source rows; {} new, {} revised ({} late), {} unchanged bars; \
+                     {} files added, {} removed; snapshot {}",
+                    report.trades_read,
+                    report.new,
+                    report.revised,
+                    report.late_revisions,
+                    report.unchanged,
+                    report.files_added,
+                    report.files_removed,
+                    report
+                        .snapshot_after
+                        .map_or("none".to_string(), |s| s.to_string())
+                );
+            }
+        }
+        Command::Compute {
+            input,
+            timeframe,
+            output,
+        } => {
+            let tf_us = crate::timeframe::parse_duration_us(&timeframe)?;
+            let started = std::time::Instant::now();
+            let trades = crate::bars::file::read_trades(&input)?;
+            let read = started.elapsed();
+            let n: usize = trades.iter().map(|b| b.num_rows()).sum();
+            let bars = crate::bars::compute_bars_us(
+                &trades,
+                tf_us,
+                chrono::Utc::now().timestamp_micros(),
+            )?;
+            let total = started.elapsed();
+            if let Some(output) = &output {
+                let file = std::fs::File::create(output)
+                    .with_context(|| format!("creating {}", output.display()))?;
+                let mut writer = parquet::arrow::ArrowWriter::try_new(file, bars.schema(), None)?;
+                writer.write(&bars)?;
+                writer.close()?;
+            }
+            println!(
+                "{} {timeframe} bars from {n} trades in {:.3}s (read {:.3}s, compute {:.3}s){}",
+                bars.num_rows(),
+                total.as_secs_f64(),
+                read.as_secs_f64(),
+                (total - read).as_secs_f64(),
+                output.map_or(String::new(), |o| format!(", written to {}", o.display()))
             );
         }
         Command::Generate {
@@ -122,7 +224,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn open_writer(config: &Config, purpose: &str) -> anyhow::Result<TableWriter> {
-    let lock = WriterLock::acquire(&config.data_dir_abs(), purpose)?;
+    let lock = WriterLock::acquire_for(config, purpose).await?;
     let storage = Storage::open(config)
         .await
         .with_context(|| format!("opening the catalog at {}", config.catalog_url()))?;

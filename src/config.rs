@@ -30,6 +30,29 @@ pub struct Config {
     /// Root of the embedded deployment: `catalog.db`, `warehouse/` and the writer lock live here.
     pub data_dir: PathBuf,
     pub catalog: CatalogConfig,
+    pub build: BuildConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildConfig {
+    /// Seconds after a window ends during which its trades may still arrive; the bar is
+    /// persisted after that and later trades revise it.
+    pub grace_secs: u64,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig { grace_secs: 300 }
+    }
+}
+
+impl BuildConfig {
+    pub fn settings(&self) -> crate::build::BuildSettings {
+        crate::build::BuildSettings {
+            grace_us: self.grace_secs as i64 * 1_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,6 +72,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             catalog: CatalogConfig::default(),
+            build: BuildConfig::default(),
         }
     }
 }
@@ -76,12 +100,12 @@ impl Config {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                    ConfigError::Invalid {
-                        origin: path.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?;
+                let table: toml::Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                            origin: path.display().to_string(),
+                            message: e.to_string(),
+                        })?;
                 (table, path.display().to_string())
             }
             None => (toml::Table::new(), "defaults".to_string()),
@@ -91,7 +115,11 @@ impl Config {
             let Some(key) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            set_path(&mut table, &key.to_ascii_lowercase(), parse_env_value(&value));
+            set_path(
+                &mut table,
+                &key.to_ascii_lowercase(),
+                parse_env_value(&value),
+            );
             overridden.push(name);
         }
         let origin = if overridden.is_empty() {
@@ -192,10 +220,7 @@ mod tests {
         .unwrap();
         let cfg = Config::load(
             Some(&file),
-            env(&[
-                ("OHLCV_CATALOG__NAMESPACE", "envns"),
-                ("HOME", "/ignored"),
-            ]),
+            env(&[("OHLCV_CATALOG__NAMESPACE", "envns"), ("HOME", "/ignored")]),
         )
         .unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/from/file"));

@@ -5,12 +5,20 @@
 //! - [`timeframe`]: the stored timeframes and window alignment.
 //! - [`storage`]: Iceberg catalog, our own commit path, writer lock, maintenance, DataFusion
 //!   access.
+//! - [`bars`]: the bar and rollup kernels (pure, no I/O) and the fast trades-file reader.
+//! - [`build`]: the builder: incremental 1m/5m, rollup 30m/1h/1d, backfill, watermarks.
+//! - [`clock`]: injected time.
+//! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
 //! - [`trades`]: trade input: normalising and validating batches, loading files, generating
 //!   synthetic trades.
 //! - [`cli`]: the command-line interface that `main.rs` runs.
 
+pub mod bars;
+pub mod build;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod scheduler;
 pub mod storage;
 pub mod timeframe;
 pub mod trades;

@@ -10,6 +10,7 @@
 //! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
 //! | `maintenance` | snapshot expiry and the orphan-file sweep |
 //! | `lock` | the single-writer lock |
+//! | `read` | rows of a time range, for the engine's own reads |
 //! | `provider` | DataFusion `TableProvider` / `SchemaProvider` |
 
 pub mod catalog;
@@ -19,6 +20,7 @@ pub mod files;
 pub mod lock;
 pub mod maintenance;
 pub mod provider;
+pub mod read;
 pub mod schema;
 pub mod snapshot;
 pub mod writer;

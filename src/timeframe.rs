@@ -95,6 +95,27 @@ impl FromStr for Timeframe {
     }
 }
 
+/// Parses a window length such as `1m`, `15m`, `4h` or `1d` into microseconds (units `s`,
+/// `m`, `h`, `d`; days are UTC days).
+pub fn parse_duration_us(s: &str) -> Result<i64, UnknownTimeframe> {
+    let s = s.trim();
+    let bad = || UnknownTimeframe(s.to_string());
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let unit_us = match unit {
+        "s" => 1_000_000,
+        "m" => MINUTE_US,
+        "h" => 60 * MINUTE_US,
+        "d" => 1440 * MINUTE_US,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(unit_us) {
+        Some(us) if us > 0 => Ok(us),
+        _ => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +135,16 @@ mod tests {
             assert_eq!(tf.as_str().parse::<Timeframe>().unwrap(), tf);
         }
         assert!("15m".parse::<Timeframe>().is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_us("15m").unwrap(), 15 * MINUTE_US);
+        assert_eq!(parse_duration_us("4h").unwrap(), 240 * MINUTE_US);
+        assert_eq!(parse_duration_us("1d").unwrap(), Timeframe::D1.micros());
+        assert!(parse_duration_us("0m").is_err());
+        assert!(parse_duration_us("m").is_err());
+        assert!(parse_duration_us("5x").is_err());
     }
 
     #[test]

@@ -58,12 +58,46 @@ async fn generate_then_load_parquet_and_csv() {
     let data = work.path().join("data");
     let pq = work.path().join("t.parquet");
     let csv = work.path().join("t.csv");
-    run_ok(bin().args(["generate", "--trades", "2000", "--duplicates", "0.01", "--output"]).arg(&pq));
-    run_ok(bin().args(["generate", "--trades", "500", "--seed", "7", "--duplicates", "0", "--output"]).arg(&csv));
-    let out = run_ok(bin().arg("--data-dir").arg(&data).arg("load").arg(&pq).arg(&csv));
+    run_ok(
+        bin()
+            .args([
+                "generate",
+                "--trades",
+                "2000",
+                "--duplicates",
+                "0.01",
+                "--output",
+            ])
+            .arg(&pq),
+    );
+    run_ok(
+        bin()
+            .args([
+                "generate",
+                "--trades",
+                "500",
+                "--seed",
+                "7",
+                "--duplicates",
+                "0",
+                "--output",
+            ])
+            .arg(&csv),
+    );
+    let out = run_ok(
+        bin()
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("load")
+            .arg(&pq)
+            .arg(&csv),
+    );
     assert!(out.contains("loaded 2520 trades from 2 file(s)"), "{out}");
     let (n, snapshot) = trade_count(&data).await;
-    assert_eq!(n, 2520, "rows are stored as delivered; dedupe is the bar engine's job");
+    assert_eq!(
+        n, 2520,
+        "rows are stored as delivered; dedupe is the bar engine's job"
+    );
     assert!(snapshot.is_some());
 }
 
@@ -102,7 +136,11 @@ async fn a_bad_row_refuses_the_whole_load_naming_the_row() {
     assert!(err.contains("row 1: price -4"), "{err}");
     assert!(err.contains("row 2: symbol is NULL"), "{err}");
     let (n, snapshot) = trade_count(&data).await;
-    assert_eq!((n, snapshot), (0, None), "nothing written, not even the good file");
+    assert_eq!(
+        (n, snapshot),
+        (0, None),
+        "nothing written, not even the good file"
+    );
 }
 
 #[test]
@@ -118,7 +156,10 @@ fn load_refuses_while_another_writer_holds_the_lock() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another writer holds the lock"), "{err}");
-    assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -145,13 +186,15 @@ fn a_lock_left_by_a_killed_process_is_recovered() {
     )
     .unwrap();
     assert_eq!(line.trim(), "locked");
-    let err = WriterLock::acquire(data.path(), "load").unwrap_err().to_string();
+    let err = WriterLock::acquire(data.path(), "load")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&format!("pid {}", child.id())), "{err}");
     assert!(err.contains("build on test"), "{err}");
     child.kill().unwrap();
     child.wait().unwrap();
     let taken = WriterLock::acquire(data.path(), "load").expect("stale lock recovered");
-    assert!(std::fs::read_to_string(taken.path())
+    assert!(std::fs::read_to_string(taken.path().unwrap())
         .unwrap()
         .contains(&format!("pid {}", std::process::id())));
 }

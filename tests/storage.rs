@@ -9,9 +9,7 @@ use chrono::{Duration, Utc};
 use common::*;
 use ohlcv_server::config::Config;
 use ohlcv_server::storage::files::write_data_files;
-use ohlcv_server::storage::{
-    Error, Listing, SnapshotTable, TableKind, TimeRange,
-};
+use ohlcv_server::storage::{Error, Listing, SnapshotTable, TableKind, TimeRange};
 use ohlcv_server::timeframe::Timeframe;
 
 const M1: Timeframe = Timeframe::M1;
@@ -69,17 +67,23 @@ async fn upsert_rewrites_only_files_holding_changed_keys() {
     let parent = d.snapshot(BARS).await.unwrap();
 
     let changed = vec![
-        bar("kraken", "BTC-USD", T0 + 5 * MIN, 999.0),     // in file a
-        bar("kraken", "BTC-USD", T0 + 700 * MIN, 555.0),   // new key, day 0
-        bar("kraken", "SOL-USD", T0 + 3 * DAY, 1.0),       // new key, new day
+        bar("kraken", "BTC-USD", T0 + 5 * MIN, 999.0), // in file a
+        bar("kraken", "BTC-USD", T0 + 700 * MIN, 555.0), // new key, day 0
+        bar("kraken", "SOL-USD", T0 + 3 * DAY, 1.0),   // new key, new day
     ];
     let out = d
         .writer
         .upsert(BARS, &[bar_batch(M1, &changed)], HashMap::new())
         .await
         .unwrap();
-    assert_eq!(out.files_removed, 1, "only the file holding the changed key");
-    assert_eq!(out.files_added, 2, "one rewritten day-0 file, one new day-3 file");
+    assert_eq!(
+        out.files_removed, 1,
+        "only the file holding the changed key"
+    );
+    assert_eq!(
+        out.files_added, 2,
+        "one rewritten day-0 file, one new day-3 file"
+    );
 
     let after = live_files(&d, BARS).await;
     let kept: HashSet<_> = after.iter().collect();
@@ -156,7 +160,9 @@ async fn replace_partitions_swaps_whole_days_and_refuses_stray_rows() {
     let kind = TableKind::Bars(Timeframe::H1);
     let tf = Timeframe::H1;
     let old: Vec<Bar> = (0..3)
-        .flat_map(|day| (0..24).map(move |h| bar("okx", "BTC-USD", T0 + day * DAY + h * 60 * MIN, 1.0)))
+        .flat_map(|day| {
+            (0..24).map(move |h| bar("okx", "BTC-USD", T0 + day * DAY + h * 60 * MIN, 1.0))
+        })
         .collect();
     d.writer
         .append(kind, &[bar_batch(tf, &old)], HashMap::new())
@@ -256,7 +262,10 @@ async fn interrupted_write_leaves_table_intact_and_its_files_are_swept() {
         .await
         .unwrap();
     assert!(young.deleted.is_empty() && young.too_young >= 1);
-    assert!(std::path::Path::new(&stray_path).exists(), "too young to sweep");
+    assert!(
+        std::path::Path::new(&stray_path).exists(),
+        "too young to sweep"
+    );
 
     let later = now + Duration::hours(2);
     let dry = d
@@ -265,7 +274,10 @@ async fn interrupted_write_leaves_table_intact_and_its_files_are_swept() {
         .await
         .unwrap();
     assert!(dry.deleted.contains(&stray_path));
-    assert!(std::path::Path::new(&stray_path).exists(), "dry run deletes nothing");
+    assert!(
+        std::path::Path::new(&stray_path).exists(),
+        "dry run deletes nothing"
+    );
 
     let swept = d
         .writer
@@ -326,7 +338,9 @@ async fn expiry_then_sweep_leaves_exactly_the_reachable_files() {
         .keys()
         .find(|id| Some(**id) != table.metadata().current_snapshot_id)
         .unwrap();
-    let pinned = SnapshotTable::load(d.storage(), BARS, Some(older)).await.unwrap();
+    let pinned = SnapshotTable::load(d.storage(), BARS, Some(older))
+        .await
+        .unwrap();
     assert_eq!(pinned.snapshot_id(), Some(older));
 }
 
@@ -364,10 +378,10 @@ async fn time_range_queries_equal_a_full_scan_and_prune_files() {
             .to_string()
     };
     let ranges = [
-        (T0 + DAY, T0 + 2 * DAY),                 // exactly one day
-        (T0 + DAY - MIN, T0 + 2 * DAY + MIN),     // straddling midnights
+        (T0 + DAY, T0 + 2 * DAY),                           // exactly one day
+        (T0 + DAY - MIN, T0 + 2 * DAY + MIN),               // straddling midnights
         (T0 + 3 * DAY + 30 * MIN, T0 + 3 * DAY + 31 * MIN), // one bar
-        (T0 - DAY, T0),                           // before everything
+        (T0 - DAY, T0),                                     // before everything
     ];
     for (start, end) in ranges {
         let got = d
@@ -391,14 +405,19 @@ async fn time_range_queries_equal_a_full_scan_and_prune_files() {
     let table = SnapshotTable::load(d.storage(), BARS, None).await.unwrap();
     let filter = datafusion::prelude::col("window_start")
         .gt_eq(datafusion::prelude::lit(
-            datafusion::common::ScalarValue::TimestampMicrosecond(Some(T0 + DAY), Some("UTC".into())),
-        ))
-        .and(datafusion::prelude::col("window_start").lt(datafusion::prelude::lit(
             datafusion::common::ScalarValue::TimestampMicrosecond(
-                Some(T0 + 2 * DAY),
+                Some(T0 + DAY),
                 Some("UTC".into()),
             ),
-        )));
+        ))
+        .and(
+            datafusion::prelude::col("window_start").lt(datafusion::prelude::lit(
+                datafusion::common::ScalarValue::TimestampMicrosecond(
+                    Some(T0 + 2 * DAY),
+                    Some("UTC".into()),
+                ),
+            )),
+        );
     assert_eq!(table.files_for(&[filter]).len(), 1);
 }
 
@@ -417,6 +436,7 @@ async fn concurrent_writers_never_lose_an_acknowledged_commit() {
             warehouse: Some(shared.path().join("warehouse")),
             ..Default::default()
         },
+        ..Config::default()
     };
     let (la, lb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = writer_for(&config(la.path())).await;
@@ -455,11 +475,47 @@ async fn tables_are_created_once_with_their_partitioning() {
     // Opening again is a no-op: same tables, same uuids.
     let uuid = d.storage().table(BARS).await.unwrap().metadata().table_uuid;
     drop(d.writer.clone());
-    let again = ohlcv_server::storage::Storage::open(&d.config).await.unwrap();
+    let again = ohlcv_server::storage::Storage::open(&d.config)
+        .await
+        .unwrap();
     assert_eq!(again.table(BARS).await.unwrap().metadata().table_uuid, uuid);
     for kind in TableKind::all() {
         let table = again.table(kind).await.unwrap();
         let spec = table.metadata().default_partition_spec().unwrap();
         assert_eq!(*spec.fields()[0].name(), kind.partition_field_name());
     }
+}
+
+#[tokio::test]
+async fn month_partitioned_daily_bars_list_and_replace_by_month() {
+    let d = Deployment::new().await;
+    let tf = Timeframe::D1;
+    let kind = TableKind::Bars(tf);
+    let rows: Vec<Bar> = (0..40)
+        .map(|i| bar("okx", "BTC-USD", T0 + i * DAY, i as f64))
+        .collect();
+    d.writer
+        .append(kind, &[bar_batch(tf, &rows)], HashMap::new())
+        .await
+        .unwrap();
+    let table = d.storage().table(kind).await.unwrap();
+    let listing = Listing::read(&table, kind, None, TimeRange::ALL)
+        .await
+        .unwrap();
+    let mut months: Vec<Option<i32>> = listing.files.iter().map(|f| f.partition(kind)).collect();
+    months.sort();
+    let jan = (2024 - 1970) * 12;
+    assert_eq!(
+        months,
+        vec![Some(jan), Some(jan + 1)],
+        "{:?}",
+        listing.files[0].entry.data_file().partition()
+    );
+    let out = d
+        .writer
+        .replace_partitions(kind, &[jan], &[], HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(out.files_removed, 1);
+    assert_eq!(d.bars(tf).await.len(), 9, "February 1-9 remain");
 }

@@ -76,6 +76,11 @@ impl Storage {
         Arc::clone(&self.inner.catalog)
     }
 
+    /// Connection pool on the catalog database, for tables of our own (job history).
+    pub fn pool(&self) -> AnyPool {
+        self.inner.pool.clone()
+    }
+
     pub fn catalog_name(&self) -> &str {
         &self.inner.catalog_name
     }
@@ -98,7 +103,7 @@ impl Storage {
     }
 
     pub fn identifier(&self, kind: TableKind) -> Identifier {
-        Identifier::new(&[self.inner.namespace.clone()], &kind.name())
+        Identifier::new(std::slice::from_ref(&self.inner.namespace), &kind.name())
     }
 
     pub fn table_location(&self, kind: TableKind) -> PathBuf {
@@ -140,7 +145,7 @@ impl Storage {
     }
 
     async fn ensure_tables(&self) -> Result<()> {
-        let namespace = Namespace::try_new(&[self.inner.namespace.clone()])?;
+        let namespace = Namespace::try_new(std::slice::from_ref(&self.inner.namespace))?;
         let existing = self.inner.catalog.list_namespaces(None).await?;
         if !existing.contains(&namespace) {
             self.inner
@@ -169,7 +174,7 @@ impl Storage {
                     "write.parquet.compression-codec".to_string(),
                     "zstd".to_string(),
                 ))
-                .build(&[self.inner.namespace.clone()], self.catalog())
+                .build(std::slice::from_ref(&self.inner.namespace), self.catalog())
                 .await?;
             tracing::info!(table = %kind.name(), "created table");
         }

@@ -23,8 +23,7 @@ use iceberg_rust::spec::manifest_list::{
 };
 use iceberg_rust::spec::schema::SchemaV2;
 use iceberg_rust::spec::snapshot::{
-    generate_snapshot_id, Operation, SnapshotBuilder, SnapshotReference, SnapshotRetention,
-    Summary,
+    generate_snapshot_id, Operation, SnapshotBuilder, SnapshotReference, SnapshotRetention, Summary,
 };
 use iceberg_rust::spec::table_metadata::{FormatVersion, TableMetadata};
 use iceberg_rust::spec::values::Value;
@@ -245,11 +244,7 @@ pub async fn commit(
         .await?;
 
     // The SQL catalog reports success even when another writer moved the table first.
-    let found = storage
-        .table(kind)
-        .await?
-        .metadata()
-        .current_snapshot_id;
+    let found = storage.table(kind).await?.metadata().current_snapshot_id;
     if found != Some(snapshot_id) {
         return Err(Error::LostCommit {
             table: kind.name(),
@@ -361,10 +356,9 @@ impl<'a> ManifestSet<'a> {
             self.written.len()
         );
         let mut writer = AvroWriter::new(&self.schema, Vec::new());
-        let schema_json = serde_json::to_string(&SchemaV2::from(
-            metadata.current_schema(None)?.clone(),
-        ))
-        .map_err(|e| Error::Catalog(e.to_string()))?;
+        let schema_json =
+            serde_json::to_string(&SchemaV2::from(metadata.current_schema(None)?.clone()))
+                .map_err(|e| Error::Catalog(e.to_string()))?;
         let spec_json =
             serde_json::to_string(spec.fields()).map_err(|e| Error::Catalog(e.to_string()))?;
         writer.add_user_metadata("format-version".to_string(), "2")?;
@@ -467,8 +461,6 @@ async fn write_manifest_list(
         writer.append_ser(entry.clone())?;
     }
     let bytes = writer.into_inner()?;
-    store
-        .put(&ObjectPath::from(location), bytes.into())
-        .await?;
+    store.put(&ObjectPath::from(location), bytes.into()).await?;
     Ok(())
 }

@@ -43,7 +43,9 @@ pub enum Error {
     Locked { resource: String, holder: String },
 
     /// The catalog accepted our commit but the table does not show it: another writer won.
-    #[error("commit to {table} was lost: the table's current snapshot is {found:?}, not {expected}")]
+    #[error(
+        "commit to {table} was lost: the table's current snapshot is {found:?}, not {expected}"
+    )]
     LostCommit {
         table: String,
         expected: i64,

@@ -15,6 +15,7 @@ use futures::TryStreamExt;
 use iceberg_rust::file_format::parquet::parquet_to_datafile;
 use iceberg_rust::spec::manifest::DataFile;
 use iceberg_rust::spec::partition::Transform;
+use iceberg_rust::spec::values::{Struct, Value};
 use iceberg_rust::table::Table;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -167,14 +168,32 @@ pub async fn write_partition_file(
     let metadata_ref = table.metadata();
     let partition_fields = metadata_ref.current_partition_fields(None)?;
     let schema = table.current_schema(None)?;
-    Ok(parquet_to_datafile(
-        &location,
-        size,
-        &metadata,
-        schema,
-        &partition_fields,
-        None,
-    )?)
+    let file = parquet_to_datafile(&location, size, &metadata, schema, &partition_fields, None)?;
+    with_partition(file, kind, partition)
+}
+
+/// Replaces the partition tuple the crate derived from the file's statistics: its `month`
+/// transform counts months from 1 (January 2024 becomes 649, the spec says 648), which would
+/// make other engines prune the wrong partitions.
+fn with_partition(file: DataFile, kind: TableKind, partition: i32) -> Result<DataFile> {
+    let tuple: Struct = [(kind.partition_field_name(), Some(Value::Int(partition)))]
+        .into_iter()
+        .collect();
+    let mut builder = DataFile::builder();
+    builder
+        .with_content(file.content().clone())
+        .with_file_path(file.file_path().clone())
+        .with_file_format(file.file_format().clone())
+        .with_partition(tuple)
+        .with_record_count(*file.record_count())
+        .with_file_size_in_bytes(*file.file_size_in_bytes())
+        .with_column_sizes(file.column_sizes().clone())
+        .with_value_counts(file.value_counts().clone())
+        .with_null_value_counts(file.null_value_counts().clone())
+        .with_nan_value_counts(file.nan_value_counts().clone())
+        .with_lower_bounds(file.lower_bounds().clone())
+        .with_upper_bounds(file.upper_bounds().clone());
+    Ok(builder.build()?)
 }
 
 fn writer_props(kind: TableKind) -> Result<WriterProperties> {
@@ -196,12 +215,11 @@ fn writer_props(kind: TableKind) -> Result<WriterProperties> {
 }
 
 /// Reads a whole data file back as batches of the table's schema.
-pub async fn read_data_file(
-    store: &Arc<dyn ObjectStore>,
-    path: &str,
-) -> Result<Vec<RecordBatch>> {
+pub async fn read_data_file(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<RecordBatch>> {
     let reader = ParquetObjectReader::new(Arc::clone(store), ObjectPath::from(path));
-    let stream = ParquetRecordBatchStreamBuilder::new(reader).await?.build()?;
+    let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .build()?;
     Ok(stream.try_collect().await?)
 }
 

@@ -1,10 +1,14 @@
 //! The single-writer lock: one process at a time may commit to our tables.
 //!
 //! The SQL catalog cannot detect two writers racing on the same base snapshot (one commit
-//! silently vanishes), so writing is serialised here, before the catalog is involved. The lock
-//! is an OS advisory lock (`flock`) on `<data_dir>/writer.lock`: the kernel drops it when the
-//! holder exits or crashes, so a lock file left behind by a killed process is never an
-//! obstacle, only a record of who held it last. The file's text names the holder for errors.
+//! silently vanishes), so writing is serialised here, before the catalog is involved:
+//! - embedded (SQLite) catalog: an OS advisory lock (`flock`) on `<data_dir>/writer.lock`. The
+//!   kernel drops it when the holder exits or crashes, so a lock file left behind by a killed
+//!   process is never an obstacle, only a record of who held it last (its text names the
+//!   holder for errors);
+//! - PostgreSQL catalog, which writers on several hosts may share: a session advisory lock in
+//!   the catalog database, held by a dedicated connection. The server releases it when that
+//!   connection ends, however the process died; the holder is named by its `application_name`.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -14,14 +18,77 @@ use super::error::{Error, Result};
 
 const LOCK_FILE: &str = "writer.lock";
 
-/// Proof that this process is the only writer; released on drop (or by the OS on exit).
+/// Proof that this process is the only writer; released on drop (or when the process dies).
 #[derive(Debug)]
 pub struct WriterLock {
-    file: File,
-    path: PathBuf,
+    held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    File { file: File, path: PathBuf },
+    Postgres { _conn: sqlx::PgConnection },
 }
 
 impl WriterLock {
+    /// Takes the lock that guards `config`'s catalog: in the catalog database when it is
+    /// PostgreSQL, else in the data dir.
+    pub async fn acquire_for(config: &crate::config::Config, purpose: &str) -> Result<WriterLock> {
+        let url = config.catalog_url();
+        if url.starts_with("postgres") {
+            Self::acquire_in_postgres(&url, &config.catalog.name, purpose).await
+        } else {
+            Self::acquire(&config.data_dir_abs(), purpose)
+        }
+    }
+
+    async fn acquire_in_postgres(url: &str, catalog: &str, purpose: &str) -> Result<WriterLock> {
+        use sqlx::ConnectOptions;
+        let name = format!(
+            "ohlcv-server pid {} ({purpose} on {})",
+            std::process::id(),
+            hostname()
+        );
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        let mut conn = options
+            .application_name(&name.chars().take(63).collect::<String>())
+            .connect()
+            .await?;
+        let key = lock_key(catalog);
+        let (taken,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        if taken {
+            return Ok(WriterLock {
+                held: Held::Postgres { _conn: conn },
+            });
+        }
+        let holder: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
+            "select a.application_name, a.client_addr::text, a.backend_start::text \
+             from pg_locks l join pg_stat_activity a on a.pid = l.pid \
+             where l.locktype = 'advisory' and l.granted \
+               and l.classid = $1::bigint::oid and l.objid = $2::bigint::oid",
+        )
+        .bind((key >> 32) & 0xffff_ffff)
+        .bind(key & 0xffff_ffff)
+        .fetch_optional(&mut conn)
+        .await?;
+        let holder = match holder {
+            Some((app, addr, since)) => format!(
+                "{} from {} since {}",
+                app.unwrap_or_else(|| "a session".to_string()),
+                addr.unwrap_or_else(|| "a local socket".to_string()),
+                since.unwrap_or_default()
+            ),
+            None => "a session that released it while we looked; retry".to_string(),
+        };
+        Err(Error::Locked {
+            resource: format!("catalog '{catalog}' in the PostgreSQL catalog database"),
+            holder,
+        })
+    }
+
     /// Takes the lock for `purpose` (e.g. "serve", "load") or fails naming the current holder.
     pub fn acquire(data_dir: &Path, purpose: &str) -> Result<WriterLock> {
         std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
@@ -68,21 +135,38 @@ impl WriterLock {
             .and_then(|_| file.write_all(holder.as_bytes()))
             .and_then(|_| file.sync_data())
             .map_err(|e| Error::io(&path, e))?;
-        Ok(WriterLock { file, path })
+        Ok(WriterLock {
+            held: Held::File { file, path },
+        })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The lock file, for the embedded catalog.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.held {
+            Held::File { path, .. } => Some(path),
+            Held::Postgres { .. } => None,
+        }
     }
 }
 
 impl Drop for WriterLock {
     fn drop(&mut self) {
         // An empty file tells the next writer the release was clean; the flock itself goes with
-        // the descriptor.
-        let _ = self.file.set_len(0);
-        let _ = self.file.unlock();
+        // the descriptor, the advisory lock with the connection.
+        if let Held::File { file, .. } = &self.held {
+            let _ = file.set_len(0);
+            let _ = file.unlock();
+        }
     }
+}
+
+/// Advisory-lock key of a catalog name (FNV-1a: stable across builds and platforms).
+fn lock_key(catalog: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("ohlcv-server writer {catalog}").bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
 }
 
 fn read_holder(file: &mut File) -> std::io::Result<String> {
@@ -109,7 +193,10 @@ mod tests {
         let first = WriterLock::acquire(dir.path(), "serve").unwrap();
         let err = WriterLock::acquire(dir.path(), "load").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("serve"), "{msg}");
         drop(first);
         WriterLock::acquire(dir.path(), "load").expect("released on drop");

@@ -57,7 +57,9 @@ impl TableWriter {
         let expired: Vec<i64> = snapshots
             .iter()
             .enumerate()
-            .filter(|(rank, (ts, id))| *rank >= retain_last.max(1) && *ts < cutoff && *id != current)
+            .filter(|(rank, (ts, id))| {
+                *rank >= retain_last.max(1) && *ts < cutoff && *id != current
+            })
             .map(|(_, (_, id))| *id)
             .collect();
         if expired.is_empty() {

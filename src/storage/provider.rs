@@ -111,11 +111,12 @@ impl TableProvider for SnapshotTable {
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
         let groups = file_groups(&files, state.config().target_partitions());
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-            .with_file_groups(groups)
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups)
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
         Ok(DataSourceExec::from_data_source(config))
     }
 }
@@ -283,12 +284,18 @@ mod tests {
     use datafusion::prelude::{col, lit};
 
     fn ts(v: i64) -> Expr {
-        lit(ScalarValue::TimestampMicrosecond(Some(v), Some("UTC".into())))
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(v),
+            Some("UTC".into()),
+        ))
     }
 
     #[test]
     fn ranges_come_from_comparisons_on_the_time_column() {
-        let filters = vec![col("window_start").gt_eq(ts(100)), col("window_start").lt(ts(200))];
+        let filters = vec![
+            col("window_start").gt_eq(ts(100)),
+            col("window_start").lt(ts(200)),
+        ];
         assert_eq!(
             time_range("window_start", &filters),
             TimeRange::new(Some(100), Some(200))

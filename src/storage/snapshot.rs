@@ -12,7 +12,7 @@ use iceberg_rust::spec::values::Value;
 use iceberg_rust::table::Table;
 
 use super::error::Result;
-use super::files::{partition_range, partition_value};
+use super::files::partition_range;
 use super::schema::TableKind;
 
 /// Half-open time range `[start, end)` in UTC microseconds; `None` is unbounded.
@@ -197,16 +197,6 @@ fn manifest_may_overlap(manifest: &ManifestListEntry, kind: TableKind, range: &T
         }
         _ => true,
     }
-}
-
-/// Partition values touched by `range` for `kind`, when the range is bounded on both ends.
-pub fn partitions_in(kind: TableKind, range: &TimeRange) -> Option<std::ops::RangeInclusive<i32>> {
-    let transform = kind.partition_transform();
-    let (start, end) = (range.start?, range.end?);
-    if end <= start {
-        return Some(1..=0);
-    }
-    Some(partition_value(&transform, start)..=partition_value(&transform, end - 1))
 }
 
 #[cfg(test)]

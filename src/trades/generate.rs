@@ -197,7 +197,9 @@ fn to_batch(trades: &[Trade], cfg: &GeneratorConfig) -> Result<RecordBatch> {
             TimestampMicrosecondArray::from_iter_values(trades.iter().map(|t| t.ts))
                 .with_timezone("UTC"),
         ),
-        Arc::new(Float64Array::from_iter_values(trades.iter().map(|t| t.price))),
+        Arc::new(Float64Array::from_iter_values(
+            trades.iter().map(|t| t.price),
+        )),
         Arc::new(Float64Array::from_iter_values(
             trades.iter().map(|t| t.quantity),
         )),
@@ -273,7 +275,11 @@ mod tests {
         let unique: HashSet<(&str, &str)> = (0..a.num_rows())
             .map(|i| (ex.value(i), id.value(i)))
             .collect();
-        assert_eq!(unique.len(), 5_000, "duplicates repeat an existing trade id");
+        assert_eq!(
+            unique.len(),
+            5_000,
+            "duplicates repeat an existing trade id"
+        );
 
         let price = a.column(4).as_any().downcast_ref::<Float64Array>().unwrap();
         assert!(price.values().iter().all(|p| p.is_finite() && *p > 0.0));

@@ -43,7 +43,7 @@ pub fn read_file(path: &Path) -> Result<Vec<RecordBatch>> {
                 .map_err(|e| err(e.to_string()))
         }
         _ => Err(err(
-            "unknown file type: expected .parquet or .csv".to_string(),
+            "unknown file type: expected .parquet or .csv".to_string()
         )),
     }
 }

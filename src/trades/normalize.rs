@@ -57,7 +57,10 @@ pub fn normalize(batch: &RecordBatch, row_offset: usize, ingested_at: i64) -> Re
         if price.is_null(row) {
             reasons.push("price is NULL".to_string());
         } else if !price.value(row).is_finite() || price.value(row) <= 0.0 {
-            reasons.push(format!("price {} is not a positive finite number", price.value(row)));
+            reasons.push(format!(
+                "price {} is not a positive finite number",
+                price.value(row)
+            ));
         }
         if quantity.is_null(row) {
             reasons.push("quantity is NULL".to_string());
@@ -108,7 +111,10 @@ pub fn normalize(batch: &RecordBatch, row_offset: usize, ingested_at: i64) -> Re
         side,
         Arc::new(ingested),
     ];
-    Ok(RecordBatch::try_new(TableKind::Trades.arrow_schema()?, columns)?)
+    Ok(RecordBatch::try_new(
+        TableKind::Trades.arrow_schema()?,
+        columns,
+    )?)
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -131,7 +137,10 @@ fn string_column(batch: &RecordBatch, name: &str, integers_allowed: bool) -> Res
     let ok = match array.data_type() {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
         DataType::Dictionary(_, value) => {
-            matches!(**value, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            matches!(
+                **value,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
         }
         t => integers_allowed && t.is_integer(),
     };
@@ -239,7 +248,11 @@ mod tests {
             ("side", strings(&[Some("BUY")])),
         ]);
         let out = normalize(&b, 0, 7).unwrap();
-        let ids = out.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        let ids = out
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(ids.value(0), "42");
         let ts = out
             .column(3)
@@ -247,7 +260,11 @@ mod tests {
             .downcast_ref::<TimestampMicrosecondArray>()
             .unwrap();
         assert_eq!(ts.value(0), 1_700_000_000_123_456);
-        let side = out.column(6).as_any().downcast_ref::<StringArray>().unwrap();
+        let side = out
+            .column(6)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         assert_eq!(side.value(0), "buy");
     }
 
@@ -274,9 +291,15 @@ mod tests {
     #[test]
     fn bad_rows_are_named_with_their_file_row_numbers() {
         let b = batch(vec![
-            ("exchange", strings(&[Some("x"), None, Some("x"), Some("x")])),
+            (
+                "exchange",
+                strings(&[Some("x"), None, Some("x"), Some("x")]),
+            ),
             ("symbol", strings(&[Some("s"); 4])),
-            ("trade_id", strings(&[Some("1"), Some("2"), Some("3"), Some("4")])),
+            (
+                "trade_id",
+                strings(&[Some("1"), Some("2"), Some("3"), Some("4")]),
+            ),
             (
                 "ts",
                 Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3, 4])),

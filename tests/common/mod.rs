@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: a temp deployment and bar rows.
 #![allow(dead_code)]
 
+pub mod trades;
+
 use std::sync::Arc;
 
 use arrow::array::{
@@ -77,13 +79,20 @@ impl Deployment {
              where {predicate} order by exchange, symbol, window_start",
             tf.table_name()
         );
-        let batches = self.session().sql(&sql).await.unwrap().collect().await.unwrap();
+        let batches = self
+            .session()
+            .sql(&sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         rows_of(&batches)
     }
 }
 
 pub async fn writer_for(config: &Config) -> TableWriter {
-    let lock = WriterLock::acquire(&config.data_dir_abs(), "test").unwrap();
+    let lock = WriterLock::acquire_for(config, "test").await.unwrap();
     let storage = Storage::open(config).await.unwrap();
     TableWriter::new(storage, lock)
 }
@@ -124,8 +133,12 @@ pub fn bar_batch(tf: Timeframe, bars: &[Bar]) -> RecordBatch {
         Arc::new(Float64Array::from_iter_values(bars.iter().map(g)))
     };
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(bars.iter().map(|b| b.0.as_str()))),
-        Arc::new(StringArray::from_iter_values(bars.iter().map(|b| b.1.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            bars.iter().map(|b| b.0.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            bars.iter().map(|b| b.1.as_str()),
+        )),
         ts(bars.iter().map(|b| b.2).collect()),
         ts(bars.iter().map(|b| b.2 + tf.micros()).collect()),
         f(|b| b.3),
@@ -146,7 +159,13 @@ pub fn bar_batch(tf: Timeframe, bars: &[Bar]) -> RecordBatch {
 }
 
 pub fn bar(exchange: &str, symbol: &str, window_start: i64, close: f64) -> Bar {
-    (exchange.to_string(), symbol.to_string(), window_start, close, 1.5)
+    (
+        exchange.to_string(),
+        symbol.to_string(),
+        window_start,
+        close,
+        1.5,
+    )
 }
 
 pub fn sorted(mut bars: Vec<Bar>) -> Vec<Bar> {

@@ -1,0 +1,20 @@
+# ohlcv-server image: a release build on Debian, run as an unprivileged user with the data dir
+# as a volume. The Flight SQL port arrives with `serve`; until then the image runs the offline
+# commands (`load`, `generate`).
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin ohlcv-server
+
+FROM debian:bookworm-slim
+RUN useradd --system --home /var/lib/ohlcv ohlcv && mkdir -p /var/lib/ohlcv/data \
+    && chown -R ohlcv /var/lib/ohlcv
+COPY --from=build /src/target/release/ohlcv-server /usr/local/bin/ohlcv-server
+USER ohlcv
+WORKDIR /var/lib/ohlcv
+VOLUME /var/lib/ohlcv/data
+ENV OHLCV_DATA_DIR=/var/lib/ohlcv/data
+ENTRYPOINT ["ohlcv-server"]
+CMD ["--help"]

@@ -1,0 +1,153 @@
+//! Batch builds of the 30m, 1h and 1d tables: whole partitions rebuilt by rolling up the 1m
+//! table, and replaced in one commit.
+//!
+//! A run finds the 1m partitions (days) whose files changed since the 1m snapshot it last
+//! consumed, maps them to its own partitions (days, or months for 1d), rolls up the 1m bars of
+//! each, and replaces the partitions whose content changed. Only parent windows whose 1m
+//! children are all final (before the 1m cutoff) are persisted; stored bars older than what the
+//! 1m table still retains are carried over untouched, never recomputed from a partial source.
+
+use std::collections::BTreeSet;
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMicrosecondType;
+
+use super::diff::diff;
+use super::state::{prop_i64, Watermark, RETAINED_FROM, SOURCE_SEQUENCE, SOURCE_SNAPSHOT};
+use super::{BuildReport, Result};
+use crate::bars::rollup;
+use crate::storage::files::{partition_range, partition_value};
+use crate::storage::read::read_files;
+use crate::storage::{Listing, LiveFile, TableKind, TableWriter, TimeRange};
+use crate::timeframe::Timeframe;
+
+const SOURCE: TableKind = TableKind::Bars(Timeframe::M1);
+
+/// Which partitions to rebuild: those changed since the watermark, or all that overlap a range.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    Changed,
+    Range(TimeRange),
+}
+
+/// Rebuilds the changed partitions of `tf` (30m, 1h or 1d) from the 1m table.
+pub async fn build_rollup(
+    writer: &TableWriter,
+    tf: Timeframe,
+    now_us: i64,
+    scope: Scope,
+) -> Result<BuildReport> {
+    let storage = writer.storage();
+    let kind = TableKind::Bars(tf);
+    let table = storage.table(kind).await?;
+    let wm = Watermark::read(
+        &table.metadata().properties,
+        SOURCE_SNAPSHOT,
+        SOURCE_SEQUENCE,
+    );
+    let mut report = BuildReport::new(tf, table.metadata().current_snapshot_id);
+
+    let source = storage.table(SOURCE).await?;
+    let source_props = &source.metadata().properties;
+    let Some(source_cutoff) = prop_i64(source_props, super::state::CUTOFF) else {
+        return Ok(report); // the 1m table has not persisted anything yet
+    };
+    let retained_from = prop_i64(source_props, RETAINED_FROM).unwrap_or(i64::MIN);
+    let Some(snapshot) = source
+        .metadata()
+        .current_snapshot(None)
+        .map_err(crate::storage::Error::from)?
+    else {
+        return Ok(report);
+    };
+    let next = Watermark {
+        snapshot: Some(*snapshot.snapshot_id()),
+        sequence: *snapshot.sequence_number(),
+        cutoff: None,
+    };
+    report.source_snapshot = next.snapshot;
+    if matches!(scope, Scope::Changed) && next.snapshot == wm.snapshot {
+        return Ok(report);
+    }
+
+    let listing = Listing::read(&source, SOURCE, None, TimeRange::ALL).await?;
+    let day = SOURCE.partition_transform();
+    let target = kind.partition_transform();
+    let mut partitions: BTreeSet<i32> = BTreeSet::new();
+    for f in &listing.files {
+        let changed = match scope {
+            Scope::Changed => f.entry.sequence_number().is_none_or(|s| s > wm.sequence),
+            Scope::Range(range) => f.may_overlap(SOURCE, &range),
+        };
+        if let (true, Some(p)) = (changed, f.partition(SOURCE)) {
+            partitions.insert(partition_value(&target, partition_range(&day, p).0));
+        }
+    }
+
+    let mut replace: Vec<i32> = Vec::new();
+    let mut rows: Vec<RecordBatch> = Vec::new();
+    for p in partitions {
+        let (start, end) = partition_range(&target, p);
+        let window = TimeRange::new(Some(start), Some(end.min(source_cutoff)));
+        let children: Vec<&LiveFile> = listing
+            .files
+            .iter()
+            .filter(|f| f.may_overlap(SOURCE, &window))
+            .collect();
+        let lower = read_files(storage, SOURCE, &children, window).await?;
+        report.trades_read += lower.iter().map(|b| b.num_rows()).sum::<usize>();
+        let rolled = rollup(&lower, tf.micros(), 0, now_us)?;
+        // Persist only parents whose children are all final and all still retained.
+        let keep = parents_to_keep(&rolled, tf, source_cutoff, retained_from);
+        let rolled = filter_record_batch(&rolled, &keep)?;
+
+        let table_listing =
+            Listing::read(&table, kind, None, TimeRange::new(Some(start), Some(end))).await?;
+        let own: Vec<&LiveFile> = table_listing
+            .files
+            .iter()
+            .filter(|f| f.partition(kind) == Some(p))
+            .collect();
+        let existing = read_files(storage, kind, &own, TimeRange::ALL).await?;
+        let d = diff(&rolled, &existing, now_us, None, true)?;
+        if d.changed() > 0 {
+            report.absorb(&d);
+            replace.push(p);
+            rows.push(d.rows);
+        } else {
+            report.unchanged += d.unchanged;
+        }
+    }
+
+    let props = match scope {
+        Scope::Changed => next.to_props(SOURCE_SNAPSHOT, SOURCE_SEQUENCE),
+        Scope::Range(_) => Default::default(),
+    };
+    if !replace.is_empty() {
+        let outcome = writer
+            .replace_partitions(kind, &replace, &rows, props)
+            .await?;
+        report.commit(&outcome);
+    } else if !props.is_empty() {
+        writer.set_properties(kind, props).await?;
+    }
+    Ok(report)
+}
+
+fn parents_to_keep(
+    rolled: &RecordBatch,
+    tf: Timeframe,
+    cutoff: i64,
+    retained_from: i64,
+) -> BooleanArray {
+    let starts = rolled
+        .column_by_name("window_start")
+        .expect("bar column")
+        .as_primitive::<TimestampMicrosecondType>();
+    starts
+        .values()
+        .iter()
+        .map(|s| Some(*s + tf.micros() <= cutoff && *s >= retained_from))
+        .collect()
+}

@@ -1,0 +1,289 @@
+//! The scheduler: staggered schedules feeding one queue, so jobs run one at a time (the single
+//! writer), with retries on exponential backoff, a per-job timeout, manual triggers,
+//! pause/resume, and a persistent record of every attempt.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `schedule` | job kinds and due-time arithmetic |
+//! | `history` | the run history table (`system.job_runs`) |
+
+pub mod history;
+pub mod schedule;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{BuildReport, BuildSettings};
+use crate::clock::Clock;
+use crate::storage::TableWriter;
+
+pub use history::{History, JobRun};
+pub use schedule::{default_schedules, JobKind, Schedule};
+
+/// Where attempts are recorded: the history table in production.
+#[async_trait]
+pub trait RunLog: Send + Sync {
+    async fn record(&self, run: &JobRun) -> crate::storage::Result<()>;
+}
+
+#[async_trait]
+impl RunLog for History {
+    async fn record(&self, run: &JobRun) -> crate::storage::Result<()> {
+        History::record(self, run).await
+    }
+}
+
+/// Runs one job to completion (or error, as text for the history).
+#[async_trait]
+pub trait JobRunner: Send + Sync {
+    async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String>;
+}
+
+/// The production runner: the builder over our tables.
+pub struct BuilderJobs {
+    pub writer: TableWriter,
+    pub settings: BuildSettings,
+}
+
+#[async_trait]
+impl JobRunner for BuilderJobs {
+    async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String> {
+        match job {
+            JobKind::Build(tf) => crate::build::build(&self.writer, tf, now_us, self.settings)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Retry and timeout policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first failed attempt.
+    pub max_retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(60),
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Wait before retry number `retry` (1-based): base * 2^(retry-1), capped.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff_base
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+enum Command {
+    Trigger(JobKind, oneshot::Sender<JobRun>),
+}
+
+/// Control of a running scheduler: manual triggers, pause and resume.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    commands: mpsc::Sender<Command>,
+    paused: Arc<AtomicBool>,
+}
+
+impl SchedulerHandle {
+    /// Queues `job` to run next and waits for its final attempt.
+    pub async fn trigger(&self, job: JobKind) -> Option<JobRun> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Trigger(job, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops scheduled runs (manual triggers still run).
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+}
+
+/// The scheduler; `run` owns it until cancelled.
+pub struct Scheduler {
+    runner: Arc<dyn JobRunner>,
+    clock: Arc<dyn Clock>,
+    schedules: Vec<Schedule>,
+    policy: RetryPolicy,
+    history: Arc<dyn RunLog>,
+    commands: mpsc::Receiver<Command>,
+    paused: Arc<AtomicBool>,
+}
+
+impl Scheduler {
+    pub fn new(
+        runner: Arc<dyn JobRunner>,
+        clock: Arc<dyn Clock>,
+        schedules: Vec<Schedule>,
+        policy: RetryPolicy,
+        history: Arc<dyn RunLog>,
+    ) -> (Scheduler, SchedulerHandle) {
+        let (tx, rx) = mpsc::channel(64);
+        let paused = Arc::new(AtomicBool::new(false));
+        let handle = SchedulerHandle {
+            commands: tx,
+            paused: Arc::clone(&paused),
+        };
+        let scheduler = Scheduler {
+            runner,
+            clock,
+            schedules,
+            policy,
+            history,
+            commands: rx,
+            paused,
+        };
+        (scheduler, handle)
+    }
+
+    /// Runs due jobs until `cancel` fires. A job running at that moment is dropped at its next
+    /// await point: every job's effect is one atomic commit, so it either landed or not.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let now = self.clock.now_us();
+        let mut due: Vec<i64> = self
+            .schedules
+            .iter()
+            .map(|s| s.next_at_or_after(now))
+            .collect();
+        // Dropping every handle ends manual triggers, not the schedules.
+        let mut commands_open = true;
+        loop {
+            let now = self.clock.now_us();
+            // The earliest due schedule (ties: declaration order, i.e. finer timeframes first).
+            let next = (0..due.len()).min_by_key(|&i| (due[i], i));
+            if let Some(i) = next.filter(|&i| due[i] <= now) {
+                due[i] = self.schedules[i].next_after(now);
+                if !self.paused.load(Ordering::SeqCst) {
+                    let job = self.schedules[i].job;
+                    if self.execute(job, &cancel).await.is_none() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            let wait = next.map_or(Duration::from_secs(3600), |i| {
+                Duration::from_micros((due[i] - now).max(0) as u64)
+            });
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(Command::Trigger(job, reply)) => {
+                        match self.execute(job, &cancel).await {
+                            Some(run) => { let _ = reply.send(run); }
+                            None => return,
+                        }
+                    }
+                    None => commands_open = false,
+                },
+            }
+        }
+    }
+
+    /// Runs `job` with retries; returns its last attempt, or `None` if cancelled.
+    async fn execute(&self, job: JobKind, cancel: &CancellationToken) -> Option<JobRun> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let started = self.clock.now_us();
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => None,
+                r = tokio::time::timeout(self.policy.timeout, self.runner.run(job, started)) => Some(r),
+            };
+            let (status, report, error) = match outcome {
+                None => (
+                    "cancelled",
+                    BuildReport::default(),
+                    Some("server shutting down".to_string()),
+                ),
+                Some(Ok(Ok(report))) => ("succeeded", report, None),
+                Some(Ok(Err(e))) => ("failed", BuildReport::default(), Some(e)),
+                Some(Err(_)) => (
+                    "timed_out",
+                    BuildReport::default(),
+                    Some(format!("no result after {:?}", self.policy.timeout)),
+                ),
+            };
+            let run = JobRun {
+                run_id: uuid::Uuid::new_v4().to_string(),
+                job: job.name().to_string(),
+                timeframe: job.timeframe().map(|t| t.to_string()),
+                attempt: attempt as i32,
+                started_at: started,
+                finished_at: self.clock.now_us(),
+                status: status.to_string(),
+                report,
+                error,
+            };
+            if let Err(e) = self.history.record(&run).await {
+                tracing::error!(job = %job, error = %e, "could not record job run");
+            }
+            match status {
+                "succeeded" => {
+                    tracing::info!(job = %job, attempt, new = run.report.new, revised = run.report.revised, "job succeeded");
+                    return Some(run);
+                }
+                "cancelled" => return None,
+                _ if attempt > self.policy.max_retries => {
+                    tracing::error!(job = %job, attempts = attempt, error = ?run.error, "job failed after retries");
+                    return Some(run);
+                }
+                _ => {
+                    let wait = self.policy.backoff(attempt);
+                    tracing::warn!(job = %job, attempt, error = ?run.error, retry_in = ?wait, "job failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy {
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.backoff(1), Duration::from_secs(2));
+        assert_eq!(p.backoff(2), Duration::from_secs(4));
+        assert_eq!(p.backoff(3), Duration::from_secs(8));
+        assert_eq!(p.backoff(4), Duration::from_secs(10));
+        assert_eq!(p.backoff(40), Duration::from_secs(10));
+    }
+}

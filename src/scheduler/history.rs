@@ -1,0 +1,131 @@
+//! The record of every job run, kept in the catalog database (SQLite or PostgreSQL) so it
+//! survives restarts; it is what `system.job_runs` shows.
+
+use sqlx::{AnyPool, Row};
+
+use crate::build::BuildReport;
+use crate::storage::{Error, Result};
+
+/// One attempt of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRun {
+    pub run_id: String,
+    pub job: String,
+    pub timeframe: Option<String>,
+    pub attempt: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// `succeeded`, `failed`, `timed_out` or `cancelled`.
+    pub status: String,
+    pub report: BuildReport,
+    pub error: Option<String>,
+}
+
+/// Handle on the run history table.
+#[derive(Clone)]
+pub struct History {
+    pool: AnyPool,
+}
+
+impl History {
+    /// Opens the history in the catalog database, creating its table if needed.
+    pub async fn open(pool: AnyPool) -> Result<History> {
+        sqlx::query(
+            "create table if not exists ohlcv_job_runs (
+                run_id varchar(64) primary key,
+                job varchar(64) not null,
+                timeframe varchar(16),
+                attempt integer not null,
+                started_at bigint not null,
+                finished_at bigint not null,
+                status varchar(16) not null,
+                trades_read bigint not null,
+                bars_written bigint not null,
+                new_bars bigint not null,
+                revised_bars bigint not null,
+                late_revisions bigint not null,
+                files_added bigint not null,
+                files_removed bigint not null,
+                snapshot_before bigint,
+                snapshot_after bigint,
+                source_snapshot bigint,
+                error text
+            )",
+        )
+        .execute(&pool)
+        .await?;
+        Ok(History { pool })
+    }
+
+    pub async fn record(&self, run: &JobRun) -> Result<()> {
+        let r = &run.report;
+        sqlx::query(
+            "insert into ohlcv_job_runs values \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+        )
+        .bind(&run.run_id)
+        .bind(&run.job)
+        .bind(run.timeframe.clone())
+        .bind(run.attempt)
+        .bind(run.started_at)
+        .bind(run.finished_at)
+        .bind(&run.status)
+        .bind(r.trades_read as i64)
+        .bind(r.bars_written as i64)
+        .bind(r.new as i64)
+        .bind(r.revised as i64)
+        .bind(r.late_revisions as i64)
+        .bind(r.files_added as i64)
+        .bind(r.files_removed as i64)
+        .bind(r.snapshot_before)
+        .bind(r.snapshot_after)
+        .bind(r.source_snapshot)
+        .bind(run.error.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest runs first.
+    pub async fn recent(&self, limit: i64) -> Result<Vec<JobRun>> {
+        let rows = sqlx::query(
+            "select run_id, job, timeframe, attempt, started_at, finished_at, status, trades_read, \
+             bars_written, new_bars, revised_bars, late_revisions, files_added, files_removed, \
+             snapshot_before, snapshot_after, source_snapshot, error \
+             from ohlcv_job_runs order by started_at desc, attempt desc limit $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
+    let n = |i: usize| -> Result<usize> { Ok(row.try_get::<i64, _>(i)? as usize) };
+    let timeframe = row.try_get::<Option<String>, _>(2)?;
+    Ok(JobRun {
+        run_id: row.try_get(0)?,
+        job: row.try_get(1)?,
+        timeframe: timeframe.clone(),
+        attempt: row.try_get(3)?,
+        started_at: row.try_get(4)?,
+        finished_at: row.try_get(5)?,
+        status: row.try_get(6)?,
+        report: BuildReport {
+            timeframe: timeframe.and_then(|t| t.parse().ok()),
+            trades_read: n(7)?,
+            bars_written: n(8)?,
+            new: n(9)?,
+            revised: n(10)?,
+            late_revisions: n(11)?,
+            files_added: n(12)?,
+            files_removed: n(13)?,
+            unchanged: 0,
+            snapshot_before: row.try_get(14)?,
+            snapshot_after: row.try_get(15)?,
+            source_snapshot: row.try_get(16)?,
+        },
+        error: row.try_get(17).map_err(Error::from)?,
+    })
+}

@@ -1,0 +1,69 @@
+//! Direct reads of table rows for the engine itself (builds, validation, cache refresh): the
+//! live files of one snapshot that can hold a time range, read in full and cut to the range.
+
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use super::catalog::Storage;
+use super::error::Result;
+use super::files::{read_data_file, time_column};
+use super::schema::TableKind;
+use super::snapshot::{Listing, LiveFile, TimeRange};
+
+/// How many files are read at once.
+const READ_CONCURRENCY: usize = 8;
+
+/// Rows of `files` whose time column lies in `range`, as batches of the table's schema.
+pub async fn read_files(
+    storage: &Storage,
+    kind: TableKind,
+    files: &[&LiveFile],
+    range: TimeRange,
+) -> Result<Vec<RecordBatch>> {
+    let schema = kind.arrow_schema()?;
+    let store = storage.store();
+    let paths: Vec<String> = files.iter().map(|f| f.path().to_string()).collect();
+    let batches: Vec<Vec<RecordBatch>> = stream::iter(paths)
+        .map(|path| {
+            let store = Arc::clone(&store);
+            async move { read_data_file(&store, &path).await }
+        })
+        .buffered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for batch in batches.into_iter().flatten() {
+        let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?;
+        if range == TimeRange::ALL {
+            out.push(batch);
+            continue;
+        }
+        let ts = time_column(kind, &batch)?;
+        let keep: BooleanArray = ts
+            .values()
+            .iter()
+            .map(|t| Some(range.overlaps_closed(*t, *t)))
+            .collect();
+        let kept = filter_record_batch(&batch, &keep)?;
+        if kept.num_rows() > 0 {
+            out.push(kept);
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of `kind` at its current snapshot inside `range`, and that snapshot's listing.
+pub async fn read_range(
+    storage: &Storage,
+    kind: TableKind,
+    range: TimeRange,
+) -> Result<(Listing, Vec<RecordBatch>)> {
+    let table = storage.table(kind).await?;
+    let listing = Listing::read(&table, kind, None, range).await?;
+    let files: Vec<&LiveFile> = listing.files.iter().collect();
+    let rows = read_files(storage, kind, &files, range).await?;
+    Ok((listing, rows))
+}

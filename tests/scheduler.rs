@@ -1,0 +1,250 @@
+//! The scheduler on tokio's paused clock: staggered schedules, one job at a time, retries with
+//! backoff, timeouts, pause/resume and manual triggers, without sleeping for real. Then the
+//! run history on a real catalog database, surviving a reopen, with real builds.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::*;
+use ohlcv_server::build::{BuildReport, BuildSettings};
+use ohlcv_server::clock::TokioClock;
+use ohlcv_server::scheduler::{
+    default_schedules, BuilderJobs, History, JobKind, JobRun, JobRunner, RetryPolicy, RunLog,
+    Scheduler,
+};
+use ohlcv_server::timeframe::Timeframe;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Recorder {
+    started: Mutex<Vec<(JobKind, i64)>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+    /// Attempts that fail, per job, before one succeeds.
+    failures: Mutex<HashMap<JobKind, u32>>,
+    /// Jobs that hang (to hit the timeout).
+    hang: Mutex<Option<JobKind>>,
+}
+
+#[async_trait]
+impl JobRunner for Recorder {
+    async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String> {
+        self.started.lock().unwrap().push((job, now_us));
+        let n = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(n, Ordering::SeqCst);
+        let hang = *self.hang.lock().unwrap() == Some(job);
+        tokio::time::sleep(Duration::from_secs(if hang { 100_000 } else { 2 })).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let mut failures = self.failures.lock().unwrap();
+        match failures.get_mut(&job) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Err("injected failure".to_string())
+            }
+            _ => Ok(BuildReport::default()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemLog(Mutex<Vec<JobRun>>);
+
+#[async_trait]
+impl RunLog for MemLog {
+    async fn record(&self, run: &JobRun) -> ohlcv_server::storage::Result<()> {
+        self.0.lock().unwrap().push(run.clone());
+        Ok(())
+    }
+}
+
+const SEC: i64 = 1_000_000;
+
+fn start(
+    runner: Arc<Recorder>,
+    log: Arc<MemLog>,
+    policy: RetryPolicy,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    ohlcv_server::scheduler::SchedulerHandle,
+) {
+    let clock = Arc::new(TokioClock::starting_at(T0));
+    let (scheduler, handle) = Scheduler::new(runner, clock, default_schedules(), policy, log);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(scheduler.run(cancel.clone()));
+    (cancel, task, handle)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_hour_of_staggered_schedules_one_job_at_a_time() {
+    let runner = Arc::new(Recorder::default());
+    let log = Arc::new(MemLog::default());
+    let (cancel, task, _) = start(
+        Arc::clone(&runner),
+        Arc::clone(&log),
+        RetryPolicy::default(),
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    cancel.cancel();
+    task.await.unwrap();
+
+    let started = runner.started.lock().unwrap().clone();
+    let count = |tf| {
+        started
+            .iter()
+            .filter(|(j, _)| *j == JobKind::Build(tf))
+            .count()
+    };
+    assert_eq!(count(Timeframe::M1), 60);
+    assert_eq!(count(Timeframe::M5), 60);
+    assert_eq!(count(Timeframe::M30), 12);
+    assert_eq!(count(Timeframe::H1), 6);
+    assert_eq!(count(Timeframe::D1), 1);
+    assert_eq!(
+        runner.max_running.load(Ordering::SeqCst),
+        1,
+        "one job at a time"
+    );
+    // Staggered: the 1m build at :05 of every minute, 5m at :15, 1d at 00:00:45.
+    let first = |tf| {
+        started
+            .iter()
+            .find(|(j, _)| *j == JobKind::Build(tf))
+            .unwrap()
+            .1
+            - T0
+    };
+    assert_eq!(first(Timeframe::M1), 5 * SEC);
+    assert_eq!(first(Timeframe::M5), 15 * SEC);
+    assert_eq!(first(Timeframe::D1), 45 * SEC);
+    let runs = log.0.lock().unwrap();
+    assert_eq!(runs.len(), started.len());
+    assert!(runs.iter().all(|r| r.status == "succeeded"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_retry_with_backoff_and_timeouts_count_as_failures() {
+    let runner = Arc::new(Recorder::default());
+    runner
+        .failures
+        .lock()
+        .unwrap()
+        .insert(JobKind::Build(Timeframe::M1), 2);
+    *runner.hang.lock().unwrap() = Some(JobKind::Build(Timeframe::D1));
+    let log = Arc::new(MemLog::default());
+    let policy = RetryPolicy {
+        max_retries: 2,
+        backoff_base: Duration::from_secs(2),
+        backoff_max: Duration::from_secs(60),
+        timeout: Duration::from_secs(30),
+    };
+    let (cancel, task, _) = start(Arc::clone(&runner), Arc::clone(&log), policy);
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    cancel.cancel();
+    task.await.unwrap();
+
+    let runs = log.0.lock().unwrap().clone();
+    let m1: Vec<&JobRun> = runs
+        .iter()
+        .filter(|r| r.timeframe.as_deref() == Some("1m"))
+        .take(3)
+        .collect();
+    assert_eq!(
+        m1.iter()
+            .map(|r| (r.attempt, r.status.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "failed"), (2, "failed"), (3, "succeeded")]
+    );
+    // 2 s of work, then 2 s and 4 s of backoff between attempts.
+    assert_eq!(m1[1].started_at - m1[0].started_at, 4 * SEC);
+    assert_eq!(m1[2].started_at - m1[1].started_at, 6 * SEC);
+    let d1: Vec<&JobRun> = runs
+        .iter()
+        .filter(|r| r.timeframe.as_deref() == Some("1d"))
+        .collect();
+    assert_eq!(d1.len(), 3, "first attempt and two retries");
+    assert!(d1.iter().all(|r| r.status == "timed_out"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn paused_schedules_still_take_manual_triggers() {
+    let runner = Arc::new(Recorder::default());
+    let log = Arc::new(MemLog::default());
+    let (cancel, task, handle) = start(
+        Arc::clone(&runner),
+        Arc::clone(&log),
+        RetryPolicy::default(),
+    );
+    handle.pause();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(runner.started.lock().unwrap().is_empty());
+    let run = handle.trigger(JobKind::Build(Timeframe::H1)).await.unwrap();
+    assert_eq!(run.status, "succeeded");
+    assert_eq!(runner.started.lock().unwrap().len(), 1);
+    handle.resume();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(runner.started.lock().unwrap().len() > 1);
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
+    let d = Deployment::new().await;
+    let trades: Vec<common::trades::Trade> = (0..50)
+        .map(|i| {
+            common::trades::trade(
+                "kraken",
+                "BTC-USD",
+                &i.to_string(),
+                T0 + i * SEC * 10,
+                10.0,
+                1.0,
+            )
+        })
+        .collect();
+    let batch =
+        ohlcv_server::trades::normalize(&common::trades::trade_batch(&trades), 0, T0).unwrap();
+    d.writer
+        .append(
+            ohlcv_server::storage::TableKind::Trades,
+            &[batch],
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+    let history = History::open(d.storage().pool()).await.unwrap();
+    let runner = Arc::new(BuilderJobs {
+        writer: d.writer.clone(),
+        settings: BuildSettings::default(),
+    });
+    let clock = Arc::new(ohlcv_server::clock::ManualClock::at(T0 + DAY));
+    let (scheduler, handle) = Scheduler::new(
+        runner,
+        clock,
+        default_schedules(),
+        RetryPolicy::default(),
+        Arc::new(history),
+    );
+    handle.pause();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(scheduler.run(cancel.clone()));
+    let run = handle.trigger(JobKind::Build(Timeframe::M1)).await.unwrap();
+    assert_eq!(run.status, "succeeded", "{:?}", run.error);
+    assert_eq!(run.report.new, 9, "50 trades, 10 s apart: 9 minutes");
+    cancel.cancel();
+    task.await.unwrap();
+
+    let reopened = History::open(d.storage().pool()).await.unwrap();
+    let recent = reopened.recent(10).await.unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].run_id, run.run_id);
+    assert_eq!(recent[0].report.new, 9);
+    assert_eq!(recent[0].report.snapshot_after, run.report.snapshot_after);
+    assert!(recent[0].report.snapshot_after.is_some());
+}
