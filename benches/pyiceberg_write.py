@@ -8,7 +8,10 @@ import sys
 import time
 import warnings
 
+from datetime import timedelta
+
 import pyarrow.parquet as pq
+from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -63,8 +66,18 @@ for run in range(runs):
     start = time.perf_counter()
     t.append(append)
     times["append"].append(time.perf_counter() - start)
+    # pyiceberg's upsert() joins in Python and did not finish a 144k-row upsert into 1M rows in
+    # 5 minutes here; the day is replaced the way a batch job would: delete the day's rows and
+    # append the new ones in one overwrite.
+    day_start = day.column("window_start")[0].as_py()
     start = time.perf_counter()
-    t.upsert(day, join_cols=keys)
+    t.overwrite(
+        day,
+        overwrite_filter=And(
+            GreaterThanOrEqual("window_start", day_start.isoformat()),
+            LessThan("window_start", (day_start + timedelta(days=1)).isoformat()),
+        ),
+    )
     times["day upsert"].append(time.perf_counter() - start)
 
     t = table("minute", run)

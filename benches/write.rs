@@ -5,7 +5,8 @@
 //!
 //! Measures, on a fresh SQLite catalog and local warehouse:
 //! - append: ~1M 1m bars (240 series x 3 days) in one commit;
-//! - day upsert: every bar of one day (144k bars, 100 series) changed, upserted by key;
+//! - day upsert: every bar of one day (144k bars, 100 series) changed, upserted by key
+//!   (pyiceberg: an overwrite of that day, since its `upsert()` did not finish in 5 minutes);
 //! - minute upsert: one new minute for 200 series into a day already holding 288k bars (what an
 //!   incremental 1m build does every minute).
 

@@ -104,7 +104,7 @@ fn arb_trades() -> impl Strategy<Value = Vec<Trade>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
     fn five_tables_equal_the_reference_across_split_loads(

@@ -34,12 +34,12 @@ use crate::timeframe::Timeframe;
 const SCALE: f64 = 18_446_744_073_709_551_616.0; // 2^64
 
 #[inline]
-fn fix(x: f64) -> i128 {
+pub(crate) fn fix(x: f64) -> i128 {
     (x * SCALE) as i128
 }
 
 #[inline]
-fn unfix(v: i128) -> f64 {
+pub(crate) fn unfix(v: i128) -> f64 {
     v as f64 / SCALE
 }
 
@@ -674,26 +674,12 @@ struct Bar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::{Field, Schema};
 
     type T<'a> = (&'a str, &'a str, &'a str, i64, f64, f64, Option<&'a str>);
 
     fn trades(rows: &[T]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("exchange", DataType::Utf8, false),
-            Field::new("symbol", DataType::Utf8, false),
-            Field::new("trade_id", DataType::Utf8, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new("price", DataType::Float64, false),
-            Field::new("quantity", DataType::Float64, false),
-            Field::new("side", DataType::Utf8, true),
-        ]));
         RecordBatch::try_new(
-            schema,
+            crate::trades::generate::trade_input_schema(),
             vec![
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),

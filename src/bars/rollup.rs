@@ -16,10 +16,9 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
 use super::columns::FxHashMap;
 use super::error::{Error, Result};
+use super::kernel::{fix, unfix};
 use crate::storage::TableKind;
 use crate::timeframe::Timeframe;
-
-const SCALE: f64 = 18_446_744_073_709_551_616.0; // 2^64, as in the trade kernel
 
 /// Rolls `bars` (any order, bar-table schema) up to windows of `to_us` microseconds aligned to
 /// `origin_us` (0: the Unix epoch). Every child must lie inside one parent window.
@@ -116,9 +115,9 @@ pub fn rollup(
             let r = order[j];
             hi = hi.max(high.value(r));
             lo = lo.min(low.value(r));
-            vol += (volume.value(r) * SCALE) as i128;
-            q += (quote.value(r) * SCALE) as i128;
-            b += (buy.value(r) * SCALE) as i128;
+            vol += fix(volume.value(r));
+            q += fix(quote.value(r));
+            b += fix(buy.value(r));
             n += count.value(r);
             f_ts = f_ts.min(first.value(r));
             l_ts = l_ts.max(last.value(r));
@@ -126,7 +125,7 @@ pub fn rollup(
         }
         let tail = order[j - 1];
         let window_start = origin_us + parents[head] * to_us;
-        let (v, qv) = (vol as f64 / SCALE, q as f64 / SCALE);
+        let (v, qv) = (unfix(vol), unfix(q));
         out.exchange.push(exchange.value(head).to_string());
         out.symbol.push(symbol.value(head).to_string());
         out.start.push(window_start);
@@ -139,7 +138,7 @@ pub fn rollup(
         out.quote.push(qv);
         out.vwap.push(qv / v);
         out.count.push(n);
-        out.buy.push(b as f64 / SCALE);
+        out.buy.push(unfix(b));
         out.first.push(f_ts);
         out.last.push(l_ts);
         i = j;

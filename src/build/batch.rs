@@ -61,13 +61,15 @@ pub async fn build_rollup(
     else {
         return Ok(report);
     };
+    // The watermark's cutoff is the 1m cutoff this table was built against: parents that end
+    // between it and the current one have become complete, even with no new 1m files.
     let next = Watermark {
         snapshot: Some(*snapshot.snapshot_id()),
         sequence: *snapshot.sequence_number(),
-        cutoff: None,
+        cutoff: Some(source_cutoff),
     };
     report.source_snapshot = next.snapshot;
-    if matches!(scope, Scope::Changed) && next.snapshot == wm.snapshot {
+    if matches!(scope, Scope::Changed) && next == wm {
         return Ok(report);
     }
 
@@ -75,6 +77,13 @@ pub async fn build_rollup(
     let day = SOURCE.partition_transform();
     let target = kind.partition_transform();
     let mut partitions: BTreeSet<i32> = BTreeSet::new();
+    if let (Scope::Changed, Some(prev)) = (scope, wm.cutoff) {
+        if prev < source_cutoff {
+            let first = partition_value(&target, prev.saturating_sub(tf.micros()));
+            let last = partition_value(&target, source_cutoff - 1);
+            partitions.extend(first..=last);
+        }
+    }
     for f in &listing.files {
         let changed = match scope {
             Scope::Changed => f.entry.sequence_number().is_none_or(|s| s > wm.sequence),

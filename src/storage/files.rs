@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, TimestampMicrosecondArray, UInt32Array};
-use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
+use arrow::compute::{
+    concat_batches, lexsort_to_indices, take_record_batch, LexicographicalComparator, SortColumn,
+};
 use chrono::{Datelike, TimeZone, Utc};
 use futures::TryStreamExt;
 use iceberg_rust::file_format::parquet::parquet_to_datafile;
@@ -22,7 +24,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::SortingColumn;
+use parquet::file::metadata::{ParquetMetaData, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use super::error::{Error, Result};
@@ -117,6 +119,11 @@ pub fn sort_rows(kind: TableKind, batch: &RecordBatch) -> Result<RecordBatch> {
             options: None,
         })
         .collect();
+    // Rows usually arrive sorted (the kernels emit key order): checking is O(n), sorting not.
+    let cmp = LexicographicalComparator::try_new(&columns)?;
+    if (1..batch.num_rows()).all(|i| cmp.compare(i - 1, i) != std::cmp::Ordering::Greater) {
+        return Ok(batch.clone());
+    }
     let indices = lexsort_to_indices(&columns, None)?;
     Ok(take_record_batch(batch, &indices)?)
 }
@@ -133,12 +140,76 @@ pub async fn write_data_files(
     if batch.num_rows() == 0 {
         return Ok(Vec::new());
     }
+    let parts = split_by_partition(kind, &batch)?
+        .into_iter()
+        .map(|(value, rows)| Ok((value, take_record_batch(&batch, &UInt32Array::from(rows))?)))
+        .collect::<Result<Vec<(i32, RecordBatch)>>>()?;
+    // Sorting and Parquet encoding are CPU-bound: spread partitions over the cores.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = parts.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .chunks(chunk)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(value, rows)| Ok((*value, encode(kind, rows)?)))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("encoder thread"))
+                .collect::<Result<Vec<Vec<_>>>>()
+        })
+    })
+    .await
+    .map_err(|e| Error::Catalog(format!("parquet encoder panicked: {e}")))??;
     let mut files = Vec::new();
-    for (value, rows) in split_by_partition(kind, &batch)? {
-        let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
-        files.push(write_partition_file(store, table, kind, value, &part).await?);
+    for (value, (bytes, metadata)) in encoded.into_iter().flatten() {
+        files.push(store_file(store, table, kind, value, bytes, &metadata).await?);
     }
     Ok(files)
+}
+
+/// Sorts rows by the table's order and encodes them as one Parquet file.
+fn encode(kind: TableKind, rows: &RecordBatch) -> Result<(Vec<u8>, ParquetMetaData)> {
+    let sorted = sort_rows(kind, rows)?;
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, sorted.schema(), Some(writer_props(kind)?))?;
+    writer.write(&sorted)?;
+    let metadata = writer.close()?;
+    Ok((bytes, metadata))
+}
+
+/// Puts an encoded file into the table's partition directory and describes it.
+async fn store_file(
+    store: &Arc<dyn ObjectStore>,
+    table: &Table,
+    kind: TableKind,
+    partition: i32,
+    bytes: Vec<u8>,
+    metadata: &ParquetMetaData,
+) -> Result<DataFile> {
+    let location = format!(
+        "{}/data/{}={}/{}.parquet",
+        table.metadata().location,
+        kind.partition_field_name(),
+        partition,
+        uuid::Uuid::new_v4()
+    );
+    let size = bytes.len() as u64;
+    store
+        .put(&ObjectPath::from(location.as_str()), bytes.into())
+        .await?;
+    let metadata_ref = table.metadata();
+    let partition_fields = metadata_ref.current_partition_fields(None)?;
+    let schema = table.current_schema(None)?;
+    let file = parquet_to_datafile(&location, size, metadata, schema, &partition_fields, None)?;
+    with_partition(file, kind, partition)
 }
 
 /// Writes one partition's rows (any order) as one sorted file.
@@ -149,27 +220,11 @@ pub async fn write_partition_file(
     partition: i32,
     rows: &RecordBatch,
 ) -> Result<DataFile> {
-    let sorted = sort_rows(kind, rows)?;
-    let location = format!(
-        "{}/data/{}={}/{}.parquet",
-        table.metadata().location,
-        kind.partition_field_name(),
-        partition,
-        uuid::Uuid::new_v4()
-    );
-    let mut bytes = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut bytes, sorted.schema(), Some(writer_props(kind)?))?;
-    writer.write(&sorted)?;
-    let metadata = writer.close()?;
-    let size = bytes.len() as u64;
-    store
-        .put(&ObjectPath::from(location.as_str()), bytes.into())
-        .await?;
-    let metadata_ref = table.metadata();
-    let partition_fields = metadata_ref.current_partition_fields(None)?;
-    let schema = table.current_schema(None)?;
-    let file = parquet_to_datafile(&location, size, &metadata, schema, &partition_fields, None)?;
-    with_partition(file, kind, partition)
+    let rows = rows.clone();
+    let (bytes, metadata) = tokio::task::spawn_blocking(move || encode(kind, &rows))
+        .await
+        .map_err(|e| Error::Catalog(format!("parquet encoder panicked: {e}")))??;
+    store_file(store, table, kind, partition, bytes, &metadata).await
 }
 
 /// Replaces the partition tuple the crate derived from the file's statistics: its `month`
