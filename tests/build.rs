@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use common::trades::*;
 use common::*;
+use ohlcv_server::bars::rollup;
 use ohlcv_server::build::{self, BuildSettings};
 use ohlcv_server::storage::read::read_range;
 use ohlcv_server::storage::{TableKind, TimeRange};
@@ -63,6 +64,20 @@ async fn assert_tables_match(d: &Deployment, trades: &[Trade], now: i64, what: &
             .filter(|(k, _)| keep(k))
             .collect();
         assert_bars_match(&format!("{what} {tf}"), &stored(d, tf).await, &want);
+    }
+    // And each stored timeframe is the rollup of the stored 1m table.
+    let (_, m1) = read_range(d.storage(), TableKind::Bars(Timeframe::M1), TimeRange::ALL)
+        .await
+        .unwrap();
+    for tf in &Timeframe::ALL[1..] {
+        let keep = persisted(*tf, now);
+        let rolled = table_bars(&[rollup(&m1, tf.micros(), 0, 0).unwrap()])
+            .into_iter()
+            .filter(|(k, _)| keep(k))
+            .collect();
+        let mut got = stored(d, *tf).await;
+        got.values_mut().for_each(|b| b.revision = 0);
+        assert_bars_match(&format!("{what} rollup(1m) vs {tf}"), &got, &rolled);
     }
 }
 
@@ -256,4 +271,62 @@ async fn trades_inside_the_grace_period_wait_for_it() {
     assert!(stored(&d, Timeframe::M1).await.is_empty());
     build_all(&d, T0 + 6 * MIN).await;
     assert_eq!(stored(&d, Timeframe::M1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_rebuilds_a_range_and_nothing_else() {
+    let d = Deployment::new().await;
+    let mut trades: Vec<Trade> = (0..240)
+        .map(|i| {
+            trade(
+                "kraken",
+                "SOL-USD",
+                &i.to_string(),
+                T0 + i * 30 * 1_000_000,
+                20.0 + (i % 5) as f64,
+                1.0,
+            )
+        })
+        .collect();
+    load(&d, &trades).await;
+    let now = T0 + DAY + 10 * MIN;
+    build_all(&d, now).await;
+    let before = snapshots(&d).await;
+
+    // Over unchanged trades a backfill writes nothing.
+    let range = TimeRange::new(Some(T0), Some(T0 + 60 * MIN));
+    for tf in Timeframe::ALL {
+        let r = build::backfill(&d.writer, tf, range, now).await.unwrap();
+        assert_eq!(r.new + r.revised, 0, "{tf}: {r:?}");
+    }
+    assert_eq!(snapshots(&d).await, before);
+
+    // Trades slipped in for 00:20 and 01:30; backfilling the first hour repairs only that hour.
+    let late = vec![
+        trade("kraken", "SOL-USD", "x1", T0 + 20 * MIN + 1, 99.0, 3.0),
+        trade("kraken", "SOL-USD", "x2", T0 + 90 * MIN, 1.0, 3.0),
+    ];
+    load(&d, &late).await;
+    let m1 = build::backfill(&d.writer, Timeframe::M1, range, now)
+        .await
+        .unwrap();
+    assert_eq!((m1.new, m1.revised), (0, 1), "{m1:?}");
+    let h1 = build::backfill(&d.writer, Timeframe::H1, range, now)
+        .await
+        .unwrap();
+    assert_eq!(h1.revised, 1, "{h1:?}");
+    let stored_m1 = stored(&d, Timeframe::M1).await;
+    let key = |t: i64| ("kraken".to_string(), "SOL-USD".to_string(), t);
+    assert_eq!(stored_m1[&key(T0 + 20 * MIN)].high, 99.0);
+    assert_eq!(
+        stored_m1[&key(T0 + 90 * MIN)].low,
+        20.0,
+        "outside the range: untouched"
+    );
+    trades.push(late[0].clone());
+    let want = reference(&trades, Timeframe::M1.micros());
+    assert_eq!(
+        stored_m1[&key(T0 + 20 * MIN)].count,
+        want[&key(T0 + 20 * MIN)].count
+    );
 }
