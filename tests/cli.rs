@@ -35,14 +35,7 @@ async fn trade_count(dir: &std::path::Path) -> (i64, Option<i64>) {
         })
         .await,
     };
-    let batches = d
-        .session()
-        .sql("select count(*) from ohlcv.market.trades")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches = d.sql("select count(*) from ohlcv.market.trades").await;
     let n = batches[0]
         .column(0)
         .as_any()

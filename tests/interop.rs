@@ -32,14 +32,7 @@ async fn table_json(d: &Deployment, kind: TableKind, columns: &[&str]) -> Value 
         columns.join(", "),
         kind.name()
     );
-    let batches: Vec<RecordBatch> = d
-        .session()
-        .sql(&sql)
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    let batches: Vec<RecordBatch> = d.sql(&sql).await;
     let mut rows = Vec::new();
     let mut timestamps = Vec::new();
     for b in &batches {

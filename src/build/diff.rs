@@ -98,10 +98,13 @@ pub fn diff(
     let mut revision: Vec<i32> = Vec::new();
     let mut stamp: Vec<i64> = Vec::new();
     let (mut new, mut revised, mut unchanged, mut late) = (0, 0, 0, 0);
-    let mut recomputed = vec![false; 0];
-    if keep_unchanged {
-        recomputed = vec![false; existing.iter().map(|b| b.num_rows()).sum::<usize>()];
-    }
+    // Which stored rows were recomputed (only tracked when the rest must be carried over).
+    let stored_rows = if keep_unchanged {
+        existing.iter().map(|b| b.num_rows()).sum()
+    } else {
+        0
+    };
+    let mut recomputed = vec![false; stored_rows];
     let offsets: Vec<usize> = existing
         .iter()
         .scan(0, |acc, b| {

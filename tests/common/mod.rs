@@ -68,6 +68,17 @@ impl Deployment {
         ctx
     }
 
+    /// Runs `sql` through DataFusion over our tables.
+    pub async fn sql(&self, sql: &str) -> Vec<RecordBatch> {
+        self.session()
+            .sql(sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+    }
+
     /// Every bar of a table as comparable tuples, sorted by key.
     pub async fn bars(&self, tf: Timeframe) -> Vec<Bar> {
         self.bars_where(tf, "true").await
@@ -79,15 +90,7 @@ impl Deployment {
              where {predicate} order by exchange, symbol, window_start",
             tf.table_name()
         );
-        let batches = self
-            .session()
-            .sql(&sql)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        rows_of(&batches)
+        rows_of(&self.sql(&sql).await)
     }
 }
 

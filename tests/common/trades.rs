@@ -5,9 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{AsArray, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::datatypes::{
-    DataType, Field, Float64Type, Int32Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
-};
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trade {
@@ -34,21 +32,8 @@ pub fn trade(exchange: &str, symbol: &str, id: &str, ts: i64, price: f64, qty: f
 
 /// Trades in the ingest input shape.
 pub fn trade_batch(trades: &[Trade]) -> RecordBatch {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("exchange", DataType::Utf8, false),
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("trade_id", DataType::Utf8, false),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("price", DataType::Float64, false),
-        Field::new("quantity", DataType::Float64, false),
-        Field::new("side", DataType::Utf8, true),
-    ]));
     RecordBatch::try_new(
-        schema,
+        ohlcv_server::trades::generate::trade_input_schema(),
         vec![
             Arc::new(StringArray::from_iter_values(
                 trades.iter().map(|t| t.exchange.as_str()),
