@@ -191,3 +191,83 @@ fn a_lock_left_by_a_killed_process_is_recovered() {
         .unwrap()
         .contains(&format!("pid {}", std::process::id())));
 }
+
+#[test]
+fn compute_writes_the_bars_of_a_trades_file_at_any_timeframe() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("t.parquet");
+    run_ok(
+        bin()
+            .args([
+                "generate",
+                "--trades",
+                "5000",
+                "--duplicates",
+                "0.02",
+                "--output",
+            ])
+            .arg(&input),
+    );
+    let trades = ohlcv_server::trades::read_file(&input).unwrap();
+    // Distinct trades and distinct (exchange, symbol, 15-minute window) in the input.
+    let mut ids = std::collections::HashSet::new();
+    let mut windows = std::collections::HashSet::new();
+    for b in &trades {
+        let (ex, sym, id) = (
+            b.column(0).as_string::<i32>(),
+            b.column(1).as_string::<i32>(),
+            b.column(2).as_string::<i32>(),
+        );
+        let ts = b.column(3).as_primitive::<TimestampMicrosecondType>();
+        for r in 0..b.num_rows() {
+            ids.insert((
+                ex.value(r).to_string(),
+                sym.value(r).to_string(),
+                id.value(r).to_string(),
+            ));
+            windows.insert((
+                ex.value(r).to_string(),
+                sym.value(r).to_string(),
+                ts.value(r).div_euclid(15 * MIN),
+            ));
+        }
+    }
+    let output = work.path().join("bars.parquet");
+    let out = run_ok(
+        bin()
+            .args(["compute", "--timeframe", "15m", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&output),
+    );
+    assert!(
+        out.contains(&format!("{} 15m bars from 5100 trades", windows.len())),
+        "{out}"
+    );
+    let bars = ohlcv_server::trades::read_file(&output).unwrap();
+    let counted: i64 = bars
+        .iter()
+        .map(|b| {
+            b.column_by_name("trade_count")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .values()
+                .iter()
+                .sum::<i64>()
+        })
+        .sum();
+    assert_eq!(
+        counted as usize,
+        ids.len(),
+        "every distinct trade counted once"
+    );
+    let bad = bin()
+        .args(["compute", "--timeframe", "7x", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown timeframe '7x'"));
+}
