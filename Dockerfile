@@ -1,6 +1,6 @@
 # ohlcv-server image: a release build on Debian, run as an unprivileged user with the data dir
-# as a volume. The Flight SQL port arrives with `serve`; until then the image runs the offline
-# commands (`load`, `generate`).
+# as a volume. The default command is the demo server on all interfaces; authentication is not
+# built yet, hence --insecure: publish the port only where that is acceptable.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -16,5 +16,6 @@ USER ohlcv
 WORKDIR /var/lib/ohlcv
 VOLUME /var/lib/ohlcv/data
 ENV OHLCV_DATA_DIR=/var/lib/ohlcv/data
+EXPOSE 50051
 ENTRYPOINT ["ohlcv-server"]
-CMD ["--help"]
+CMD ["serve", "--demo", "--listen", "0.0.0.0:50051", "--insecure"]

@@ -31,6 +31,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve Flight SQL and keep the tables built on their schedules.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        /// Create the tables if missing and feed synthetic trades (a few days, then live).
+        #[arg(long)]
+        demo: bool,
+        /// Allow listening on a non-loopback address without authentication.
+        #[arg(long)]
+        insecure: bool,
+    },
     /// Append Parquet or CSV trade files to market.trades (all files in one commit, or none).
     Load {
         #[arg(required = true, value_name = "FILE")]
@@ -101,6 +112,11 @@ impl Cli {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.load_config()?;
     match cli.command {
+        Command::Serve {
+            listen,
+            demo,
+            insecure,
+        } => serve(&config, &listen, demo, insecure).await?,
         Command::Load { files } => {
             let writer = open_writer(&config, "load").await?;
             let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
@@ -209,6 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 trades_per_second: rate,
                 out_of_order,
                 duplicates,
+                first_id: 1,
             };
             let batch = trades::generate::generate(&cfg)?;
             trades::write_trades_file(&output, &batch)?;
@@ -221,6 +238,88 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn serve(config: &Config, listen: &str, demo: bool, insecure: bool) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use crate::clock::{Clock, SystemClock};
+    use crate::scheduler::{default_schedules, BuilderJobs, History, RetryPolicy, Scheduler};
+    use crate::server::{self, QueryEngine};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .with_context(|| format!("--listen {listen} is not an address:port"))?;
+    if !addr.ip().is_loopback() && !insecure {
+        anyhow::bail!(
+            "refusing to listen on {addr} without authentication; users and roles are not \
+             configured, so only loopback is allowed unless you pass --insecure"
+        );
+    }
+    let writer = open_writer(config, "serve").await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    println!("listening on {}", listener.local_addr()?);
+
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let history = History::open(writer.storage().pool()).await?;
+    let runner = Arc::new(BuilderJobs {
+        writer: writer.clone(),
+        settings: config.build.settings(),
+    });
+    let (scheduler, handle) = Scheduler::new(
+        runner,
+        Arc::clone(&clock),
+        default_schedules(),
+        RetryPolicy::default(),
+        Arc::new(history),
+    );
+    tasks.spawn(scheduler.run(cancel.clone()));
+    if demo {
+        tasks.spawn(server::demo::feed(
+            writer.clone(),
+            Arc::clone(&clock),
+            handle.clone(),
+            cancel.clone(),
+        ));
+    }
+    tasks.close();
+
+    let engine = QueryEngine::new(writer.storage().clone());
+    let stop = cancel.clone();
+    server::run(listener, engine, async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests, finishing open streams");
+        stop.cancel();
+    })
+    .await?;
+    cancel.cancel();
+    // Jobs stop at their next await point; every job's effect is one atomic commit.
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }
 
 async fn open_writer(config: &Config, purpose: &str) -> anyhow::Result<TableWriter> {

@@ -8,6 +8,7 @@
 //! - [`bars`]: the bar and rollup kernels (pure, no I/O) and the fast trades-file reader.
 //! - [`build`]: the builder: incremental 1m/5m, rollup 30m/1h/1d, backfill, watermarks.
 //! - [`clock`]: injected time.
+//! - [`server`]: Flight SQL service, query engine, `serve` wiring, demo feed.
 //! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
 //! - [`trades`]: trade input: normalising and validating batches, loading files, generating
 //!   synthetic trades.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod scheduler;
+pub mod server;
 pub mod storage;
 pub mod timeframe;
 pub mod trades;

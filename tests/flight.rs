@@ -1,0 +1,266 @@
+//! Flight SQL against the real server on 127.0.0.1:0, through the Rust Flight SQL client:
+//! statements, metadata, and the status codes of bad requests. Then `ohlcv-server serve --demo`
+//! as a user starts it: candles appear, SIGTERM shuts it down cleanly.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandGetTables, CommandStatementQuery, ProstMessageExt};
+use arrow_flight::{FlightDescriptor, Ticket};
+use common::trades::{trade, trade_batch};
+use common::*;
+use futures::TryStreamExt;
+use ohlcv_server::build::{self, BuildSettings};
+use ohlcv_server::server::{self, QueryEngine};
+use ohlcv_server::storage::TableKind;
+use ohlcv_server::timeframe::Timeframe;
+use prost::Message;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Server {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(d: &Deployment) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let engine = QueryEngine::new(d.storage().clone());
+        let task = tokio::spawn(async move {
+            server::run(listener, engine, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+        });
+        Server {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn shutdown_and_wait(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let mut out = Vec::new();
+    for endpoint in info.endpoint {
+        let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+        out.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+    }
+    out
+}
+
+fn count(batches: &[RecordBatch]) -> i64 {
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+async fn deployment_with_bars() -> Deployment {
+    let d = Deployment::new().await;
+    let trades: Vec<_> = (0..120)
+        .map(|i| {
+            trade(
+                "kraken",
+                "BTC-USD",
+                &i.to_string(),
+                T0 + i * 30_000_000,
+                100.0 + i as f64,
+                1.0,
+            )
+        })
+        .collect();
+    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, T0).unwrap();
+    d.writer
+        .append(TableKind::Trades, &[rows], HashMap::new())
+        .await
+        .unwrap();
+    for tf in Timeframe::ALL {
+        build::build(&d.writer, tf, T0 + 2 * DAY, BuildSettings::default())
+            .await
+            .unwrap();
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_and_metadata_through_the_flight_sql_client() {
+    let d = deployment_with_bars().await;
+    let server = Server::start(&d).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+
+    assert_eq!(
+        count(&query(&mut client, "select count(*) from ohlcv_1m").await),
+        60
+    );
+    let rows = query(
+        &mut client,
+        "select window_start, open, close from ohlcv.market.ohlcv_5m \
+         where symbol = 'BTC-USD' order by window_start",
+    )
+    .await;
+    let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n, 12);
+    assert_eq!(
+        rows[0]
+            .column(1)
+            .as_primitive::<arrow::datatypes::Float64Type>()
+            .value(0),
+        100.0
+    );
+
+    let catalogs = client.get_catalogs().await.unwrap();
+    let stream = client
+        .do_get(catalogs.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "ohlcv");
+
+    let tables = client
+        .get_tables(CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stream = client
+        .do_get(tables.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let names: Vec<&str> = batches[0]
+        .column(2)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ohlcv_1d",
+            "ohlcv_1h",
+            "ohlcv_1m",
+            "ohlcv_30m",
+            "ohlcv_5m",
+            "trades"
+        ]
+    );
+    assert_eq!(batches[0].num_columns(), 5, "table schemas included");
+    server.shutdown_and_wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
+    let d = deployment_with_bars().await;
+    let before = d.snapshot(TableKind::Bars(Timeframe::M1)).await;
+    let server = Server::start(&d).await;
+    let mut raw = FlightServiceClient::new(server.channel().await);
+    let info = |sql: &str| {
+        FlightDescriptor::new_cmd(
+            CommandStatementQuery {
+                query: sql.to_string(),
+                transaction_id: None,
+            }
+            .as_any()
+            .encode_to_vec(),
+        )
+    };
+    let code = |r: Result<tonic::Response<arrow_flight::FlightInfo>, tonic::Status>| {
+        let s = r.unwrap_err();
+        (s.code(), s.message().to_string())
+    };
+    let (c, m) = code(raw.get_flight_info(info("selec * from ohlcv_1m")).await);
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+    assert!(m.contains("selec"), "DataFusion's message: {m}");
+    let (c, m) = code(
+        raw.get_flight_info(info("select * from no_such_table"))
+            .await,
+    );
+    assert_eq!(c, Code::NotFound, "{m}");
+    for write in [
+        "drop table ohlcv_1m",
+        "insert into ohlcv_1m select * from ohlcv_1m",
+        "create table x as select 1",
+    ] {
+        let (c, m) = code(raw.get_flight_info(info(write)).await);
+        assert_eq!(c, Code::InvalidArgument, "{write}: {m}");
+    }
+    let garbage = raw
+        .do_get(Ticket::new(b"\x01\x02not a ticket".to_vec()))
+        .await;
+    let status = garbage.err().map(|s| s.code());
+    assert_eq!(status, Some(Code::InvalidArgument), "malformed ticket");
+    assert_eq!(d.snapshot(TableKind::Bars(Timeframe::M1)).await, before);
+    server.shutdown_and_wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_demo_shows_candles_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--demo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect(&line)
+        .to_string();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    let started = Instant::now();
+    let mut candles = 0;
+    while started.elapsed() < Duration::from_secs(120) {
+        candles = count(&query(&mut client, "select count(*) from ohlcv_1m").await);
+        let hours = count(&query(&mut client, "select count(*) from ohlcv_1h").await);
+        if candles > 0 && hours > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(candles > 1000, "a day of demo candles, got {candles}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+}
