@@ -5,12 +5,14 @@
 //! | `query` | DataFusion sessions over our catalog (read only) |
 //! | `flight` | the `FlightSqlService`: statements and metadata |
 //! | `error` | the one mapping of errors to gRPC status codes |
+//! | `system` | the `system` schema (`job_runs`) |
 //! | `demo` | the synthetic live feed of `serve --demo` |
 
 pub mod demo;
 pub mod error;
 pub mod flight;
 pub mod query;
+pub mod system;
 
 use std::future::Future;
 

@@ -167,7 +167,8 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
             "ohlcv_1m",
             "ohlcv_30m",
             "ohlcv_5m",
-            "trades"
+            "trades",
+            "job_runs"
         ]
     );
     assert_eq!(batches[0].num_columns(), 5, "table schemas included");
@@ -263,4 +264,45 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_job_runs_shows_what_the_scheduler_did() {
+    use ohlcv_server::scheduler::{
+        default_schedules, BuilderJobs, History, JobKind, RetryPolicy, Scheduler,
+    };
+    use std::sync::Arc;
+    let d = deployment_with_bars().await;
+    let history = History::open(d.storage().pool()).await.unwrap();
+    let runner = Arc::new(BuilderJobs {
+        writer: d.writer.clone(),
+        settings: BuildSettings::default(),
+    });
+    let clock = Arc::new(ohlcv_server::clock::ManualClock::at(T0 + 3 * DAY));
+    let (scheduler, handle) = Scheduler::new(
+        runner,
+        clock,
+        default_schedules(),
+        RetryPolicy::default(),
+        Arc::new(history),
+    );
+    handle.pause();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(scheduler.run(cancel.clone()));
+    let run = handle.trigger(JobKind::Build(Timeframe::M5)).await.unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+
+    let server = Server::start(&d).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let rows = query(
+        &mut client,
+        "select run_id, job, timeframe, status, new_bars from system.job_runs",
+    )
+    .await;
+    assert_eq!(rows[0].num_rows(), 1);
+    assert_eq!(rows[0].column(0).as_string::<i32>().value(0), run.run_id);
+    assert_eq!(rows[0].column(2).as_string::<i32>().value(0), "5m");
+    assert_eq!(rows[0].column(3).as_string::<i32>().value(0), "succeeded");
+    server.shutdown_and_wait().await;
 }

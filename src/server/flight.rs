@@ -46,11 +46,20 @@ impl OhlcvFlightSql {
         }
     }
 
-    /// The tables this server exposes, with their Arrow schemas.
-    fn tables(&self) -> Result<Vec<(String, Arc<Schema>)>, Status> {
-        TableKind::all()
-            .map(|k| Ok((k.name(), k.arrow_schema().map_err(Error::from)?)))
-            .collect()
+    /// The tables this server exposes: (schema, table, Arrow schema).
+    fn tables(&self) -> Result<Vec<(String, String, Arc<Schema>)>, Status> {
+        let mut tables: Vec<(String, String, Arc<Schema>)> = TableKind::all()
+            .map(|k| {
+                let schema = k.arrow_schema().map_err(Error::from)?;
+                Ok((self.engine.namespace().to_string(), k.name(), schema))
+            })
+            .collect::<Result<_, Status>>()?;
+        tables.push((
+            "system".into(),
+            "job_runs".into(),
+            super::system::job_runs_schema(),
+        ));
+        Ok(tables)
     }
 }
 
@@ -169,6 +178,7 @@ impl FlightSqlService for OhlcvFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
         builder.append(self.engine.catalog_name(), self.engine.namespace());
+        builder.append(self.engine.catalog_name(), "system");
         Ok(one_batch(builder.schema(), builder.build()))
     }
 
@@ -191,15 +201,14 @@ impl FlightSqlService for OhlcvFlightSql {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        for (name, schema) in self.tables()? {
+        for (schema_name, name, schema) in self.tables()? {
+            let kind = if schema_name == "system" {
+                "SYSTEM TABLE"
+            } else {
+                "TABLE"
+            };
             builder
-                .append(
-                    self.engine.catalog_name(),
-                    self.engine.namespace(),
-                    name,
-                    "TABLE",
-                    &schema,
-                )
+                .append(self.engine.catalog_name(), schema_name, name, kind, &schema)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         Ok(one_batch(builder.schema(), builder.build()))
@@ -225,6 +234,7 @@ impl FlightSqlService for OhlcvFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
         builder.append("TABLE");
+        builder.append("SYSTEM TABLE");
         Ok(one_batch(builder.schema(), builder.build()))
     }
 

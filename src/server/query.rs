@@ -1,5 +1,5 @@
-//! The query engine behind Flight SQL: DataFusion over catalog `ohlcv`, schema `market`, each
-//! table pinned to its current snapshot when a statement is planned. Read only.
+//! The query engine behind Flight SQL: DataFusion over catalog `ohlcv`, schemas `market` (each
+//! table pinned to its current snapshot when a statement is planned) and `system`. Read only.
 
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::error::Result;
+use super::system::SystemSchema;
 use crate::storage::{MarketSchema, Storage};
 
 /// Cheap handle; every statement gets a fresh session (plans are not shared between clients).
@@ -42,6 +43,7 @@ impl QueryEngine {
             self.namespace(),
             Arc::new(MarketSchema::new(self.storage.clone())),
         )?;
+        catalog.register_schema("system", Arc::new(SystemSchema::new(self.storage.pool())))?;
         ctx.register_catalog(self.catalog_name(), Arc::new(catalog));
         Ok(ctx)
     }
