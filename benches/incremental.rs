@@ -31,6 +31,7 @@ fn minute_of_trades(start: i64, minutes: i64, seed: u64) -> arrow::array::Record
         out_of_order: 0.0,
         duplicates: 0.0,
         first_id: 1,
+        start_prices: Vec::new(),
     })
     .unwrap();
     normalize(&raw, 0, start).unwrap()

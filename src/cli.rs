@@ -226,6 +226,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 out_of_order,
                 duplicates,
                 first_id: 1,
+                start_prices: Vec::new(),
             };
             let batch = trades::generate::generate(&cfg)?;
             trades::write_trades_file(&output, &batch)?;

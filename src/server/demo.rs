@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::scheduler::{JobKind, SchedulerHandle};
 use crate::storage::{TableKind, TableWriter};
 use crate::timeframe::Timeframe;
-use crate::trades::generate::generate;
+use crate::trades::generate::generate_continuing;
 use crate::trades::{normalize, GeneratorConfig};
 
 const SYMBOLS: usize = 6;
@@ -31,6 +31,7 @@ pub async fn feed(
 ) {
     let mut next_id: u64 = 1;
     let mut built = false;
+    let mut prices: Vec<f64> = Vec::new();
     let mut from = clock.now_us();
     match writer.storage().table(TableKind::Trades).await {
         Ok(t) if t.metadata().current_snapshot_id.is_none() => {
@@ -54,17 +55,22 @@ pub async fn feed(
                 out_of_order: 0.01,
                 duplicates: 0.002,
                 first_id: next_id,
+                start_prices: prices.clone(),
             };
-            let appended = match generate(&cfg).and_then(|raw| normalize(&raw, 0, now)) {
-                Ok(rows) => writer
+            let generated = generate_continuing(&cfg)
+                .and_then(|(raw, end)| Ok((normalize(&raw, 0, now)?, end)));
+            let appended = match generated {
+                Ok((rows, end)) => writer
                     .append(TableKind::Trades, &[rows], HashMap::new())
                     .await
+                    .map(|outcome| (outcome, end))
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match appended {
-                Ok(outcome) => {
+                Ok((outcome, end)) => {
                     tracing::debug!(trades = outcome.rows_added, "demo trades appended");
+                    prices = end;
                     next_id += n as u64;
                     from = now;
                     if !built {

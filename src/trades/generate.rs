@@ -48,6 +48,9 @@ pub struct GeneratorConfig {
     pub duplicates: f64,
     /// First trade id of every exchange (a live feed continues where the last batch ended).
     pub first_id: u64,
+    /// Fair price of each symbol at the start; empty means typical levels. A live feed passes
+    /// the prices the previous batch ended with, so its random walk is continuous.
+    pub start_prices: Vec<f64>,
 }
 
 impl Default for GeneratorConfig {
@@ -62,6 +65,7 @@ impl Default for GeneratorConfig {
             out_of_order: 0.01,
             duplicates: 0.005,
             first_id: 1,
+            start_prices: Vec::new(),
         }
     }
 }
@@ -116,6 +120,11 @@ fn to_tick(price: f64) -> f64 {
 
 /// Generates the trades in delivery order.
 pub fn generate(cfg: &GeneratorConfig) -> Result<RecordBatch> {
+    generate_continuing(cfg).map(|(batch, _)| batch)
+}
+
+/// As [`generate`], also returning each symbol's fair price at the end.
+pub fn generate_continuing(cfg: &GeneratorConfig) -> Result<(RecordBatch, Vec<f64>)> {
     if cfg.symbols == 0 || cfg.exchanges == 0 || cfg.trades_per_second <= 0.0 {
         return Err(Error::Schema(
             "generate needs at least one symbol, one exchange and a positive rate".to_string(),
@@ -124,10 +133,12 @@ pub fn generate(cfg: &GeneratorConfig) -> Result<RecordBatch> {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut fair: Vec<f64> = (0..cfg.symbols)
         .map(|i| {
-            SYMBOLS
-                .get(i)
-                .map(|(_, p)| *p)
-                .unwrap_or_else(|| 10f64.powf(rng.gen_range(-1.0..3.0)))
+            cfg.start_prices.get(i).copied().unwrap_or_else(|| {
+                SYMBOLS
+                    .get(i)
+                    .map(|(_, p)| *p)
+                    .unwrap_or_else(|| 10f64.powf(rng.gen_range(-1.0..3.0)))
+            })
         })
         .collect();
     // 5 % of prints share the previous timestamp (bursts below), so the gaps between the
@@ -182,7 +193,7 @@ pub fn generate(cfg: &GeneratorConfig) -> Result<RecordBatch> {
         let at = rng.gen_range(src..=trades.len());
         trades.insert(at, trades[src]);
     }
-    to_batch(&trades, cfg)
+    Ok((to_batch(&trades, cfg)?, fair))
 }
 
 fn to_batch(trades: &[Trade], cfg: &GeneratorConfig) -> Result<RecordBatch> {
@@ -288,5 +299,34 @@ mod tests {
 
         let price = a.column(4).as_any().downcast_ref::<Float64Array>().unwrap();
         assert!(price.values().iter().all(|p| p.is_finite() && *p > 0.0));
+    }
+
+    #[test]
+    fn a_continued_feed_starts_where_the_last_batch_ended() {
+        let first = GeneratorConfig {
+            trades: 2_000,
+            symbols: 1,
+            exchanges: 1,
+            ..GeneratorConfig::default()
+        };
+        let (_, end) = generate_continuing(&first).unwrap();
+        let next = GeneratorConfig {
+            seed: 7,
+            start_prices: end.clone(),
+            ..first
+        };
+        let (batch, _) = generate_continuing(&next).unwrap();
+        let price = batch
+            .column(4)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        let jump = (price.value(0) / end[0] - 1.0).abs();
+        assert!(
+            jump < 0.01,
+            "first price {} vs last fair {}",
+            price.value(0),
+            end[0]
+        );
     }
 }
