@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `query` | DataFusion sessions over our catalog (read only) |
 //! | `flight` | the `FlightSqlService`: statements and metadata |
+//! | `keys` | primary/foreign key metadata |
 //! | `error` | the one mapping of errors to gRPC status codes |
 //! | `system` | the `system` schema (`job_runs`) |
 //! | `demo` | the synthetic live feed of `serve --demo` |
@@ -11,6 +12,7 @@
 pub mod demo;
 pub mod error;
 pub mod flight;
+pub mod keys;
 pub mod query;
 pub mod system;
 

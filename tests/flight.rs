@@ -13,7 +13,10 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use arrow_flight::sql::{CommandGetTables, CommandStatementQuery, ProstMessageExt};
+use arrow_flight::sql::{
+    CommandGetExportedKeys, CommandGetPrimaryKeys, CommandGetTables, CommandStatementQuery,
+    ProstMessageExt,
+};
 use arrow_flight::{FlightDescriptor, Ticket};
 use common::trades::{trade, trade_batch};
 use common::*;
@@ -172,6 +175,41 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
         ]
     );
     assert_eq!(batches[0].num_columns(), 5, "table schemas included");
+
+    let keys = client
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: Some("market".into()),
+            table: "ohlcv_1m".into(),
+        })
+        .await
+        .unwrap();
+    let stream = client
+        .do_get(keys.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let columns: Vec<&str> = batches[0]
+        .column(3)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(columns, ["exchange", "symbol", "window_start"]);
+    let exported = client
+        .get_exported_keys(CommandGetExportedKeys {
+            catalog: None,
+            db_schema: None,
+            table: "ohlcv_1m".into(),
+        })
+        .await
+        .unwrap();
+    let stream = client
+        .do_get(exported.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     server.shutdown_and_wait().await;
 }
 
