@@ -7,6 +7,7 @@
 //! | `keys` | primary/foreign key metadata |
 //! | `error` | the one mapping of errors to gRPC status codes |
 //! | `system` | the `system` schema (`job_runs`) |
+//! | `types` | XDBC type info |
 //! | `demo` | the synthetic live feed of `serve --demo` |
 
 pub mod demo;
@@ -15,6 +16,7 @@ pub mod flight;
 pub mod keys;
 pub mod query;
 pub mod system;
+pub mod types;
 
 use std::future::Future;
 

@@ -14,8 +14,8 @@ use arrow::datatypes::Int64Type;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
-    CommandGetExportedKeys, CommandGetPrimaryKeys, CommandGetTables, CommandStatementQuery,
-    ProstMessageExt,
+    CommandGetExportedKeys, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandStatementQuery, ProstMessageExt,
 };
 use arrow_flight::{FlightDescriptor, Ticket};
 use common::trades::{trade, trade_batch};
@@ -210,6 +210,26 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
         .unwrap();
     let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+
+    let types = client
+        .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    let stream = client
+        .do_get(types.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let names: Vec<&str> = batches[0]
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    assert!(
+        names.contains(&"TIMESTAMP WITH TIME ZONE") && names.contains(&"DOUBLE"),
+        "{names:?}"
+    );
     server.shutdown_and_wait().await;
 }
 
