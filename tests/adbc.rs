@@ -3,15 +3,9 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 
-use common::trades::{trade, trade_batch};
-use common::*;
-use ohlcv_server::build::{self, BuildSettings};
-use ohlcv_server::server::{self, QueryEngine};
-use ohlcv_server::storage::TableKind;
-use ohlcv_server::timeframe::Timeframe;
+use common::server::{deployment_with_bars, Server};
 
 fn python_with_adbc() -> bool {
     let ok = Command::new("python3")
@@ -30,41 +24,10 @@ async fn adbc_queries_and_metadata() {
         eprintln!("skipping: adbc-driver-flightsql is not installed");
         return;
     }
-    let d = Deployment::new().await;
-    let trades: Vec<_> = (0..90)
-        .map(|i| {
-            trade(
-                "okx",
-                "BTC-USD",
-                &i.to_string(),
-                T0 + i * 40_000_000,
-                10.0 + i as f64,
-                0.5,
-            )
-        })
-        .collect();
-    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, T0).unwrap();
-    d.writer
-        .append(TableKind::Trades, &[rows], HashMap::new())
-        .await
-        .unwrap();
-    let mut m1_bars = 0;
-    for tf in Timeframe::ALL {
-        let r = build::build(&d.writer, tf, T0 + 2 * DAY, BuildSettings::default())
-            .await
-            .unwrap();
-        if tf == Timeframe::M1 {
-            m1_bars = r.new;
-        }
-    }
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let engine = QueryEngine::new(d.storage().clone());
-    let server = tokio::spawn(server::run(listener, engine, async {
-        let _ = stopped.await;
-    }));
+    let d = deployment_with_bars().await;
+    let m1_bars = 60;
+    let server = Server::start(&d).await;
+    let addr = server.addr;
 
     let out = tokio::process::Command::new("python3")
         .arg(concat!(
@@ -83,6 +46,5 @@ async fn adbc_queries_and_metadata() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("adbc: {m1_bars} 1m bars")));
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    server.shutdown_and_wait().await;
 }

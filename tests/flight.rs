@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,56 +17,15 @@ use arrow_flight::sql::{
     CommandStatementQuery, ProstMessageExt,
 };
 use arrow_flight::{FlightDescriptor, Ticket};
-use common::trades::{trade, trade_batch};
+use common::server::{deployment_with_bars, Server};
 use common::*;
 use futures::TryStreamExt;
-use ohlcv_server::build::{self, BuildSettings};
-use ohlcv_server::server::{self, QueryEngine};
+use ohlcv_server::build::BuildSettings;
 use ohlcv_server::storage::TableKind;
 use ohlcv_server::timeframe::Timeframe;
 use prost::Message;
 use tonic::transport::Channel;
 use tonic::Code;
-
-struct Server {
-    addr: std::net::SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Server {
-    async fn start(d: &Deployment) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let engine = QueryEngine::new(d.storage().clone());
-        let task = tokio::spawn(async move {
-            server::run(listener, engine, async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap()
-        });
-        Server {
-            addr,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown_and_wait(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap();
-    }
-}
 
 async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
     let info = client.execute(sql.to_string(), None).await.unwrap();
@@ -81,33 +39,6 @@ async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<R
 
 fn count(batches: &[RecordBatch]) -> i64 {
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
-}
-
-async fn deployment_with_bars() -> Deployment {
-    let d = Deployment::new().await;
-    let trades: Vec<_> = (0..120)
-        .map(|i| {
-            trade(
-                "kraken",
-                "BTC-USD",
-                &i.to_string(),
-                T0 + i * 30_000_000,
-                100.0 + i as f64,
-                1.0,
-            )
-        })
-        .collect();
-    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, T0).unwrap();
-    d.writer
-        .append(TableKind::Trades, &[rows], HashMap::new())
-        .await
-        .unwrap();
-    for tf in Timeframe::ALL {
-        build::build(&d.writer, tf, T0 + 2 * DAY, BuildSettings::default())
-            .await
-            .unwrap();
-    }
-    d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
