@@ -68,20 +68,6 @@ impl BuildReport {
             self.snapshot_after = outcome.snapshot_id;
         }
     }
-
-    /// Adds another report's counts (for multi-step runs such as backfills).
-    pub fn merge(&mut self, other: &BuildReport) {
-        self.trades_read += other.trades_read;
-        self.bars_written += other.bars_written;
-        self.new += other.new;
-        self.revised += other.revised;
-        self.unchanged += other.unchanged;
-        self.late_revisions += other.late_revisions;
-        self.files_added += other.files_added;
-        self.files_removed += other.files_removed;
-        self.snapshot_after = other.snapshot_after.or(self.snapshot_after);
-        self.source_snapshot = other.source_snapshot.or(self.source_snapshot);
-    }
 }
 
 /// Builder settings.

@@ -37,6 +37,16 @@ async fn query(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<R
     out
 }
 
+/// Runs the first endpoint of a metadata FlightInfo.
+async fn fetch(
+    client: &mut FlightSqlServiceClient<Channel>,
+    info: arrow_flight::FlightInfo,
+) -> Vec<RecordBatch> {
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let stream = client.do_get(ticket).await.unwrap();
+    stream.try_collect().await.unwrap()
+}
+
 fn count(batches: &[RecordBatch]) -> i64 {
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
@@ -68,11 +78,7 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
     );
 
     let catalogs = client.get_catalogs().await.unwrap();
-    let stream = client
-        .do_get(catalogs.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let batches = fetch(&mut client, catalogs).await;
     assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "ohlcv");
 
     let tables = client
@@ -82,11 +88,7 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
         })
         .await
         .unwrap();
-    let stream = client
-        .do_get(tables.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let batches = fetch(&mut client, tables).await;
     let names: Vec<&str> = batches[0]
         .column(2)
         .as_string::<i32>()
@@ -115,11 +117,7 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
         })
         .await
         .unwrap();
-    let stream = client
-        .do_get(keys.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let batches = fetch(&mut client, keys).await;
     let columns: Vec<&str> = batches[0]
         .column(3)
         .as_string::<i32>()
@@ -135,22 +133,14 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
         })
         .await
         .unwrap();
-    let stream = client
-        .do_get(exported.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let batches = fetch(&mut client, exported).await;
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
 
     let types = client
         .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
         .await
         .unwrap();
-    let stream = client
-        .do_get(types.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+    let batches = fetch(&mut client, types).await;
     let names: Vec<&str> = batches[0]
         .column(0)
         .as_string::<i32>()

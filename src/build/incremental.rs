@@ -145,9 +145,8 @@ pub async fn build_incremental(
             trades.push(kept);
         }
     }
-    report.trades_read = report
-        .trades_read
-        .max(trades.iter().map(|b| b.num_rows()).sum());
+    // Late-key detection above counted the new files it scanned; add the trades aggregated.
+    report.trades_read += trades.iter().map(|b| b.num_rows()).sum::<usize>();
 
     // The kernel is CPU-bound and parallel on its own threads; keep it off the async workers.
     let computed = tokio::task::spawn_blocking(move || compute_bars(&trades, tf, now_us))

@@ -34,7 +34,6 @@ struct Inner {
     catalog_name: String,
     namespace: String,
     warehouse: PathBuf,
-    catalog_url: String,
 }
 
 impl Storage {
@@ -65,7 +64,6 @@ impl Storage {
                 catalog_name: config.catalog.name.clone(),
                 namespace: config.catalog.namespace.clone(),
                 warehouse,
-                catalog_url: url,
             }),
         };
         storage.ensure_tables().await?;
@@ -83,10 +81,6 @@ impl Storage {
 
     pub fn catalog_name(&self) -> &str {
         &self.inner.catalog_name
-    }
-
-    pub fn catalog_url(&self) -> &str {
-        &self.inner.catalog_url
     }
 
     pub fn namespace(&self) -> &str {

@@ -54,9 +54,6 @@ pub enum Error {
 
     #[error("invalid rows for {table}: {reason}")]
     InvalidData { table: String, reason: String },
-
-    #[error("configuration: {0}")]
-    Config(String),
 }
 
 impl Error {
