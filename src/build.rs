@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `incremental` | 1m and 5m from trades, by dirty window, with a grace period |
 //! | `batch` | 30m, 1h and 1d by partition, rolled up from 1m |
+//! | `compact` | merging the files of closed partitions |
 //! | `diff` | new / revised / unchanged bars; revisions |
 //! | `state` | watermarks kept as table properties |
 //!
@@ -11,6 +12,7 @@
 //! last committed state, and a rerun over the same input writes nothing.
 
 pub mod batch;
+pub mod compact;
 pub mod diff;
 pub mod incremental;
 pub mod state;
@@ -22,6 +24,7 @@ use crate::timeframe::Timeframe;
 
 pub use crate::bars::{Error, Result};
 pub use batch::{build_rollup, Scope};
+pub use compact::compact_closed;
 pub use incremental::build_incremental;
 
 /// What one build did; becomes a row of `system.job_runs`.

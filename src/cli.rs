@@ -70,6 +70,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE.parquet")]
         output: Option<PathBuf>,
     },
+    /// Call the admin service of a running server.
+    Admin {
+        /// The server, e.g. http://127.0.0.1:50051 (https:// when it has TLS).
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// User with the admin role, when the server has users configured.
+        #[arg(long)]
+        user: Option<String>,
+        /// Password of --user.
+        #[arg(long, env = "OHLCVCTL_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[command(subcommand)]
+        command: crate::admin::client::AdminCommand,
+    },
+    /// Print the argon2 hash of a password (read from stdin) for `[auth.users.<name>]`.
+    HashPassword,
     /// Write synthetic trades to a Parquet or CSV file.
     Generate {
         #[arg(long, value_name = "FILE")]
@@ -117,6 +133,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             demo,
             insecure,
         } => serve(&config, &listen, demo, insecure).await?,
+        Command::Admin {
+            server,
+            user,
+            password,
+            command,
+        } => {
+            let client =
+                crate::admin::client::connect(&server, user.as_deref(), password.as_deref())
+                    .await?;
+            crate::admin::client::run(client, command).await?;
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "empty password on stdin");
+            println!(
+                "{}",
+                crate::server::auth::hash_password(password).map_err(anyhow::Error::msg)?
+            );
+        }
         Command::Load { files } => {
             let writer = open_writer(&config, "load").await?;
             let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
@@ -244,64 +281,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: &Config, listen: &str, demo: bool, insecure: bool) -> anyhow::Result<()> {
     use std::sync::Arc;
 
-    use crate::clock::{Clock, SystemClock};
-    use crate::scheduler::{default_schedules, BuilderJobs, History, RetryPolicy, Scheduler};
-    use crate::server::{self, QueryEngine};
-    use tokio_util::sync::CancellationToken;
-    use tokio_util::task::TaskTracker;
+    use crate::clock::SystemClock;
+    use crate::server::{self, ServeOptions};
 
     let addr: std::net::SocketAddr = listen
         .parse()
         .with_context(|| format!("--listen {listen} is not an address:port"))?;
-    if !addr.ip().is_loopback() && !insecure {
+    let mut options = ServeOptions::from_config(config, Arc::new(SystemClock))?;
+    options.demo = demo;
+    if !addr.ip().is_loopback() && !options.auth.enabled() && !insecure {
         anyhow::bail!(
-            "refusing to listen on {addr} without authentication; users and roles are not \
-             configured, so only loopback is allowed unless you pass --insecure"
+            "refusing to listen on {addr} without authentication: no users are configured \
+             ([auth.users.<name>] in the config file), so only loopback is allowed unless you \
+             pass --insecure"
         );
     }
     let writer = open_writer(config, "serve").await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    println!("listening on {}", listener.local_addr()?);
-
-    let cancel = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let history = History::open(writer.storage().pool()).await?;
-    let runner = Arc::new(BuilderJobs {
-        writer: writer.clone(),
-        settings: config.build.settings(),
-    });
-    let (scheduler, handle) = Scheduler::new(
-        runner,
-        Arc::clone(&clock),
-        default_schedules(),
-        RetryPolicy::default(),
-        Arc::new(history),
+    println!(
+        "listening on {} ({}, {})",
+        listener.local_addr()?,
+        if options.tls.is_some() {
+            "TLS"
+        } else {
+            "plaintext"
+        },
+        if options.auth.enabled() {
+            "authentication required"
+        } else {
+            "no authentication"
+        }
     );
-    tasks.spawn(scheduler.run(cancel.clone()));
-    if demo {
-        tasks.spawn(server::demo::feed(
-            writer.clone(),
-            Arc::clone(&clock),
-            handle.clone(),
-            cancel.clone(),
-        ));
-    }
-    tasks.close();
-
-    let engine = QueryEngine::new(writer.storage().clone());
-    let stop = cancel.clone();
-    server::run(listener, engine, async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new requests, finishing open streams");
-        stop.cancel();
-    })
-    .await?;
-    cancel.cancel();
-    // Jobs stop at their next await point; every job's effect is one atomic commit.
-    tasks.wait().await;
+    server::serve(writer, listener, options, shutdown_signal()).await?;
     Ok(())
 }
 

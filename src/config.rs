@@ -31,6 +31,48 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub catalog: CatalogConfig,
     pub build: BuildConfig,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// PEM certificate chain and private key; both set means the server speaks TLS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Memory all running queries may hold together; a query past it fails with
+    /// `ResourceExhausted` instead of taking the server down.
+    pub query_memory_limit_mb: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            tls_cert: None,
+            tls_key: None,
+            query_memory_limit_mb: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of the bearer tokens the handshake issues.
+    pub token_ttl_secs: u64,
+    /// `[auth.users.<name>]` with `password_hash` (from `ohlcv-server hash-password`) and
+    /// `role` (`reader`, `writer` or `admin`). No users means no authentication, loopback only.
+    pub users: std::collections::BTreeMap<String, crate::server::auth::UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl_secs: 3600,
+            users: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,6 +115,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             catalog: CatalogConfig::default(),
             build: BuildConfig::default(),
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -225,6 +269,25 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.data_dir, PathBuf::from("/from/file"));
         assert_eq!(cfg.catalog.namespace, "envns");
+    }
+
+    #[test]
+    fn users_and_roles_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[auth.users.ana]\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\"\n\
+             role = \"writer\"\n[server]\nquery_memory_limit_mb = 64\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            cfg.auth.users["ana"].role,
+            crate::server::auth::Role::Writer
+        );
+        assert_eq!(cfg.server.query_memory_limit_mb, 64);
+        assert_eq!(cfg.auth.token_ttl_secs, 3600);
     }
 
     #[test]

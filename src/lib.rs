@@ -12,8 +12,10 @@
 //! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
 //! - [`trades`]: trade input: normalising and validating batches, loading files, generating
 //!   synthetic trades.
+//! - [`admin`]: the admin gRPC service (generated from `proto/`) and its command-line client.
 //! - [`cli`]: the command-line interface that `main.rs` runs.
 
+pub mod admin;
 pub mod bars;
 pub mod build;
 pub mod cli;

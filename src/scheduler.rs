@@ -53,11 +53,18 @@ pub struct BuilderJobs {
 #[async_trait]
 impl JobRunner for BuilderJobs {
     async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String> {
-        match job {
-            JobKind::Build(tf) => crate::build::build(&self.writer, tf, now_us, self.settings)
-                .await
-                .map_err(|e| e.to_string()),
-        }
+        let result = match job {
+            JobKind::Build(tf) => {
+                crate::build::build(&self.writer, tf, now_us, self.settings).await
+            }
+            JobKind::Backfill(tf, range) => {
+                crate::build::backfill(&self.writer, tf, range, now_us).await
+            }
+            JobKind::Compact(kind) => {
+                crate::build::compact_closed(&self.writer, kind, now_us, self.settings).await
+            }
+        };
+        result.map_err(|e| e.to_string())
     }
 }
 
@@ -98,12 +105,27 @@ enum Command {
     Trigger(JobKind, oneshot::Sender<JobRun>),
 }
 
-/// Control of a running scheduler: manual triggers, pause and resume.
+/// Control of a running scheduler: manual triggers, pause and resume, and what it runs when.
 #[derive(Clone)]
 pub struct SchedulerHandle {
     commands: mpsc::Sender<Command>,
     paused: Arc<AtomicBool>,
+    schedules: Arc<[Schedule]>,
+    clock: Arc<dyn Clock>,
 }
+
+/// One schedule's state, as `system.jobs` and the admin status show it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    pub schedule: Schedule,
+    /// `None` while paused.
+    pub next_run_us: Option<i64>,
+    pub last_run: Option<JobRun>,
+    /// Succeeded attempts over all attempts in the last 24 hours.
+    pub success_rate_24h: Option<f64>,
+}
+
+const DAY_US: i64 = 86_400_000_000;
 
 impl SchedulerHandle {
     /// Queues `job` to run next and waits for its final attempt.
@@ -124,6 +146,36 @@ impl SchedulerHandle {
 
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn now_us(&self) -> i64 {
+        self.clock.now_us()
+    }
+
+    /// Every schedule with its next due time, last run and 24-hour success rate.
+    pub async fn jobs(&self, history: &History) -> crate::storage::Result<Vec<JobState>> {
+        let now = self.clock.now_us();
+        let runs = history.since(now - DAY_US).await?;
+        let mut states = Vec::with_capacity(self.schedules.len());
+        for schedule in self.schedules.iter() {
+            let job = schedule.job;
+            let tf = job.timeframe().map(|t| t.to_string());
+            let mine = |r: &&JobRun| r.job == job.name() && r.timeframe == tf;
+            let recent: Vec<&JobRun> = runs.iter().filter(mine).collect();
+            let succeeded = recent.iter().filter(|r| r.status == "succeeded").count();
+            let last_run = match recent.iter().max_by_key(|r| (r.started_at, r.attempt)) {
+                Some(r) => Some((*r).clone()),
+                None => history.last(job.name(), tf.as_deref()).await?,
+            };
+            states.push(JobState {
+                schedule: *schedule,
+                next_run_us: (!self.is_paused()).then(|| schedule.next_at_or_after(now)),
+                last_run,
+                success_rate_24h: (!recent.is_empty())
+                    .then(|| succeeded as f64 / recent.len() as f64),
+            });
+        }
+        Ok(states)
     }
 }
 
@@ -151,6 +203,8 @@ impl Scheduler {
         let handle = SchedulerHandle {
             commands: tx,
             paused: Arc::clone(&paused),
+            schedules: schedules.clone().into(),
+            clock: Arc::clone(&clock),
         };
         let scheduler = Scheduler {
             runner,

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
@@ -18,9 +18,7 @@ use arrow_flight::sql::{
 };
 use arrow_flight::{FlightDescriptor, Ticket};
 use common::server::{deployment_with_bars, Server};
-use common::*;
 use futures::TryStreamExt;
-use ohlcv_server::build::BuildSettings;
 use ohlcv_server::storage::TableKind;
 use ohlcv_server::timeframe::Timeframe;
 use prost::Message;
@@ -104,7 +102,8 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
             "ohlcv_30m",
             "ohlcv_5m",
             "trades",
-            "job_runs"
+            "job_runs",
+            "jobs"
         ]
     );
     assert_eq!(batches[0].num_columns(), 5, "table schemas included");
@@ -217,6 +216,7 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
     let addr = line
         .trim()
         .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
         .expect(&line)
         .to_string();
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -246,33 +246,27 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn system_job_runs_shows_what_the_scheduler_did() {
-    use ohlcv_server::scheduler::{
-        default_schedules, BuilderJobs, History, JobKind, RetryPolicy, Scheduler,
+async fn admin_build_shows_in_system_job_runs_and_jobs() {
+    use ohlcv_server::admin::proto::admin_service_client::AdminServiceClient;
+    use ohlcv_server::admin::proto::{
+        GetStatusRequest, PauseSchedulesRequest, ResumeSchedulesRequest, TriggerBuildRequest,
     };
-    use std::sync::Arc;
     let d = deployment_with_bars().await;
-    let history = History::open(d.storage().pool()).await.unwrap();
-    let runner = Arc::new(BuilderJobs {
-        writer: d.writer.clone(),
-        settings: BuildSettings::default(),
-    });
-    let clock = Arc::new(ohlcv_server::clock::ManualClock::at(T0 + 3 * DAY));
-    let (scheduler, handle) = Scheduler::new(
-        runner,
-        clock,
-        default_schedules(),
-        RetryPolicy::default(),
-        Arc::new(history),
-    );
-    handle.pause();
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(scheduler.run(cancel.clone()));
-    let run = handle.trigger(JobKind::Build(Timeframe::M5)).await.unwrap();
-    cancel.cancel();
-    task.await.unwrap();
-
     let server = Server::start(&d).await;
+    let mut admin = AdminServiceClient::new(server.channel().await);
+    let built = admin
+        .trigger_build(TriggerBuildRequest {
+            timeframes: vec!["5m".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(built.runs.len(), 1);
+    let run = &built.runs[0];
+    assert_eq!(run.status, "succeeded");
+    // Everything was built already: the run changes nothing.
+    assert_eq!(run.report.as_ref().unwrap().new_bars, 0);
+
     let mut client = FlightSqlServiceClient::new(server.channel().await);
     let rows = query(
         &mut client,
@@ -283,5 +277,62 @@ async fn system_job_runs_shows_what_the_scheduler_did() {
     assert_eq!(rows[0].column(0).as_string::<i32>().value(0), run.run_id);
     assert_eq!(rows[0].column(2).as_string::<i32>().value(0), "5m");
     assert_eq!(rows[0].column(3).as_string::<i32>().value(0), "succeeded");
+
+    let jobs = query(
+        &mut client,
+        "select timeframe, last_status, success_rate_24h, next_run, paused \
+         from system.jobs order by every_secs, offset_secs",
+    )
+    .await;
+    let jobs = &jobs[0];
+    assert_eq!(jobs.num_rows(), 5, "one row per schedule");
+    let tf = jobs.column(0).as_string::<i32>();
+    let status = jobs.column(1).as_string::<i32>();
+    let rate = jobs
+        .column(2)
+        .as_primitive::<arrow::datatypes::Float64Type>();
+    for i in 0..5 {
+        if tf.value(i) == "5m" {
+            assert_eq!(status.value(i), "succeeded");
+            assert_eq!(rate.value(i), 1.0);
+        } else {
+            assert!(status.is_null(i), "{} never ran", tf.value(i));
+            assert!(rate.is_null(i));
+        }
+    }
+    assert!(
+        jobs.column(3).is_valid(0),
+        "next run is known while running"
+    );
+
+    admin
+        .pause_schedules(PauseSchedulesRequest {})
+        .await
+        .unwrap();
+    let status = admin
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.paused);
+    assert!(status.jobs.iter().all(|j| j.next_run_us.is_none()));
+    let m1 = status
+        .tables
+        .iter()
+        .find(|t| t.table == "ohlcv_1m")
+        .unwrap();
+    assert_eq!(m1.rows, 60, "an hour of 1m bars");
+    let paused = query(&mut client, "select bool_and(paused) from system.jobs").await;
+    assert!(paused[0].column(0).as_boolean().value(0));
+    admin
+        .resume_schedules(ResumeSchedulesRequest {})
+        .await
+        .unwrap();
+    let status = admin
+        .get_status(GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.paused);
     server.shutdown_and_wait().await;
 }

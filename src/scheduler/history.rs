@@ -88,18 +88,36 @@ impl History {
 
     /// The newest runs first.
     pub async fn recent(&self, limit: i64) -> Result<Vec<JobRun>> {
-        let rows = sqlx::query(
-            "select run_id, job, timeframe, attempt, started_at, finished_at, status, trades_read, \
-             bars_written, new_bars, revised_bars, late_revisions, files_added, files_removed, \
-             snapshot_before, snapshot_after, source_snapshot, error \
-             from ohlcv_job_runs order by started_at desc, attempt desc limit $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!("{SELECT} order by started_at desc, attempt desc limit $1");
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(decode).collect()
     }
+
+    /// Runs started at or after `t`.
+    pub async fn since(&self, t: i64) -> Result<Vec<JobRun>> {
+        let sql = format!("{SELECT} where started_at >= $1");
+        let rows = sqlx::query(&sql).bind(t).fetch_all(&self.pool).await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The latest attempt of a job (of a timeframe).
+    pub async fn last(&self, job: &str, timeframe: Option<&str>) -> Result<Option<JobRun>> {
+        let sql = format!(
+            "{SELECT} where job = $1 and coalesce(timeframe, '') = $2 \
+             order by started_at desc, attempt desc limit 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(job)
+            .bind(timeframe.unwrap_or(""))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
 }
+
+const SELECT: &str = "select run_id, job, timeframe, attempt, started_at, finished_at, status, \
+    trades_read, bars_written, new_bars, revised_bars, late_revisions, files_added, files_removed, \
+    snapshot_before, snapshot_after, source_snapshot, error from ohlcv_job_runs";
 
 fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
     let n = |i: usize| -> Result<usize> { Ok(row.try_get::<i64, _>(i)? as usize) };

@@ -3,24 +3,34 @@
 
 use std::fmt;
 
+use crate::storage::{TableKind, TimeRange};
 use crate::timeframe::Timeframe;
 
-/// A unit of work the scheduler runs, one at a time.
+/// A unit of work the scheduler runs, one at a time (the single writer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
+    /// Build everything pending of a timeframe.
     Build(Timeframe),
+    /// Rebuild a range of a timeframe from its source.
+    Backfill(Timeframe, TimeRange),
+    /// Merge the files of the table's closed partitions.
+    Compact(TableKind),
 }
 
 impl JobKind {
     pub fn name(&self) -> &'static str {
         match self {
             JobKind::Build(_) => "build",
+            JobKind::Backfill(..) => "backfill",
+            JobKind::Compact(_) => "compact",
         }
     }
 
     pub fn timeframe(&self) -> Option<Timeframe> {
         match self {
-            JobKind::Build(tf) => Some(*tf),
+            JobKind::Build(tf) | JobKind::Backfill(tf, _) => Some(*tf),
+            JobKind::Compact(TableKind::Bars(tf)) => Some(*tf),
+            JobKind::Compact(TableKind::Trades) => None,
         }
     }
 }
@@ -29,6 +39,8 @@ impl fmt::Display for JobKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JobKind::Build(tf) => write!(f, "build {tf}"),
+            JobKind::Backfill(tf, r) => write!(f, "backfill {tf} {:?}..{:?}", r.start, r.end),
+            JobKind::Compact(kind) => write!(f, "compact {}", kind.name()),
         }
     }
 }

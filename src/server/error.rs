@@ -13,6 +13,44 @@ pub enum Error {
 
     #[error(transparent)]
     Storage(#[from] crate::storage::Error),
+
+    /// Bad Arrow data from the client (parameters, ingested batches).
+    #[error("invalid Arrow data: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error(transparent)]
+    Trades(#[from] crate::trades::Error),
+
+    #[error(transparent)]
+    Build(#[from] crate::bars::Error),
+
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    #[error("{0}")]
+    NotFound(String),
+
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// Asked of a part that is not built yet; says which.
+    #[error("{0}")]
+    Unimplemented(String),
+
+    #[error("{0}")]
+    Internal(String),
+
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    pub fn unauthenticated(message: impl Into<String>) -> Error {
+        Error::Unauthenticated(message.into())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -23,7 +61,32 @@ impl From<Error> for Status {
             Error::Query(e) => datafusion_status(e),
             Error::InvalidRequest(m) => Status::invalid_argument(m),
             Error::Storage(e) => storage_status(e),
+            Error::Arrow(e) => Status::invalid_argument(format!("invalid Arrow data: {e}")),
+            Error::Trades(e) => trades_status(e),
+            Error::Build(e) => build_status(e),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::NotFound(m) => Status::not_found(m),
+            Error::AlreadyExists(m) => Status::already_exists(m),
+            Error::Unimplemented(m) => Status::unimplemented(m),
+            Error::Internal(m) => Status::internal(m),
+            Error::ShuttingDown => Status::unavailable("server is shutting down"),
         }
+    }
+}
+
+fn trades_status(e: crate::trades::Error) -> Status {
+    use crate::trades::Error as T;
+    match e {
+        T::Storage(s) => storage_status(s),
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+fn build_status(e: crate::bars::Error) -> Status {
+    match e {
+        crate::bars::Error::Storage(s) => storage_status(s),
+        other => Status::internal(other.to_string()),
     }
 }
 

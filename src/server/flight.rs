@@ -11,42 +11,91 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfoData};
 use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
-    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandGetXdbcTypeInfo, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys, CommandGetSqlInfo,
+    CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo, CommandPreparedStatementQuery,
+    CommandStatementIngest, CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt,
+    SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use arrow_flight::{
+    Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, Ticket,
+};
+use datafusion::dataframe::DataFrame;
 use futures::{Stream, TryStreamExt};
 use prost::Message;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{Auth, Identity, Role};
 use super::error::Error;
-use super::keys;
+use super::prepared::{self, Handle};
 use super::query::QueryEngine;
-use crate::storage::TableKind;
+use super::{ingest, keys};
+use crate::storage::{TableKind, TableWriter};
 
 type DataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>;
 
 /// Flight SQL over our tables.
 #[derive(Clone)]
 pub struct OhlcvFlightSql {
     engine: QueryEngine,
+    writer: TableWriter,
+    auth: Arc<Auth>,
     sql_info: Arc<SqlInfoData>,
     xdbc_types: Arc<XdbcTypeInfoData>,
 }
 
 impl OhlcvFlightSql {
-    pub fn new(engine: QueryEngine) -> OhlcvFlightSql {
+    pub fn new(engine: QueryEngine, writer: TableWriter, auth: Arc<Auth>) -> OhlcvFlightSql {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "ohlcv-server");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
         info.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+        // Read only for SQL: trades come in through ingest, bars only from the builder.
         info.append(SqlInfo::FlightSqlServerReadOnly, true);
+        info.append(SqlInfo::FlightSqlServerSql, true);
+        info.append(SqlInfo::FlightSqlServerBulkIngestion, true);
+        info.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
+        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        info.append(SqlInfo::FlightSqlServerCancel, false);
+        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        info.append(SqlInfo::SqlDdlCatalog, false);
+        info.append(SqlInfo::SqlDdlSchema, false);
+        info.append(SqlInfo::SqlDdlTable, false);
         OhlcvFlightSql {
             engine,
+            writer,
+            auth,
             sql_info: Arc::new(info.build().expect("static SqlInfo")),
             xdbc_types: Arc::new(super::types::xdbc_types()),
+        }
+    }
+
+    /// Plans a prepared statement with its bound parameters, if any.
+    async fn plan_prepared(&self, handle: &[u8]) -> Result<DataFrame, Status> {
+        let handle = Handle::decode_bytes(handle)?;
+        let df = self.engine.plan(&handle.sql).await?;
+        match handle.params()? {
+            Some(params) => Ok(df.with_param_values(params).map_err(Error::from)?),
+            None => {
+                let wanted = df
+                    .logical_plan()
+                    .get_parameter_types()
+                    .map_err(Error::from)?
+                    .len();
+                if wanted > 0 {
+                    return Err(Error::InvalidRequest(format!(
+                        "the statement has {wanted} parameter(s) and none are bound"
+                    ))
+                    .into());
+                }
+                Ok(df)
+            }
         }
     }
 
@@ -58,11 +107,9 @@ impl OhlcvFlightSql {
                 Ok((self.engine.namespace().to_string(), k.name(), schema))
             })
             .collect::<Result<_, Status>>()?;
-        tables.push((
-            "system".into(),
-            "job_runs".into(),
-            super::system::job_runs_schema(),
-        ));
+        for (name, schema) in super::system::tables() {
+            tables.push(("system".into(), name.into(), schema));
+        }
         Ok(tables)
     }
 }
@@ -78,6 +125,22 @@ fn info_for(
         .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
         .with_descriptor(descriptor);
     Ok(Response::new(info))
+}
+
+/// Streams a planned query batch by batch: results are never collected in memory here, and a
+/// client that goes away drops the stream, which stops the query.
+async fn stream_results(df: DataFrame) -> Result<Response<DataStream>, Status> {
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df
+        .execute_stream()
+        .await
+        .map_err(|e| Status::from(Error::from(e)))?
+        .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(Error::from(e).into())));
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(batches)
+        .map_err(Status::from);
+    Ok(Response::new(Box::pin(stream)))
 }
 
 fn one_batch<E>(
@@ -105,7 +168,7 @@ impl FlightSqlService for OhlcvFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = self.engine.plan(&query.query).await.map_err(Status::from)?;
+        let df = self.engine.plan(&query.query).await?;
         let schema = df.schema().as_arrow().clone();
         let ticket = TicketStatementQuery {
             statement_handle: query.query.into_bytes().into(),
@@ -124,19 +187,120 @@ impl FlightSqlService for OhlcvFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
-        let df = self.engine.plan(&sql).await.map_err(Status::from)?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        // Streamed batch by batch: results are never collected in memory here.
-        let batches = df
-            .execute_stream()
-            .await
-            .map_err(|e| Status::from(Error::from(e)))?
-            .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(Status::from);
-        Ok(Response::new(Box::pin(stream)))
+        stream_results(self.engine.plan(&sql).await?).await
+    }
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<HandshakeStream>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if !self.auth.enabled() {
+            let empty = HandshakeResponse::default();
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(empty)]))));
+        }
+        let token = self.auth.login(header)?;
+        let bearer = format!("Bearer {token}");
+        let body = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.into_bytes().into(),
+        };
+        let mut response: Response<HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(body)])));
+        response.metadata_mut().insert(
+            "authorization",
+            bearer
+                .parse()
+                .map_err(|_| Status::internal("token is not a header value"))?,
+        );
+        Ok(response)
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let df = self.engine.plan(&query.query).await?;
+        let dataset = df.schema().as_arrow().clone();
+        let parameters = df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(Error::from)?;
+        let options = arrow::ipc::writer::IpcWriteOptions::default();
+        let ipc = |schema: &Schema| -> Result<_, Status> {
+            let message = arrow_flight::SchemaAsIpc::new(schema, &options);
+            let arrow_flight::IpcMessage(bytes) = message.try_into().map_err(Error::from)?;
+            Ok(bytes)
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: Handle::new(query.query).to_bytes().into(),
+            dataset_schema: ipc(&dataset)?,
+            parameter_schema: ipc(&prepared::parameter_schema(parameters))?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Stateless handles: nothing to free, but a garbled one is still the client's error.
+        Handle::decode_bytes(&query.prepared_statement_handle)?;
+        Ok(())
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let handle = Handle::decode_bytes(&query.prepared_statement_handle)?;
+        let batches = ingest::collect(request.into_inner()).await?;
+        let bound = handle.bind(&batches)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(bound.to_bytes().into()),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let df = self.plan_prepared(&query.prepared_statement_handle).await?;
+        let schema = df.schema().as_arrow().clone();
+        info_for(
+            &schema,
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        stream_results(self.plan_prepared(&query.prepared_statement_handle).await?).await
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        Identity::of(&request)?.require(Role::Writer, "ingest")?;
+        let target = ingest::target(
+            &command,
+            self.engine.catalog_name(),
+            self.engine.namespace(),
+        )?;
+        let batches = ingest::collect(request.into_inner()).await?;
+        Ok(ingest::ingest(&self.writer, target, &batches).await?)
     }
 
     async fn get_flight_info_catalogs(

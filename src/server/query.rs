@@ -6,21 +6,39 @@ use std::sync::Arc;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::error::Result;
 use super::system::SystemSchema;
+use crate::scheduler::SchedulerHandle;
 use crate::storage::{MarketSchema, Storage};
 
-/// Cheap handle; every statement gets a fresh session (plans are not shared between clients).
+/// Cheap handle; every statement gets a fresh session (plans are not shared between clients),
+/// all sessions share one runtime and so one memory pool.
 #[derive(Clone)]
 pub struct QueryEngine {
     storage: Storage,
+    scheduler: SchedulerHandle,
+    runtime: Arc<RuntimeEnv>,
 }
 
 impl QueryEngine {
-    pub fn new(storage: Storage) -> QueryEngine {
-        QueryEngine { storage }
+    /// `memory_limit` bounds what all running queries hold together (sorts, aggregations,
+    /// joins); a query past it fails with `ResourceExhausted`.
+    pub fn new(
+        storage: Storage,
+        scheduler: SchedulerHandle,
+        memory_limit: usize,
+    ) -> Result<QueryEngine> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(memory_limit, 1.0)
+            .build_arc()?;
+        Ok(QueryEngine {
+            storage,
+            scheduler,
+            runtime,
+        })
     }
 
     pub fn catalog_name(&self) -> &str {
@@ -37,13 +55,19 @@ impl QueryEngine {
             .with_default_catalog_and_schema(self.catalog_name(), self.namespace())
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.runtime));
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(
             self.namespace(),
             Arc::new(MarketSchema::new(self.storage.clone())),
         )?;
-        catalog.register_schema("system", Arc::new(SystemSchema::new(self.storage.pool())))?;
+        catalog.register_schema(
+            "system",
+            Arc::new(SystemSchema::new(
+                self.storage.pool(),
+                self.scheduler.clone(),
+            )),
+        )?;
         ctx.register_catalog(self.catalog_name(), Arc::new(catalog));
         Ok(ctx)
     }

@@ -5,7 +5,8 @@ use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
@@ -14,16 +15,86 @@ use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use sqlx::AnyPool;
 
-use crate::scheduler::{History, JobRun};
+use crate::scheduler::{History, JobRun, JobState, SchedulerHandle};
 
 /// Rows of `system.job_runs` a query can see (the newest).
 const JOB_RUNS_LIMIT: i64 = 100_000;
 
-pub const TABLES: [&str; 1] = ["job_runs"];
+pub const TABLES: [&str; 2] = ["job_runs", "jobs"];
+
+/// Every system table with its schema.
+pub fn tables() -> Vec<(&'static str, SchemaRef)> {
+    vec![("job_runs", job_runs_schema()), ("jobs", jobs_schema())]
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Schema of `system.jobs`: one row per schedule.
+pub fn jobs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("job", DataType::Utf8, false),
+        Field::new("timeframe", DataType::Utf8, true),
+        Field::new("every_secs", DataType::Int64, false),
+        Field::new("offset_secs", DataType::Int64, false),
+        Field::new("paused", DataType::Boolean, false),
+        Field::new("next_run", ts_type(), true),
+        Field::new("last_run", ts_type(), true),
+        Field::new("last_status", DataType::Utf8, true),
+        Field::new("last_error", DataType::Utf8, true),
+        Field::new("success_rate_24h", DataType::Float64, true),
+    ]))
+}
+
+fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let last = |f: fn(&JobRun) -> Option<String>| -> ArrayRef {
+        Arc::new(
+            jobs.iter()
+                .map(|j| j.last_run.as_ref().and_then(f))
+                .collect::<StringArray>(),
+        )
+    };
+    let ts = |values: Vec<Option<i64>>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+    };
+    RecordBatch::try_new(
+        jobs_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                jobs.iter().map(|j| j.schedule.job.name()),
+            )),
+            Arc::new(
+                jobs.iter()
+                    .map(|j| j.schedule.job.timeframe().map(|t| t.to_string()))
+                    .collect::<StringArray>(),
+            ),
+            Arc::new(Int64Array::from_iter_values(
+                jobs.iter().map(|j| j.schedule.every_us / 1_000_000),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                jobs.iter().map(|j| j.schedule.offset_us / 1_000_000),
+            )),
+            Arc::new(BooleanArray::from(vec![paused; jobs.len()])),
+            ts(jobs.iter().map(|j| j.next_run_us).collect()),
+            ts(jobs
+                .iter()
+                .map(|j| j.last_run.as_ref().map(|r| r.started_at))
+                .collect()),
+            last(|r| Some(r.status.clone())),
+            last(|r| r.error.clone()),
+            Arc::new(
+                jobs.iter()
+                    .map(|j| j.success_rate_24h)
+                    .collect::<Float64Array>(),
+            ),
+        ],
+    )
+}
 
 /// Schema of `system.job_runs`.
 pub fn job_runs_schema() -> SchemaRef {
-    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let ts = ts_type;
     Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("job", DataType::Utf8, false),
@@ -89,14 +160,21 @@ fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, arrow::error::ArrowErr
 }
 
 /// The `system` schema provider.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SystemSchema {
     pool: AnyPool,
+    scheduler: SchedulerHandle,
+}
+
+impl std::fmt::Debug for SystemSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SystemSchema")
+    }
 }
 
 impl SystemSchema {
-    pub fn new(pool: AnyPool) -> SystemSchema {
-        SystemSchema { pool }
+    pub fn new(pool: AnyPool, scheduler: SchedulerHandle) -> SystemSchema {
+        SystemSchema { pool, scheduler }
     }
 }
 
@@ -111,15 +189,24 @@ impl SchemaProvider for SystemSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        if name != "job_runs" {
-            return Ok(None);
-        }
         let external = |e: crate::storage::Error| DataFusionError::External(Box::new(e));
         let history = History::open(self.pool.clone()).await.map_err(external)?;
-        let runs = history.recent(JOB_RUNS_LIMIT).await.map_err(external)?;
-        let batch = job_runs_batch(&runs)?;
+        let (schema, batch) = match name {
+            "job_runs" => {
+                let runs = history.recent(JOB_RUNS_LIMIT).await.map_err(external)?;
+                (job_runs_schema(), job_runs_batch(&runs)?)
+            }
+            "jobs" => {
+                let jobs = self.scheduler.jobs(&history).await.map_err(external)?;
+                (
+                    jobs_schema(),
+                    jobs_batch(&jobs, self.scheduler.is_paused())?,
+                )
+            }
+            _ => return Ok(None),
+        };
         Ok(Some(Arc::new(MemTable::try_new(
-            job_runs_schema(),
+            schema,
             vec![vec![batch]],
         )?)))
     }

@@ -16,7 +16,7 @@ use super::files::partition_range;
 use super::schema::TableKind;
 
 /// Half-open time range `[start, end)` in UTC microseconds; `None` is unbounded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct TimeRange {
     pub start: Option<i64>,
     pub end: Option<i64>,

@@ -4,7 +4,13 @@
 use std::collections::HashMap;
 
 use ohlcv_server::build::{self, BuildSettings};
-use ohlcv_server::server::{self, QueryEngine};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ohlcv_server::clock::ManualClock;
+use ohlcv_server::scheduler::{default_schedules, RetryPolicy};
+use ohlcv_server::server::auth::{hash_password, Role, UserConfig};
+use ohlcv_server::server::{self, Auth, ServeOptions};
 use ohlcv_server::storage::TableKind;
 use ohlcv_server::timeframe::Timeframe;
 use tonic::transport::Channel;
@@ -18,14 +24,61 @@ pub struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Options of the test servers: no users, the clock stopped at T0 + 3 days (schedules never
+/// fire by themselves; admin triggers run at that time).
+pub fn options() -> ServeOptions {
+    let clock = Arc::new(ManualClock::at(T0 + 3 * DAY));
+    ServeOptions {
+        demo: false,
+        auth: Arc::new(Auth::new(Default::default(), 3600, clock.clone()).unwrap()),
+        tls: None,
+        memory_limit_bytes: 512 << 20,
+        settings: BuildSettings::default(),
+        schedules: default_schedules(),
+        retry: RetryPolicy::default(),
+        clock,
+    }
+}
+
+/// Users for auth tests: `<name>-pw` is each password.
+pub fn users() -> BTreeMap<String, UserConfig> {
+    [
+        ("rita", Role::Reader),
+        ("will", Role::Writer),
+        ("ada", Role::Admin),
+    ]
+    .into_iter()
+    .map(|(name, role)| {
+        (
+            name.to_string(),
+            UserConfig {
+                password_hash: hash_password(&format!("{name}-pw")).unwrap(),
+                role,
+            },
+        )
+    })
+    .collect()
+}
+
+/// [`options`] with [`users`] and tokens valid for an hour.
+pub fn options_with_users() -> ServeOptions {
+    let mut opts = options();
+    opts.auth = Arc::new(Auth::new(users(), 3600, opts.clock.clone()).unwrap());
+    opts
+}
+
 impl Server {
     pub async fn start(d: &Deployment) -> Server {
+        Server::start_with(d, options()).await
+    }
+
+    pub async fn start_with(d: &Deployment, options: ServeOptions) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let engine = QueryEngine::new(d.storage().clone());
+        let writer = d.writer.clone();
         let task = tokio::spawn(async move {
-            server::run(listener, engine, async {
+            server::serve(writer, listener, options, async {
                 let _ = rx.await;
             })
             .await

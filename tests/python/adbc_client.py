@@ -1,18 +1,41 @@
 """What an ADBC user does against a running ohlcv-server (driven by tests/adbc.rs).
 
 usage: adbc_client.py grpc://HOST:PORT EXPECTED_1M_BARS
+The server has users will (writer, password will-pw) and rita (reader, rita-pw).
 Exit status 0 when every check passes.
 """
 
 import sys
 import warnings
+from datetime import datetime, timedelta, timezone
 
 import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
 
 uri, expected = sys.argv[1], int(sys.argv[2])
 warnings.simplefilter("ignore")  # "Cannot disable autocommit": Flight SQL has no transactions
-conn = flight_sql.connect(uri)
 
+
+def connect(user=None):
+    kwargs = {"username": user, "password": f"{user}-pw"} if user else {}
+    return flight_sql.connect(uri, db_kwargs=kwargs)
+
+
+def fails_with(fn, *codes):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the driver's error classes vary by status
+        text = str(e)
+        assert any(c in text for c in codes), f"expected one of {codes}, got: {text}"
+        return
+    raise AssertionError(f"expected a failure with {codes}")
+
+
+# Without credentials nothing is served.
+anonymous = connect()
+fails_with(lambda: anonymous.cursor().execute("select 1"), "Unauthenticated", "UNAUTHENTICATED")
+
+conn = connect("will")
 cur = conn.cursor()
 cur.execute("select count(*) as n from ohlcv_1m")
 (n,) = cur.fetchone()
@@ -25,6 +48,12 @@ cur.execute(
 table = cur.fetch_arrow_table()
 assert table.num_rows > 0 and str(table.schema.field("window_start").type) == "timestamp[us, tz=UTC]"
 
+# Prepared statements with parameters (ADBC prepares and binds).
+for symbol, count in [("BTC-USD", expected), ("ETH-USD", 0)]:
+    cur.execute("select count(*) from ohlcv_1m where symbol = $1 and volume > $2", parameters=(symbol, 0.0))
+    (got,) = cur.fetchone()
+    assert got == count, f"{symbol}: {got} bars, expected {count}"
+
 objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
 tables = {
     (c["catalog_name"], s["db_schema_name"], t["table_name"])
@@ -34,8 +63,41 @@ tables = {
 }
 for name in ["trades", "ohlcv_1m", "ohlcv_5m", "ohlcv_30m", "ohlcv_1h", "ohlcv_1d"]:
     assert ("ohlcv", "market", name) in tables, f"{name} missing from {tables}"
+assert ("ohlcv", "system", "jobs") in tables
 
 schema = conn.adbc_get_table_schema("ohlcv_1d", catalog_filter="ohlcv", db_schema_filter="market")
 assert schema.names[:3] == ["exchange", "symbol", "window_start"], schema.names
 
-print(f"adbc: {n} 1m bars, {table.num_rows} 5m rows, {len(tables)} tables")
+# Bulk ingest into market.trades.
+t0 = datetime(2024, 1, 1, 2, tzinfo=timezone.utc)
+trades = pa.table(
+    {
+        "exchange": ["kraken"] * 50,
+        "symbol": ["ETH-USD"] * 50,
+        "trade_id": [f"py-{i}" for i in range(50)],
+        "ts": pa.array([t0 + timedelta(seconds=i) for i in range(50)], pa.timestamp("us", tz="UTC")),
+        "price": [2000.0 + i for i in range(50)],
+        "quantity": [0.1] * 50,
+        "side": ["buy", "sell"] * 25,
+    }
+)
+cur.execute("select count(*) from trades")
+(before,) = cur.fetchone()
+assert cur.adbc_ingest("trades", trades, mode="append") in (50, -1)
+cur.execute("select count(*) from trades")
+(after,) = cur.fetchone()
+assert after == before + 50, (before, after)
+
+# A bad row refuses the whole batch, naming it.
+bad = trades.set_column(4, "price", pa.array([1.0] * 49 + [-5.0]))
+fails_with(lambda: cur.adbc_ingest("trades", bad, mode="append"), "row 49")
+cur.execute("select count(*) from trades")
+assert cur.fetchone()[0] == after, "a refused ingest wrote nothing"
+
+# A reader may query but not ingest.
+reader = connect("rita").cursor()
+reader.execute("select count(*) from ohlcv_1m")
+assert reader.fetchone()[0] == expected
+fails_with(lambda: reader.adbc_ingest("trades", trades, mode="append"), "PermissionDenied", "PERMISSION_DENIED", "ermission")
+
+print(f"adbc: {n} 1m bars, {table.num_rows} 5m rows, {len(tables)} tables, ingested {after - before}")
