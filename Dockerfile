@@ -1,11 +1,14 @@
 # ohlcv-server image: a release build on Debian, run as an unprivileged user with the data dir
-# as a volume. The default command is the demo server on all interfaces; authentication is not
-# built yet, hence --insecure: publish the port only where that is acceptable.
+# as a volume. The default command is the demo server on all interfaces without users, hence
+# --insecure: publish the port only where that is acceptable, or mount a config file with
+# [auth.users.*] (and TLS) and drop --insecure.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
 COPY src ./src
 COPY benches ./benches
+COPY clients ./clients
 RUN cargo build --release --locked --bin ohlcv-server
 
 FROM debian:bookworm-slim

@@ -20,24 +20,24 @@ fn python_with_clients() -> bool {
     ok
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adbc_queries_prepared_statements_ingest_and_roles() {
+/// Runs `tests/python/<script>` with `args` against a server with users over bars of an hour;
+/// returns its stdout. `None` when the Python clients are not installed (never in CI).
+async fn run_python(
+    script: &str,
+    args: impl Fn(std::net::SocketAddr) -> Vec<String>,
+) -> Option<String> {
     if !python_with_clients() {
         eprintln!("skipping: tests/python/requirements.txt is not installed");
-        return;
+        return None;
     }
     let d = deployment_with_bars().await;
-    let m1_bars = 60;
     let server = Server::start_with(&d, options_with_users()).await;
-    let addr = server.addr;
-
     let out = tokio::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/adbc_client.py"
+        .arg(format!(
+            "{}/tests/python/{script}",
+            env!("CARGO_MANIFEST_DIR")
         ))
-        .arg(format!("grpc://{addr}"))
-        .arg(m1_bars.to_string())
+        .args(args(server.addr))
         .output()
         .await
         .unwrap();
@@ -47,34 +47,28 @@ async fn adbc_queries_prepared_statements_ingest_and_roles() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("adbc: {m1_bars} 1m bars")));
     server.shutdown_and_wait().await;
+    Some(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adbc_queries_prepared_statements_ingest_and_roles() {
+    let out = run_python("adbc_client.py", |addr| {
+        vec![format!("grpc://{addr}"), "60".into()]
+    })
+    .await;
+    if let Some(out) = out {
+        assert!(out.contains("adbc: 60 1m bars"), "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyarrow_flight_and_sqlalchemy() {
-    if !python_with_clients() {
-        eprintln!("skipping: tests/python/requirements.txt is not installed");
-        return;
+    let out = run_python("flight_clients.py", |addr| {
+        vec![addr.ip().to_string(), addr.port().to_string(), "60".into()]
+    })
+    .await;
+    if let Some(out) = out {
+        assert!(out.contains("flight: 60 1m bars"), "{out}");
     }
-    let d = deployment_with_bars().await;
-    let server = Server::start_with(&d, options_with_users()).await;
-    let out = tokio::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/flight_clients.py"
-        ))
-        .arg(server.addr.ip().to_string())
-        .arg(server.addr.port().to_string())
-        .arg("60")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    server.shutdown_and_wait().await;
 }

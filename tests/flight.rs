@@ -245,11 +245,21 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
     assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
 }
 
+async fn admin_status(
+    admin: &mut ohlcv_server::admin::proto::admin_service_client::AdminServiceClient<Channel>,
+) -> ohlcv_server::admin::proto::GetStatusResponse {
+    admin
+        .get_status(ohlcv_server::admin::proto::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_build_shows_in_system_job_runs_and_jobs() {
     use ohlcv_server::admin::proto::admin_service_client::AdminServiceClient;
     use ohlcv_server::admin::proto::{
-        GetStatusRequest, PauseSchedulesRequest, ResumeSchedulesRequest, TriggerBuildRequest,
+        PauseSchedulesRequest, ResumeSchedulesRequest, TriggerBuildRequest,
     };
     let d = deployment_with_bars().await;
     let server = Server::start(&d).await;
@@ -309,14 +319,10 @@ async fn admin_build_shows_in_system_job_runs_and_jobs() {
         .pause_schedules(PauseSchedulesRequest {})
         .await
         .unwrap();
-    let status = admin
-        .get_status(GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(status.paused);
-    assert!(status.jobs.iter().all(|j| j.next_run_us.is_none()));
-    let m1 = status
+    let paused_status = admin_status(&mut admin).await;
+    assert!(paused_status.paused);
+    assert!(paused_status.jobs.iter().all(|j| j.next_run_us.is_none()));
+    let m1 = paused_status
         .tables
         .iter()
         .find(|t| t.table == "ohlcv_1m")
@@ -328,11 +334,6 @@ async fn admin_build_shows_in_system_job_runs_and_jobs() {
         .resume_schedules(ResumeSchedulesRequest {})
         .await
         .unwrap();
-    let status = admin
-        .get_status(GetStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!status.paused);
+    assert!(!admin_status(&mut admin).await.paused);
     server.shutdown_and_wait().await;
 }

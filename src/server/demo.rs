@@ -1,5 +1,5 @@
 //! `serve --demo`: a synthetic multi-exchange feed so a new user can query candles at once.
-//! On start it backfills the last day of trades if the table is empty and has every timeframe
+//! On start it backfills the last three days of trades if the table is empty and has every timeframe
 //! built right away, then appends a second's worth of trades every second until cancelled.
 
 use std::collections::HashMap;
@@ -18,8 +18,8 @@ use crate::trades::{normalize, GeneratorConfig};
 const SYMBOLS: usize = 6;
 const EXCHANGES: usize = 3;
 /// Trades per second across the whole demo feed.
-const RATE: f64 = 5.0;
-const HISTORY_DAYS: i64 = 1;
+const RATE: f64 = 2.0;
+const HISTORY_DAYS: i64 = 3;
 
 /// Feeds trades until `cancel` fires. Errors are logged and retried on the next tick: a demo
 /// feed must never take the server down.

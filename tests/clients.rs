@@ -1,0 +1,199 @@
+//! The shipped clients against a real server: the Python ADBC/pandas/polars example and the
+//! Rust arrow-flight example from clients/, and the `ohlcv-server admin` command line.
+
+mod common;
+
+/// The Rust example, compiled into this test as well so that it runs against the test server.
+#[allow(dead_code)]
+#[path = "../clients/rust/flight_client.rs"]
+mod flight_client;
+
+use std::process::Output;
+
+use common::server::{deployment_with_bars, options_with_users, Server};
+use common::trades::{trade, trade_batch};
+use common::*;
+use ohlcv_server::admin::proto::{CompactRequest, TriggerBuildRequest};
+use ohlcv_server::storage::TableKind;
+use ohlcv_server::timeframe::Timeframe;
+
+fn check(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_rust_examples_run_against_the_server() {
+    let d = deployment_with_bars().await;
+    let server = Server::start_with(&d, options_with_users()).await;
+    let python_ready = std::process::Command::new("python3")
+        .args(["-c", "import adbc_driver_flightsql, pandas, polars"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if python_ready {
+        let out = tokio::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/clients/python/adbc_pandas_polars.py"
+            ))
+            .arg(format!("grpc://{}", server.addr))
+            .args(["will", "will-pw"])
+            .output()
+            .await
+            .unwrap();
+        let stdout = check(&out);
+        assert!(stdout.contains("ingested 120 trades"), "{stdout}");
+        assert!(
+            stdout.contains("pandas: 30 1m candles of kraken BTC-USD"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("polars: 12 5m candles of kraken BTC-USD"),
+            "{stdout}"
+        );
+    } else if std::env::var_os("CI").is_some() {
+        panic!("CI must install tests/python/requirements.txt");
+    }
+
+    let args = [
+        format!("http://{}", server.addr),
+        "rita".into(),
+        "rita-pw".into(),
+    ];
+    let stdout = flight_client::run(&args).await.unwrap();
+    assert!(
+        stdout.contains("latest 1 1h candles of BTC-USD"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("| kraken   | BTC-USD | 1    |"), "{stdout}");
+    server.shutdown_and_wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_backfills_with_progress_and_compacts() {
+    let d = deployment_with_bars().await;
+    let server = Server::start_with(&d, options_with_users()).await;
+    let admin = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ohlcv-server"));
+        cmd.args(["admin", "--server", &format!("http://{}", server.addr)])
+            .args(["--user", "ada"])
+            .env("OHLCVCTL_PASSWORD", "ada-pw")
+            .args(args);
+        cmd
+    };
+
+    let status = check(&admin(&["status"]).output().await.unwrap());
+    assert!(status.contains("schedules running"), "{status}");
+    assert!(status.contains("table ohlcv_1m"), "{status}");
+
+    let out = admin(&[
+        "backfill",
+        "--from",
+        "2024-01-01",
+        "--to",
+        "2024-01-02",
+        "--timeframe",
+        "1m",
+        "--timeframe",
+        "1h",
+    ])
+    .output()
+    .await
+    .unwrap();
+    let progress = check(&out);
+    let lines: Vec<&str> = progress.lines().collect();
+    assert_eq!(lines.len(), 2, "{progress}");
+    assert!(lines[0].starts_with("[1/2] 1m succeeded"), "{progress}");
+    assert!(lines[1].starts_with("[2/2] 1h succeeded"), "{progress}");
+
+    let bad = admin(&["backfill", "--from", "yesterday", "--to", "2024-01-02"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument")
+            || String::from_utf8_lossy(&bad.stderr).contains("invalid argument"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // A reader is refused, and says so.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
+        .args(["admin", "--server", &format!("http://{}", server.addr)])
+        .args(["--user", "rita", "--password", "rita-pw", "pause"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs Admin"));
+
+    check(&admin(&["pause"]).output().await.unwrap());
+    let status = check(&admin(&["status"]).output().await.unwrap());
+    assert!(status.contains("schedules PAUSED"), "{status}");
+    check(&admin(&["resume"]).output().await.unwrap());
+
+    // Bars of a second hour land in a second file of the same day partition; compaction merges
+    // them without changing a row.
+    let later: Vec<_> = (0..60)
+        .map(|i| {
+            trade(
+                "kraken",
+                "BTC-USD",
+                &format!("h2-{i}"),
+                T0 + 3_600_000_000 + i * MIN,
+                50.0,
+                1.0,
+            )
+        })
+        .collect();
+    let rows = ohlcv_server::trades::normalize(&trade_batch(&later), 0, T0).unwrap();
+    d.writer
+        .append(TableKind::Trades, &[rows], Default::default())
+        .await
+        .unwrap();
+    let mut client = ohlcv_server::admin::client::connect(
+        &format!("http://{}", server.addr),
+        Some("ada"),
+        Some("ada-pw"),
+    )
+    .await
+    .unwrap();
+    client
+        .trigger_build(TriggerBuildRequest {
+            timeframes: vec!["1m".into()],
+        })
+        .await
+        .unwrap();
+    let before = d
+        .sql("select * from ohlcv.market.ohlcv_1m order by window_start")
+        .await;
+    let compacted = client
+        .compact(CompactRequest {
+            tables: vec!["ohlcv_1m".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let t = &compacted.tables[0];
+    assert_eq!(
+        (t.partitions_compacted, t.files_removed, t.files_added),
+        (1, 2, 1)
+    );
+    let after = d
+        .sql("select * from ohlcv.market.ohlcv_1m order by window_start")
+        .await;
+    assert_eq!(
+        arrow::compute::concat_batches(&before[0].schema(), &before).unwrap(),
+        arrow::compute::concat_batches(&after[0].schema(), &after).unwrap()
+    );
+    let rows: usize = after.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 120);
+    let _ = Timeframe::M1;
+    server.shutdown_and_wait().await;
+}
