@@ -530,3 +530,52 @@ async fn thirty_two_clients_see_only_whole_commits() {
         Err(_) => panic!("clients still hold the server"),
     }
 }
+
+/// A client that stops reading and drops its stream cancels the query: its memory comes back.
+/// The query holds most of the pool (a hash join's build side, which cannot spill) while it
+/// streams, so the same query can only run again once the first one has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_cancels_its_query() {
+    let d = deployment_with_bars().await;
+    let mut opts = options();
+    opts.memory_limit_bytes = 32 << 20;
+    let server = Server::start_with(&d, opts).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let join = "select x, y from generate_series(1, 1000000) a(x) \
+                join generate_series(1, 3000000) b(y) on x = y";
+    let info = client.execute(join.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = client.do_get(ticket.clone()).await.unwrap();
+    let first = stream.try_next().await.unwrap().expect("a first batch");
+    assert!(first.num_rows() > 0);
+    // While the first query is alive, a second copy does not fit.
+    let mut other = FlightSqlServiceClient::new(server.channel().await);
+    let second = match other.do_get(ticket.clone()).await {
+        Ok(s) => s.try_collect::<Vec<_>>().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(
+        status_of(second.unwrap_err()).code(),
+        Code::ResourceExhausted,
+        "the pool is sized for one copy"
+    );
+    drop(stream);
+    // Once the server sees the cancellation the memory is free again.
+    let started = std::time::Instant::now();
+    loop {
+        let mut again = other.do_get(ticket.clone()).await.unwrap();
+        match again.try_next().await {
+            Ok(Some(_)) => break,
+            Ok(None) => panic!("the join has rows"),
+            Err(e) => {
+                assert_eq!(status_of(e).code(), Code::ResourceExhausted);
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "the dropped query still holds its memory"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    server.shutdown_and_wait().await;
+}
