@@ -141,6 +141,7 @@ pub async fn serve(
         engine,
         writer.clone(),
         Arc::clone(&options.auth),
+        Arc::clone(&options.clock),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(writer, handle, history));

@@ -271,3 +271,49 @@ fn compute_writes_the_bars_of_a_trades_file_at_any_timeframe() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown timeframe '7x'"));
 }
+
+#[test]
+fn serve_refuses_other_interfaces_without_users_and_hash_password_makes_usable_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure"), "{err}");
+
+    let mut child = bin()
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    // The hash is accepted in a config file, and a server with users may bind any interface.
+    let config = dir.path().join("ohlcv.toml");
+    std::fs::write(
+        &config,
+        format!("[auth.users.ana]\npassword_hash = \"{hash}\"\nrole = \"admin\"\n"),
+    )
+    .unwrap();
+    let cfg = ohlcv_server::config::Config::load(Some(&config), Vec::new()).unwrap();
+    let auth = ohlcv_server::server::Auth::new(
+        cfg.auth.users,
+        60,
+        std::sync::Arc::new(ohlcv_server::clock::SystemClock),
+    )
+    .unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ana:s3cret")
+    );
+    assert!(auth.login(Some(&basic)).is_ok());
+}

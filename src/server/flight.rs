@@ -34,6 +34,7 @@ use super::error::Error;
 use super::prepared::{self, Handle};
 use super::query::QueryEngine;
 use super::{ingest, keys};
+use crate::clock::Clock;
 use crate::storage::{TableKind, TableWriter};
 
 type DataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
@@ -46,12 +47,18 @@ pub struct OhlcvFlightSql {
     engine: QueryEngine,
     writer: TableWriter,
     auth: Arc<Auth>,
+    clock: Arc<dyn Clock>,
     sql_info: Arc<SqlInfoData>,
     xdbc_types: Arc<XdbcTypeInfoData>,
 }
 
 impl OhlcvFlightSql {
-    pub fn new(engine: QueryEngine, writer: TableWriter, auth: Arc<Auth>) -> OhlcvFlightSql {
+    pub fn new(
+        engine: QueryEngine,
+        writer: TableWriter,
+        auth: Arc<Auth>,
+        clock: Arc<dyn Clock>,
+    ) -> OhlcvFlightSql {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "ohlcv-server");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -71,6 +78,7 @@ impl OhlcvFlightSql {
             engine,
             writer,
             auth,
+            clock,
             sql_info: Arc::new(info.build().expect("static SqlInfo")),
             xdbc_types: Arc::new(super::types::xdbc_types()),
         }
@@ -300,7 +308,8 @@ impl FlightSqlService for OhlcvFlightSql {
             self.engine.namespace(),
         )?;
         let batches = ingest::collect(request.into_inner()).await?;
-        Ok(ingest::ingest(&self.writer, target, &batches).await?)
+        let now = self.clock.now_us();
+        Ok(ingest::ingest(&self.writer, target, &batches, now).await?)
     }
 
     async fn get_flight_info_catalogs(

@@ -85,9 +85,14 @@ pub async fn collect(stream: PeekableFlightDataStream) -> Result<Vec<RecordBatch
         .map_err(|e| Error::InvalidRequest(format!("cannot decode the uploaded batches: {e}")))
 }
 
-/// Validates every row, then appends all batches in one commit; returns the rows written.
-pub async fn ingest(writer: &TableWriter, kind: TableKind, batches: &[RecordBatch]) -> Result<i64> {
-    let ingested_at = chrono::Utc::now().timestamp_micros();
+/// Validates every row, then appends all batches in one commit stamped `ingested_at`; returns
+/// the rows written.
+pub async fn ingest(
+    writer: &TableWriter,
+    kind: TableKind,
+    batches: &[RecordBatch],
+    ingested_at: i64,
+) -> Result<i64> {
     let mut rows = Vec::with_capacity(batches.len());
     let mut offset = 0;
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
