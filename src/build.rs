@@ -5,6 +5,7 @@
 //! | `incremental` | 1m and 5m from trades, by dirty window, with a grace period |
 //! | `batch` | 30m, 1h and 1d by partition, rolled up from 1m |
 //! | `compact` | merging the files of closed partitions |
+//! | `retention` | dropping partitions past each table's horizon |
 //! | `diff` | new / revised / unchanged bars; revisions |
 //! | `state` | watermarks kept as table properties |
 //!
@@ -15,6 +16,7 @@ pub mod batch;
 pub mod compact;
 pub mod diff;
 pub mod incremental;
+pub mod retention;
 pub mod state;
 
 use std::collections::HashMap;

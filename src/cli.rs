@@ -60,6 +60,13 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Drop partitions past each table's retention (`[retention.days]`), then expire old
+    /// snapshots and delete unreferenced files.
+    Retention {
+        /// List what would be dropped, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Bars straight from a trades Parquet file, no tables involved.
     Compute {
         #[arg(long, value_name = "FILE.parquet")]
@@ -207,6 +214,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     report
                         .snapshot_after
                         .map_or("none".to_string(), |s| s.to_string())
+                );
+            }
+        }
+        Command::Retention { dry_run } => {
+            let policy = config.retention.policy()?;
+            let writer = open_writer(&config, "retention").await?;
+            let now = chrono::Utc::now().timestamp_micros();
+            let actions = if dry_run {
+                build::retention::plan(&writer, &policy, now).await?
+            } else {
+                build::retention::apply(&writer, &policy, now).await?
+            };
+            for a in &actions {
+                if a.cutoff_us == i64::MIN {
+                    println!("{}: no retention, keeps everything", a.table);
+                    continue;
+                }
+                println!(
+                    "{}{}: {} partitions ending by {} ({} rows, {} files){}",
+                    if dry_run { "would drop " } else { "" },
+                    a.table,
+                    a.partitions.len(),
+                    chrono::DateTime::from_timestamp_micros(a.cutoff_us)
+                        .map_or(a.cutoff_us.to_string(), |t| t.to_rfc3339()),
+                    a.rows,
+                    a.files_dropped,
+                    if dry_run {
+                        String::new()
+                    } else {
+                        format!(
+                            "; {} snapshots expired, {} unreferenced files deleted",
+                            a.snapshots_expired, a.files_deleted
+                        )
+                    }
                 );
             }
         }

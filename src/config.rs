@@ -33,6 +33,51 @@ pub struct Config {
     pub build: BuildConfig,
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days each table keeps, by table name (`trades`, `ohlcv_1m`, ...); absent or 0 keeps
+    /// everything.
+    pub days: std::collections::BTreeMap<String, u32>,
+    /// Snapshots younger than this survive the expiry after a retention drop.
+    pub snapshot_keep_hours: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            days: [
+                ("ohlcv_1m", 90),
+                ("ohlcv_5m", 180),
+                ("ohlcv_30m", 365),
+                ("ohlcv_1h", 730),
+                ("ohlcv_1d", 1825),
+            ]
+            .into_iter()
+            .map(|(t, d)| (t.to_string(), d))
+            .collect(),
+            snapshot_keep_hours: 24,
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn policy(&self) -> Result<crate::build::retention::RetentionPolicy, ConfigError> {
+        let tables: Vec<String> = crate::storage::TableKind::all().map(|k| k.name()).collect();
+        if let Some(unknown) = self.days.keys().find(|t| !tables.contains(t)) {
+            return Err(ConfigError::Invalid {
+                origin: "retention.days".into(),
+                message: format!("unknown table '{unknown}' (tables: {})", tables.join(", ")),
+            });
+        }
+        Ok(crate::build::retention::RetentionPolicy::from_days(
+            &self.days,
+            self.snapshot_keep_hours,
+        ))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,6 +162,7 @@ impl Default for Config {
             build: BuildConfig::default(),
             server: ServerConfig::default(),
             auth: AuthConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

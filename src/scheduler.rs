@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::build::retention::RetentionPolicy;
 use crate::build::{BuildReport, BuildSettings};
 use crate::clock::Clock;
 use crate::storage::TableWriter;
@@ -48,6 +49,7 @@ pub trait JobRunner: Send + Sync {
 pub struct BuilderJobs {
     pub writer: TableWriter,
     pub settings: BuildSettings,
+    pub retention: RetentionPolicy,
 }
 
 #[async_trait]
@@ -62,6 +64,14 @@ impl JobRunner for BuilderJobs {
             }
             JobKind::Compact(kind) => {
                 crate::build::compact_closed(&self.writer, kind, now_us, self.settings).await
+            }
+            JobKind::Retention => {
+                crate::build::retention::apply(&self.writer, &self.retention, now_us)
+                    .await
+                    .map(|actions| BuildReport {
+                        files_removed: actions.iter().map(|a| a.files_dropped).sum(),
+                        ..BuildReport::default()
+                    })
             }
         };
         result.map_err(|e| e.to_string())

@@ -37,10 +37,13 @@ use tonic::transport::{Identity as TlsIdentity, ServerTlsConfig};
 
 use crate::admin::proto::admin_service_server::AdminServiceServer;
 use crate::admin::AdminApi;
+use crate::build::retention::RetentionPolicy;
 use crate::build::BuildSettings;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::scheduler::{default_schedules, BuilderJobs, History, RetryPolicy, Schedule, Scheduler};
+use crate::scheduler::{
+    default_schedules, BuilderJobs, History, JobKind, RetryPolicy, Schedule, Scheduler,
+};
 use crate::storage::TableWriter;
 
 pub use auth::{Auth, Identity, Role};
@@ -61,6 +64,7 @@ pub struct ServeOptions {
     pub settings: BuildSettings,
     pub schedules: Vec<Schedule>,
     pub retry: RetryPolicy,
+    pub retention: RetentionPolicy,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -85,14 +89,25 @@ impl ServeOptions {
                 ))
             }
         };
+        let retention = config
+            .retention
+            .policy()
+            .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let mut schedules = default_schedules();
+        schedules.push(Schedule {
+            job: JobKind::Retention,
+            every_us: 86_400_000_000,
+            offset_us: 1_800_000_000,
+        });
         Ok(ServeOptions {
             demo: false,
             auth: Arc::new(auth),
             tls,
             memory_limit_bytes: (config.server.query_memory_limit_mb as usize) << 20,
             settings: config.build.settings(),
-            schedules: default_schedules(),
+            schedules,
             retry: RetryPolicy::default(),
+            retention,
             clock,
         })
     }
@@ -113,6 +128,7 @@ pub async fn serve(
     let runner = Arc::new(BuilderJobs {
         writer: writer.clone(),
         settings: options.settings,
+        retention: options.retention.clone(),
     });
     let (scheduler, handle) = Scheduler::new(
         runner,
@@ -144,7 +160,7 @@ pub async fn serve(
         Arc::clone(&options.clock),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(writer, handle, history));
+    let admin = AdminServiceServer::new(AdminApi::new(writer, handle, history, options.retention));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<FlightServiceServer<OhlcvFlightSql>>()

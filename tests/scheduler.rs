@@ -222,6 +222,9 @@ async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
     let runner = Arc::new(BuilderJobs {
         writer: d.writer.clone(),
         settings: BuildSettings::default(),
+        retention: ohlcv_server::config::RetentionConfig::default()
+            .policy()
+            .unwrap(),
     });
     let clock = Arc::new(ohlcv_server::clock::ManualClock::at(T0 + DAY));
     let (scheduler, handle) = Scheduler::new(

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto;
 use super::proto::admin_service_server::AdminService;
+use crate::build::retention::{self, RetentionPolicy};
 use crate::scheduler::{History, JobKind, JobRun, SchedulerHandle};
 use crate::server::auth::{Identity, Role};
 use crate::server::Error;
@@ -20,14 +21,21 @@ pub struct AdminApi {
     writer: TableWriter,
     scheduler: SchedulerHandle,
     history: History,
+    retention: RetentionPolicy,
 }
 
 impl AdminApi {
-    pub fn new(writer: TableWriter, scheduler: SchedulerHandle, history: History) -> AdminApi {
+    pub fn new(
+        writer: TableWriter,
+        scheduler: SchedulerHandle,
+        history: History,
+        retention: RetentionPolicy,
+    ) -> AdminApi {
         AdminApi {
             writer,
             scheduler,
             history,
+            retention,
         }
     }
 
@@ -231,10 +239,24 @@ impl AdminService for AdminApi {
         request: Request<proto::ApplyRetentionRequest>,
     ) -> Result<Response<proto::ApplyRetentionResponse>, Status> {
         admin(&request)?;
-        Err(Error::Unimplemented(
-            "retention policies are not built yet (issue 6: data quality and retention)".into(),
-        )
-        .into())
+        let now = self.scheduler.now_us();
+        let actions = if request.get_ref().dry_run {
+            retention::plan(&self.writer, &self.retention, now).await
+        } else {
+            retention::apply(&self.writer, &self.retention, now).await
+        }
+        .map_err(Error::from)?;
+        Ok(Response::new(proto::ApplyRetentionResponse {
+            actions: actions
+                .into_iter()
+                .map(|a| proto::RetentionAction {
+                    table: a.table,
+                    cutoff_us: a.cutoff_us,
+                    partitions_dropped: a.partitions,
+                    rows_dropped: a.rows,
+                })
+                .collect(),
+        }))
     }
 
     async fn compact(

@@ -15,6 +15,8 @@ pub enum JobKind {
     Backfill(Timeframe, TimeRange),
     /// Merge the files of the table's closed partitions.
     Compact(TableKind),
+    /// Drop partitions past each table's retention.
+    Retention,
 }
 
 impl JobKind {
@@ -23,6 +25,7 @@ impl JobKind {
             JobKind::Build(_) => "build",
             JobKind::Backfill(..) => "backfill",
             JobKind::Compact(_) => "compact",
+            JobKind::Retention => "retention",
         }
     }
 
@@ -30,7 +33,7 @@ impl JobKind {
         match self {
             JobKind::Build(tf) | JobKind::Backfill(tf, _) => Some(*tf),
             JobKind::Compact(TableKind::Bars(tf)) => Some(*tf),
-            JobKind::Compact(TableKind::Trades) => None,
+            JobKind::Compact(TableKind::Trades) | JobKind::Retention => None,
         }
     }
 }
@@ -41,6 +44,7 @@ impl fmt::Display for JobKind {
             JobKind::Build(tf) => write!(f, "build {tf}"),
             JobKind::Backfill(tf, r) => write!(f, "backfill {tf} {:?}..{:?}", r.start, r.end),
             JobKind::Compact(kind) => write!(f, "compact {}", kind.name()),
+            JobKind::Retention => f.write_str("retention"),
         }
     }
 }

@@ -36,6 +36,9 @@ pub fn options() -> ServeOptions {
         settings: BuildSettings::default(),
         schedules: default_schedules(),
         retry: RetryPolicy::default(),
+        retention: ohlcv_server::config::RetentionConfig::default()
+            .policy()
+            .unwrap(),
         clock,
     }
 }

@@ -1,0 +1,210 @@
+//! Retention across a year of bars with an injected clock: exactly the expired partitions go,
+//! in every table, what is built from a table is never left without its source, and no file
+//! is left that nothing references.
+
+mod common;
+
+use std::collections::HashMap;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use common::trades::{trade, trade_batch};
+use common::*;
+use ohlcv_server::build::{self, retention, BuildSettings};
+use ohlcv_server::config::RetentionConfig;
+use ohlcv_server::storage::TableKind;
+use ohlcv_server::timeframe::Timeframe;
+
+async fn count_before(d: &Deployment, table: &str, boundary: i64) -> (i64, i64) {
+    let b = d
+        .sql(&format!(
+            "select count(*), count(*) filter (where arrow_cast(window_start, 'Int64') < {boundary}) \
+             from ohlcv.market.{table}"
+        ))
+        .await;
+    let c = |i: usize| b[0].column(i).as_primitive::<Int64Type>().value(0);
+    (c(0), c(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_year_of_bars_keeps_exactly_each_tables_horizon() {
+    let d = Deployment::new().await;
+    // Snapshot ages and file ages are wall-clock, so the year ends now.
+    let wall = chrono::Utc::now().timestamp_micros();
+    let start = (wall - 400 * DAY).div_euclid(DAY) * DAY;
+    let trades: Vec<_> = (0..400 * 4)
+        .map(|i| {
+            trade(
+                "kraken",
+                "BTC-USD",
+                &i.to_string(),
+                start + i * 6 * 3_600_000_000,
+                100.0 + (i % 50) as f64,
+                1.0,
+            )
+        })
+        .collect();
+    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, start).unwrap();
+    d.writer
+        .append(TableKind::Trades, &[rows], HashMap::new())
+        .await
+        .unwrap();
+    let now = wall + 2 * DAY;
+    for tf in Timeframe::ALL {
+        build::build(&d.writer, tf, now, BuildSettings::default())
+            .await
+            .unwrap();
+    }
+    let policy = RetentionConfig::default().policy().unwrap();
+    let keep_days = [
+        (Timeframe::M1, 90),
+        (Timeframe::M5, 180),
+        (Timeframe::M30, 365),
+    ];
+    let mut expected = HashMap::new();
+    for (tf, days) in keep_days {
+        // Day partitions ending at or before the cutoff go: everything before its day.
+        let boundary = (now - days * DAY).div_euclid(DAY) * DAY;
+        expected.insert(
+            tf,
+            (boundary, count_before(&d, &tf.table_name(), boundary).await),
+        );
+    }
+    let hour_rows = count_before(&d, "ohlcv_1h", 0).await.0;
+    let day_rows = count_before(&d, "ohlcv_1d", 0).await.0;
+
+    let dry = retention::plan(&d.writer, &policy, now).await.unwrap();
+    let snapshot_1m = d.snapshot(TableKind::Bars(Timeframe::M1)).await;
+    assert_eq!(
+        d.snapshot(TableKind::Bars(Timeframe::M1)).await,
+        snapshot_1m,
+        "a dry run changes nothing"
+    );
+    let actions = retention::apply(&d.writer, &policy, now).await.unwrap();
+    assert_eq!(
+        dry.iter()
+            .map(|a| (&a.table, &a.partitions))
+            .collect::<Vec<_>>(),
+        actions
+            .iter()
+            .map(|a| (&a.table, &a.partitions))
+            .collect::<Vec<_>>(),
+        "the dry run lists what goes"
+    );
+    for (tf, (boundary, (total, dropped))) in &expected {
+        assert!(*dropped > 0, "{tf}: the year reaches past the horizon");
+        let action = actions.iter().find(|a| a.table == tf.table_name()).unwrap();
+        assert_eq!(action.rows as i64, *dropped, "{tf}");
+        let after = d
+            .sql(&format!(
+                "select count(*), min(window_start) from ohlcv.market.{}",
+                tf.table_name()
+            ))
+            .await;
+        let n = after[0].column(0).as_primitive::<Int64Type>().value(0);
+        let first = after[0]
+            .column(1)
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(0);
+        assert_eq!(
+            n,
+            total - dropped,
+            "{tf}: exactly the expired partitions are gone"
+        );
+        assert_eq!(first, *boundary, "{tf}: the first kept day is whole");
+        assert!(action.snapshots_expired > 0, "{tf}: old snapshots expired");
+        assert!(action.files_deleted > 0, "{tf}: dropped files deleted");
+    }
+    assert_eq!(
+        count_before(&d, "ohlcv_1h", 0).await.0,
+        hour_rows,
+        "1h keeps 2 years"
+    );
+    assert_eq!(
+        count_before(&d, "ohlcv_1d", 0).await.0,
+        day_rows,
+        "1d keeps 5 years"
+    );
+    let trades_left = d.sql("select count(*) from ohlcv.market.trades").await;
+    assert_eq!(
+        trades_left[0]
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .value(0),
+        1600,
+        "trades have no retention"
+    );
+
+    // Nothing unreachable is left behind.
+    let at = chrono::DateTime::from_timestamp_micros(now).unwrap();
+    for kind in TableKind::all() {
+        let sweep = d
+            .writer
+            .sweep_orphans(kind, at, chrono::Duration::zero(), true)
+            .await
+            .unwrap();
+        assert!(
+            sweep.deleted.is_empty(),
+            "{}: {:?}",
+            kind.name(),
+            sweep.deleted
+        );
+    }
+
+    // Rollups never rebuild from what retention removed: a rebuild changes nothing.
+    for tf in [Timeframe::M30, Timeframe::H1, Timeframe::D1] {
+        let report = build::backfill(&d.writer, tf, ohlcv_server::storage::TimeRange::ALL, now)
+            .await
+            .unwrap();
+        assert_eq!((report.new, report.revised), (0, 0), "{tf}: {report:?}");
+    }
+    // A second run has nothing to drop.
+    let again = retention::plan(&d.writer, &policy, now).await.unwrap();
+    assert!(again.iter().all(|a| a.partitions.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_minute_bars_wait_for_the_rollups_built_from_them() {
+    let d = Deployment::new().await;
+    let wall = chrono::Utc::now().timestamp_micros();
+    let start = (wall - 200 * DAY).div_euclid(DAY) * DAY;
+    let trades: Vec<_> = (0..200)
+        .map(|i| {
+            trade(
+                "kraken",
+                "BTC-USD",
+                &i.to_string(),
+                start + i * DAY,
+                100.0,
+                1.0,
+            )
+        })
+        .collect();
+    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, start).unwrap();
+    d.writer
+        .append(TableKind::Trades, &[rows], HashMap::new())
+        .await
+        .unwrap();
+    let now = wall + 2 * DAY;
+    // Only 1m is built: no rollup has consumed it yet, so none of it may go.
+    build::build(&d.writer, Timeframe::M1, now, BuildSettings::default())
+        .await
+        .unwrap();
+    let policy = RetentionConfig::default().policy().unwrap();
+    let plan = retention::plan(&d.writer, &policy, now).await.unwrap();
+    let m1 = plan.iter().find(|a| a.table == "ohlcv_1m").unwrap();
+    assert!(m1.partitions.is_empty(), "{m1:?}");
+    for tf in [Timeframe::M30, Timeframe::H1, Timeframe::D1] {
+        build::build(&d.writer, tf, now, BuildSettings::default())
+            .await
+            .unwrap();
+    }
+    let plan = retention::plan(&d.writer, &policy, now).await.unwrap();
+    let m1 = plan.iter().find(|a| a.table == "ohlcv_1m").unwrap();
+    let kept_from_day = (now - 90 * DAY).div_euclid(DAY);
+    assert_eq!(
+        m1.partitions.len() as i64,
+        kept_from_day - start / DAY,
+        "every day before the 90-day horizon, once the rollups have it: {m1:?}"
+    );
+}
