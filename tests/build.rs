@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use common::trades::*;
 use common::*;
@@ -13,18 +13,9 @@ use ohlcv_server::build::{self, BuildSettings};
 use ohlcv_server::storage::read::read_range;
 use ohlcv_server::storage::{TableKind, TimeRange};
 use ohlcv_server::timeframe::Timeframe;
-use ohlcv_server::trades::normalize;
 use proptest::prelude::*;
 
 const GRACE: i64 = 5 * MIN;
-
-async fn load(d: &Deployment, trades: &[Trade]) {
-    let batch = normalize(&trade_batch(trades), 0, T0).unwrap();
-    d.writer
-        .append(TableKind::Trades, &[batch], HashMap::new())
-        .await
-        .unwrap();
-}
 
 async fn build_all(d: &Deployment, now: i64) -> Vec<build::BuildReport> {
     let mut reports = Vec::new();

@@ -11,10 +11,9 @@ mod flight_client;
 use std::process::Output;
 
 use common::server::{deployment_with_bars, options_with_users, Server};
-use common::trades::{trade, trade_batch};
+use common::trades::{load, trade};
 use common::*;
 use ohlcv_server::admin::proto::{CompactRequest, TriggerBuildRequest};
-use ohlcv_server::storage::TableKind;
 use ohlcv_server::timeframe::Timeframe;
 
 fn check(out: &Output) -> String {
@@ -152,11 +151,7 @@ async fn admin_cli_backfills_with_progress_and_compacts() {
             )
         })
         .collect();
-    let rows = ohlcv_server::trades::normalize(&trade_batch(&later), 0, T0).unwrap();
-    d.writer
-        .append(TableKind::Trades, &[rows], Default::default())
-        .await
-        .unwrap();
+    load(&d, &later).await;
     let mut client = ohlcv_server::admin::client::connect(
         &format!("http://{}", server.addr),
         Some("ada"),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
-use common::trades::{trade, trade_batch};
+use common::trades::{load, trade};
 use common::*;
 use ohlcv_server::build::{self, retention, BuildSettings};
 use ohlcv_server::config::RetentionConfig;
@@ -44,11 +44,7 @@ async fn a_year_of_bars_keeps_exactly_each_tables_horizon() {
             )
         })
         .collect();
-    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, start).unwrap();
-    d.writer
-        .append(TableKind::Trades, &[rows], HashMap::new())
-        .await
-        .unwrap();
+    load(&d, &trades).await;
     let now = wall + 2 * DAY;
     for tf in Timeframe::ALL {
         build::build(&d.writer, tf, now, BuildSettings::default())
@@ -180,11 +176,7 @@ async fn one_minute_bars_wait_for_the_rollups_built_from_them() {
             )
         })
         .collect();
-    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, start).unwrap();
-    d.writer
-        .append(TableKind::Trades, &[rows], HashMap::new())
-        .await
-        .unwrap();
+    load(&d, &trades).await;
     let now = wall + 2 * DAY;
     // Only 1m is built: no rollup has consumed it yet, so none of it may go.
     build::build(&d.writer, Timeframe::M1, now, BuildSettings::default())

@@ -1,8 +1,6 @@
 //! A running Flight SQL server on 127.0.0.1:0 over a test deployment, and a deployment with
 //! bars built, for the server and client tests.
 
-use std::collections::HashMap;
-
 use ohlcv_server::build::{self, BuildSettings};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,11 +9,10 @@ use ohlcv_server::clock::ManualClock;
 use ohlcv_server::scheduler::{default_schedules, RetryPolicy};
 use ohlcv_server::server::auth::{hash_password, Role, UserConfig};
 use ohlcv_server::server::{self, Auth, ServeOptions};
-use ohlcv_server::storage::TableKind;
 use ohlcv_server::timeframe::Timeframe;
 use tonic::transport::Channel;
 
-use super::trades::{trade, trade_batch};
+use super::trades::{load, trade};
 use super::{Deployment, DAY, T0};
 
 pub struct Server {
@@ -123,11 +120,7 @@ pub async fn deployment_with_bars() -> Deployment {
             )
         })
         .collect();
-    let rows = ohlcv_server::trades::normalize(&trade_batch(&trades), 0, T0).unwrap();
-    d.writer
-        .append(TableKind::Trades, &[rows], HashMap::new())
-        .await
-        .unwrap();
+    load(&d, &trades).await;
     for tf in Timeframe::ALL {
         build::build(&d.writer, tf, T0 + 2 * DAY, BuildSettings::default())
             .await

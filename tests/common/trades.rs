@@ -31,6 +31,19 @@ pub fn trade(exchange: &str, symbol: &str, id: &str, ts: i64, price: f64, qty: f
 }
 
 /// Trades in the ingest input shape.
+/// Appends `trades` to market.trades in one commit, validated like `load`.
+pub async fn load(d: &super::Deployment, trades: &[Trade]) {
+    let batch = ohlcv_server::trades::normalize(&trade_batch(trades), 0, super::T0).unwrap();
+    d.writer
+        .append(
+            ohlcv_server::storage::TableKind::Trades,
+            &[batch],
+            HashMap::new(),
+        )
+        .await
+        .unwrap();
+}
+
 pub fn trade_batch(trades: &[Trade]) -> RecordBatch {
     RecordBatch::try_new(
         ohlcv_server::trades::generate::trade_input_schema(),
