@@ -236,4 +236,20 @@ async fn pyiceberg_and_duckdb_read_our_tables_row_for_row() {
         );
         assert!(stdout.contains("market.ohlcv_1h: 27 rows"), "{stdout}");
     }
+
+    // Retention: the 2024 hourly bars are past their two years and go; the 1m bars stay, as no
+    // rollup has been built from them. Old snapshots are expired and their files deleted; the
+    // other engines still read what is left.
+    let policy = ohlcv_server::config::RetentionConfig::default()
+        .policy()
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_micros() + 2 * DAY;
+    let actions = ohlcv_server::build::retention::apply(&d.writer, &policy, now)
+        .await
+        .unwrap();
+    let action = |t: &str| actions.iter().find(|a| a.table == t).unwrap().clone();
+    assert_eq!(action("ohlcv_1h").rows, 27);
+    assert!(action("ohlcv_1h").files_deleted > 0);
+    assert!(action("ohlcv_1m").partitions.is_empty());
+    check_with_other_engines(&d, "retention").await;
 }
