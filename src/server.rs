@@ -151,6 +151,7 @@ pub async fn serve(
     let engine = QueryEngine::new(
         writer.storage().clone(),
         handle.clone(),
+        history.clone(),
         options.memory_limit_bytes,
     )?;
     let flight = FlightServiceServer::new(OhlcvFlightSql::new(

@@ -20,7 +20,6 @@ use ohlcv_server::admin::proto::{GetStatusRequest, TriggerBuildRequest};
 use ohlcv_server::clock::ManualClock;
 use ohlcv_server::server::Auth;
 use ohlcv_server::storage::TableKind;
-use ohlcv_server::timeframe::Timeframe;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -524,7 +523,6 @@ async fn thirty_two_clients_see_only_whole_commits() {
         queries += seen.len();
     }
     assert!(queries >= 32 * 2);
-    let _ = Timeframe::M1;
     match Arc::try_unwrap(server) {
         Ok(server) => server.shutdown_and_wait().await,
         Err(_) => panic!("clients still hold the server"),

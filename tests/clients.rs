@@ -14,7 +14,6 @@ use common::server::{deployment_with_bars, options_with_users, Server};
 use common::trades::{load, trade};
 use common::*;
 use ohlcv_server::admin::proto::{CompactRequest, TriggerBuildRequest};
-use ohlcv_server::timeframe::Timeframe;
 
 fn check(out: &Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -189,6 +188,5 @@ async fn admin_cli_backfills_with_progress_and_compacts() {
     );
     let rows: usize = after.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 120);
-    let _ = Timeframe::M1;
     server.shutdown_and_wait().await;
 }

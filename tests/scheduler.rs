@@ -208,16 +208,7 @@ async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
             )
         })
         .collect();
-    let batch =
-        ohlcv_server::trades::normalize(&common::trades::trade_batch(&trades), 0, T0).unwrap();
-    d.writer
-        .append(
-            ohlcv_server::storage::TableKind::Trades,
-            &[batch],
-            HashMap::new(),
-        )
-        .await
-        .unwrap();
+    common::trades::load(&d, &trades).await;
     let history = History::open(d.storage().pool()).await.unwrap();
     let runner = Arc::new(BuilderJobs {
         writer: d.writer.clone(),

@@ -210,7 +210,12 @@ impl FlightSqlService for OhlcvFlightSql {
             let empty = HandshakeResponse::default();
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(empty)]))));
         }
-        let token = self.auth.login(header)?;
+        // argon2 is deliberately slow: verify off the async workers.
+        let auth = Arc::clone(&self.auth);
+        let header = header.map(str::to_owned);
+        let token = tokio::task::spawn_blocking(move || auth.login(header.as_deref()))
+            .await
+            .map_err(|e| Status::internal(format!("login task failed: {e}")))??;
         let bearer = format!("Bearer {token}");
         let body = HandshakeResponse {
             protocol_version: 0,

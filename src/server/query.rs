@@ -11,7 +11,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::error::Result;
 use super::system::SystemSchema;
-use crate::scheduler::SchedulerHandle;
+use crate::scheduler::{History, SchedulerHandle};
 use crate::storage::{MarketSchema, Storage};
 
 /// Cheap handle; every statement gets a fresh session (plans are not shared between clients),
@@ -20,6 +20,7 @@ use crate::storage::{MarketSchema, Storage};
 pub struct QueryEngine {
     storage: Storage,
     scheduler: SchedulerHandle,
+    history: History,
     runtime: Arc<RuntimeEnv>,
 }
 
@@ -29,6 +30,7 @@ impl QueryEngine {
     pub fn new(
         storage: Storage,
         scheduler: SchedulerHandle,
+        history: History,
         memory_limit: usize,
     ) -> Result<QueryEngine> {
         let runtime = RuntimeEnvBuilder::new()
@@ -37,6 +39,7 @@ impl QueryEngine {
         Ok(QueryEngine {
             storage,
             scheduler,
+            history,
             runtime,
         })
     }
@@ -64,7 +67,7 @@ impl QueryEngine {
         catalog.register_schema(
             "system",
             Arc::new(SystemSchema::new(
-                self.storage.pool(),
+                self.history.clone(),
                 self.scheduler.clone(),
             )),
         )?;

@@ -13,7 +13,6 @@ use async_trait::async_trait;
 use datafusion::catalog::SchemaProvider;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
-use sqlx::AnyPool;
 
 use crate::scheduler::{History, JobRun, JobState, SchedulerHandle};
 
@@ -162,7 +161,7 @@ fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, arrow::error::ArrowErr
 /// The `system` schema provider.
 #[derive(Clone)]
 pub struct SystemSchema {
-    pool: AnyPool,
+    history: History,
     scheduler: SchedulerHandle,
 }
 
@@ -173,8 +172,8 @@ impl std::fmt::Debug for SystemSchema {
 }
 
 impl SystemSchema {
-    pub fn new(pool: AnyPool, scheduler: SchedulerHandle) -> SystemSchema {
-        SystemSchema { pool, scheduler }
+    pub fn new(history: History, scheduler: SchedulerHandle) -> SystemSchema {
+        SystemSchema { history, scheduler }
     }
 }
 
@@ -190,14 +189,14 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let external = |e: crate::storage::Error| DataFusionError::External(Box::new(e));
-        let history = History::open(self.pool.clone()).await.map_err(external)?;
+        let history = &self.history;
         let (schema, batch) = match name {
             "job_runs" => {
                 let runs = history.recent(JOB_RUNS_LIMIT).await.map_err(external)?;
                 (job_runs_schema(), job_runs_batch(&runs)?)
             }
             "jobs" => {
-                let jobs = self.scheduler.jobs(&history).await.map_err(external)?;
+                let jobs = self.scheduler.jobs(history).await.map_err(external)?;
                 (
                     jobs_schema(),
                     jobs_batch(&jobs, self.scheduler.is_paused())?,
