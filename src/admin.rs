@@ -17,3 +17,19 @@ pub mod proto {
 }
 
 pub use service::AdminApi;
+
+impl From<crate::quality::CheckResult> for proto::CheckResult {
+    fn from(r: crate::quality::CheckResult) -> Self {
+        proto::CheckResult {
+            samples: r.samples.iter().map(|v| v.to_string()).collect(),
+            timeframe: r.timeframe,
+            check: r.check,
+            status: r.status,
+            violations: r.violations,
+            run_id: r.run_id,
+            range_start_us: r.range_start,
+            range_end_us: r.range_end,
+            rows_checked: r.rows_checked,
+        }
+    }
+}

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::build;
 use crate::config::Config;
+use crate::quality::{Reports, Scope};
+use crate::scheduler::BuilderJobs;
 use crate::storage::TimeRange;
 use crate::storage::{Storage, TableWriter, WriterLock};
 use crate::timeframe::Timeframe;
@@ -27,6 +29,41 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Which timeframes, and optionally which range, a command works on.
+#[derive(Debug, clap::Args)]
+pub struct ScopeArgs {
+    /// 1m, 5m, 30m, 1h, 1d or all.
+    #[arg(long, default_value = "all")]
+    timeframe: String,
+    /// Start of the range (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the range (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+impl ScopeArgs {
+    fn timeframes(&self) -> anyhow::Result<Vec<Timeframe>> {
+        Ok(if self.timeframe == "all" {
+            Timeframe::ALL.to_vec()
+        } else {
+            vec![self.timeframe.parse()?]
+        })
+    }
+
+    /// `--from`/`--to` as a range; neither given is `None`.
+    fn range(&self) -> anyhow::Result<Option<TimeRange>> {
+        Ok(match (&self.from, &self.to) {
+            (None, None) => None,
+            (from, to) => Some(TimeRange::new(
+                from.as_deref().map(parse_timestamp).transpose()?,
+                to.as_deref().map(parse_timestamp).transpose()?,
+            )),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,15 +87,8 @@ pub enum Command {
     /// Run the builder once over everything pending, offline (the scheduler's jobs), or with
     /// --from/--to rebuild that range from the source (backfill).
     Build {
-        /// 1m, 5m, 30m, 1h, 1d or all.
-        #[arg(long, default_value = "all")]
-        timeframe: String,
-        /// Start of a range to rebuild (RFC 3339 or YYYY-MM-DD).
-        #[arg(long)]
-        from: Option<String>,
-        /// End (exclusive) of the range to rebuild.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// Drop partitions past each table's retention (`[retention.days]`), then expire old
     /// snapshots and delete unreferenced files.
@@ -66,6 +96,13 @@ pub enum Command {
         /// List what would be dropped, change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Check the bar invariants (ohlc_bounds, positive_activity, unique_aligned,
+    /// rollup_consistency), print the report, exit 1 on violations. Without --from/--to:
+    /// what changed since the last validation plus a rotating sample of older partitions.
+    Validate {
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// Bars straight from a trades Parquet file, no tables involved.
     Compute {
@@ -176,23 +213,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_or("none: no rows".to_string(), |s| s.to_string())
             );
         }
-        Command::Build {
-            timeframe,
-            from,
-            to,
-        } => {
-            let timeframes: Vec<Timeframe> = if timeframe == "all" {
-                Timeframe::ALL.to_vec()
-            } else {
-                vec![timeframe.parse()?]
-            };
-            let range = match (&from, &to) {
-                (None, None) => None,
-                _ => Some(TimeRange::new(
-                    from.as_deref().map(parse_timestamp).transpose()?,
-                    to.as_deref().map(parse_timestamp).transpose()?,
-                )),
-            };
+        Command::Build { scope } => {
+            let timeframes = scope.timeframes()?;
+            let range = scope.range()?;
             let writer = open_writer(&config, "build").await?;
             let settings = config.build.settings();
             for tf in timeframes {
@@ -217,15 +240,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Retention { dry_run } => {
-            let policy = config.retention.policy()?;
-            let writer = open_writer(&config, "retention").await?;
-            let now = chrono::Utc::now().timestamp_micros();
-            let actions = if dry_run {
-                build::retention::plan(&writer, &policy, now).await?
-            } else {
-                build::retention::apply(&writer, &policy, now).await?
+        Command::Validate { scope } => {
+            let timeframes = scope.timeframes()?;
+            let scope = match scope.range()? {
+                None => Scope::Changed,
+                Some(range) => Scope::Range(range),
             };
+            let jobs = offline_jobs(&config, "validate").await?;
+            let now = chrono::Utc::now().timestamp_micros();
+            let results = jobs.validate(&timeframes, scope, now).await?;
+            let results: Vec<_> = results.into_iter().map(Into::into).collect();
+            crate::admin::client::print_checks(&results)?;
+        }
+        Command::Retention { dry_run } => {
+            let jobs = offline_jobs(&config, "retention").await?;
+            let now = chrono::Utc::now().timestamp_micros();
+            let actions = jobs.retention(dry_run, now).await?;
             for a in &actions {
                 if a.cutoff_us == i64::MIN {
                     println!("{}: no retention, keeps everything", a.table);
@@ -375,6 +405,19 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// The server's jobs, run once from the command line (alerts are only logged).
+async fn offline_jobs(config: &Config, purpose: &str) -> anyhow::Result<BuilderJobs> {
+    let writer = open_writer(config, purpose).await?;
+    let reports = Reports::open(writer.storage().pool()).await?;
+    Ok(BuilderJobs {
+        writer,
+        settings: config.build.settings(),
+        retention: config.retention.policy()?,
+        reports,
+        alerts: crate::alerts::Alerts::log_only(),
+    })
 }
 
 async fn open_writer(config: &Config, purpose: &str) -> anyhow::Result<TableWriter> {

@@ -34,6 +34,46 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
+    pub alerts: AlertsConfig,
+    pub quality: QualityConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Where alerts are POSTed as JSON; unset means alerts are only logged and counted.
+    pub webhook_url: Option<String>,
+    /// Further attempts after a failed delivery, with doubling waits from one second.
+    pub webhook_retries: u32,
+    pub webhook_timeout_secs: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: None,
+            webhook_retries: 3,
+            webhook_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualityConfig {
+    /// Minutes between scheduled validations; 0 turns them off.
+    pub validate_every_mins: u64,
+    /// Minutes between scheduled compactions of closed partitions; 0 turns them off.
+    pub compact_every_mins: u64,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            validate_every_mins: 60,
+            compact_every_mins: 24 * 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -163,6 +203,8 @@ impl Default for Config {
             server: ServerConfig::default(),
             auth: AuthConfig::default(),
             retention: RetentionConfig::default(),
+            alerts: AlertsConfig::default(),
+            quality: QualityConfig::default(),
         }
     }
 }

@@ -12,15 +12,19 @@
 //! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
 //! - [`trades`]: trade input: normalising and validating batches, loading files, generating
 //!   synthetic trades.
+//! - [`quality`]: validation of the bar invariants, and the validation/retention reports.
+//! - [`alerts`]: failed jobs and failed validations logged, counted and sent to a webhook.
 //! - [`admin`]: the admin gRPC service (generated from `proto/`) and its command-line client.
 //! - [`cli`]: the command-line interface that `main.rs` runs.
 
 pub mod admin;
+pub mod alerts;
 pub mod bars;
 pub mod build;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod quality;
 pub mod scheduler;
 pub mod server;
 pub mod storage;

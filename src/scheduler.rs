@@ -18,10 +18,13 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::{Alert, Alerts};
 use crate::build::retention::RetentionPolicy;
 use crate::build::{BuildReport, BuildSettings};
 use crate::clock::Clock;
+use crate::quality::{self, Reports, RetentionRun, Scope};
 use crate::storage::TableWriter;
+use crate::timeframe::Timeframe;
 
 pub use history::{History, JobRun};
 pub use schedule::{default_schedules, JobKind, Schedule};
@@ -50,6 +53,8 @@ pub struct BuilderJobs {
     pub writer: TableWriter,
     pub settings: BuildSettings,
     pub retention: RetentionPolicy,
+    pub reports: Reports,
+    pub alerts: Alerts,
 }
 
 #[async_trait]
@@ -60,22 +65,106 @@ impl JobRunner for BuilderJobs {
                 crate::build::build(&self.writer, tf, now_us, self.settings).await
             }
             JobKind::Backfill(tf, range) => {
-                crate::build::backfill(&self.writer, tf, range, now_us).await
+                let report = crate::build::backfill(&self.writer, tf, range, now_us).await;
+                if report.is_ok() {
+                    // A backfill rewrote history: check it at once.
+                    self.validate(&[tf], Scope::Range(range), now_us)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                report
             }
             JobKind::Compact(kind) => {
                 crate::build::compact_closed(&self.writer, kind, now_us, self.settings).await
             }
-            JobKind::Retention => {
-                crate::build::retention::apply(&self.writer, &self.retention, now_us)
-                    .await
-                    .map(|actions| BuildReport {
-                        files_removed: actions.iter().map(|a| a.files_dropped).sum(),
-                        ..BuildReport::default()
-                    })
-            }
+            JobKind::Retention => self
+                .retention(false, now_us)
+                .await
+                .map(|actions| BuildReport {
+                    files_removed: actions.iter().map(|a| a.files_dropped).sum(),
+                    ..BuildReport::default()
+                }),
+            JobKind::Validate => self
+                .validate(&Timeframe::ALL, Scope::Changed, now_us)
+                .await
+                .map(|_| BuildReport::default()),
         };
         result.map_err(|e| e.to_string())
     }
+}
+
+impl BuilderJobs {
+    /// Runs validation, and raises an alert when a check fails.
+    pub async fn validate(
+        &self,
+        timeframes: &[Timeframe],
+        scope: Scope,
+        now_us: i64,
+    ) -> crate::build::Result<Vec<quality::CheckResult>> {
+        let results = quality::validate(
+            self.writer.storage(),
+            &self.reports,
+            timeframes,
+            scope,
+            now_us,
+        )
+        .await?;
+        let failed: Vec<&quality::CheckResult> = results.iter().filter(|r| !r.passed()).collect();
+        if !failed.is_empty() {
+            let summary = failed
+                .iter()
+                .map(|r| format!("{} {}: {} violations", r.timeframe, r.check, r.violations))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let details = serde_json::Value::Array(failed.iter().map(|r| check_json(r)).collect());
+            self.alerts.raise(Alert::new(
+                "validation_failed",
+                now_us,
+                format!("validation failed: {summary}"),
+                details,
+            ));
+        }
+        Ok(results)
+    }
+
+    /// Applies (or plans, on a dry run) retention and records the run.
+    pub async fn retention(
+        &self,
+        dry_run: bool,
+        now_us: i64,
+    ) -> crate::build::Result<Vec<crate::build::retention::RetentionAction>> {
+        use crate::build::retention;
+        let actions = if dry_run {
+            retention::plan(&self.writer, &self.retention, now_us).await?
+        } else {
+            retention::apply(&self.writer, &self.retention, now_us).await?
+        };
+        let run_id = uuid::Uuid::new_v4().to_string();
+        for action in &actions {
+            let run = RetentionRun {
+                run_id: run_id.clone(),
+                run_at: now_us,
+                dry_run,
+                action: action.clone(),
+            };
+            self.reports.record_retention(&run).await?;
+        }
+        Ok(actions)
+    }
+}
+
+/// A check result as the webhook and the admin API show it.
+pub fn check_json(r: &quality::CheckResult) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": r.run_id,
+        "timeframe": r.timeframe,
+        "check": r.check,
+        "status": r.status,
+        "violations": r.violations,
+        "range_start_us": r.range_start,
+        "range_end_us": r.range_end,
+        "samples": r.samples.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+    })
 }
 
 /// Retry and timeout policy.
@@ -198,6 +287,7 @@ pub struct Scheduler {
     history: Arc<dyn RunLog>,
     commands: mpsc::Receiver<Command>,
     paused: Arc<AtomicBool>,
+    alerts: Alerts,
 }
 
 impl Scheduler {
@@ -224,8 +314,15 @@ impl Scheduler {
             history,
             commands: rx,
             paused,
+            alerts: Alerts::log_only(),
         };
         (scheduler, handle)
+    }
+
+    /// Raises an alert through `alerts` for every job that fails after its retries.
+    pub fn with_alerts(mut self, alerts: Alerts) -> Scheduler {
+        self.alerts = alerts;
+        self
     }
 
     /// Runs due jobs until `cancel` fires. A job running at that moment is dropped at its next
@@ -317,7 +414,19 @@ impl Scheduler {
                 }
                 "cancelled" => return None,
                 _ if attempt > self.policy.max_retries => {
-                    tracing::error!(job = %job, attempts = attempt, error = ?run.error, "job failed after retries");
+                    self.alerts.raise(Alert::new(
+                        "job_failed",
+                        run.finished_at,
+                        format!("job {job} {status} after {attempt} attempts"),
+                        serde_json::json!({
+                            "job": run.job,
+                            "timeframe": run.timeframe,
+                            "run_id": run.run_id,
+                            "attempts": attempt,
+                            "status": run.status,
+                            "error": run.error,
+                        }),
+                    ));
                     return Some(run);
                 }
                 _ => {

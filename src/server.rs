@@ -10,7 +10,7 @@
 //! | `auth` | users, roles, handshake tokens and the layer that checks them |
 //! | `keys` | primary/foreign key metadata |
 //! | `error` | the one mapping of errors to gRPC status codes |
-//! | `system` | the `system` schema (`job_runs`, `jobs`) |
+//! | `system` | the `system` schema (`job_runs`, `jobs`, `validation_results`, `retention_runs`) |
 //! | `types` | XDBC type info |
 //! | `demo` | the synthetic live feed of `serve --demo` |
 
@@ -37,14 +37,17 @@ use tonic::transport::{Identity as TlsIdentity, ServerTlsConfig};
 
 use crate::admin::proto::admin_service_server::AdminServiceServer;
 use crate::admin::AdminApi;
+use crate::alerts::Alerts;
 use crate::build::retention::RetentionPolicy;
 use crate::build::BuildSettings;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{AlertsConfig, Config};
+use crate::quality::Reports;
 use crate::scheduler::{
     default_schedules, BuilderJobs, History, JobKind, RetryPolicy, Schedule, Scheduler,
 };
-use crate::storage::TableWriter;
+use crate::storage::{TableKind, TableWriter};
+use crate::timeframe::Timeframe;
 
 pub use auth::{Auth, Identity, Role};
 pub use error::{Error, Result};
@@ -65,6 +68,7 @@ pub struct ServeOptions {
     pub schedules: Vec<Schedule>,
     pub retry: RetryPolicy,
     pub retention: RetentionPolicy,
+    pub alerts: AlertsConfig,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -93,12 +97,37 @@ impl ServeOptions {
             .retention
             .policy()
             .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        const MIN: i64 = 60_000_000;
         let mut schedules = default_schedules();
         schedules.push(Schedule {
             job: JobKind::Retention,
-            every_us: 86_400_000_000,
-            offset_us: 1_800_000_000,
+            every_us: 1440 * MIN,
+            offset_us: 30 * MIN,
         });
+        // Validation runs after the builds of its hour have settled (the 1d build runs at
+        // 45 s past the hour); compaction at quiet minutes, one table after another.
+        let validate = config.quality.validate_every_mins as i64 * MIN;
+        if validate > 0 {
+            schedules.push(Schedule {
+                job: JobKind::Validate,
+                every_us: validate,
+                offset_us: (2 * MIN).min(validate / 2),
+            });
+        }
+        let compact = config.quality.compact_every_mins as i64 * MIN;
+        if compact > 0 {
+            let tables = Timeframe::ALL
+                .into_iter()
+                .map(TableKind::Bars)
+                .chain([TableKind::Trades]);
+            for (i, kind) in tables.enumerate() {
+                schedules.push(Schedule {
+                    job: JobKind::Compact(kind),
+                    every_us: compact,
+                    offset_us: ((40 + i as i64) * MIN + 50_000_000) % compact,
+                });
+            }
+        }
         Ok(ServeOptions {
             demo: false,
             auth: Arc::new(auth),
@@ -108,6 +137,7 @@ impl ServeOptions {
             schedules,
             retry: RetryPolicy::default(),
             retention,
+            alerts: config.alerts.clone(),
             clock,
         })
     }
@@ -125,19 +155,26 @@ pub async fn serve(
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let history = History::open(writer.storage().pool()).await?;
-    let runner = Arc::new(BuilderJobs {
+    let reports = Reports::open(writer.storage().pool()).await?;
+    let (alerts, delivery) = Alerts::start(&options.alerts, cancel.clone());
+    if let Some(delivery) = delivery {
+        tasks.spawn(delivery);
+    }
+    let jobs = Arc::new(BuilderJobs {
         writer: writer.clone(),
         settings: options.settings,
-        retention: options.retention.clone(),
+        retention: options.retention,
+        reports: reports.clone(),
+        alerts: alerts.clone(),
     });
     let (scheduler, handle) = Scheduler::new(
-        runner,
+        Arc::clone(&jobs) as Arc<dyn crate::scheduler::JobRunner>,
         Arc::clone(&options.clock),
         options.schedules,
         options.retry,
         Arc::new(history.clone()),
     );
-    tasks.spawn(scheduler.run(cancel.clone()));
+    tasks.spawn(scheduler.with_alerts(alerts).run(cancel.clone()));
     if options.demo {
         tasks.spawn(demo::feed(
             writer.clone(),
@@ -152,6 +189,7 @@ pub async fn serve(
         writer.storage().clone(),
         handle.clone(),
         history.clone(),
+        reports,
         options.memory_limit_bytes,
     )?;
     let flight = FlightServiceServer::new(OhlcvFlightSql::new(
@@ -161,7 +199,7 @@ pub async fn serve(
         Arc::clone(&options.clock),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(writer, handle, history, options.retention));
+    let admin = AdminServiceServer::new(AdminApi::new(jobs, handle, history));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<FlightServiceServer<OhlcvFlightSql>>()
@@ -192,4 +230,36 @@ pub async fn serve(
     cancel.cancel();
     tasks.wait().await;
     served.map_err(|e| Error::Internal(format!("transport: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_schedules_validation_compaction_and_retention() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let jobs = |config: &Config| -> Vec<(JobKind, i64)> {
+            ServeOptions::from_config(config, Arc::clone(&clock))
+                .unwrap()
+                .schedules
+                .iter()
+                .filter(|s| !matches!(s.job, JobKind::Build(_)))
+                .map(|s| (s.job, s.every_us / 60_000_000))
+                .collect()
+        };
+        let defaults = jobs(&Config::default());
+        assert!(defaults.contains(&(JobKind::Retention, 1440)));
+        assert!(defaults.contains(&(JobKind::Validate, 60)));
+        for kind in TableKind::all() {
+            assert!(
+                defaults.contains(&(JobKind::Compact(kind), 1440)),
+                "{kind:?}"
+            );
+        }
+        let mut config = Config::default();
+        config.quality.validate_every_mins = 0;
+        config.quality.compact_every_mins = 0;
+        assert_eq!(jobs(&config), [(JobKind::Retention, 1440)]);
+    }
 }

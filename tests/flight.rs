@@ -103,7 +103,9 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
             "ohlcv_5m",
             "trades",
             "job_runs",
-            "jobs"
+            "jobs",
+            "retention_runs",
+            "validation_results"
         ]
     );
     assert_eq!(batches[0].num_columns(), 5, "table schemas included");

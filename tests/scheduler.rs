@@ -216,6 +216,10 @@ async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
         retention: ohlcv_server::config::RetentionConfig::default()
             .policy()
             .unwrap(),
+        reports: ohlcv_server::quality::Reports::open(d.storage().pool())
+            .await
+            .unwrap(),
+        alerts: ohlcv_server::alerts::Alerts::log_only(),
     });
     let clock = Arc::new(ohlcv_server::clock::ManualClock::at(T0 + DAY));
     let (scheduler, handle) = Scheduler::new(

@@ -154,6 +154,26 @@ fn run_line(run: &proto::JobRun) -> String {
 }
 
 /// Runs one admin command and prints its result.
+/// Prints validation results, the violating samples under each failed check; an error (exit
+/// status 1) when any check failed.
+pub fn print_checks(results: &[proto::CheckResult]) -> anyhow::Result<()> {
+    let mut violations = 0;
+    for c in results {
+        println!(
+            "{:>3} {:<18} {}: {} violations in {} rows",
+            c.timeframe, c.check, c.status, c.violations, c.rows_checked
+        );
+        for sample in &c.samples {
+            println!("      {sample}");
+        }
+        violations += c.violations;
+    }
+    if violations > 0 {
+        anyhow::bail!("validation found {violations} violations");
+    }
+    Ok(())
+}
+
 pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Status => {
@@ -229,12 +249,7 @@ pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()
                 })
                 .await?
                 .into_inner();
-            for c in &r.results {
-                println!(
-                    "{} {} {}: {} violations",
-                    c.timeframe, c.check, c.status, c.violations
-                );
-            }
+            print_checks(&r.results)?;
         }
         AdminCommand::Retention { dry_run } => {
             let r = client

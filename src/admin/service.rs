@@ -8,8 +8,10 @@ use tonic::{Request, Response, Status};
 
 use super::proto;
 use super::proto::admin_service_server::AdminService;
-use crate::build::retention::{self, RetentionPolicy};
-use crate::scheduler::{History, JobKind, JobRun, SchedulerHandle};
+use std::sync::Arc;
+
+use crate::quality::Scope;
+use crate::scheduler::{BuilderJobs, History, JobKind, JobRun, SchedulerHandle};
 use crate::server::auth::{Identity, Role};
 use crate::server::Error;
 use crate::storage::{Listing, TableKind, TableWriter, TimeRange};
@@ -18,25 +20,22 @@ use crate::timeframe::Timeframe;
 /// The admin service.
 #[derive(Clone)]
 pub struct AdminApi {
-    writer: TableWriter,
+    jobs: Arc<BuilderJobs>,
     scheduler: SchedulerHandle,
     history: History,
-    retention: RetentionPolicy,
 }
 
 impl AdminApi {
-    pub fn new(
-        writer: TableWriter,
-        scheduler: SchedulerHandle,
-        history: History,
-        retention: RetentionPolicy,
-    ) -> AdminApi {
+    pub fn new(jobs: Arc<BuilderJobs>, scheduler: SchedulerHandle, history: History) -> AdminApi {
         AdminApi {
-            writer,
+            jobs,
             scheduler,
             history,
-            retention,
         }
+    }
+
+    fn writer(&self) -> &TableWriter {
+        &self.jobs.writer
     }
 
     async fn run(&self, job: JobKind) -> Result<JobRun, Error> {
@@ -128,7 +127,7 @@ impl AdminService for AdminApi {
         let mut tables = Vec::new();
         for kind in TableKind::all() {
             let table = self
-                .writer
+                .writer()
                 .storage()
                 .table(kind)
                 .await
@@ -228,10 +227,27 @@ impl AdminService for AdminApi {
         request: Request<proto::ValidateRequest>,
     ) -> Result<Response<proto::ValidateResponse>, Status> {
         admin(&request)?;
-        Err(Error::Unimplemented(
-            "validation is not built yet (issue 6: data quality and retention)".into(),
-        )
-        .into())
+        let req = request.into_inner();
+        let tfs = timeframes(&req.timeframes)?;
+        let range = TimeRange::new(time(&req.from, "from")?, time(&req.to, "to")?);
+        if let (Some(from), Some(to)) = (range.start, range.end) {
+            if from >= to {
+                return Err(Error::InvalidRequest("validate needs from < to".into()).into());
+            }
+        }
+        let scope = if range == TimeRange::ALL {
+            Scope::Changed
+        } else {
+            Scope::Range(range)
+        };
+        let results = self
+            .jobs
+            .validate(&tfs, scope, self.scheduler.now_us())
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(proto::ValidateResponse {
+            results: results.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn apply_retention(
@@ -240,12 +256,11 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::ApplyRetentionResponse>, Status> {
         admin(&request)?;
         let now = self.scheduler.now_us();
-        let actions = if request.get_ref().dry_run {
-            retention::plan(&self.writer, &self.retention, now).await
-        } else {
-            retention::apply(&self.writer, &self.retention, now).await
-        }
-        .map_err(Error::from)?;
+        let actions = self
+            .jobs
+            .retention(request.get_ref().dry_run, now)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(proto::ApplyRetentionResponse {
             actions: actions
                 .into_iter()

@@ -14,7 +14,7 @@ use crate::storage::TableKind;
 use crate::timeframe::Timeframe;
 
 /// Columns whose values define a bar (everything but revision and built_at).
-const MEASURES_F64: [&str; 8] = [
+pub(crate) const MEASURES_F64: [&str; 8] = [
     "open",
     "high",
     "low",

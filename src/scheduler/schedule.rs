@@ -17,6 +17,8 @@ pub enum JobKind {
     Compact(TableKind),
     /// Drop partitions past each table's retention.
     Retention,
+    /// Check the bar invariants of every timeframe over what changed since the last run.
+    Validate,
 }
 
 impl JobKind {
@@ -26,6 +28,7 @@ impl JobKind {
             JobKind::Backfill(..) => "backfill",
             JobKind::Compact(_) => "compact",
             JobKind::Retention => "retention",
+            JobKind::Validate => "validate",
         }
     }
 
@@ -33,7 +36,7 @@ impl JobKind {
         match self {
             JobKind::Build(tf) | JobKind::Backfill(tf, _) => Some(*tf),
             JobKind::Compact(TableKind::Bars(tf)) => Some(*tf),
-            JobKind::Compact(TableKind::Trades) | JobKind::Retention => None,
+            JobKind::Compact(TableKind::Trades) | JobKind::Retention | JobKind::Validate => None,
         }
     }
 }
@@ -45,6 +48,7 @@ impl fmt::Display for JobKind {
             JobKind::Backfill(tf, r) => write!(f, "backfill {tf} {:?}..{:?}", r.start, r.end),
             JobKind::Compact(kind) => write!(f, "compact {}", kind.name()),
             JobKind::Retention => f.write_str("retention"),
+            JobKind::Validate => f.write_str("validate"),
         }
     }
 }

@@ -11,6 +11,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::error::Result;
 use super::system::SystemSchema;
+use crate::quality::Reports;
 use crate::scheduler::{History, SchedulerHandle};
 use crate::storage::{MarketSchema, Storage};
 
@@ -21,6 +22,7 @@ pub struct QueryEngine {
     storage: Storage,
     scheduler: SchedulerHandle,
     history: History,
+    reports: Reports,
     runtime: Arc<RuntimeEnv>,
 }
 
@@ -31,6 +33,7 @@ impl QueryEngine {
         storage: Storage,
         scheduler: SchedulerHandle,
         history: History,
+        reports: Reports,
         memory_limit: usize,
     ) -> Result<QueryEngine> {
         let runtime = RuntimeEnvBuilder::new()
@@ -40,6 +43,7 @@ impl QueryEngine {
             storage,
             scheduler,
             history,
+            reports,
             runtime,
         })
     }
@@ -68,6 +72,7 @@ impl QueryEngine {
             "system",
             Arc::new(SystemSchema::new(
                 self.history.clone(),
+                self.reports.clone(),
                 self.scheduler.clone(),
             )),
         )?;

@@ -5,25 +5,154 @@ use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int32Builder, Int64Array, ListBuilder,
+    RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
 use async_trait::async_trait;
 use datafusion::catalog::SchemaProvider;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 
+use crate::quality::{CheckResult, Reports, RetentionRun};
 use crate::scheduler::{History, JobRun, JobState, SchedulerHandle};
 
-/// Rows of `system.job_runs` a query can see (the newest).
-const JOB_RUNS_LIMIT: i64 = 100_000;
+/// Rows of a history-like system table a query can see (the newest).
+const HISTORY_LIMIT: i64 = 100_000;
 
-pub const TABLES: [&str; 2] = ["job_runs", "jobs"];
+pub const TABLES: [&str; 4] = ["job_runs", "jobs", "validation_results", "retention_runs"];
 
 /// Every system table with its schema.
 pub fn tables() -> Vec<(&'static str, SchemaRef)> {
-    vec![("job_runs", job_runs_schema()), ("jobs", jobs_schema())]
+    vec![
+        ("job_runs", job_runs_schema()),
+        ("jobs", jobs_schema()),
+        ("validation_results", validation_results_schema()),
+        ("retention_runs", retention_runs_schema()),
+    ]
+}
+
+/// Schema of `system.validation_results`: one row per check per timeframe per run.
+pub fn validation_results_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("run_at", ts_type(), false),
+        Field::new("timeframe", DataType::Utf8, false),
+        Field::new("check", DataType::Utf8, false),
+        Field::new("range_start", ts_type(), true),
+        Field::new("range_end", ts_type(), true),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("violations", DataType::Int64, false),
+        Field::new("rows_checked", DataType::Int64, false),
+        Field::new(
+            "samples",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+            false,
+        ),
+    ]))
+}
+
+fn validation_results_batch(rows: &[CheckResult]) -> Result<RecordBatch, ArrowError> {
+    let s = |f: fn(&CheckResult) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let t = |f: fn(&CheckResult) -> Option<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from_iter(rows.iter().map(f)).with_timezone("UTC"))
+    };
+    let n = |f: fn(&CheckResult) -> u64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| f(r) as i64),
+        ))
+    };
+    let mut samples = ListBuilder::new(StringBuilder::new());
+    for r in rows {
+        for v in &r.samples {
+            samples.values().append_value(v.to_string());
+        }
+        samples.append(true);
+    }
+    RecordBatch::try_new(
+        validation_results_schema(),
+        vec![
+            s(|r| &r.run_id),
+            t(|r| Some(r.run_at)),
+            s(|r| &r.timeframe),
+            s(|r| &r.check),
+            t(|r| r.range_start),
+            t(|r| r.range_end),
+            s(|r| &r.status),
+            n(|r| r.violations),
+            n(|r| r.rows_checked),
+            Arc::new(samples.finish()),
+        ],
+    )
+}
+
+/// Schema of `system.retention_runs`: one row per table per retention run (dry runs too).
+pub fn retention_runs_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("run_at", ts_type(), false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("dry_run", DataType::Boolean, false),
+        Field::new("cutoff", ts_type(), true),
+        Field::new(
+            "partitions_dropped",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true))),
+            false,
+        ),
+        Field::new("rows_dropped", DataType::Int64, false),
+        Field::new("files_dropped", DataType::Int64, false),
+        Field::new("snapshot_id", DataType::Int64, true),
+        Field::new("snapshots_expired", DataType::Int64, false),
+        Field::new("files_deleted", DataType::Int64, false),
+    ]))
+}
+
+fn retention_runs_batch(rows: &[RetentionRun]) -> Result<RecordBatch, ArrowError> {
+    let n = |f: fn(&RetentionRun) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let mut partitions = ListBuilder::new(Int32Builder::new());
+    for r in rows {
+        partitions.values().append_slice(&r.action.partitions);
+        partitions.append(true);
+    }
+    RecordBatch::try_new(
+        retention_runs_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.run_id),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.run_at))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| &r.action.table),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.dry_run)),
+            )),
+            // i64::MIN means "keeps everything": no cutoff.
+            Arc::new(
+                TimestampMicrosecondArray::from_iter(
+                    rows.iter()
+                        .map(|r| (r.action.cutoff_us != i64::MIN).then_some(r.action.cutoff_us)),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(partitions.finish()),
+            n(|r| r.action.rows as i64),
+            n(|r| r.action.files_dropped as i64),
+            Arc::new(Int64Array::from_iter(
+                rows.iter().map(|r| r.action.snapshot_id),
+            )),
+            n(|r| r.action.snapshots_expired as i64),
+            n(|r| r.action.files_deleted as i64),
+        ],
+    )
 }
 
 fn ts_type() -> DataType {
@@ -46,7 +175,7 @@ pub fn jobs_schema() -> SchemaRef {
     ]))
 }
 
-fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError> {
     let last = |f: fn(&JobRun) -> Option<String>| -> ArrayRef {
         Arc::new(
             jobs.iter()
@@ -116,7 +245,7 @@ pub fn job_runs_schema() -> SchemaRef {
     ]))
 }
 
-fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, ArrowError> {
     let s = |f: fn(&JobRun) -> Option<&str>| -> ArrayRef {
         Arc::new(runs.iter().map(f).collect::<StringArray>())
     };
@@ -162,6 +291,7 @@ fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, arrow::error::ArrowErr
 #[derive(Clone)]
 pub struct SystemSchema {
     history: History,
+    reports: Reports,
     scheduler: SchedulerHandle,
 }
 
@@ -172,8 +302,12 @@ impl std::fmt::Debug for SystemSchema {
 }
 
 impl SystemSchema {
-    pub fn new(history: History, scheduler: SchedulerHandle) -> SystemSchema {
-        SystemSchema { history, scheduler }
+    pub fn new(history: History, reports: Reports, scheduler: SchedulerHandle) -> SystemSchema {
+        SystemSchema {
+            history,
+            reports,
+            scheduler,
+        }
     }
 }
 
@@ -192,8 +326,23 @@ impl SchemaProvider for SystemSchema {
         let history = &self.history;
         let (schema, batch) = match name {
             "job_runs" => {
-                let runs = history.recent(JOB_RUNS_LIMIT).await.map_err(external)?;
+                let runs = history.recent(HISTORY_LIMIT).await.map_err(external)?;
                 (job_runs_schema(), job_runs_batch(&runs)?)
+            }
+            "validation_results" => {
+                let rows = self.reports.checks(HISTORY_LIMIT).await.map_err(external)?;
+                (
+                    validation_results_schema(),
+                    validation_results_batch(&rows)?,
+                )
+            }
+            "retention_runs" => {
+                let rows = self
+                    .reports
+                    .retention_runs(HISTORY_LIMIT)
+                    .await
+                    .map_err(external)?;
+                (retention_runs_schema(), retention_runs_batch(&rows)?)
             }
             "jobs" => {
                 let jobs = self.scheduler.jobs(history).await.map_err(external)?;

@@ -36,6 +36,7 @@ pub fn options() -> ServeOptions {
         retention: ohlcv_server::config::RetentionConfig::default()
             .policy()
             .unwrap(),
+        alerts: Default::default(),
         clock,
     }
 }
