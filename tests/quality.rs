@@ -351,3 +351,34 @@ async fn the_validate_command_exits_1_on_violations() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("violations"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_job_validates_the_range_it_rewrote() {
+    use ohlcv_server::scheduler::{BuilderJobs, JobKind, JobRunner};
+    let d = built().await;
+    let jobs = BuilderJobs {
+        writer: d.writer.clone(),
+        settings: BuildSettings::default(),
+        retention: ohlcv_server::config::RetentionConfig::default()
+            .policy()
+            .unwrap(),
+        reports: Reports::open(d.storage().pool()).await.unwrap(),
+        alerts: ohlcv_server::alerts::Alerts::log_only(),
+    };
+    let range = TimeRange::new(Some(T0 + DAY), Some(T0 + DAY + 6 * 3_600_000_000));
+    jobs.run(JobKind::Backfill(Timeframe::M5, range), NOW)
+        .await
+        .unwrap();
+    let kept = jobs.reports.checks(100).await.unwrap();
+    assert_eq!(kept.len(), 4, "one result per check, for 5m only");
+    for r in &kept {
+        assert_eq!(r.timeframe, "5m");
+        assert_eq!((r.range_start, r.range_end), (range.start, range.end));
+        assert!(r.passed(), "{r:?}");
+        assert_eq!(
+            r.rows_checked,
+            2 * 6 * 12,
+            "every 5m window of those 6 hours has trades"
+        );
+    }
+}
