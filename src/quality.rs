@@ -25,7 +25,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use crate::bars::{compute_bars, rollup, Result};
 use crate::build::coalesce;
 use crate::build::state::{prop_i64, CUTOFF, RETAINED_FROM, SOURCE_SEQUENCE, TRADES_SEQUENCE};
-use crate::storage::files::partition_range;
+use crate::storage::files::{partition_range, partition_value};
 use crate::storage::read::read_files;
 use crate::storage::{Listing, LiveFile, Storage, TableKind, TimeRange};
 use crate::timeframe::Timeframe;
@@ -217,7 +217,9 @@ async fn validate_timeframe(
         ..Findings::default()
     };
     let comparable = comparable_windows(storage, tf, &own, &source).await?;
-    for (lo, hi) in ranges {
+    // One partition at a time, so a first run over years of data holds one day (1d: one month)
+    // of bars and source rows, not all of them. No window crosses a partition boundary.
+    for (lo, hi) in ranges.into_iter().flat_map(|r| by_partition(own.kind, r)) {
         let range = TimeRange::new(Some(lo), Some(hi));
         let bars = read_files(storage, own.kind, &own.files_in(range), range).await?;
         let rows: u64 = bars.iter().map(|b| b.num_rows() as u64).sum();
@@ -250,6 +252,21 @@ async fn validate_timeframe(
         );
     }
     Ok((findings, Some(validated)))
+}
+
+/// `[lo, hi)` cut at the partition boundaries of `kind`.
+fn by_partition(kind: TableKind, (lo, hi): (i64, i64)) -> Vec<(i64, i64)> {
+    let transform = kind.partition_transform();
+    let mut out = Vec::new();
+    let mut at = lo;
+    while at < hi {
+        let end = partition_range(&transform, partition_value(&transform, at))
+            .1
+            .min(hi);
+        out.push((at, end));
+        at = end;
+    }
+    out
 }
 
 /// `SAMPLE_PARTITIONS` partitions of the table, rotating with each run.
@@ -373,4 +390,30 @@ async fn comparable_windows(
         }
     };
     Ok(Comparable { from, to, pending })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_cut_at_partition_boundaries() {
+        const DAY: i64 = 86_400_000_000;
+        let t0 = 1_704_067_200_000_000; // 2024-01-01
+        let m1 = TableKind::Bars(Timeframe::M1);
+        assert_eq!(
+            by_partition(m1, (t0 + 5, t0 + 2 * DAY + 7)),
+            [
+                (t0 + 5, t0 + DAY),
+                (t0 + DAY, t0 + 2 * DAY),
+                (t0 + 2 * DAY, t0 + 2 * DAY + 7)
+            ]
+        );
+        // 1d is partitioned by month: January, then the first day of February.
+        let d1 = TableKind::Bars(Timeframe::D1);
+        assert_eq!(
+            by_partition(d1, (t0, t0 + 32 * DAY)),
+            [(t0, t0 + 31 * DAY), (t0 + 31 * DAY, t0 + 32 * DAY)]
+        );
+    }
 }
