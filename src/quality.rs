@@ -16,7 +16,8 @@
 pub mod checks;
 pub mod results;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -105,6 +106,24 @@ impl TableState {
     }
 }
 
+/// Each table's state, read once per run: every timeframe of a run sees the same snapshots,
+/// and the manifests of 1m and trades (the sources of several checks) are listed once.
+struct Tables<'a> {
+    storage: &'a Storage,
+    loaded: HashMap<TableKind, Arc<TableState>>,
+}
+
+impl Tables<'_> {
+    async fn get(&mut self, kind: TableKind) -> Result<Arc<TableState>> {
+        if let Some(t) = self.loaded.get(&kind) {
+            return Ok(Arc::clone(t));
+        }
+        let t = Arc::new(TableState::load(self.storage, kind).await?);
+        self.loaded.insert(kind, Arc::clone(&t));
+        Ok(t)
+    }
+}
+
 /// Validates `timeframes` over `scope` at `now_us`, records every result and returns them.
 pub async fn validate(
     storage: &Storage,
@@ -115,8 +134,13 @@ pub async fn validate(
 ) -> Result<Vec<CheckResult>> {
     let run_id = uuid::Uuid::new_v4().to_string();
     let mut all = Vec::new();
+    let mut tables = Tables {
+        storage,
+        loaded: HashMap::new(),
+    };
     for &tf in timeframes {
-        let (results, validated) = validate_timeframe(storage, reports, tf, scope, now_us).await?;
+        let (results, validated) =
+            validate_timeframe(&mut tables, reports, tf, scope, now_us).await?;
         for check in CHECKS {
             let (found, rows, span) = results.get(check);
             let result = CheckResult {
@@ -134,8 +158,8 @@ pub async fn validate(
             reports.record_check(&result).await?;
             all.push(result);
         }
-        if let (Scope::Changed, Some(v)) = (scope, validated) {
-            reports.set_validated(tf.as_str(), v).await?;
+        if scope == Scope::Changed {
+            reports.set_validated(tf.as_str(), validated).await?;
         }
     }
     Ok(all)
@@ -165,15 +189,16 @@ impl Findings {
 }
 
 async fn validate_timeframe(
-    storage: &Storage,
+    tables: &mut Tables<'_>,
     reports: &Reports,
     tf: Timeframe,
     scope: Scope,
     now_us: i64,
-) -> Result<(Findings, Option<Validated>)> {
-    let own = TableState::load(storage, TableKind::Bars(tf)).await?;
+) -> Result<(Findings, Validated)> {
+    let storage = tables.storage;
+    let own = tables.get(TableKind::Bars(tf)).await?;
     let source_kind = tf.lower().map_or(TableKind::Trades, TableKind::Bars);
-    let source = TableState::load(storage, source_kind).await?;
+    let source = tables.get(source_kind).await?;
     let previous = reports.validated(tf.as_str()).await?;
     let validated = Validated {
         own_sequence: own.sequence,
@@ -190,7 +215,7 @@ async fn validate_timeframe(
         .chain(source.listing.files.iter().map(|f| source.bounds(f)))
         .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
     let Some(extent) = extent else {
-        return Ok((Findings::default(), Some(validated)));
+        return Ok((Findings::default(), validated));
     };
     let wanted: Vec<(i64, i64)> = match (scope, previous) {
         (Scope::Range(r), _) => vec![(
@@ -216,7 +241,7 @@ async fn validate_timeframe(
         span: ranges.first().zip(ranges.last()).map(|(a, b)| (a.0, b.1)),
         ..Findings::default()
     };
-    let comparable = comparable_windows(storage, tf, &own, &source).await?;
+    let comparable = comparable_windows(tables, tf, &own, &source).await?;
     // One partition at a time, so a first run over years of data holds one day (1d: one month)
     // of bars and source rows, not all of them. No window crosses a partition boundary.
     for (lo, hi) in ranges.into_iter().flat_map(|r| by_partition(own.kind, r)) {
@@ -251,7 +276,7 @@ async fn validate_timeframe(
             compared,
         );
     }
-    Ok((findings, Some(validated)))
+    Ok((findings, validated))
 }
 
 /// `[lo, hi)` cut at the partition boundaries of `kind`.
@@ -327,7 +352,7 @@ impl Comparable {
 }
 
 async fn comparable_windows(
-    storage: &Storage,
+    tables: &mut Tables<'_>,
     tf: Timeframe,
     own: &TableState,
     source: &TableState,
@@ -360,7 +385,7 @@ async fn comparable_windows(
         Timeframe::M1 => source.changed_since(own.prop(TRADES_SEQUENCE).unwrap_or(0)),
         // Both built from trades on their own schedules.
         Timeframe::M5 => {
-            let trades = TableState::load(storage, TableKind::Trades).await?;
+            let trades = tables.get(TableKind::Trades).await?;
             let seen = own
                 .prop(TRADES_SEQUENCE)
                 .unwrap_or(0)
@@ -369,8 +394,8 @@ async fn comparable_windows(
         }
         // Built from 1m; its lower table 5m is built from trades.
         Timeframe::M30 => {
-            let one = TableState::load(storage, TableKind::Bars(Timeframe::M1)).await?;
-            let trades = TableState::load(storage, TableKind::Trades).await?;
+            let one = tables.get(TableKind::Bars(Timeframe::M1)).await?;
+            let trades = tables.get(TableKind::Trades).await?;
             let trades_seen = one
                 .prop(TRADES_SEQUENCE)
                 .unwrap_or(0)
@@ -381,7 +406,7 @@ async fn comparable_windows(
         }
         // Both built from 1m.
         Timeframe::H1 | Timeframe::D1 => {
-            let one = TableState::load(storage, TableKind::Bars(Timeframe::M1)).await?;
+            let one = tables.get(TableKind::Bars(Timeframe::M1)).await?;
             let seen = own
                 .prop(SOURCE_SEQUENCE)
                 .unwrap_or(0)
