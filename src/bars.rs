@@ -15,4 +15,4 @@ pub mod rollup;
 
 pub use error::{Error, Result};
 pub use kernel::{compute_bars, compute_bars_us};
-pub use rollup::rollup;
+pub use rollup::{rollup, rollup_by};

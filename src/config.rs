@@ -36,6 +36,62 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
     pub quality: QualityConfig,
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: the hot candle cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheSection {
+    pub enabled: bool,
+    pub max_mb: u64,
+    /// Hours each timeframe keeps hot, by timeframe (`1m`, `5m`, ...); 0 keeps everything.
+    pub horizon_hours: std::collections::BTreeMap<String, u64>,
+    /// Most-queried series loaded at start.
+    pub warm_series: usize,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        let d = crate::cache::CacheConfig::default();
+        CacheSection {
+            enabled: d.enabled,
+            max_mb: d.max_bytes >> 20,
+            horizon_hours: d
+                .horizons
+                .iter()
+                .map(|(tf, h)| {
+                    (
+                        tf.to_string(),
+                        h.map_or(0, |us| (us / 3_600_000_000) as u64),
+                    )
+                })
+                .collect(),
+            warm_series: d.warm_series,
+        }
+    }
+}
+
+impl CacheSection {
+    pub fn settings(&self) -> Result<crate::cache::CacheConfig, ConfigError> {
+        let mut c = crate::cache::CacheConfig {
+            enabled: self.enabled,
+            max_bytes: self.max_mb << 20,
+            warm_series: self.warm_series,
+            ..Default::default()
+        };
+        for (name, hours) in &self.horizon_hours {
+            let tf =
+                name.parse::<crate::timeframe::Timeframe>()
+                    .map_err(|e| ConfigError::Invalid {
+                        origin: "[cache] horizon_hours".into(),
+                        message: e.to_string(),
+                    })?;
+            c.horizons
+                .insert(tf, (*hours > 0).then(|| *hours as i64 * 3_600_000_000));
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -205,6 +261,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
             quality: QualityConfig::default(),
+            cache: CacheSection::default(),
         }
     }
 }

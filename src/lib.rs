@@ -8,6 +8,10 @@
 //! - [`bars`]: the bar and rollup kernels (pure, no I/O) and the fast trades-file reader.
 //! - [`build`]: the builder: incremental 1m/5m, rollup 30m/1h/1d, backfill, watermarks.
 //! - [`clock`]: injected time.
+//! - [`cache`]: the hot bar cache (moka) kept equal to the tables by observing every commit,
+//!   and the unbuilt trades for live bars.
+//! - [`candles`]: the `candles(...)` table function (any timeframe, live bars, gap fill,
+//!   time zones) and stock SQL routed through the cache.
 //! - [`server`]: Flight SQL service, query engine, `serve` wiring, demo feed.
 //! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
 //! - [`trades`]: trade input: normalising and validating batches, loading files, generating
@@ -21,6 +25,8 @@ pub mod admin;
 pub mod alerts;
 pub mod bars;
 pub mod build;
+pub mod cache;
+pub mod candles;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod keys;
 pub mod prepared;
 pub mod query;
+pub mod sql;
 pub mod system;
 pub mod types;
 
@@ -40,6 +41,7 @@ use crate::admin::AdminApi;
 use crate::alerts::Alerts;
 use crate::build::retention::RetentionPolicy;
 use crate::build::BuildSettings;
+use crate::cache::{BarCache, CacheConfig, Popular};
 use crate::clock::Clock;
 use crate::config::{AlertsConfig, Config};
 use crate::quality::Reports;
@@ -69,6 +71,7 @@ pub struct ServeOptions {
     pub retry: RetryPolicy,
     pub retention: RetentionPolicy,
     pub alerts: AlertsConfig,
+    pub cache: CacheConfig,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -138,6 +141,10 @@ impl ServeOptions {
             retry: RetryPolicy::default(),
             retention,
             alerts: config.alerts.clone(),
+            cache: config
+                .cache
+                .settings()
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?,
             clock,
         })
     }
@@ -156,6 +163,16 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     let history = History::open(writer.storage().pool()).await?;
     let reports = Reports::open(writer.storage().pool()).await?;
+    // The cache must see every commit: it observes the writer before any job can run.
+    let cache = BarCache::open(
+        writer.storage().clone(),
+        Arc::clone(&options.clock),
+        options.cache.clone(),
+        Some(Popular::open(writer.storage().pool()).await?),
+    )
+    .await?;
+    writer.observe(Arc::new(cache.clone()));
+    tasks.spawn(keep_warm(cache.clone(), cancel.clone()));
     let (alerts, delivery) = Alerts::start(&options.alerts, cancel.clone());
     if let Some(delivery) = delivery {
         tasks.spawn(delivery);
@@ -190,6 +207,7 @@ pub async fn serve(
         handle.clone(),
         history.clone(),
         reports,
+        cache.clone(),
         options.memory_limit_bytes,
     )?;
     let flight = FlightServiceServer::new(OhlcvFlightSql::new(
@@ -199,7 +217,7 @@ pub async fn serve(
         Arc::clone(&options.clock),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(jobs, handle, history));
+    let admin = AdminServiceServer::new(AdminApi::new(jobs, handle, history, cache));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<FlightServiceServer<OhlcvFlightSql>>()
@@ -230,6 +248,30 @@ pub async fn serve(
     cancel.cancel();
     tasks.wait().await;
     served.map_err(|e| Error::Internal(format!("transport: {e}")))
+}
+
+/// Warms the cache with the series queried most before, then remembers what is queried now
+/// (every few minutes and on shutdown), so the next start warms the right ones.
+async fn keep_warm(cache: BarCache, cancel: CancellationToken) {
+    match cache.warm().await {
+        Ok(n) if n > 0 => tracing::info!(series = n, "cache warmed"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "warming the cache failed"),
+    }
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = cancel.cancelled() => break,
+        }
+        if let Err(e) = cache.remember().await {
+            tracing::warn!(error = %e, "saving the most-queried series failed");
+        }
+    }
+    if let Err(e) = cache.remember().await {
+        tracing::warn!(error = %e, "saving the most-queried series failed");
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! | `snapshot` | live files of a snapshot, pruning |
 //! | `commit` | our atomic commit (manifests, manifest list, catalog update) |
 //! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
+//! | `observe` | commit notifications for in-memory copies (cache, live trades) |
 //! | `maintenance` | snapshot expiry and the orphan-file sweep |
 //! | `lock` | the single-writer lock |
 //! | `read` | rows of a time range, for the engine's own reads |
@@ -19,6 +20,7 @@ pub mod error;
 pub mod files;
 pub mod lock;
 pub mod maintenance;
+pub mod observe;
 pub mod provider;
 pub mod read;
 pub mod schema;
@@ -30,6 +32,7 @@ pub use commit::CommitOutcome;
 pub use error::{Error, Result};
 pub use lock::WriterLock;
 pub use maintenance::SweepReport;
+pub use observe::{CommitObserver, Committed, Content};
 pub use provider::{MarketSchema, SnapshotTable};
 pub use schema::TableKind;
 pub use snapshot::{Listing, LiveFile, TimeRange};

@@ -102,6 +102,7 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
             "ohlcv_30m",
             "ohlcv_5m",
             "trades",
+            "cache_stats",
             "job_runs",
             "jobs",
             "retention_runs",

@@ -282,7 +282,19 @@ pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()
                 .get_cache_stats(proto::GetCacheStatsRequest {})
                 .await?
                 .into_inner();
-            println!("{s:?}");
+            println!(
+                "entries {}  bytes {} of {}  hits {}  misses {}  hit ratio {:.3}  \
+                 table reads {}  evictions {}  live trades {}",
+                s.entries,
+                s.bytes,
+                s.capacity_bytes,
+                s.hits,
+                s.misses,
+                s.hit_ratio,
+                s.table_reads,
+                s.evictions,
+                s.live_trades
+            );
         }
         AdminCommand::CacheInvalidate {
             timeframe,

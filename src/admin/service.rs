@@ -10,6 +10,7 @@ use super::proto;
 use super::proto::admin_service_server::AdminService;
 use std::sync::Arc;
 
+use crate::cache::BarCache;
 use crate::quality::Scope;
 use crate::scheduler::{BuilderJobs, History, JobKind, JobRun, SchedulerHandle};
 use crate::server::auth::{Identity, Role};
@@ -23,14 +24,21 @@ pub struct AdminApi {
     jobs: Arc<BuilderJobs>,
     scheduler: SchedulerHandle,
     history: History,
+    cache: BarCache,
 }
 
 impl AdminApi {
-    pub fn new(jobs: Arc<BuilderJobs>, scheduler: SchedulerHandle, history: History) -> AdminApi {
+    pub fn new(
+        jobs: Arc<BuilderJobs>,
+        scheduler: SchedulerHandle,
+        history: History,
+        cache: BarCache,
+    ) -> AdminApi {
         AdminApi {
             jobs,
             scheduler,
             history,
+            cache,
         }
     }
 
@@ -314,10 +322,18 @@ impl AdminService for AdminApi {
         request: Request<proto::GetCacheStatsRequest>,
     ) -> Result<Response<proto::GetCacheStatsResponse>, Status> {
         admin(&request)?;
-        Err(Error::Unimplemented(
-            "the bar cache is not built yet (issue 5: hot candle path)".into(),
-        )
-        .into())
+        let s = self.cache.stats();
+        Ok(Response::new(proto::GetCacheStatsResponse {
+            entries: s.entries,
+            bytes: s.bytes,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+            hit_ratio: s.hit_ratio(),
+            table_reads: s.table_reads,
+            capacity_bytes: s.capacity_bytes,
+            live_trades: s.live_trades,
+        }))
     }
 
     async fn invalidate_cache(
@@ -325,10 +341,22 @@ impl AdminService for AdminApi {
         request: Request<proto::InvalidateCacheRequest>,
     ) -> Result<Response<proto::InvalidateCacheResponse>, Status> {
         admin(&request)?;
-        Err(Error::Unimplemented(
-            "the bar cache is not built yet (issue 5: hot candle path)".into(),
-        )
-        .into())
+        let r = request.into_inner();
+        let timeframe = match r.timeframe.as_str() {
+            "" => None,
+            name => Some(
+                name.parse::<Timeframe>()
+                    .map_err(|e| Error::InvalidRequest(e.to_string()))?,
+            ),
+        };
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let (exchange, symbol) = (text(&r.exchange), text(&r.symbol));
+        let entries_removed =
+            self.cache
+                .invalidate(timeframe, exchange.as_deref(), symbol.as_deref());
+        Ok(Response::new(proto::InvalidateCacheResponse {
+            entries_removed,
+        }))
     }
 
     async fn pause_schedules(

@@ -62,7 +62,11 @@ pub fn compute_bars_us(batches: &[RecordBatch], tf_us: i64, built_at: i64) -> Re
     trades.to_batch(&bars, tf_us, built_at)
 }
 
-fn threads() -> usize {
+/// Threads worth using for `rows` trades: small inputs (live bars of one series) stay on one.
+fn threads(rows: usize) -> usize {
+    if rows < 1 << 16 {
+        return 1;
+    }
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -226,7 +230,7 @@ impl<'a> Trades<'a> {
             floats(b, "price")?;
             floats(b, "quantity")?;
         }
-        let chunk = batches.len().div_ceil(threads()).max(1);
+        let chunk = batches.len().div_ceil(threads(total)).max(1);
         let decoded: Vec<Decoded<'a>> = std::thread::scope(|scope| {
             let handles: Vec<_> = batches
                 .chunks(chunk)
@@ -339,7 +343,7 @@ impl<'a> Trades<'a> {
         let starts = &self.starts;
         let n_series = self.series_keys.len();
         // Contiguous series ranges of about equal row counts, one per core.
-        let per_thread = self.ts.len().div_ceil(threads()).max(1);
+        let per_thread = self.ts.len().div_ceil(threads(self.ts.len())).max(1);
         let mut ranges = Vec::new();
         let mut from = 0;
         for s in 0..n_series {

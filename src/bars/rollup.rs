@@ -28,12 +28,29 @@ pub fn rollup(
     origin_us: i64,
     built_at: i64,
 ) -> Result<RecordBatch> {
-    let schema = TableKind::Bars(Timeframe::M1).arrow_schema()?;
     if to_us <= 0 {
         return Err(Error::Input(format!(
             "window length {to_us}us is not positive"
         )));
     }
+    rollup_by(
+        bars,
+        &|t| {
+            let start = origin_us + (t - origin_us).div_euclid(to_us) * to_us;
+            (start, start + to_us)
+        },
+        built_at,
+    )
+}
+
+/// As [`rollup`], into the windows `parent_of` names: for a time, the `[start, end)` of the
+/// window holding it. Windows may differ in length (local days across a DST change).
+pub fn rollup_by(
+    bars: &[RecordBatch],
+    parent_of: &dyn Fn(i64) -> (i64, i64),
+    built_at: i64,
+) -> Result<RecordBatch> {
+    let schema = TableKind::Bars(Timeframe::M1).arrow_schema()?;
     let all = concat_batches(&schema, bars)?;
     let s = |name: &str| {
         all.column_by_name(name)
@@ -71,20 +88,21 @@ pub fn rollup(
     let mut series: FxHashMap<(&str, &str), u32> = FxHashMap::default();
     // Per row: its series and its parent window number.
     let mut sids: Vec<u32> = Vec::with_capacity(all.num_rows());
-    let mut parents: Vec<i64> = Vec::with_capacity(all.num_rows());
+    let mut parents: Vec<(i64, i64)> = Vec::with_capacity(all.num_rows());
     for row in 0..all.num_rows() {
         let id = series.len() as u32;
         let sid = *series
             .entry((exchange.value(row), symbol.value(row)))
             .or_insert(id);
-        let parent = (start.value(row) - origin_us).div_euclid(to_us);
-        if (end.value(row) - 1 - origin_us).div_euclid(to_us) != parent {
+        let parent = parent_of(start.value(row));
+        if parent_of(end.value(row) - 1) != parent {
             return Err(Error::Input(format!(
-                "bar {}/{} at {} crosses a {}us window boundary",
+                "bar {}/{} at {} crosses the boundary of window [{}, {})",
                 exchange.value(row),
                 symbol.value(row),
                 start.value(row),
-                to_us
+                parent.0,
+                parent.1
             )));
         }
         sids.push(sid);
@@ -124,12 +142,12 @@ pub fn rollup(
             j += 1;
         }
         let tail = order[j - 1];
-        let window_start = origin_us + parents[head] * to_us;
+        let (window_start, window_end) = parents[head];
         let (v, qv) = (unfix(vol), unfix(q));
         out.exchange.push(exchange.value(head).to_string());
         out.symbol.push(symbol.value(head).to_string());
         out.start.push(window_start);
-        out.end.push(window_start + to_us);
+        out.end.push(window_end);
         out.open.push(open.value(head));
         out.high.push(hi);
         out.low.push(lo);

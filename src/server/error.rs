@@ -24,6 +24,9 @@ pub enum Error {
     #[error(transparent)]
     Build(#[from] crate::bars::Error),
 
+    #[error(transparent)]
+    Cache(#[from] crate::cache::Error),
+
     #[error("{0}")]
     Unauthenticated(String),
 
@@ -64,6 +67,7 @@ impl From<Error> for Status {
             Error::Arrow(e) => Status::invalid_argument(format!("invalid Arrow data: {e}")),
             Error::Trades(e) => trades_status(e),
             Error::Build(e) => build_status(e),
+            Error::Cache(e) => cache_status(e),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::NotFound(m) => Status::not_found(m),
@@ -86,6 +90,16 @@ fn trades_status(e: crate::trades::Error) -> Status {
 fn build_status(e: crate::bars::Error) -> Status {
     match e {
         crate::bars::Error::Storage(s) => storage_status(s),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn cache_status(e: crate::cache::Error) -> Status {
+    use crate::cache::Error as C;
+    match e {
+        C::Input(m) => Status::invalid_argument(m),
+        C::Storage(s) => storage_status(s),
+        C::Bars(b) => build_status(b),
         other => Status::internal(other.to_string()),
     }
 }

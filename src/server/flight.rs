@@ -87,24 +87,20 @@ impl OhlcvFlightSql {
     /// Plans a prepared statement with its bound parameters, if any.
     async fn plan_prepared(&self, handle: &[u8]) -> Result<DataFrame, Status> {
         let handle = Handle::decode_bytes(handle)?;
-        let df = self.engine.plan(&handle.sql).await?;
-        match handle.params()? {
-            Some(params) => Ok(df.with_param_values(params).map_err(Error::from)?),
-            None => {
-                let wanted = df
-                    .logical_plan()
-                    .get_parameter_types()
-                    .map_err(Error::from)?
-                    .len();
-                if wanted > 0 {
-                    return Err(Error::InvalidRequest(format!(
-                        "the statement has {wanted} parameter(s) and none are bound"
-                    ))
-                    .into());
-                }
-                Ok(df)
+        let params = handle.params()?;
+        if params.is_none() {
+            let wanted = self.engine.placeholders(&handle.sql)?.len();
+            if wanted > 0 {
+                return Err(Error::InvalidRequest(format!(
+                    "the statement has {wanted} parameter(s) and none are bound"
+                ))
+                .into());
             }
         }
+        Ok(self
+            .engine
+            .plan_with(&handle.sql, params.as_deref())
+            .await?)
     }
 
     /// The tables this server exposes: (schema, table, Arrow schema).
@@ -238,6 +234,7 @@ impl FlightSqlService for OhlcvFlightSql {
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let df = self.engine.plan(&query.query).await?;
+        let placeholders = self.engine.placeholders(&query.query)?;
         let dataset = df.schema().as_arrow().clone();
         let parameters = df
             .logical_plan()
@@ -252,7 +249,7 @@ impl FlightSqlService for OhlcvFlightSql {
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: Handle::new(query.query).to_bytes().into(),
             dataset_schema: ipc(&dataset)?,
-            parameter_schema: ipc(&prepared::parameter_schema(parameters))?,
+            parameter_schema: ipc(&prepared::parameter_schema(parameters, placeholders))?,
         })
     }
 

@@ -9,7 +9,6 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
-use datafusion::common::ParamValues;
 use datafusion::scalar::ScalarValue;
 use prost::Message;
 
@@ -66,7 +65,7 @@ impl Handle {
     }
 
     /// The bound values, positionally (`$1`, `$2`, ... or `?`), or `None` when unbound.
-    pub fn params(&self) -> Result<Option<ParamValues>> {
+    pub fn params(&self) -> Result<Option<Vec<ScalarValue>>> {
         if self.parameters.is_empty() {
             return Ok(None);
         }
@@ -78,15 +77,20 @@ impl Handle {
                 values.push(ScalarValue::try_from_array(column, 0)?);
             }
         }
-        Ok(Some(ParamValues::List(
-            values.into_iter().map(Into::into).collect(),
-        )))
+        Ok(Some(values))
     }
 }
 
 /// The parameter schema of a statement: `$1`, `$2`, ... in order, typed where DataFusion could
-/// infer the type from the context (else `Null`, meaning any).
-pub fn parameter_schema(types: HashMap<String, Option<DataType>>) -> Schema {
+/// infer the type from the context (else `Null`, meaning any). `named` adds placeholders the
+/// plan does not show (table function arguments).
+pub fn parameter_schema(
+    mut types: HashMap<String, Option<DataType>>,
+    named: impl IntoIterator<Item = String>,
+) -> Schema {
+    for name in named {
+        types.entry(name).or_insert(None);
+    }
     let mut named: Vec<(String, DataType)> = types
         .into_iter()
         .map(|(name, ty)| (name, ty.unwrap_or(DataType::Null)))
@@ -126,14 +130,9 @@ mod tests {
         let h = Handle::new("select $1, $2".into()).bind(&[batch]).unwrap();
         let back = Handle::decode_bytes(&h.to_bytes()).unwrap();
         assert_eq!(back, h);
-        let ParamValues::List(values) = back.params().unwrap().unwrap() else {
-            panic!("positional")
-        };
-        assert_eq!(
-            values[0].value(),
-            &ScalarValue::Utf8(Some("BTC-USD".into()))
-        );
-        assert_eq!(values[1].value(), &ScalarValue::Int64(Some(7)));
+        let values = back.params().unwrap().unwrap();
+        assert_eq!(values[0], ScalarValue::Utf8(Some("BTC-USD".into())));
+        assert_eq!(values[1], ScalarValue::Int64(Some(7)));
         assert!(Handle::decode_bytes(b"\xff\xff").is_err());
     }
 }

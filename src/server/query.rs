@@ -1,5 +1,6 @@
 //! The query engine behind Flight SQL: DataFusion over catalog `ohlcv`, schemas `market` (each
-//! table pinned to its current snapshot when a statement is planned) and `system`. Read only.
+//! table pinned to the snapshot the cache's view holds when it is scanned, bar tables routed
+//! through the cache) and `system`, plus the `candles(...)` table function. Read only.
 
 use std::sync::Arc;
 
@@ -8,12 +9,16 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use datafusion::sql::parser::Statement;
 
-use super::error::Result;
+use super::error::{Error, Result};
 use super::system::SystemSchema;
+use crate::cache::BarCache;
+use crate::candles::{CandlesFunction, MarketTables};
 use crate::quality::Reports;
 use crate::scheduler::{History, SchedulerHandle};
-use crate::storage::{MarketSchema, Storage};
+use crate::storage::Storage;
 
 /// Cheap handle; every statement gets a fresh session (plans are not shared between clients),
 /// all sessions share one runtime and so one memory pool.
@@ -23,6 +28,7 @@ pub struct QueryEngine {
     scheduler: SchedulerHandle,
     history: History,
     reports: Reports,
+    cache: BarCache,
     runtime: Arc<RuntimeEnv>,
 }
 
@@ -34,6 +40,7 @@ impl QueryEngine {
         scheduler: SchedulerHandle,
         history: History,
         reports: Reports,
+        cache: BarCache,
         memory_limit: usize,
     ) -> Result<QueryEngine> {
         let runtime = RuntimeEnvBuilder::new()
@@ -44,6 +51,7 @@ impl QueryEngine {
             scheduler,
             history,
             reports,
+            cache,
             runtime,
         })
     }
@@ -66,7 +74,7 @@ impl QueryEngine {
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(
             self.namespace(),
-            Arc::new(MarketSchema::new(self.storage.clone())),
+            Arc::new(MarketTables::new(self.storage.clone(), self.cache.clone())),
         )?;
         catalog.register_schema(
             "system",
@@ -74,18 +82,56 @@ impl QueryEngine {
                 self.history.clone(),
                 self.reports.clone(),
                 self.scheduler.clone(),
+                self.cache.clone(),
             )),
         )?;
         ctx.register_catalog(self.catalog_name(), Arc::new(catalog));
+        ctx.register_udtf(
+            "candles",
+            Arc::new(CandlesFunction::new(self.cache.clone())),
+        );
         Ok(ctx)
+    }
+
+    pub fn cache(&self) -> &BarCache {
+        &self.cache
+    }
+
+    /// Parses `sql` the way the session would.
+    fn parse(&self, ctx: &SessionContext, sql: &str) -> Result<Statement> {
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        Ok(state.sql_to_statement(sql, &dialect)?)
+    }
+
+    /// Placeholders of `sql` (also those inside table function arguments, which DataFusion's
+    /// plan does not show).
+    pub fn placeholders(&self, sql: &str) -> Result<std::collections::BTreeSet<String>> {
+        let ctx = self.session()?;
+        Ok(match self.parse(&ctx, sql)? {
+            Statement::Statement(s) => super::sql::placeholders(&s),
+            _ => Default::default(),
+        })
     }
 
     /// Plans `sql`; statements that would change anything are refused.
     pub async fn plan(&self, sql: &str) -> Result<DataFrame> {
+        self.plan_with(sql, None).await
+    }
+
+    /// Plans `sql` with `params` bound to its placeholders.
+    pub async fn plan_with(&self, sql: &str, params: Option<&[ScalarValue]>) -> Result<DataFrame> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        Ok(self.session()?.sql_with_options(sql, options).await?)
+        let ctx = self.session()?;
+        let mut statement = self.parse(&ctx, sql)?;
+        if let Statement::Statement(s) = &mut statement {
+            super::sql::rewrite(s, params)?;
+        }
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        options.verify_plan(&plan).map_err(Error::from)?;
+        Ok(ctx.execute_logical_plan(plan).await?)
     }
 }

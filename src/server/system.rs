@@ -15,13 +15,20 @@ use datafusion::catalog::SchemaProvider;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 
+use crate::cache::{BarCache, CacheStats};
 use crate::quality::{CheckResult, Reports, RetentionRun};
 use crate::scheduler::{History, JobRun, JobState, SchedulerHandle};
 
 /// Rows of a history-like system table a query can see (the newest).
 const HISTORY_LIMIT: i64 = 100_000;
 
-pub const TABLES: [&str; 4] = ["job_runs", "jobs", "validation_results", "retention_runs"];
+pub const TABLES: [&str; 5] = [
+    "job_runs",
+    "jobs",
+    "validation_results",
+    "retention_runs",
+    "cache_stats",
+];
 
 /// Every system table with its schema.
 pub fn tables() -> Vec<(&'static str, SchemaRef)> {
@@ -30,7 +37,44 @@ pub fn tables() -> Vec<(&'static str, SchemaRef)> {
         ("jobs", jobs_schema()),
         ("validation_results", validation_results_schema()),
         ("retention_runs", retention_runs_schema()),
+        ("cache_stats", cache_stats_schema()),
     ]
+}
+
+/// Schema of `system.cache_stats`: one row, the hot cache now.
+pub fn cache_stats_schema() -> SchemaRef {
+    let n = |name: &str| Field::new(name, DataType::Int64, false);
+    Arc::new(Schema::new(vec![
+        Field::new("enabled", DataType::Boolean, false),
+        n("entries"),
+        n("bytes"),
+        n("capacity_bytes"),
+        n("hits"),
+        n("misses"),
+        Field::new("hit_ratio", DataType::Float64, false),
+        n("table_reads"),
+        n("evictions"),
+        n("live_trades"),
+    ]))
+}
+
+fn cache_stats_batch(s: &CacheStats) -> Result<RecordBatch, ArrowError> {
+    let n = |v: u64| -> ArrayRef { Arc::new(Int64Array::from(vec![v as i64])) };
+    RecordBatch::try_new(
+        cache_stats_schema(),
+        vec![
+            Arc::new(BooleanArray::from(vec![s.enabled])),
+            n(s.entries),
+            n(s.bytes),
+            n(s.capacity_bytes),
+            n(s.hits),
+            n(s.misses),
+            Arc::new(Float64Array::from(vec![s.hit_ratio()])),
+            n(s.table_reads),
+            n(s.evictions),
+            n(s.live_trades),
+        ],
+    )
 }
 
 /// Schema of `system.validation_results`: one row per check per timeframe per run.
@@ -293,6 +337,7 @@ pub struct SystemSchema {
     history: History,
     reports: Reports,
     scheduler: SchedulerHandle,
+    cache: BarCache,
 }
 
 impl std::fmt::Debug for SystemSchema {
@@ -302,11 +347,17 @@ impl std::fmt::Debug for SystemSchema {
 }
 
 impl SystemSchema {
-    pub fn new(history: History, reports: Reports, scheduler: SchedulerHandle) -> SystemSchema {
+    pub fn new(
+        history: History,
+        reports: Reports,
+        scheduler: SchedulerHandle,
+        cache: BarCache,
+    ) -> SystemSchema {
         SystemSchema {
             history,
             reports,
             scheduler,
+            cache,
         }
     }
 }
@@ -344,6 +395,10 @@ impl SchemaProvider for SystemSchema {
                     .map_err(external)?;
                 (retention_runs_schema(), retention_runs_batch(&rows)?)
             }
+            "cache_stats" => (
+                cache_stats_schema(),
+                cache_stats_batch(&self.cache.stats())?,
+            ),
             "jobs" => {
                 let jobs = self.scheduler.jobs(history).await.map_err(external)?;
                 (

@@ -2,7 +2,7 @@
 //! serialises commits inside the process, so every write is one commit on a known parent.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use arrow::array::{BooleanArray, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
@@ -16,6 +16,7 @@ use super::files::{
     write_data_files, write_partition_file,
 };
 use super::lock::WriterLock;
+use super::observe::{CommitObserver, Committed, Content};
 use super::schema::TableKind;
 use super::snapshot::{Listing, TimeRange};
 
@@ -27,6 +28,8 @@ pub struct TableWriter {
     _lock: Arc<WriterLock>,
     /// One commit at a time within the process: each builds on the snapshot the previous left.
     pub(super) commit_queue: Arc<Mutex<()>>,
+    /// Told of every commit (shared by all clones).
+    observer: Arc<RwLock<Option<Arc<dyn CommitObserver>>>>,
 }
 
 /// Properties to store in the same commit as the data.
@@ -38,7 +41,14 @@ impl TableWriter {
             storage,
             _lock: Arc::new(lock),
             commit_queue: Arc::new(Mutex::new(())),
+            observer: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// Sets the observer of this writer's commits, replacing any earlier one (a restarted
+    /// server in the same process brings a new cache).
+    pub fn observe(&self, observer: Arc<dyn CommitObserver>) {
+        *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }
 
     pub fn storage(&self) -> &Storage {
@@ -62,7 +72,8 @@ impl TableWriter {
             properties,
             ..Change::default()
         };
-        self.commit_or_discard(kind, &table, &listing, change).await
+        self.commit_or_discard(kind, &table, &listing, change, Content::Append(batches))
+            .await
     }
 
     /// Inserts or replaces rows by key `(exchange, symbol, window_start)`.
@@ -132,7 +143,8 @@ impl TableWriter {
                 }
             }
         }
-        self.commit_or_discard(kind, &table, &listing, change).await
+        self.commit_or_discard(kind, &table, &listing, change, Content::Upsert(&rows))
+            .await
     }
 
     /// Replaces whole partitions: every live file of `partitions` is removed and `batches`
@@ -169,14 +181,25 @@ impl TableWriter {
             .filter(|f| f.partition(kind).is_some_and(|p| wanted.contains(&p)))
             .map(|f| f.path().to_string())
             .collect();
-        let add = write_data_files(&self.storage.store(), &table, kind, &[rows]).await?;
+        let add = write_data_files(
+            &self.storage.store(),
+            &table,
+            kind,
+            std::slice::from_ref(&rows),
+        )
+        .await?;
         let change = Change {
             add,
             remove,
             properties,
             ..Change::default()
         };
-        self.commit_or_discard(kind, &table, &listing, change).await
+        let content = Content::Replace {
+            partitions,
+            rows: &rows,
+        };
+        self.commit_or_discard(kind, &table, &listing, change, content)
+            .await
     }
 
     /// Sets table properties without touching data (no new snapshot).
@@ -188,7 +211,8 @@ impl TableWriter {
             properties,
             ..Change::default()
         };
-        commit(&self.storage, kind, &table, &listing, change).await?;
+        self.commit_or_discard(kind, &table, &listing, change, Content::None)
+            .await?;
         Ok(())
     }
 
@@ -226,19 +250,39 @@ impl TableWriter {
                 .push(write_partition_file(&store, &table, kind, partition, &rows).await?);
             change.remove.extend(paths.iter().map(|p| p.to_string()));
         }
-        self.commit_or_discard(kind, &table, &listing, change).await
+        self.commit_or_discard(kind, &table, &listing, change, Content::Rewrite)
+            .await
     }
 
+    /// Commits `change` and, once it has landed, tells the observer (still holding the turn).
     async fn commit_or_discard(
         &self,
         kind: TableKind,
         table: &iceberg_rust::table::Table,
         listing: &Listing,
         change: Change,
+        content: Content<'_>,
     ) -> Result<CommitOutcome> {
         let added = change.add.clone();
+        let properties = change.properties.clone();
         match commit(&self.storage, kind, table, listing, change).await {
-            Ok(outcome) => Ok(outcome),
+            Ok(outcome) => {
+                let observer = self
+                    .observer
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(observer) = observer {
+                    observer.committed(&Committed {
+                        kind,
+                        before: listing.snapshot_id,
+                        after: outcome.snapshot_id.or(listing.snapshot_id),
+                        properties: &properties,
+                        content,
+                    });
+                }
+                Ok(outcome)
+            }
             Err(e) => {
                 discard(&self.storage.store(), &added).await;
                 Err(e)

@@ -37,6 +37,7 @@ pub fn options() -> ServeOptions {
             .policy()
             .unwrap(),
         alerts: Default::default(),
+        cache: Default::default(),
         clock,
     }
 }

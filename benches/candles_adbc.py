@@ -1,0 +1,159 @@
+"""End-to-end latency and throughput of the hot candle path through the Python ADBC client.
+
+Builds a deployment of recent synthetic trades with the release binary (generate, load,
+build), then serves it twice, the cache on and off, and measures from the client:
+- p50/p99 of `candles(exchange, symbol, '1m', ...)` over 500 one-minute bars of one symbol;
+- the same with the cache disabled (`OHLCV_CACHE__ENABLED=false`: table reads);
+- queries/s sustained by 32 concurrent clients (processes, one connection each).
+
+    cargo build --release && python3 benches/candles_adbc.py --binary target/release/ohlcv-server
+"""
+
+import argparse
+import datetime as dt
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import adbc_driver_flightsql.dbapi as flightsql
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(binary, data_dir, *args):
+    subprocess.run([binary, "--data-dir", data_dir, *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def serve(binary, data_dir, cache):
+    port = free_port()
+    env = dict(os.environ, OHLCV_CACHE__ENABLED="true" if cache else "false", RUST_LOG="warn")
+    proc = subprocess.Popen(
+        [binary, "--data-dir", data_dir, "serve", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    uri = f"grpc://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            with flightsql.connect(uri) as conn, conn.cursor() as cur:
+                cur.execute("select 1")
+                cur.fetchall()
+            return proc, uri
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.2)
+
+
+def query_for(uri):
+    with flightsql.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select exchange, symbol, max(window_start) as last from ohlcv_1m "
+            "group by exchange, symbol order by exchange, symbol limit 1"
+        )
+        exchange, symbol, last = cur.fetchone()
+    end = last + dt.timedelta(minutes=1)
+    start = end - dt.timedelta(minutes=500)
+    iso = lambda t: t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"select * from candles('{exchange}', '{symbol}', '1m', '{iso(start)}', '{iso(end)}')"
+    )
+
+
+def latencies(uri, sql, n, warmup):
+    out = []
+    with flightsql.connect(uri) as conn, conn.cursor() as cur:
+        for i in range(warmup + n):
+            t = time.perf_counter()
+            cur.execute(sql)
+            table = cur.fetch_arrow_table()
+            if i >= warmup:
+                out.append(time.perf_counter() - t)
+    assert table.num_rows >= 495, table.num_rows
+    out.sort()
+    return out[len(out) // 2], out[int(len(out) * 0.99)], table.num_rows
+
+
+def worker(uri, sql, seconds, start_at, counts):
+    with flightsql.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        cur.fetch_arrow_table()
+        while time.time() < start_at:
+            time.sleep(0.001)
+        n = 0
+        while time.time() < start_at + seconds:
+            cur.execute(sql)
+            cur.fetch_arrow_table()
+            n += 1
+    counts.put(n)
+
+
+def throughput(uri, sql, clients, seconds):
+    counts = mp.Queue()
+    start_at = time.time() + 3
+    procs = [
+        mp.Process(target=worker, args=(uri, sql, seconds, start_at, counts))
+        for _ in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    total = sum(counts.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return total / seconds
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", default="target/release/ohlcv-server")
+    ap.add_argument("--queries", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=10)
+    args = ap.parse_args()
+    binary = os.path.abspath(args.binary)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data")
+        trades = os.path.join(tmp, "trades.parquet")
+        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=12)
+        run(binary, data, "generate", "--output", trades, "--trades", "216000", "--symbols", "10",
+            "--exchanges", "2", "--rate", "5", "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        run(binary, data, "load", trades)
+        run(binary, data, "build")
+
+        proc, uri = serve(binary, data, cache=True)
+        try:
+            sql = query_for(uri)
+            p50, p99, rows = latencies(uri, sql, args.queries, warmup=50)
+            qps = throughput(uri, sql, args.clients, args.seconds)
+        finally:
+            proc.terminate()
+            proc.wait()
+        proc, uri = serve(binary, data, cache=False)
+        try:
+            off50, off99, _ = latencies(uri, sql, max(args.queries // 10, 50), warmup=5)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+    print(f"query: {sql}")
+    print(f"rows: {rows}")
+    print("| measure | cache on | cache off | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| p50 | {p50 * 1e3:.2f} ms | {off50 * 1e3:.2f} ms | {off50 / p50:.1f}x |")
+    print(f"| p99 | {p99 * 1e3:.2f} ms | {off99 * 1e3:.2f} ms | {off99 / p99:.1f}x |")
+    print(f"| {args.clients} clients | {qps:.0f} queries/s | | |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

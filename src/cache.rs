@@ -1,0 +1,510 @@
+//! The hot candle cache: recent bars per `(timeframe, exchange, symbol)` as Arrow batches in a
+//! moka cache (bounded by bytes, TinyLFU admission), and the trades not yet built, for live
+//! bars.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `entry` | one series' bars at one snapshot; applying a commit's rows to it |
+//! | `live` | unbuilt trades per series |
+//! | `stats` | counters, `system.cache_stats`, Prometheus text |
+//! | `popular` | the most-queried series, remembered across restarts for warming |
+//!
+//! Consistency: the cache observes every commit of the server's writer (in commit order, with
+//! the rows written) and moves each entry from the commit's parent snapshot to the new one. An
+//! entry is used only when its snapshot is the one the query's [`View`] pinned, so a cached
+//! answer always equals the table at that snapshot; anything else is read from the table at
+//! exactly that snapshot.
+
+pub mod entry;
+pub mod error;
+pub mod live;
+pub mod popular;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+
+use crate::build::state::{prop_i64, CUTOFF};
+use crate::clock::Clock;
+use crate::storage::files::{conform, partition_range};
+use crate::storage::read::read_files;
+use crate::storage::{
+    CommitObserver, Committed, Content, Listing, LiveFile, Storage, TableKind, TimeRange,
+};
+use crate::timeframe::{Timeframe, MINUTE_US};
+
+pub use entry::Entry;
+pub use error::{Error, Result};
+pub use live::LiveTrades;
+pub use popular::Popular;
+pub use stats::CacheStats;
+
+const DAY_US: i64 = 1440 * MINUTE_US;
+
+/// Cache settings (`[cache]` in the config file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Off: every read goes to the table (live bars still come from memory).
+    pub enabled: bool,
+    pub max_bytes: u64,
+    /// How far back each timeframe is kept hot, in microseconds; `None` keeps everything.
+    pub horizons: BTreeMap<Timeframe, Option<i64>>,
+    /// How many of the most-queried series are loaded at start.
+    pub warm_series: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: 512 << 20,
+            horizons: BTreeMap::from([
+                (Timeframe::M1, Some(2 * DAY_US)),
+                (Timeframe::M5, Some(14 * DAY_US)),
+                (Timeframe::M30, Some(90 * DAY_US)),
+                (Timeframe::H1, Some(90 * DAY_US)),
+                (Timeframe::D1, None),
+            ]),
+            warm_series: 100,
+        }
+    }
+}
+
+/// One cached series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub timeframe: Timeframe,
+    pub exchange: String,
+    pub symbol: String,
+}
+
+impl Key {
+    pub fn new(
+        timeframe: Timeframe,
+        exchange: impl Into<String>,
+        symbol: impl Into<String>,
+    ) -> Key {
+        Key {
+            timeframe,
+            exchange: exchange.into(),
+            symbol: symbol.into(),
+        }
+    }
+}
+
+/// Where a bar table stands: its snapshot and the first window it has not persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableState {
+    pub snapshot: Option<i64>,
+    pub cutoff: Option<i64>,
+}
+
+/// What one query sees: every bar table at one snapshot, and the series' unbuilt trades at
+/// that moment. Taken at once, so the pieces agree with each other.
+#[derive(Debug, Clone)]
+pub struct View {
+    tables: [TableState; 5],
+    pub live_trades: Vec<RecordBatch>,
+    /// Trades before this are not in `live_trades`.
+    pub live_floor: i64,
+}
+
+impl View {
+    pub fn table(&self, tf: Timeframe) -> TableState {
+        self.tables[index(tf)]
+    }
+}
+
+fn index(tf: Timeframe) -> usize {
+    Timeframe::ALL
+        .iter()
+        .position(|t| *t == tf)
+        .expect("stored")
+}
+
+struct State {
+    tables: [TableState; 5],
+    live: LiveTrades,
+}
+
+/// Cheap handle to the cache.
+#[derive(Clone)]
+pub struct BarCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: CacheConfig,
+    storage: Storage,
+    clock: Arc<dyn Clock>,
+    entries: Cache<Key, Arc<Entry>>,
+    state: RwLock<State>,
+    counters: Arc<stats::Counters>,
+    queried: Mutex<HashMap<Key, u64>>,
+    popular: Option<Popular>,
+}
+
+impl BarCache {
+    /// Reads where each table stands and the unbuilt trades. Register the result as the
+    /// writer's observer before anything else commits.
+    pub async fn open(
+        storage: Storage,
+        clock: Arc<dyn Clock>,
+        config: CacheConfig,
+        popular: Option<Popular>,
+    ) -> Result<BarCache> {
+        let mut tables = [TableState::default(); 5];
+        for tf in Timeframe::ALL {
+            let table = storage.table(TableKind::Bars(tf)).await?;
+            tables[index(tf)] = TableState {
+                snapshot: table.metadata().current_snapshot_id,
+                cutoff: prop_i64(&table.metadata().properties, CUTOFF),
+            };
+        }
+        let counters = Arc::new(stats::Counters::default());
+        let evictions = Arc::clone(&counters);
+        let entries = Cache::builder()
+            .max_capacity(if config.enabled { config.max_bytes } else { 0 })
+            .weigher(|_k: &Key, e: &Arc<Entry>| e.bytes().try_into().unwrap_or(u32::MAX))
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    stats::Counters::add(&evictions.evictions);
+                }
+            })
+            .build();
+        let cache = BarCache {
+            inner: Arc::new(Inner {
+                config,
+                storage,
+                clock,
+                entries,
+                state: RwLock::new(State {
+                    tables,
+                    live: LiveTrades::default(),
+                }),
+                counters,
+                queried: Mutex::new(HashMap::new()),
+                popular,
+            }),
+        };
+        let floor = cache.live_floor(&tables);
+        let (_, trades) = crate::storage::read::read_range(
+            &cache.inner.storage,
+            TableKind::Trades,
+            TimeRange::new(Some(floor), None),
+        )
+        .await?;
+        let mut state = cache.write();
+        state.live.raise_floor(floor)?;
+        if !trades.is_empty() {
+            state.live.add(&trades)?;
+        }
+        drop(state);
+        Ok(cache)
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    pub fn now_us(&self) -> i64 {
+        self.inner.clock.now_us()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tables and the series' unbuilt trades, as of now.
+    pub fn view(&self, exchange: &str, symbol: &str) -> View {
+        let state = self.read();
+        View {
+            tables: state.tables,
+            live_trades: state.live.trades(exchange, symbol),
+            live_floor: state.live.floor(),
+        }
+    }
+
+    /// Oldest window start kept hot for `tf` (`i64::MIN`: everything).
+    pub fn horizon_start(&self, tf: Timeframe) -> i64 {
+        match self.inner.config.horizons.get(&tf).copied().flatten() {
+            Some(h) => tf.window_start(self.now_us() - h),
+            None => i64::MIN,
+        }
+    }
+
+    /// Unbuilt trades are kept from the lower incremental cutoff, at most one 1m horizon back.
+    fn live_floor(&self, tables: &[TableState; 5]) -> i64 {
+        let built = [Timeframe::M1, Timeframe::M5]
+            .map(|tf| tables[index(tf)].cutoff.unwrap_or(i64::MIN))
+            .into_iter()
+            .min()
+            .unwrap_or(i64::MIN);
+        built.max(self.horizon_start(Timeframe::M1))
+    }
+
+    /// Stored bars of one series with `window_start` in `range`, exactly as the table holds
+    /// them at the view's snapshot: from the cache inside the hot horizon, else the table.
+    pub async fn bars(
+        &self,
+        view: &View,
+        tf: Timeframe,
+        exchange: &str,
+        symbol: &str,
+        range: TimeRange,
+    ) -> Result<RecordBatch> {
+        let snapshot = view.table(tf).snapshot;
+        let key = Key::new(tf, exchange, symbol);
+        self.count(&key);
+        let from = self.horizon_start(tf);
+        if !self.inner.config.enabled || range.start.unwrap_or(i64::MIN) < from {
+            stats::Counters::add(&self.inner.counters.table_reads);
+            let rows = self.read_series(&key, snapshot, range).await?;
+            return Entry::new(snapshot, i64::MIN, &rows)
+                .map(|e| e.rows)
+                .map_err(Into::into);
+        }
+        if let Some(entry) = self.inner.entries.get(&key) {
+            if entry.snapshot == snapshot && entry.from <= from {
+                stats::Counters::add(&self.inner.counters.hits);
+                return Ok(entry.slice(range));
+            }
+        }
+        stats::Counters::add(&self.inner.counters.misses);
+        let rows = self
+            .read_series(&key, snapshot, TimeRange::new(Some(from), None))
+            .await?;
+        let entry = Arc::new(Entry::new(snapshot, from, &rows)?);
+        let answer = entry.slice(range);
+        self.insert_if_current(key, entry);
+        Ok(answer)
+    }
+
+    /// Caches `entry` unless its table has moved on since it was read (the commit observed in
+    /// between would not have reached it).
+    fn insert_if_current(&self, key: Key, entry: Arc<Entry>) {
+        let state = self.read();
+        if state.tables[index(key.timeframe)].snapshot == entry.snapshot {
+            self.inner.entries.insert(key, entry);
+        }
+    }
+
+    fn count(&self, key: &Key) {
+        let mut queried = self.inner.queried.lock().unwrap_or_else(|p| p.into_inner());
+        match queried.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                queried.insert(key.clone(), 1);
+            }
+        }
+    }
+
+    /// One series' rows in `range` at `snapshot`, read from the table.
+    async fn read_series(
+        &self,
+        key: &Key,
+        snapshot: Option<i64>,
+        range: TimeRange,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut by = self.read_all(key.timeframe, snapshot, range).await?;
+        Ok(by
+            .remove(&(key.exchange.clone(), key.symbol.clone()))
+            .into_iter()
+            .collect())
+    }
+
+    /// Every series' rows in `range` at `snapshot`.
+    async fn read_all(
+        &self,
+        tf: Timeframe,
+        snapshot: Option<i64>,
+        range: TimeRange,
+    ) -> Result<HashMap<(String, String), RecordBatch>> {
+        if snapshot.is_none() {
+            return Ok(HashMap::new());
+        }
+        let kind = TableKind::Bars(tf);
+        let table = self.inner.storage.table(kind).await?;
+        let listing = Listing::read(&table, kind, snapshot, range).await?;
+        let files: Vec<&LiveFile> = listing.files.iter().collect();
+        let rows = read_files(&self.inner.storage, kind, &files, range).await?;
+        let all = concat_batches(&kind.arrow_schema()?, &rows)?;
+        Ok(entry::by_series(&all)?)
+    }
+
+    /// Loads the most-queried series remembered from earlier runs, one table read per
+    /// timeframe. Returns how many series were loaded.
+    pub async fn warm(&self) -> Result<usize> {
+        let (Some(popular), true) = (&self.inner.popular, self.inner.config.enabled) else {
+            return Ok(0);
+        };
+        let remembered = popular.load().await?;
+        let mut wanted: BTreeMap<Timeframe, Vec<Key>> = BTreeMap::new();
+        {
+            let mut queried = self.inner.queried.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, n) in remembered.into_iter().take(self.inner.config.warm_series) {
+                *queried.entry(key.clone()).or_default() += n;
+                wanted.entry(key.timeframe).or_default().push(key);
+            }
+        }
+        let mut loaded = 0;
+        for (tf, keys) in wanted {
+            let snapshot = self.read().tables[index(tf)].snapshot;
+            let from = self.horizon_start(tf);
+            let mut all = self
+                .read_all(tf, snapshot, TimeRange::new(Some(from), None))
+                .await?;
+            for key in keys {
+                let rows = all.remove(&(key.exchange.clone(), key.symbol.clone()));
+                let entry = Entry::new(snapshot, from, &rows.into_iter().collect::<Vec<_>>())?;
+                self.insert_if_current(key, Arc::new(entry));
+                loaded += 1;
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Stores the query counts, so the next start warms the same series.
+    pub async fn remember(&self) -> Result<()> {
+        let Some(popular) = &self.inner.popular else {
+            return Ok(());
+        };
+        let counts = self
+            .inner
+            .queried
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        popular.save(&counts).await
+    }
+
+    /// Drops the matching entries (`None` matches all); returns how many.
+    pub fn invalidate(
+        &self,
+        timeframe: Option<Timeframe>,
+        exchange: Option<&str>,
+        symbol: Option<&str>,
+    ) -> u64 {
+        let mut dropped = 0;
+        for (key, _) in self.inner.entries.iter() {
+            if timeframe.is_none_or(|t| t == key.timeframe)
+                && exchange.is_none_or(|e| e == key.exchange)
+                && symbol.is_none_or(|s| s == key.symbol)
+            {
+                self.inner.entries.invalidate(&*key);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let entries = &self.inner.entries;
+        entries.run_pending_tasks();
+        CacheStats::read(
+            &self.inner.counters,
+            self.inner.config.enabled,
+            entries.entry_count(),
+            entries.weighted_size(),
+            if self.inner.config.enabled {
+                self.inner.config.max_bytes
+            } else {
+                0
+            },
+            self.read().live.rows() as u64,
+        )
+    }
+
+    fn apply(&self, c: &Committed<'_>) -> Result<()> {
+        let mut state = self.write();
+        let tf = match c.kind {
+            TableKind::Trades => {
+                match c.content {
+                    Content::Append(batches) => state.live.add(batches)?,
+                    Content::Replace { partitions, .. } => {
+                        state.live.drop_ranges(&ranges(c.kind, partitions))?
+                    }
+                    _ => {}
+                }
+                return Ok(());
+            }
+            TableKind::Bars(tf) => tf,
+        };
+        let table = &mut state.tables[index(tf)];
+        if let Some(cutoff) = prop_i64(c.properties, CUTOFF) {
+            table.cutoff = Some(cutoff);
+        }
+        table.snapshot = c.after;
+        if matches!(tf, Timeframe::M1 | Timeframe::M5) {
+            let floor = self.live_floor(&state.tables);
+            state.live.raise_floor(floor)?;
+        }
+        if c.before == c.after {
+            return Ok(());
+        }
+        let (rows, replaced) = match c.content {
+            Content::None | Content::Rewrite => (None, None),
+            Content::Append(batches) => (Some(conform(c.kind, batches)?), None),
+            Content::Upsert(rows) => (Some(rows.clone()), None),
+            Content::Replace { partitions, rows } => {
+                (Some(rows.clone()), Some(ranges(c.kind, partitions)))
+            }
+        };
+        let series = match &rows {
+            Some(rows) => entry::by_series(rows)?,
+            None => HashMap::new(),
+        };
+        let from = self.horizon_start(tf);
+        let cached: Vec<(Arc<Key>, Arc<Entry>)> = self
+            .inner
+            .entries
+            .iter()
+            .filter(|(k, _)| k.timeframe == tf)
+            .collect();
+        for (key, old) in cached {
+            if old.snapshot != c.before {
+                self.inner.entries.invalidate(&*key);
+                continue;
+            }
+            let mine = series.get(&(key.exchange.clone(), key.symbol.clone()));
+            let next = match (&replaced, &rows) {
+                (Some(ranges), _) => old.replaced(c.after, ranges, mine)?,
+                (None, Some(_)) => old.upserted(c.after, mine)?,
+                (None, None) => old.retagged(c.after),
+            };
+            self.inner
+                .entries
+                .insert((*key).clone(), Arc::new(next.trimmed(from)?));
+        }
+        Ok(())
+    }
+}
+
+fn ranges(kind: TableKind, partitions: &[i32]) -> Vec<(i64, i64)> {
+    let transform = kind.partition_transform();
+    partitions
+        .iter()
+        .map(|p| partition_range(&transform, *p))
+        .collect()
+}
+
+impl CommitObserver for BarCache {
+    fn committed(&self, commit: &Committed<'_>) {
+        if let Err(e) = self.apply(commit) {
+            // Never serve what may be stale: forget the table's entries, they reload on demand.
+            tracing::error!(table = %commit.kind.name(), error = %e, "cache refresh failed; dropping its entries");
+            if let TableKind::Bars(tf) = commit.kind {
+                self.invalidate(Some(tf), None, None);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Trades not yet built into bars, kept in memory per series as they are committed, so live
+//! bars (windows past a table's cutoff) are computed without reading Parquet.
+//!
+//! Holds the trades at or after the floor: the lower of the 1m and 5m cutoffs (what neither
+//! incremental table has persisted yet), but never more than the 1m hot horizon back.
+
+use std::collections::HashMap;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+
+use super::entry::by_series;
+use crate::storage::files::{conform, time_column};
+use crate::storage::{Result, TableKind};
+
+#[derive(Debug, Default, Clone)]
+pub struct LiveTrades {
+    series: HashMap<(String, String), Vec<RecordBatch>>,
+    floor: i64,
+}
+
+impl LiveTrades {
+    pub fn floor(&self) -> i64 {
+        self.floor
+    }
+
+    /// Keeps the trades of `batches` at or after the floor.
+    pub fn add(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        let all = conform(TableKind::Trades, batches)?;
+        let all = at_or_after(&all, self.floor)?;
+        if all.num_rows() == 0 {
+            return Ok(());
+        }
+        for (key, rows) in by_series(&all)? {
+            self.series.entry(key).or_default().push(rows);
+        }
+        Ok(())
+    }
+
+    /// Raises (never lowers) the floor and forgets the trades below it.
+    pub fn raise_floor(&mut self, floor: i64) -> Result<()> {
+        if floor <= self.floor {
+            return Ok(());
+        }
+        self.floor = floor;
+        for batches in self.series.values_mut() {
+            let mut kept = Vec::with_capacity(batches.len());
+            for b in batches.iter() {
+                let b = at_or_after(b, floor)?;
+                if b.num_rows() > 0 {
+                    kept.push(b);
+                }
+            }
+            *batches = kept;
+        }
+        self.series.retain(|_, b| !b.is_empty());
+        Ok(())
+    }
+
+    /// Forgets the trades in `ranges` (their partitions were dropped).
+    pub fn drop_ranges(&mut self, ranges: &[(i64, i64)]) -> Result<()> {
+        for batches in self.series.values_mut() {
+            let mut kept = Vec::with_capacity(batches.len());
+            for b in batches.iter() {
+                let ts = time_column(TableKind::Trades, b)?;
+                let keep: BooleanArray = ts
+                    .values()
+                    .iter()
+                    .map(|t| Some(!ranges.iter().any(|(s, e)| s <= t && t < e)))
+                    .collect();
+                let b = filter_record_batch(b, &keep)?;
+                if b.num_rows() > 0 {
+                    kept.push(b);
+                }
+            }
+            *batches = kept;
+        }
+        self.series.retain(|_, b| !b.is_empty());
+        Ok(())
+    }
+
+    /// The series' trades (shared buffers, no copy of the values).
+    pub fn trades(&self, exchange: &str, symbol: &str) -> Vec<RecordBatch> {
+        self.series
+            .get(&(exchange.to_string(), symbol.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.series
+            .values()
+            .flat_map(|b| b.iter().map(|b| b.num_rows()))
+            .sum()
+    }
+}
+
+fn at_or_after(batch: &RecordBatch, floor: i64) -> Result<RecordBatch> {
+    let ts = time_column(TableKind::Trades, batch)?;
+    if ts.values().iter().all(|t| *t >= floor) {
+        return Ok(batch.clone());
+    }
+    let keep: BooleanArray = ts.values().iter().map(|t| Some(*t >= floor)).collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}

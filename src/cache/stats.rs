@@ -1,0 +1,147 @@
+//! Cache counters: what `system.cache_stats` and the admin `GetCacheStats` report, rendered
+//! the Prometheus way as well for a metrics endpoint.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    /// Reads outside the hot horizon, answered from the table without caching.
+    pub table_reads: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A snapshot of the counters and the cache's size.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CacheStats {
+    pub enabled: bool,
+    pub entries: u64,
+    pub bytes: u64,
+    pub capacity_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub table_reads: u64,
+    pub evictions: u64,
+    /// Trades held for live bars.
+    pub live_trades: u64,
+}
+
+impl CacheStats {
+    pub fn read(
+        counters: &Counters,
+        enabled: bool,
+        entries: u64,
+        bytes: u64,
+        capacity: u64,
+        live: u64,
+    ) -> Self {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            enabled,
+            entries,
+            bytes,
+            capacity_bytes: capacity,
+            hits: get(&counters.hits),
+            misses: get(&counters.misses),
+            table_reads: get(&counters.table_reads),
+            evictions: get(&counters.evictions),
+            live_trades: live,
+        }
+    }
+
+    /// Hits over lookups (0 before the first lookup).
+    pub fn hit_ratio(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / lookups as f64
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP ohlcv_cache_{name} {help}");
+            let _ = writeln!(out, "# TYPE ohlcv_cache_{name} {kind}");
+            let _ = writeln!(out, "ohlcv_cache_{name} {value}");
+        };
+        metric(
+            "hits_total",
+            "counter",
+            "Lookups answered from the cache.",
+            self.hits.to_string(),
+        );
+        metric(
+            "misses_total",
+            "counter",
+            "Lookups that loaded from the table.",
+            self.misses.to_string(),
+        );
+        metric(
+            "table_reads_total",
+            "counter",
+            "Reads outside the hot horizon, served by the table.",
+            self.table_reads.to_string(),
+        );
+        metric(
+            "evictions_total",
+            "counter",
+            "Entries evicted for space.",
+            self.evictions.to_string(),
+        );
+        metric(
+            "entries",
+            "gauge",
+            "Cached series.",
+            self.entries.to_string(),
+        );
+        metric(
+            "bytes",
+            "gauge",
+            "Bytes held by cached series.",
+            self.bytes.to_string(),
+        );
+        metric(
+            "hit_ratio",
+            "gauge",
+            "Hits over lookups.",
+            format!("{}", self.hit_ratio()),
+        );
+        metric(
+            "live_trades",
+            "gauge",
+            "Unbuilt trades held for live bars.",
+            self.live_trades.to_string(),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_and_exposition() {
+        let s = CacheStats {
+            hits: 3,
+            misses: 1,
+            ..CacheStats::default()
+        };
+        assert_eq!(s.hit_ratio(), 0.75);
+        let text = s.prometheus();
+        assert!(text.contains("# TYPE ohlcv_cache_hits_total counter\nohlcv_cache_hits_total 3\n"));
+        assert!(text.contains("ohlcv_cache_hit_ratio 0.75\n"));
+        assert_eq!(CacheStats::default().hit_ratio(), 0.0);
+    }
+}

@@ -1,0 +1,80 @@
+//! The candle fast path: `candles(exchange, symbol, timeframe, start, end [, options])`.
+//!
+//! | module | owns |
+//! |---|---|
+//! | `windows` | any timeframe (15m, 4h, 1w, ...), time-zone days and weeks |
+//! | `assemble` | stored + live bars, rollup, finality, gap fill |
+//! | `function` | the DataFusion table function and its arguments |
+//! | `routing` | stock SQL on `market.ohlcv_*` answered from the cache |
+//!
+//! Candles of a timeframe are the bars of the coarsest stored timeframe that tiles it, rolled
+//! up. Windows a table has persisted come from the cache (inside the hot horizon) or the
+//! table; newer ones are live: computed from the unbuilt trades (and, for the batch
+//! timeframes, from the 1m bars not yet rolled up), exactly as the next build will persist
+//! them, and flagged `is_final = false`.
+
+pub mod assemble;
+pub mod function;
+pub mod routing;
+pub mod windows;
+
+use std::sync::{Arc, OnceLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+pub use crate::cache::{Error, Result};
+pub use assemble::candles;
+pub use function::CandlesFunction;
+pub use routing::MarketTables;
+pub use windows::Windows;
+
+/// Empty windows: skipped, or flat bars at the previous close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fill {
+    #[default]
+    None,
+    Previous,
+}
+
+/// One candle query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub exchange: String,
+    pub symbol: String,
+    pub windows: Windows,
+    /// Candles whose window starts in `[start, end)`, UTC microseconds.
+    pub start: i64,
+    pub end: i64,
+    pub fill: Fill,
+}
+
+/// The columns `candles()` returns: the bar columns without the storage bookkeeping
+/// (`revision`, `built_at`), and two flags.
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let f = |name: &str| Field::new(name, DataType::Float64, false);
+        Arc::new(Schema::new(vec![
+            Field::new("exchange", DataType::Utf8, false),
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("window_start", ts(), false),
+            Field::new("window_end", ts(), false),
+            f("open"),
+            f("high"),
+            f("low"),
+            f("close"),
+            f("volume"),
+            f("quote_volume"),
+            f("vwap"),
+            Field::new("trade_count", DataType::Int64, false),
+            f("buy_volume"),
+            // NULL on synthetic (gap-filled) bars, which have no trades.
+            Field::new("first_trade_ts", ts(), true),
+            Field::new("last_trade_ts", ts(), true),
+            // The window is persisted and will only change by a late revision.
+            Field::new("is_final", DataType::Boolean, false),
+            Field::new("is_synthetic", DataType::Boolean, false),
+        ]))
+    }))
+}

@@ -1,0 +1,261 @@
+//! `candles(...)` for DataFusion: the table function turns its (constant) arguments into a
+//! [`Request`]; the table it returns computes the candles when the query runs.
+//!
+//! Arguments: `exchange, symbol, timeframe, start, end`, then options as `'name=value'`
+//! strings or `name => value` (rewritten to the former before planning, see
+//! `server::sql`): `fill => 'previous'`, `tz => 'America/New_York'`. `start` and `end`
+//! are timestamps or ISO-8601 strings (UTC unless they carry an offset).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableFunctionImpl};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::Expr;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{candles, schema, Error, Fill, Request, Windows};
+use crate::cache::BarCache;
+
+/// The registered table function.
+#[derive(Clone)]
+pub struct CandlesFunction {
+    cache: BarCache,
+}
+
+impl std::fmt::Debug for CandlesFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CandlesFunction")
+    }
+}
+
+impl CandlesFunction {
+    pub fn new(cache: BarCache) -> CandlesFunction {
+        CandlesFunction { cache }
+    }
+}
+
+/// Errors a user caused are plan errors (`InvalidArgument`); the rest stay ours.
+pub fn to_datafusion(e: Error) -> DataFusionError {
+    match e {
+        Error::Input(m) => DataFusionError::Plan(m),
+        other => DataFusionError::External(Box::new(other)),
+    }
+}
+
+const USAGE: &str = "candles(exchange, symbol, timeframe, start, end [, fill => 'previous'] \
+                     [, tz => 'Area/City'])";
+
+impl TableFunctionImpl for CandlesFunction {
+    fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
+        if args.len() < 5 {
+            return Err(DataFusionError::Plan(format!(
+                "candles takes at least 5 arguments, got {}: {USAGE}",
+                args.len()
+            )));
+        }
+        // A prepared statement is planned before its parameters are bound: its schema is
+        // known, the candles are not.
+        if let Some((i, id)) = args.iter().enumerate().find_map(|(i, a)| match a {
+            Expr::Placeholder(p) => Some((i, p.id.clone())),
+            _ => None,
+        }) {
+            return Ok(Arc::new(CandlesTable {
+                cache: self.cache.clone(),
+                request: Err(format!(
+                    "candles argument {} is the unbound parameter {id}",
+                    i + 1
+                )),
+            }));
+        }
+        let values: Vec<ScalarValue> = args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| constant(i, a))
+            .collect::<DfResult<_>>()?;
+        let text = |i: usize, what: &str| -> DfResult<String> {
+            string(&values[i]).ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "candles argument {} ({what}) must be a string, got {}",
+                    i + 1,
+                    values[i]
+                ))
+            })
+        };
+        let (exchange, symbol, timeframe) = (
+            text(0, "exchange")?,
+            text(1, "symbol")?,
+            text(2, "timeframe")?,
+        );
+        let start = timestamp(&values[3], "start")?;
+        let end = timestamp(&values[4], "end")?;
+        let (mut fill, mut tz) = (Fill::None, None);
+        for (i, _) in values.iter().enumerate().skip(5) {
+            let option = text(i, "option 'name=value'")?;
+            let (name, value) = option.split_once('=').ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "candles option '{option}' is not name=value: {USAGE}"
+                ))
+            })?;
+            match (name.trim(), value.trim()) {
+                ("fill", "previous") => fill = Fill::Previous,
+                ("fill", "none") => fill = Fill::None,
+                ("tz", zone) => {
+                    tz = Some(zone.parse::<chrono_tz::Tz>().map_err(|_| {
+                        DataFusionError::Plan(format!("unknown time zone '{zone}'"))
+                    })?)
+                }
+                _ => {
+                    return Err(DataFusionError::Plan(format!(
+                        "unknown candles option '{option}': {USAGE}"
+                    )))
+                }
+            }
+        }
+        if start > end {
+            return Err(DataFusionError::Plan(format!(
+                "candles start {} is after end {}",
+                values[3], values[4]
+            )));
+        }
+        let windows = Windows::parse(&timeframe, tz).map_err(to_datafusion)?;
+        Ok(Arc::new(CandlesTable {
+            cache: self.cache.clone(),
+            request: Ok(Request {
+                exchange,
+                symbol,
+                windows,
+                start,
+                end,
+                fill,
+            }),
+        }))
+    }
+}
+
+/// Folds an argument to a constant (`now() - interval '1 day'`, casts, ...).
+fn constant(i: usize, expr: &Expr) -> DfResult<ScalarValue> {
+    let now = chrono::Utc::now();
+    let simplifier =
+        ExprSimplifier::new(SimplifyContext::default().with_query_execution_start_time(Some(now)));
+    match simplifier.simplify(expr.clone())? {
+        Expr::Literal(v, _) => Ok(v),
+        other => Err(DataFusionError::Plan(format!(
+            "candles argument {} must be a constant, got {other}",
+            i + 1
+        ))),
+    }
+}
+
+fn string(v: &ScalarValue) -> Option<String> {
+    match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A timestamp argument in UTC microseconds.
+fn timestamp(v: &ScalarValue, what: &str) -> DfResult<i64> {
+    let micros = match v {
+        ScalarValue::TimestampMicrosecond(Some(t), _) => Some(*t),
+        ScalarValue::TimestampNanosecond(Some(t), _) => Some(t.div_euclid(1_000)),
+        ScalarValue::TimestampMillisecond(Some(t), _) => t.checked_mul(1_000),
+        ScalarValue::TimestampSecond(Some(t), _) => t.checked_mul(1_000_000),
+        other => string(other).and_then(|s| parse_time(&s)),
+    };
+    micros.ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "candles {what} must be a timestamp or an ISO-8601 string, got {v}"
+        ))
+    })
+}
+
+/// `2024-01-01T00:00:00Z`, `2024-01-01 00:00:00`, `2024-01-01` (UTC unless an offset is given).
+fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, format) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+/// One planned `candles(...)` call.
+#[derive(Clone)]
+pub struct CandlesTable {
+    cache: BarCache,
+    /// The request, or why there is none yet (unbound parameters).
+    pub request: Result<Request, String>,
+}
+
+impl std::fmt::Debug for CandlesTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandlesTable")
+            .field("request", &self.request)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl TableProvider for CandlesTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let request = self
+            .request
+            .as_ref()
+            .map_err(|m| DataFusionError::Plan(m.clone()))?;
+        let batch = candles(&self.cache, request).await.map_err(to_datafusion)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_utc_unless_offset() {
+        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(parse_time("1970-01-01 00:01:00"), Some(60_000_000));
+        assert_eq!(parse_time("1970-01-02"), Some(86_400_000_000));
+        assert_eq!(parse_time("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}
