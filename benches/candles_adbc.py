@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import adbc_driver_flightsql.dbapi as flightsql
 
@@ -29,7 +30,12 @@ def free_port():
 
 
 def run(binary, data_dir, *args):
-    subprocess.run([binary, "--data-dir", data_dir, *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [binary, "--data-dir", data_dir, *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def serve(binary, data_dir, cache):
@@ -39,6 +45,7 @@ def serve(binary, data_dir, cache):
         [binary, "--data-dir", data_dir, "serve", "--listen", f"127.0.0.1:{port}"],
         env=env,
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     uri = f"grpc://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -99,10 +106,12 @@ def worker(uri, sql, seconds, start_at, counts):
 
 
 def throughput(uri, sql, clients, seconds):
-    counts = mp.Queue()
-    start_at = time.time() + 3
+    # Spawned, not forked: the ADBC driver's Go runtime does not survive a fork.
+    ctx = mp.get_context("spawn")
+    counts = ctx.Queue()
+    start_at = time.time() + 10
     procs = [
-        mp.Process(target=worker, args=(uri, sql, seconds, start_at, counts))
+        ctx.Process(target=worker, args=(uri, sql, seconds, start_at, counts))
         for _ in range(clients)
     ]
     for p in procs:
@@ -114,6 +123,7 @@ def throughput(uri, sql, clients, seconds):
 
 
 def main():
+    warnings.filterwarnings("ignore", message="Cannot disable autocommit")
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", default="target/release/ohlcv-server")
     ap.add_argument("--queries", type=int, default=2000)
@@ -135,7 +145,9 @@ def main():
         try:
             sql = query_for(uri)
             p50, p99, rows = latencies(uri, sql, args.queries, warmup=50)
+            print(f"cache on: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms", file=sys.stderr)
             qps = throughput(uri, sql, args.clients, args.seconds)
+            print(f"{args.clients} clients: {qps:.0f} queries/s", file=sys.stderr)
         finally:
             proc.terminate()
             proc.wait()

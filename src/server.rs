@@ -236,14 +236,19 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(flight)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new requests, finishing open streams");
-            health
-                .set_not_serving::<FlightServiceServer<OhlcvFlightSql>>()
-                .await;
-            stop.cancel();
-        })
+        .serve_with_incoming_shutdown(
+            // Responses are several small writes: without NODELAY, Nagle holds the later ones
+            // for the client's delayed ACK (~40 ms per query).
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new requests, finishing open streams");
+                health
+                    .set_not_serving::<FlightServiceServer<OhlcvFlightSql>>()
+                    .await;
+                stop.cancel();
+            },
+        )
         .await;
     cancel.cancel();
     tasks.wait().await;

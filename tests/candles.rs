@@ -608,3 +608,41 @@ async fn new_york_days_and_weeks_across_dst() {
     }
     server.shutdown_and_wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_warms_the_series_queried_before() {
+    let d = Deployment::new().await;
+    let now = T0 + 3 * DAY + HOUR;
+    let clock = ManualClock::at(now);
+    load(&d, &trades_between(now - 3 * HOUR, now - 10 * MIN)).await;
+    build_all(&d, now).await;
+    let server = Server::start_with(&d, quiet(&clock)).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let q = format!(
+        "select * from candles('kraken', 'BTC-USD', '5m', '{}', '{}')",
+        iso(now - 2 * HOUR),
+        iso(now)
+    );
+    let first = candles_of(&sql(&mut client, &q).await);
+    assert_eq!(cache_stat(&mut client, "entries").await, 1);
+    server.shutdown_and_wait().await;
+
+    // The query counts were saved at shutdown: the new server loads that series by itself.
+    let server = Server::start_with(&d, quiet(&clock)).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cache_stat(&mut client, "entries").await < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache was not warmed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(candles_of(&sql(&mut client, &q).await), first);
+    assert_eq!(
+        cache_stat(&mut client, "misses").await,
+        0,
+        "answered from the warmed entry"
+    );
+    server.shutdown_and_wait().await;
+}

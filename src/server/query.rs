@@ -7,7 +7,8 @@ use std::sync::Arc;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionState;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use datafusion::sql::parser::Statement;
@@ -20,16 +21,15 @@ use crate::quality::Reports;
 use crate::scheduler::{History, SchedulerHandle};
 use crate::storage::Storage;
 
-/// Cheap handle; every statement gets a fresh session (plans are not shared between clients),
-/// all sessions share one runtime and so one memory pool.
+/// Cheap handle. The session (catalog, functions, configuration) is built once; each statement
+/// plans on its own copy of it (plans are not shared between clients), and all share one
+/// runtime and so one memory pool. Building a session registers every built-in function,
+/// which took longer than planning a candle query.
 #[derive(Clone)]
 pub struct QueryEngine {
     storage: Storage,
-    scheduler: SchedulerHandle,
-    history: History,
-    reports: Reports,
     cache: BarCache,
-    runtime: Arc<RuntimeEnv>,
+    base: Arc<SessionState>,
 }
 
 impl QueryEngine {
@@ -46,13 +46,31 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(memory_limit, 1.0)
             .build_arc()?;
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(storage.catalog_name(), storage.namespace())
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let catalog = MemoryCatalogProvider::new();
+        catalog.register_schema(
+            storage.namespace(),
+            Arc::new(MarketTables::new(storage.clone(), cache.clone())),
+        )?;
+        catalog.register_schema(
+            "system",
+            Arc::new(SystemSchema::new(
+                history,
+                reports,
+                scheduler,
+                cache.clone(),
+            )),
+        )?;
+        ctx.register_catalog(storage.catalog_name(), Arc::new(catalog));
+        ctx.register_udtf("candles", Arc::new(CandlesFunction::new(cache.clone())));
         Ok(QueryEngine {
             storage,
-            scheduler,
-            history,
-            reports,
             cache,
-            runtime,
+            base: Arc::new(ctx.state()),
         })
     }
 
@@ -64,51 +82,20 @@ impl QueryEngine {
         self.storage.namespace()
     }
 
-    /// A session with our catalog as the default, so `select * from ohlcv_1m` works.
-    pub fn session(&self) -> Result<SessionContext> {
-        let config = SessionConfig::new()
-            .with_default_catalog_and_schema(self.catalog_name(), self.namespace())
-            .with_create_default_catalog_and_schema(false)
-            .with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, Arc::clone(&self.runtime));
-        let catalog = MemoryCatalogProvider::new();
-        catalog.register_schema(
-            self.namespace(),
-            Arc::new(MarketTables::new(self.storage.clone(), self.cache.clone())),
-        )?;
-        catalog.register_schema(
-            "system",
-            Arc::new(SystemSchema::new(
-                self.history.clone(),
-                self.reports.clone(),
-                self.scheduler.clone(),
-                self.cache.clone(),
-            )),
-        )?;
-        ctx.register_catalog(self.catalog_name(), Arc::new(catalog));
-        ctx.register_udtf(
-            "candles",
-            Arc::new(CandlesFunction::new(self.cache.clone())),
-        );
-        Ok(ctx)
-    }
-
     pub fn cache(&self) -> &BarCache {
         &self.cache
     }
 
     /// Parses `sql` the way the session would.
-    fn parse(&self, ctx: &SessionContext, sql: &str) -> Result<Statement> {
-        let state = ctx.state();
-        let dialect = state.config().options().sql_parser.dialect;
-        Ok(state.sql_to_statement(sql, &dialect)?)
+    fn parse(&self, sql: &str) -> Result<Statement> {
+        let dialect = self.base.config().options().sql_parser.dialect;
+        Ok(self.base.sql_to_statement(sql, &dialect)?)
     }
 
     /// Placeholders of `sql` (also those inside table function arguments, which DataFusion's
     /// plan does not show).
     pub fn placeholders(&self, sql: &str) -> Result<std::collections::BTreeSet<String>> {
-        let ctx = self.session()?;
-        Ok(match self.parse(&ctx, sql)? {
+        Ok(match self.parse(sql)? {
             Statement::Statement(s) => super::sql::placeholders(&s),
             _ => Default::default(),
         })
@@ -125,13 +112,14 @@ impl QueryEngine {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let ctx = self.session()?;
-        let mut statement = self.parse(&ctx, sql)?;
+        let mut statement = self.parse(sql)?;
         if let Statement::Statement(s) = &mut statement {
             super::sql::rewrite(s, params)?;
         }
-        let plan = ctx.state().statement_to_plan(statement).await?;
+        let state = SessionState::clone(&self.base);
+        let plan = state.statement_to_plan(statement).await?;
+        // Only queries pass: DDL, DML and other statements are refused here.
         options.verify_plan(&plan).map_err(Error::from)?;
-        Ok(ctx.execute_logical_plan(plan).await?)
+        Ok(DataFrame::new(state, plan))
     }
 }
