@@ -91,14 +91,15 @@ def latencies(uri, sql, n, warmup):
     return out[len(out) // 2], out[int(len(out) * 0.99)], table.num_rows
 
 
-def worker(uri, sql, seconds, start_at, counts):
+def worker(uri, sql, seconds, ready, counts):
+    warnings.filterwarnings("ignore", message="Cannot disable autocommit")
     with flightsql.connect(uri) as conn, conn.cursor() as cur:
         cur.execute(sql)
         cur.fetch_arrow_table()
-        while time.time() < start_at:
-            time.sleep(0.001)
+        ready.wait()  # every client connected and warm: start together
         n = 0
-        while time.time() < start_at + seconds:
+        stop = time.time() + seconds
+        while time.time() < stop:
             cur.execute(sql)
             cur.fetch_arrow_table()
             n += 1
@@ -109,9 +110,9 @@ def throughput(uri, sql, clients, seconds):
     # Spawned, not forked: the ADBC driver's Go runtime does not survive a fork.
     ctx = mp.get_context("spawn")
     counts = ctx.Queue()
-    start_at = time.time() + 10
+    ready = ctx.Barrier(clients)
     procs = [
-        ctx.Process(target=worker, args=(uri, sql, seconds, start_at, counts))
+        ctx.Process(target=worker, args=(uri, sql, seconds, ready, counts))
         for _ in range(clients)
     ]
     for p in procs:

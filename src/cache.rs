@@ -45,6 +45,8 @@ pub use popular::Popular;
 pub use stats::CacheStats;
 
 const DAY_US: i64 = 1440 * MINUTE_US;
+/// At most this many series have their queries counted (for warming).
+const COUNTED_SERIES: usize = 100_000;
 
 /// Cache settings (`[cache]` in the config file).
 #[derive(Debug, Clone, PartialEq)]
@@ -300,11 +302,14 @@ impl BarCache {
 
     fn count(&self, key: &Key) {
         let mut queried = self.inner.queried.lock().unwrap_or_else(|p| p.into_inner());
+        let room = queried.len() < COUNTED_SERIES;
         match queried.get_mut(key) {
             Some(n) => *n += 1,
-            None => {
+            // Series names come from queries: a bound keeps made-up names from growing this.
+            None if room => {
                 queried.insert(key.clone(), 1);
             }
+            None => {}
         }
     }
 

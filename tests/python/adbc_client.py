@@ -65,6 +65,23 @@ for name in ["trades", "ohlcv_1m", "ohlcv_5m", "ohlcv_30m", "ohlcv_1h", "ohlcv_1
     assert ("ohlcv", "market", name) in tables, f"{name} missing from {tables}"
 assert ("ohlcv", "system", "jobs") in tables
 
+# candles(): 15m rolled up from 5m into pandas; a prepared call with every argument bound, into
+# polars. The deployment has 120 BTC-USD trades, one every 30 s from 2024-01-01T00:00Z.
+cur.execute("select * from candles('kraken', 'BTC-USD', '15m', '2024-01-01T00:00:00Z', '2024-01-01T02:00:00Z')")
+df = cur.fetch_df()
+assert df["trade_count"].tolist() == [30] * 4, df
+assert df["is_final"].all() and not df["is_synthetic"].any()
+assert (df["open"].iloc[0], df["close"].iloc[-1]) == (100.0, 219.0)
+import polars as pl
+
+utc = timezone.utc
+cur.execute(
+    "select * from candles($1, $2, $3, $4, $5)",
+    parameters=("kraken", "BTC-USD", "1h", datetime(2024, 1, 1, tzinfo=utc), datetime(2024, 1, 1, 2, tzinfo=utc)),
+)
+hourly = pl.from_arrow(cur.fetch_arrow_table())
+assert hourly["trade_count"].to_list() == [120] and hourly["high"].to_list() == [219.0], hourly
+
 schema = conn.adbc_get_table_schema("ohlcv_1d", catalog_filter="ohlcv", db_schema_filter="market")
 assert schema.names[:3] == ["exchange", "symbol", "window_start"], schema.names
 
