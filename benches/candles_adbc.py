@@ -77,7 +77,7 @@ def query_for(uri):
     )
 
 
-def latencies(uri, sql, n, warmup):
+def latencies(uri, sql, n, warmup, min_rows=495):
     out = []
     with flightsql.connect(uri) as conn, conn.cursor() as cur:
         for i in range(warmup + n):
@@ -86,9 +86,43 @@ def latencies(uri, sql, n, warmup):
             table = cur.fetch_arrow_table()
             if i >= warmup:
                 out.append(time.perf_counter() - t)
-    assert table.num_rows >= 495, table.num_rows
+    assert table.num_rows >= min_rows, table.num_rows
     out.sort()
     return out[len(out) // 2], out[int(len(out) * 0.99)], table.num_rows
+
+
+def flight_latency(uri, sql, n, warmup):
+    """`sql` through raw `pyarrow.flight` (GetFlightInfo + DoGet), no ADBC driver: p50 of each."""
+    import pyarrow.flight as fl
+
+    def varint(n):
+        out = b""
+        while True:
+            byte, n = n & 0x7F, n >> 7
+            out += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def field(tag, data):
+        return bytes([tag]) + varint(len(data)) + data
+
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    command = field(0x0A, url) + field(0x12, field(0x0A, sql.encode()))
+    descriptor = fl.FlightDescriptor.for_command(command)
+    client = fl.FlightClient(uri)
+    info_t, get_t = [], []
+    for i in range(warmup + n):
+        t0 = time.perf_counter()
+        info = client.get_flight_info(descriptor)
+        t1 = time.perf_counter()
+        client.do_get(info.endpoints[0].ticket).read_all()
+        t2 = time.perf_counter()
+        if i >= warmup:
+            info_t.append(t1 - t0)
+            get_t.append(t2 - t1)
+    info_t.sort()
+    get_t.sort()
+    return info_t[len(info_t) // 2], get_t[len(get_t) // 2]
 
 
 def worker(uri, sql, seconds, ready, counts):
@@ -147,6 +181,10 @@ def main():
             sql = query_for(uri)
             p50, p99, rows = latencies(uri, sql, args.queries, warmup=50)
             print(f"cache on: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms", file=sys.stderr)
+            # Where the time goes: a trivial statement through ADBC and through raw Flight.
+            one50, _, _ = latencies(uri, "select 1", args.queries // 4, warmup=20, min_rows=1)
+            info1, get1 = flight_latency(uri, "select 1", args.queries // 4, warmup=20)
+            infoc, getc = flight_latency(uri, sql, args.queries // 4, warmup=20)
             qps = throughput(uri, sql, args.clients, args.seconds)
             print(f"{args.clients} clients: {qps:.0f} queries/s", file=sys.stderr)
         finally:
@@ -166,6 +204,11 @@ def main():
     print(f"| p50 | {p50 * 1e3:.2f} ms | {off50 * 1e3:.2f} ms | {off50 / p50:.1f}x |")
     print(f"| p99 | {p99 * 1e3:.2f} ms | {off99 * 1e3:.2f} ms | {off99 / p99:.1f}x |")
     print(f"| {args.clients} clients | {qps:.0f} queries/s | | |")
+    print()
+    print("| query (cache on), p50 | ADBC end to end | pyarrow.flight GetFlightInfo | DoGet |")
+    print("|---|---:|---:|---:|")
+    print(f"| `select 1` | {one50 * 1e3:.2f} ms | {info1 * 1e3:.2f} ms | {get1 * 1e3:.2f} ms |")
+    print(f"| the candle query | {p50 * 1e3:.2f} ms | {infoc * 1e3:.2f} ms | {getc * 1e3:.2f} ms |")
 
 
 if __name__ == "__main__":
