@@ -442,4 +442,18 @@ mod tests {
         assert!(msg.contains("OHLCV_NO_SUCH_KEY"), "{msg}");
         assert!(msg.contains("no_such_key"), "{msg}");
     }
+
+    #[test]
+    fn cache_section_defaults_are_the_cache_defaults() {
+        let section = CacheSection::default();
+        assert_eq!(
+            section.settings().unwrap(),
+            crate::cache::CacheConfig::default()
+        );
+        assert_eq!(section.horizon_hours["1m"], 48);
+        assert_eq!(section.horizon_hours["1d"], 0);
+        let mut bad = section;
+        bad.horizon_hours.insert("7x".into(), 1);
+        assert!(bad.settings().is_err());
+    }
 }

@@ -75,10 +75,13 @@ impl TableFunctionImpl for CandlesFunction {
                 )),
             }));
         }
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::default().with_query_execution_start_time(Some(chrono::Utc::now())),
+        );
         let values: Vec<ScalarValue> = args
             .iter()
             .enumerate()
-            .map(|(i, a)| constant(i, a))
+            .map(|(i, a)| constant(&simplifier, i, a))
             .collect::<DfResult<_>>()?;
         let text = |i: usize, what: &str| -> DfResult<String> {
             string(&values[i]).ok_or_else(|| {
@@ -141,10 +144,7 @@ impl TableFunctionImpl for CandlesFunction {
 }
 
 /// Folds an argument to a constant (`now() - interval '1 day'`, casts, ...).
-fn constant(i: usize, expr: &Expr) -> DfResult<ScalarValue> {
-    let now = chrono::Utc::now();
-    let simplifier =
-        ExprSimplifier::new(SimplifyContext::default().with_query_execution_start_time(Some(now)));
+fn constant(simplifier: &ExprSimplifier, i: usize, expr: &Expr) -> DfResult<ScalarValue> {
     match simplifier.simplify(expr.clone())? {
         Expr::Literal(v, _) => Ok(v),
         other => Err(DataFusionError::Plan(format!(
@@ -154,7 +154,8 @@ fn constant(i: usize, expr: &Expr) -> DfResult<ScalarValue> {
     }
 }
 
-fn string(v: &ScalarValue) -> Option<String> {
+/// A string literal's text (any of Arrow's string types).
+pub(crate) fn string(v: &ScalarValue) -> Option<String> {
     match v {
         ScalarValue::Utf8(Some(s))
         | ScalarValue::LargeUtf8(Some(s))

@@ -9,14 +9,13 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session};
-use datafusion::common::ScalarValue;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::function::to_datafusion;
+use super::function::{string, to_datafusion};
 use crate::cache::BarCache;
 use crate::storage::provider::time_range;
 use crate::storage::{MarketSchema, SnapshotTable, Storage, TableKind};
@@ -157,12 +156,7 @@ fn equals(filters: &[Expr], column: &str) -> Option<String> {
                 (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
                     if c.name == column =>
                 {
-                    match v {
-                        ScalarValue::Utf8(Some(s))
-                        | ScalarValue::LargeUtf8(Some(s))
-                        | ScalarValue::Utf8View(Some(s)) => Some(s.clone()),
-                        _ => None,
-                    }
+                    string(v)
                 }
                 _ => None,
             },
