@@ -2,12 +2,18 @@
 
 Builds a deployment of recent synthetic trades with the release binary (generate, load,
 build), then serves it twice, the cache on and off, and measures from the client:
-- p50/p99 of `candles(exchange, symbol, '1m', ...)` over 500 one-minute bars of one symbol;
+- p50/p99 of `candles(exchange, symbol, '1m', ...)` over 500 one-minute bars of one symbol,
+  with the CPU time the server and the client process each spent per query;
 - the same with the cache disabled (`OHLCV_CACHE__ENABLED=false`: table reads);
-- queries/s sustained by 32 concurrent clients (processes, one connection each).
+- queries/s sustained by 32 concurrent clients (processes, one connection each);
+- the same query through `candles-load` (benches/candles_load.rs), a lean Rust Flight SQL
+  client: one connection for latency, 32 for throughput. It shows what the server sustains
+  when the client does not take most of the 2 cores.
 
     cargo build --release && python3 benches/candles_adbc.py --binary target/release/ohlcv-server
 """
+
+import json
 
 import argparse
 import datetime as dt
@@ -77,18 +83,51 @@ def query_for(uri):
     )
 
 
-def latencies(uri, sql, n, warmup, min_rows=495):
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def latencies(uri, sql, n, warmup, min_rows=495, server=None):
+    """p50, p99, rows, and the CPU seconds per timed query of the server (if its process is
+    given) and of this client process (Python and the driver's Go runtime together)."""
     out = []
     with flightsql.connect(uri) as conn, conn.cursor() as cur:
         for i in range(warmup + n):
+            if i == warmup:
+                server_cpu = cpu_seconds(server.pid) if server else 0.0
+                client_cpu = time.process_time()
             t = time.perf_counter()
             cur.execute(sql)
             table = cur.fetch_arrow_table()
             if i >= warmup:
                 out.append(time.perf_counter() - t)
+        client_cpu = (time.process_time() - client_cpu) / n
+        server_cpu = (cpu_seconds(server.pid) - server_cpu) / n if server else 0.0
     assert table.num_rows >= min_rows, table.num_rows
     out.sort()
-    return out[len(out) // 2], out[int(len(out) * 0.99)], table.num_rows
+    return {
+        "p50": out[len(out) // 2],
+        "p99": out[int(len(out) * 0.99)],
+        "rows": table.num_rows,
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
+    }
+
+
+def lean(load_binary, uri, sql, clients, seconds, server):
+    """The query through candles-load; adds the server's CPU seconds per query."""
+    before = cpu_seconds(server.pid)
+    out = subprocess.run(
+        [load_binary, "--uri", uri.replace("grpc://", "http://"), "--sql", sql,
+         "--clients", str(clients), "--seconds", str(seconds)],
+        check=True, capture_output=True, text=True,
+    )
+    result = json.loads(out.stdout)
+    result["server_cpu"] = (cpu_seconds(server.pid) - before) / max(result["queries"], 1)
+    return result
 
 
 def flight_latency(uri, sql, n, warmup):
@@ -166,6 +205,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
+    load_binary = os.path.join(os.path.dirname(binary), "candles-load")
 
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
@@ -179,36 +219,56 @@ def main():
         proc, uri = serve(binary, data, cache=True)
         try:
             sql = query_for(uri)
-            p50, p99, rows = latencies(uri, sql, args.queries, warmup=50)
-            print(f"cache on: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms", file=sys.stderr)
+            on = latencies(uri, sql, args.queries, warmup=50, server=proc)
+            print(f"cache on: {on}", file=sys.stderr)
             # Where the time goes: a trivial statement through ADBC and through raw Flight.
-            one50, _, _ = latencies(uri, "select 1", args.queries // 4, warmup=20, min_rows=1)
+            one = latencies(uri, "select 1", args.queries // 4, warmup=20, min_rows=1,
+                            server=proc)
             info1, get1 = flight_latency(uri, "select 1", args.queries // 4, warmup=20)
             infoc, getc = flight_latency(uri, sql, args.queries // 4, warmup=20)
+            lean1 = lean(load_binary, uri, sql, 1, args.seconds, proc)
+            lean32 = lean(load_binary, uri, sql, args.clients, args.seconds, proc)
+            print(f"lean: {lean1} {lean32}", file=sys.stderr)
             qps = throughput(uri, sql, args.clients, args.seconds)
-            print(f"{args.clients} clients: {qps:.0f} queries/s", file=sys.stderr)
+            print(f"{args.clients} ADBC clients: {qps:.0f} queries/s", file=sys.stderr)
         finally:
             proc.terminate()
             proc.wait()
         proc, uri = serve(binary, data, cache=False)
         try:
-            off50, off99, _ = latencies(uri, sql, max(args.queries // 10, 50), warmup=5)
+            off = latencies(uri, sql, max(args.queries // 10, 50), warmup=5, server=proc)
+            lean_off = lean(load_binary, uri, sql, 1, args.seconds / 2, proc)
         finally:
             proc.terminate()
             proc.wait()
 
+    ms = lambda s: f"{s * 1e3:.2f} ms"
+    us = lambda s: f"{s * 1e6:.0f} us"
     print(f"query: {sql}")
-    print(f"rows: {rows}")
-    print("| measure | cache on | cache off | ratio |")
+    print(f"rows: {on['rows']}")
+    print()
+    print("| Python ADBC client (adbc-driver-flightsql) | cache on | cache off | ratio |")
     print("|---|---:|---:|---:|")
-    print(f"| p50 | {p50 * 1e3:.2f} ms | {off50 * 1e3:.2f} ms | {off50 / p50:.1f}x |")
-    print(f"| p99 | {p99 * 1e3:.2f} ms | {off99 * 1e3:.2f} ms | {off99 / p99:.1f}x |")
-    print(f"| {args.clients} clients | {qps:.0f} queries/s | | |")
+    print(f"| p50 | {ms(on['p50'])} | {ms(off['p50'])} | {off['p50'] / on['p50']:.1f}x |")
+    print(f"| p99 | {ms(on['p99'])} | {ms(off['p99'])} | {off['p99'] / on['p99']:.1f}x |")
+    print(f"| server CPU per query | {us(on['server_cpu'])} | {us(off['server_cpu'])} | |")
+    print(f"| client CPU per query | {us(on['client_cpu'])} | {us(off['client_cpu'])} | |")
+    print(f"| {args.clients} clients (processes) | {qps:.0f} queries/s | | |")
+    print()
+    print("| lean Rust client (candles-load) | cache on | cache off | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| p50, 1 client | {lean1['p50_ms']:.2f} ms | {lean_off['p50_ms']:.2f} ms "
+          f"| {lean_off['p50_ms'] / lean1['p50_ms']:.1f}x |")
+    print(f"| p99, 1 client | {lean1['p99_ms']:.2f} ms | {lean_off['p99_ms']:.2f} ms "
+          f"| {lean_off['p99_ms'] / lean1['p99_ms']:.1f}x |")
+    print(f"| server CPU per query | {us(lean1['server_cpu'])} | {us(lean_off['server_cpu'])} | |")
+    print(f"| {args.clients} clients (one thread) | {lean32['qps']:.0f} queries/s "
+          f"(server CPU {us(lean32['server_cpu'])} per query) | | |")
     print()
     print("| query (cache on), p50 | ADBC end to end | pyarrow.flight GetFlightInfo | DoGet |")
     print("|---|---:|---:|---:|")
-    print(f"| `select 1` | {one50 * 1e3:.2f} ms | {info1 * 1e3:.2f} ms | {get1 * 1e3:.2f} ms |")
-    print(f"| the candle query | {p50 * 1e3:.2f} ms | {infoc * 1e3:.2f} ms | {getc * 1e3:.2f} ms |")
+    print(f"| `select 1` | {ms(one['p50'])} | {ms(info1)} | {ms(get1)} |")
+    print(f"| the candle query | {ms(on['p50'])} | {ms(infoc)} | {ms(getc)} |")
 
 
 if __name__ == "__main__":

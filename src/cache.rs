@@ -114,6 +114,9 @@ pub struct View {
     pub live_trades: Vec<RecordBatch>,
     /// Trades before this are not in `live_trades`.
     pub live_floor: i64,
+    /// Changes with every commit the cache observes: two views of one generation see the
+    /// same tables and trades, so an answer computed from one holds for the other.
+    pub generation: u64,
 }
 
 impl View {
@@ -132,6 +135,7 @@ fn index(tf: Timeframe) -> usize {
 struct State {
     tables: [TableState; 5],
     live: LiveTrades,
+    generation: u64,
 }
 
 /// Cheap handle to the cache.
@@ -188,6 +192,7 @@ impl BarCache {
                 state: RwLock::new(State {
                     tables,
                     live: LiveTrades::default(),
+                    generation: 0,
                 }),
                 counters,
                 queried: Mutex::new(HashMap::new()),
@@ -233,6 +238,7 @@ impl BarCache {
             tables: state.tables,
             live_trades: state.live.trades(exchange, symbol),
             live_floor: state.live.floor(),
+            generation: state.generation,
         }
     }
 
@@ -431,6 +437,7 @@ impl BarCache {
 
     fn apply(&self, c: &Committed<'_>) -> Result<()> {
         let mut state = self.write();
+        state.generation += 1;
         let tf = match c.kind {
             TableKind::Trades => {
                 match c.content {

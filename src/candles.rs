@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 pub use crate::cache::{Error, Result};
-pub use assemble::candles;
+pub use assemble::{candles, candles_in};
 pub use function::CandlesFunction;
 pub use routing::MarketTables;
 pub use windows::Windows;

@@ -3,7 +3,10 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `query` | DataFusion sessions over our catalog (read only, one shared memory pool) |
+//! | `query` | statements to run: DataFusion plans over our catalog (read only, one shared memory pool) or direct candle requests |
+//! | `answers` | hot candle statements: their requests and encoded answers per cache generation |
+//! | `direct` | `SELECT * FROM candles(...)` recognised without planning |
+//! | `sql` | statement rewrites before planning: bound parameters, named arguments |
 //! | `flight` | the `FlightSqlService`: statements, prepared statements, metadata, ingest |
 //! | `prepared` | stateless prepared-statement handles and bound parameters |
 //! | `ingest` | bulk ingest into `market.trades` |
@@ -14,8 +17,10 @@
 //! | `types` | XDBC type info |
 //! | `demo` | the synthetic live feed of `serve --demo` |
 
+pub mod answers;
 pub mod auth;
 pub mod demo;
+pub mod direct;
 pub mod error;
 pub mod flight;
 pub mod ingest;

@@ -367,6 +367,68 @@ async fn live_bars_equal_what_the_next_build_persists() {
             assert_eq!(stored, bars_only(&after), "{tf}: candles equal the table");
         }
     }
+
+    // The same statement again and again, as a chart polls: answered from memory between two
+    // commits, never past one. A trade committed between two identical queries (plain SQL
+    // and a prepared statement) is in the second answer.
+    let later = now + 2 * HOUR;
+    let recent = format!(
+        "select * from candles('kraken', 'ETH-USD', '1m', '{}', '{}')",
+        iso(later - 10 * MIN),
+        iso(later + HOUR)
+    );
+    let mut prepared = client.prepare(recent.clone(), None).await.unwrap();
+    let mut run_prepared = async || {
+        let info = prepared.execute().await.unwrap();
+        let mut rows = Vec::new();
+        for endpoint in info.endpoint {
+            let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+            rows.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+        }
+        candles_of(&rows)
+    };
+    let volume = |c: &BTreeMap<Key, Candle>| c.values().map(|c| c.bar.volume).sum::<f64>();
+    let first = run_prepared().await;
+    assert_eq!(
+        run_prepared().await,
+        first,
+        "nothing committed: the same answer"
+    );
+    let mut plain = FlightSqlServiceClient::new(server.channel().await);
+    let first_plain = candles_of(&sql(&mut plain, &recent).await);
+    assert_eq!(first_plain, first);
+    for round in 1..=3 {
+        let t = later - 20_000_000 + round;
+        load(
+            &d,
+            &[trade(
+                "kraken",
+                "ETH-USD",
+                &format!("late-{round}"),
+                t,
+                150.0,
+                1.25,
+            )],
+        )
+        .await;
+        let expected = volume(&first) + 1.25 * round as f64;
+        let again = candles_of(&sql(&mut plain, &recent).await);
+        assert!(
+            (volume(&again) - expected).abs() < 1e-9,
+            "round {round}: plain SQL sees the trade"
+        );
+        let again = run_prepared().await;
+        assert!(
+            (volume(&again) - expected).abs() < 1e-9,
+            "round {round}: prepared sees the trade"
+        );
+        let last = again.values().last().unwrap();
+        assert_eq!(
+            (last.bar.close, last.is_final),
+            (150.0, false),
+            "round {round}"
+        );
+    }
     server.shutdown_and_wait().await;
 }
 

@@ -22,17 +22,23 @@ const DAY_US: i64 = 86_400_000_000;
 
 /// The candles `request` asks for, at one consistent view of the tables and trades.
 pub async fn candles(cache: &BarCache, request: &Request) -> Result<RecordBatch> {
+    let view = cache.view(&request.exchange, &request.symbol);
+    candles_in(cache, &view, request).await
+}
+
+/// The candles `request` asks for, as `view` (of the request's series) sees the tables and
+/// trades. Without `fill` the answer depends on nothing else; with it, also on the time.
+pub async fn candles_in(cache: &BarCache, view: &View, request: &Request) -> Result<RecordBatch> {
     let w = &request.windows;
     let (lo, hi) = (w.ceil(request.start), w.ceil(request.end));
     if lo >= hi {
         return Ok(RecordBatch::new_empty(schema()));
     }
     let base = w.base(lo, hi)?;
-    let view = cache.view(&request.exchange, &request.symbol);
     let now = cache.now_us();
     let series = Series {
         cache,
-        view: &view,
+        view,
         exchange: &request.exchange,
         symbol: &request.symbol,
         now,
@@ -45,7 +51,7 @@ pub async fn candles(cache: &BarCache, request: &Request) -> Result<RecordBatch>
     } else {
         rollup_by(&children, &|t| w.window(t), now)?
     };
-    let frontier = frontier(&view, base);
+    let frontier = frontier(view, base);
     match request.fill {
         Fill::None => finish(&bars, frontier),
         Fill::Previous => {
@@ -152,8 +158,16 @@ fn bar_schema() -> Result<arrow::datatypes::SchemaRef> {
     Ok(TableKind::Bars(Timeframe::M1).arrow_schema()?)
 }
 
+/// One batch in `window_start` order. Stored bars come sorted and live ones after them, so
+/// this is usually the one batch as it is, or a concatenation.
 fn sorted(batches: &[RecordBatch]) -> Result<RecordBatch> {
-    let all = concat_batches(&bar_schema()?, batches)?;
+    let all = match batches {
+        [one] => one.clone(),
+        _ => concat_batches(&bar_schema()?, batches)?,
+    };
+    if starts(&all).is_sorted() {
+        return Ok(all);
+    }
     let order = sort_to_indices(all.column(2), None, None)?;
     Ok(take_record_batch(&all, &order)?)
 }

@@ -55,12 +55,7 @@ const USAGE: &str = "candles(exchange, symbol, timeframe, start, end [, fill => 
 
 impl TableFunctionImpl for CandlesFunction {
     fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
-        if args.len() < 5 {
-            return Err(DataFusionError::Plan(format!(
-                "candles takes at least 5 arguments, got {}: {USAGE}",
-                args.len()
-            )));
-        }
+        arity(args)?;
         // A prepared statement is planned before its parameters are bound: its schema is
         // known, the candles are not.
         if let Some((i, id)) = args.iter().enumerate().find_map(|(i, a)| match a {
@@ -75,76 +70,98 @@ impl TableFunctionImpl for CandlesFunction {
                 )),
             }));
         }
-        let simplifier = ExprSimplifier::new(
-            SimplifyContext::default().with_query_execution_start_time(Some(chrono::Utc::now())),
-        );
-        let values: Vec<ScalarValue> = args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| constant(&simplifier, i, a))
-            .collect::<DfResult<_>>()?;
-        let text = |i: usize, what: &str| -> DfResult<String> {
-            string(&values[i]).ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "candles argument {} ({what}) must be a string, got {}",
-                    i + 1,
-                    values[i]
-                ))
-            })
-        };
-        let (exchange, symbol, timeframe) = (
-            text(0, "exchange")?,
-            text(1, "symbol")?,
-            text(2, "timeframe")?,
-        );
-        let start = timestamp(&values[3], "start")?;
-        let end = timestamp(&values[4], "end")?;
-        let (mut fill, mut tz) = (Fill::None, None);
-        for (i, _) in values.iter().enumerate().skip(5) {
-            let option = text(i, "option 'name=value'")?;
-            let (name, value) = option.split_once('=').ok_or_else(|| {
-                DataFusionError::Plan(format!(
-                    "candles option '{option}' is not name=value: {USAGE}"
-                ))
-            })?;
-            match (name.trim(), value.trim()) {
-                ("fill", "previous") => fill = Fill::Previous,
-                ("fill", "none") => fill = Fill::None,
-                ("tz", zone) => {
-                    tz = Some(zone.parse::<chrono_tz::Tz>().map_err(|_| {
-                        DataFusionError::Plan(format!("unknown time zone '{zone}'"))
-                    })?)
-                }
-                _ => {
-                    return Err(DataFusionError::Plan(format!(
-                        "unknown candles option '{option}': {USAGE}"
-                    )))
-                }
-            }
-        }
-        if start > end {
-            return Err(DataFusionError::Plan(format!(
-                "candles start {} is after end {}",
-                values[3], values[4]
-            )));
-        }
-        let windows = Windows::parse(&timeframe, tz).map_err(to_datafusion)?;
         Ok(Arc::new(CandlesTable {
             cache: self.cache.clone(),
-            request: Ok(Request {
-                exchange,
-                symbol,
-                windows,
-                start,
-                end,
-                fill,
-            }),
+            request: Ok(request(args)?),
         }))
     }
 }
 
+/// The request `candles(args)` stands for; every argument must fold to a constant. Shared by
+/// the table function and the statements the server answers without planning, so both read
+/// arguments (and reject them) the same way.
+pub fn request(args: &[Expr]) -> DfResult<Request> {
+    arity(args)?;
+    let simplifier = ExprSimplifier::new(
+        SimplifyContext::default().with_query_execution_start_time(Some(chrono::Utc::now())),
+    );
+    let values: Vec<ScalarValue> = args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| constant(&simplifier, i, a))
+        .collect::<DfResult<_>>()?;
+    let text = |i: usize, what: &str| -> DfResult<String> {
+        string(&values[i]).ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "candles argument {} ({what}) must be a string, got {}",
+                i + 1,
+                values[i]
+            ))
+        })
+    };
+    let (exchange, symbol, timeframe) = (
+        text(0, "exchange")?,
+        text(1, "symbol")?,
+        text(2, "timeframe")?,
+    );
+    let start = timestamp(&values[3], "start")?;
+    let end = timestamp(&values[4], "end")?;
+    let (mut fill, mut tz) = (Fill::None, None);
+    for (i, _) in values.iter().enumerate().skip(5) {
+        let option = text(i, "option 'name=value'")?;
+        let (name, value) = option.split_once('=').ok_or_else(|| {
+            DataFusionError::Plan(format!(
+                "candles option '{option}' is not name=value: {USAGE}"
+            ))
+        })?;
+        match (name.trim(), value.trim()) {
+            ("fill", "previous") => fill = Fill::Previous,
+            ("fill", "none") => fill = Fill::None,
+            ("tz", zone) => {
+                tz =
+                    Some(zone.parse::<chrono_tz::Tz>().map_err(|_| {
+                        DataFusionError::Plan(format!("unknown time zone '{zone}'"))
+                    })?)
+            }
+            _ => {
+                return Err(DataFusionError::Plan(format!(
+                    "unknown candles option '{option}': {USAGE}"
+                )))
+            }
+        }
+    }
+    if start > end {
+        return Err(DataFusionError::Plan(format!(
+            "candles start {} is after end {}",
+            values[3], values[4]
+        )));
+    }
+    let windows = Windows::parse(&timeframe, tz).map_err(to_datafusion)?;
+    Ok(Request {
+        exchange,
+        symbol,
+        windows,
+        start,
+        end,
+        fill,
+    })
+}
+
+fn arity(args: &[Expr]) -> DfResult<()> {
+    if args.len() < 5 {
+        return Err(DataFusionError::Plan(format!(
+            "candles takes at least 5 arguments, got {}: {USAGE}",
+            args.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Folds an argument to a constant (`now() - interval '1 day'`, casts, ...).
 fn constant(simplifier: &ExprSimplifier, i: usize, expr: &Expr) -> DfResult<ScalarValue> {
+    if let Expr::Literal(v, _) = expr {
+        return Ok(v.clone());
+    }
     match simplifier.simplify(expr.clone())? {
         Expr::Literal(v, _) => Ok(v),
         other => Err(DataFusionError::Plan(format!(

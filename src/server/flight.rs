@@ -4,7 +4,7 @@
 //! after a restart) can serve it, and nothing is kept per client.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::Schema;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -24,16 +24,18 @@ use arrow_flight::{
     Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
     HandshakeResponse, Ticket,
 };
-use datafusion::dataframe::DataFrame;
 use futures::{Stream, TryStreamExt};
+use prost::bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::answers::{Answers, Statement};
 use super::auth::{Auth, Identity, Role};
 use super::error::Error;
 use super::prepared::{self, Handle};
-use super::query::QueryEngine;
+use super::query::{Query, QueryEngine};
 use super::{ingest, keys};
+use crate::candles::Request as CandleRequest;
 use crate::clock::Clock;
 use crate::storage::{TableKind, TableWriter};
 
@@ -50,6 +52,7 @@ pub struct OhlcvFlightSql {
     clock: Arc<dyn Clock>,
     sql_info: Arc<SqlInfoData>,
     xdbc_types: Arc<XdbcTypeInfoData>,
+    answers: Answers,
 }
 
 impl OhlcvFlightSql {
@@ -75,6 +78,7 @@ impl OhlcvFlightSql {
         info.append(SqlInfo::SqlDdlSchema, false);
         info.append(SqlInfo::SqlDdlTable, false);
         OhlcvFlightSql {
+            answers: Answers::new(engine.cache()),
             engine,
             writer,
             auth,
@@ -84,23 +88,87 @@ impl OhlcvFlightSql {
         }
     }
 
-    /// Plans a prepared statement with its bound parameters, if any.
-    async fn plan_prepared(&self, handle: &[u8]) -> Result<DataFrame, Status> {
-        let handle = Handle::decode_bytes(handle)?;
-        let params = handle.params()?;
-        if params.is_none() {
-            let wanted = self.engine.placeholders(&handle.sql)?.len();
-            if wanted > 0 {
-                return Err(Error::InvalidRequest(format!(
-                    "the statement has {wanted} parameter(s) and none are bound"
-                ))
-                .into());
-            }
+    /// `statement` ready to run. One answered directly before is not parsed again.
+    async fn query(&self, statement: &Statement) -> Result<Query, Status> {
+        if let Some(request) = self.answers.request(statement) {
+            return Ok(Query::Candles(request));
         }
-        Ok(self
-            .engine
-            .plan_with(&handle.sql, params.as_deref())
-            .await?)
+        let query = match statement {
+            Statement::Sql(sql) => {
+                let sql = std::str::from_utf8(sql)
+                    .map_err(|_| Status::invalid_argument("statement is not UTF-8 SQL"))?;
+                self.engine.query(sql, None).await?
+            }
+            Statement::Prepared(handle) => {
+                let handle = Handle::decode_bytes(handle)?;
+                let params = handle.params()?;
+                self.engine.query(&handle.sql, params.as_deref()).await?
+            }
+        };
+        if let Query::Candles(request) = &query {
+            self.answers
+                .remember_request(statement.clone(), Arc::clone(request));
+        }
+        Ok(query)
+    }
+
+    /// Streams a statement's results batch by batch: results are never collected in memory
+    /// here, and a client that goes away drops the stream, which stops the query. Direct
+    /// candles are one batch, encoded once per cache generation (see `answers`).
+    async fn stream_results(
+        &self,
+        statement: &Statement,
+        query: Query,
+    ) -> Result<Response<DataStream>, Status> {
+        let df = match query {
+            Query::Plan(df) => *df,
+            Query::Candles(request) => {
+                let data = self.candles(statement, &request).await?;
+                let stream =
+                    futures::stream::iter((0..data.len()).map(move |i| Ok(data[i].clone())));
+                return Ok(Response::new(Box::pin(stream)));
+            }
+        };
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let batches = df
+            .execute_stream()
+            .await
+            .map_err(|e| Status::from(Error::from(e)))?
+            .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(Error::from(e).into())));
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// The Flight messages answering a direct candle statement at the current generation.
+    async fn candles(
+        &self,
+        statement: &Statement,
+        request: &CandleRequest,
+    ) -> Result<Arc<[FlightData]>, Status> {
+        let cache = self.engine.cache();
+        let view = cache.view(&request.exchange, &request.symbol);
+        if let Some(data) = self.answers.answer(statement, view.generation) {
+            return Ok(data);
+        }
+        let batch = crate::candles::candles_in(cache, &view, request)
+            .await
+            .map_err(Error::from)?;
+        let data: Vec<FlightData> = FlightDataEncoderBuilder::new()
+            .with_schema(crate::candles::schema())
+            .build(futures::stream::once(async { Ok(batch) }))
+            .try_collect()
+            .await?;
+        let data: Arc<[FlightData]> = data.into();
+        self.answers.remember_answer(
+            statement.clone(),
+            request,
+            view.generation,
+            Arc::clone(&data),
+        );
+        Ok(data)
     }
 
     /// The tables this server exposes: (schema, table, Arrow schema).
@@ -131,20 +199,27 @@ fn info_for(
     Ok(Response::new(info))
 }
 
-/// Streams a planned query batch by batch: results are never collected in memory here, and a
-/// client that goes away drops the stream, which stops the query.
-async fn stream_results(df: DataFrame) -> Result<Response<DataStream>, Status> {
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df
-        .execute_stream()
-        .await
-        .map_err(|e| Status::from(Error::from(e)))?
-        .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(Error::from(e).into())));
-    let stream = FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .build(batches)
-        .map_err(Status::from);
-    Ok(Response::new(Box::pin(stream)))
+/// The FlightInfo of a statement. The candles schema is encoded once, not per request.
+fn query_info(
+    query: &Query,
+    ticket: Vec<u8>,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let Query::Candles(_) = query else {
+        return info_for(&query.schema(), ticket, descriptor);
+    };
+    static CANDLES: OnceLock<Result<FlightInfo, String>> = OnceLock::new();
+    let template = CANDLES.get_or_init(|| {
+        FlightInfo::new()
+            .try_with_schema(&crate::candles::schema())
+            .map_err(|e| e.to_string())
+    });
+    let info = template
+        .clone()
+        .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
 }
 
 fn one_batch<E>(
@@ -172,13 +247,13 @@ impl FlightSqlService for OhlcvFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = self.engine.plan(&query.query).await?;
-        let schema = df.schema().as_arrow().clone();
+        let sql = Bytes::from(query.query);
+        let planned = self.query(&Statement::Sql(sql.clone())).await?;
         let ticket = TicketStatementQuery {
-            statement_handle: query.query.into_bytes().into(),
+            statement_handle: sql,
         };
-        info_for(
-            &schema,
+        query_info(
+            &planned,
             ticket.as_any().encode_to_vec(),
             request.into_inner(),
         )
@@ -189,9 +264,9 @@ impl FlightSqlService for OhlcvFlightSql {
         ticket: TicketStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let sql = String::from_utf8(ticket.statement_handle.to_vec())
-            .map_err(|_| Status::invalid_argument("statement ticket is not UTF-8 SQL"))?;
-        stream_results(self.engine.plan(&sql).await?).await
+        let statement = Statement::Sql(ticket.statement_handle);
+        let query = self.query(&statement).await?;
+        self.stream_results(&statement, query).await
     }
 
     async fn do_handshake(
@@ -281,10 +356,13 @@ impl FlightSqlService for OhlcvFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let df = self.plan_prepared(&query.prepared_statement_handle).await?;
-        let schema = df.schema().as_arrow().clone();
-        info_for(
-            &schema,
+        let planned = self
+            .query(&Statement::Prepared(
+                query.prepared_statement_handle.clone(),
+            ))
+            .await?;
+        query_info(
+            &planned,
             query.as_any().encode_to_vec(),
             request.into_inner(),
         )
@@ -295,7 +373,9 @@ impl FlightSqlService for OhlcvFlightSql {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        stream_results(self.plan_prepared(&query.prepared_statement_handle).await?).await
+        let statement = Statement::Prepared(query.prepared_statement_handle);
+        let query = self.query(&statement).await?;
+        self.stream_results(&statement, query).await
     }
 
     async fn do_put_statement_ingest(

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
@@ -16,10 +17,26 @@ use datafusion::sql::parser::Statement;
 use super::error::{Error, Result};
 use super::system::SystemSchema;
 use crate::cache::BarCache;
-use crate::candles::{CandlesFunction, MarketTables};
+use crate::candles::{CandlesFunction, MarketTables, Request};
 use crate::quality::Reports;
 use crate::scheduler::{History, SchedulerHandle};
 use crate::storage::Storage;
+
+/// A statement ready to run.
+pub enum Query {
+    /// `SELECT * FROM candles(...)`, computed without a plan (see `direct`).
+    Candles(Arc<Request>),
+    Plan(Box<DataFrame>),
+}
+
+impl Query {
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            Query::Candles(_) => crate::candles::schema(),
+            Query::Plan(df) => Arc::new(df.schema().as_arrow().clone()),
+        }
+    }
+}
 
 /// Cheap handle. The session (catalog, functions, configuration) is built once; each statement
 /// plans on its own copy of it (plans are not shared between clients), and all share one
@@ -108,14 +125,42 @@ impl QueryEngine {
 
     /// Plans `sql` with `params` bound to its placeholders.
     pub async fn plan_with(&self, sql: &str, params: Option<&[ScalarValue]>) -> Result<DataFrame> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         let mut statement = self.parse(sql)?;
         if let Statement::Statement(s) = &mut statement {
             super::sql::rewrite(s, params)?;
         }
+        self.plan_statement(statement).await
+    }
+
+    /// `sql` with `params` bound, ready to run: the bare candles statement directly, anything
+    /// else planned. A statement with placeholders needs its parameters.
+    pub async fn query(&self, sql: &str, params: Option<&[ScalarValue]>) -> Result<Query> {
+        let mut statement = self.parse(sql)?;
+        if let Statement::Statement(s) = &mut statement {
+            if params.is_none() {
+                let wanted = super::sql::placeholders(s).len();
+                if wanted > 0 {
+                    return Err(Error::InvalidRequest(format!(
+                        "the statement has {wanted} parameter(s) and none are bound"
+                    )));
+                }
+            }
+            super::sql::rewrite(s, params)?;
+            if let Some(args) = super::direct::candles_args(s) {
+                return Ok(Query::Candles(Arc::new(crate::candles::function::request(
+                    &args,
+                )?)));
+            }
+        }
+        Ok(Query::Plan(Box::new(self.plan_statement(statement).await?)))
+    }
+
+    /// Statements that would change anything are refused.
+    async fn plan_statement(&self, statement: Statement) -> Result<DataFrame> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
         let state = SessionState::clone(&self.base);
         let plan = state.statement_to_plan(statement).await?;
         // Only queries pass: DDL, DML and other statements are refused here.

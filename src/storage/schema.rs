@@ -3,7 +3,7 @@
 //! Field ids are fixed here forever: other engines (and our own older files) resolve columns by
 //! id, so a column may be added with a new id but an id is never reused.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::{Fields, Schema as ArrowSchema, SchemaRef};
 use iceberg_rust::spec::partition::{PartitionField, PartitionSpec, Transform};
@@ -175,8 +175,20 @@ impl TableKind {
 
     /// The Arrow schema every batch written to this table must carry (field ids included).
     pub fn arrow_schema(self) -> Result<SchemaRef> {
+        // Converted once per table: the query path asks for it on every request.
+        static SCHEMAS: [OnceLock<SchemaRef>; 1 + Timeframe::ALL.len()] =
+            [const { OnceLock::new() }; 1 + Timeframe::ALL.len()];
+        let slot = match self {
+            TableKind::Trades => 0,
+            TableKind::Bars(tf) => 1 + Timeframe::ALL.iter().position(|t| *t == tf).unwrap_or(0),
+        };
+        if let Some(schema) = SCHEMAS[slot].get() {
+            return Ok(Arc::clone(schema));
+        }
         let fields: Fields = self.iceberg_schema()?.fields().try_into()?;
-        Ok(Arc::new(ArrowSchema::new(fields)))
+        Ok(Arc::clone(
+            SCHEMAS[slot].get_or_init(|| Arc::new(ArrowSchema::new(fields))),
+        ))
     }
 }
 

@@ -1,0 +1,112 @@
+//! Hot candle statements, remembered: what a statement asks for, and its encoded answer per
+//! cache generation.
+//!
+//! A chart or bot sends the same statement (or prepared handle) again and again, and between
+//! two commits the answer cannot change. So a statement the server answers directly is
+//! analysed once, and its Flight messages are kept for the generation of the cache's view
+//! they were computed at: a commit moves the generation on and the old answers are never
+//! looked up again (they age out). Only answers that depend on nothing but the view are kept:
+//! gap-filled candles also depend on the time.
+//!
+//! Off with the bar cache (`[cache] enabled = false`), so that setting measures and serves
+//! plain table reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::FlightData;
+use moka::sync::Cache;
+use prost::bytes::Bytes;
+
+use crate::cache::BarCache;
+use crate::candles::{Fill, Request};
+
+/// How a statement reached us; the bytes are its SQL or its prepared handle (SQL and bound
+/// parameters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Statement {
+    Sql(Bytes),
+    Prepared(Bytes),
+}
+
+/// Encoded answers hold at most this share of the bar cache's capacity.
+const SHARE_OF_CACHE: u64 = 8;
+
+/// One answer larger than this is not kept: it would push out many hot small ones.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// A statement's Flight messages, keyed by the cache generation they were computed at.
+type Encoded = Cache<(Statement, u64), Arc<[FlightData]>>;
+
+#[derive(Clone)]
+pub struct Answers {
+    requests: Option<Cache<Statement, Arc<Request>>>,
+    encoded: Option<Encoded>,
+}
+
+impl Answers {
+    pub fn new(cache: &BarCache) -> Answers {
+        let config = cache.config();
+        if !config.enabled {
+            return Answers {
+                requests: None,
+                encoded: None,
+            };
+        }
+        let requests = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_idle(Duration::from_secs(600))
+            .build();
+        let encoded = Cache::builder()
+            .max_capacity(config.max_bytes / SHARE_OF_CACHE)
+            .weigher(|_: &(Statement, u64), data: &Arc<[FlightData]>| {
+                weight(data).try_into().unwrap_or(u32::MAX)
+            })
+            // A generation lasts until the next commit; this only bounds how long a replaced
+            // answer takes memory that a current one could use.
+            .time_to_idle(Duration::from_secs(120))
+            .build();
+        Answers {
+            requests: Some(requests),
+            encoded: Some(encoded),
+        }
+    }
+
+    /// The request a statement answered directly stands for, if it was seen before.
+    pub fn request(&self, statement: &Statement) -> Option<Arc<Request>> {
+        self.requests.as_ref()?.get(statement)
+    }
+
+    pub fn remember_request(&self, statement: Statement, request: Arc<Request>) {
+        if let Some(requests) = &self.requests {
+            requests.insert(statement, request);
+        }
+    }
+
+    /// The answer computed at `generation`, if kept.
+    pub fn answer(&self, statement: &Statement, generation: u64) -> Option<Arc<[FlightData]>> {
+        self.encoded.as_ref()?.get(&(statement.clone(), generation))
+    }
+
+    /// Keeps `data` as the answer at `generation` when it depends on nothing else.
+    pub fn remember_answer(
+        &self,
+        statement: Statement,
+        request: &Request,
+        generation: u64,
+        data: Arc<[FlightData]>,
+    ) {
+        let Some(encoded) = &self.encoded else {
+            return;
+        };
+        if request.fill == Fill::None && weight(&data) <= MAX_ANSWER_BYTES {
+            encoded.insert((statement, generation), data);
+        }
+    }
+}
+
+fn weight(data: &[FlightData]) -> usize {
+    data.iter()
+        .map(|d| d.data_header.len() + d.data_body.len() + d.app_metadata.len())
+        .sum()
+}
