@@ -77,6 +77,18 @@ impl Default for CacheConfig {
     }
 }
 
+impl CacheConfig {
+    /// The part of `max_bytes` kept candle answers may hold (`server::answers`).
+    pub fn answer_bytes(&self) -> u64 {
+        self.max_bytes / 8
+    }
+
+    /// The part of `max_bytes` for bars.
+    pub fn bar_bytes(&self) -> u64 {
+        self.max_bytes - self.answer_bytes()
+    }
+}
+
 /// One cached series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
@@ -175,7 +187,11 @@ impl BarCache {
         let counters = Arc::new(stats::Counters::default());
         let evictions = Arc::clone(&counters);
         let entries = Cache::builder()
-            .max_capacity(if config.enabled { config.max_bytes } else { 0 })
+            .max_capacity(if config.enabled {
+                config.bar_bytes()
+            } else {
+                0
+            })
             .weigher(|_k: &Key, e: &Arc<Entry>| e.bytes().try_into().unwrap_or(u32::MAX))
             .eviction_listener(move |_k, _v, cause| {
                 if cause == RemovalCause::Size {
@@ -306,6 +322,19 @@ impl BarCache {
         }
     }
 
+    /// A candle query about this series whose answer could be kept: `kept` when it was
+    /// answered with it. A kept answer looks up no bars, so it is counted as a query of the
+    /// series here (for warming).
+    pub fn note_answer(&self, kept: bool, tf: Timeframe, exchange: &str, symbol: &str) {
+        let counters = &self.inner.counters;
+        if kept {
+            stats::Counters::add(&counters.answer_hits);
+            self.count(&Key::new(tf, exchange, symbol));
+        } else {
+            stats::Counters::add(&counters.answer_misses);
+        }
+    }
+
     fn count(&self, key: &Key) {
         let mut queried = self.inner.queried.lock().unwrap_or_else(|p| p.into_inner());
         let room = queried.len() < COUNTED_SERIES;
@@ -427,7 +456,7 @@ impl BarCache {
             entries.entry_count(),
             entries.weighted_size(),
             if self.inner.config.enabled {
-                self.inner.config.max_bytes
+                self.inner.config.bar_bytes()
             } else {
                 0
             },

@@ -48,6 +48,18 @@ pub struct Request {
     pub fill: Fill,
 }
 
+impl Request {
+    /// The stored timeframe these candles are computed from (`None`: no window in range).
+    pub fn base(&self) -> Option<crate::timeframe::Timeframe> {
+        let w = &self.windows;
+        let (lo, hi) = (w.ceil(self.start), w.ceil(self.end));
+        if lo >= hi {
+            return None;
+        }
+        w.base(lo, hi).ok()
+    }
+}
+
 /// The columns `candles()` returns: the bar columns without the storage bookkeeping
 /// (`revision`, `built_at`), and two flags.
 pub fn schema() -> SchemaRef {

@@ -388,13 +388,19 @@ async fn live_bars_equal_what_the_next_build_persists() {
         candles_of(&rows)
     };
     let volume = |c: &BTreeMap<Key, Candle>| c.values().map(|c| c.bar.volume).sum::<f64>();
+    let mut plain = FlightSqlServiceClient::new(server.channel().await);
     let first = run_prepared().await;
+    let kept = cache_stat(&mut plain, "answer_hits").await;
     assert_eq!(
         run_prepared().await,
         first,
         "nothing committed: the same answer"
     );
-    let mut plain = FlightSqlServiceClient::new(server.channel().await);
+    assert_eq!(
+        cache_stat(&mut plain, "answer_hits").await,
+        kept + 1,
+        "the repeat was answered with the kept answer"
+    );
     let first_plain = candles_of(&sql(&mut plain, &recent).await);
     assert_eq!(first_plain, first);
     for round in 1..=3 {

@@ -284,7 +284,7 @@ pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()
                 .into_inner();
             println!(
                 "entries {}  bytes {} of {}  hits {}  misses {}  hit ratio {:.3}  \
-                 table reads {}  evictions {}  live trades {}",
+                 table reads {}  evictions {}  live trades {}  answers kept/computed {}/{}",
                 s.entries,
                 s.bytes,
                 s.capacity_bytes,
@@ -293,7 +293,9 @@ pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()
                 s.hit_ratio,
                 s.table_reads,
                 s.evictions,
-                s.live_trades
+                s.live_trades,
+                s.answer_hits,
+                s.answer_misses
             );
         }
         AdminCommand::CacheInvalidate {

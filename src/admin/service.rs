@@ -333,6 +333,8 @@ impl AdminService for AdminApi {
             table_reads: s.table_reads,
             capacity_bytes: s.capacity_bytes,
             live_trades: s.live_trades,
+            answer_hits: s.answer_hits,
+            answer_misses: s.answer_misses,
         }))
     }
 

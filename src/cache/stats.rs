@@ -11,6 +11,10 @@ pub struct Counters {
     /// Reads outside the hot horizon, answered from the table without caching.
     pub table_reads: AtomicU64,
     pub evictions: AtomicU64,
+    /// Queries answered with an answer kept from an identical earlier one (no bars looked up).
+    pub answer_hits: AtomicU64,
+    /// Queries whose answer could be kept but was computed.
+    pub answer_misses: AtomicU64,
 }
 
 impl Counters {
@@ -32,6 +36,8 @@ pub struct CacheStats {
     pub evictions: u64,
     /// Trades held for live bars.
     pub live_trades: u64,
+    pub answer_hits: u64,
+    pub answer_misses: u64,
 }
 
 impl CacheStats {
@@ -54,6 +60,8 @@ impl CacheStats {
             table_reads: get(&counters.table_reads),
             evictions: get(&counters.evictions),
             live_trades: live,
+            answer_hits: get(&counters.answer_hits),
+            answer_misses: get(&counters.answer_misses),
         }
     }
 
@@ -92,6 +100,18 @@ impl CacheStats {
             "counter",
             "Reads outside the hot horizon, served by the table.",
             self.table_reads.to_string(),
+        );
+        metric(
+            "answer_hits_total",
+            "counter",
+            "Candle queries answered with the kept answer of an identical one.",
+            self.answer_hits.to_string(),
+        );
+        metric(
+            "answer_misses_total",
+            "counter",
+            "Candle queries computed because no answer was kept.",
+            self.answer_misses.to_string(),
         );
         metric(
             "evictions_total",

@@ -29,9 +29,6 @@ pub enum Statement {
     Prepared(Bytes),
 }
 
-/// Encoded answers hold at most this share of the bar cache's capacity.
-const SHARE_OF_CACHE: u64 = 8;
-
 /// One answer larger than this is not kept: it would push out many hot small ones.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
@@ -58,7 +55,7 @@ impl Answers {
             .time_to_idle(Duration::from_secs(600))
             .build();
         let encoded = Cache::builder()
-            .max_capacity(config.max_bytes / SHARE_OF_CACHE)
+            .max_capacity(config.answer_bytes())
             .weigher(|_: &(Statement, u64), data: &Arc<[FlightData]>| {
                 weight(data).try_into().unwrap_or(u32::MAX)
             })
@@ -83,23 +80,22 @@ impl Answers {
         }
     }
 
+    /// Whether the answer to `request` may be kept: it depends on the view alone.
+    pub fn keeps(&self, request: &Request) -> bool {
+        self.encoded.is_some() && request.fill == Fill::None
+    }
+
     /// The answer computed at `generation`, if kept.
     pub fn answer(&self, statement: &Statement, generation: u64) -> Option<Arc<[FlightData]>> {
         self.encoded.as_ref()?.get(&(statement.clone(), generation))
     }
 
-    /// Keeps `data` as the answer at `generation` when it depends on nothing else.
-    pub fn remember_answer(
-        &self,
-        statement: Statement,
-        request: &Request,
-        generation: u64,
-        data: Arc<[FlightData]>,
-    ) {
+    /// Keeps `data` as the answer at `generation` (of a request this [`Answers::keeps`]).
+    pub fn remember_answer(&self, statement: Statement, generation: u64, data: Arc<[FlightData]>) {
         let Some(encoded) = &self.encoded else {
             return;
         };
-        if request.fill == Fill::None && weight(&data) <= MAX_ANSWER_BYTES {
+        if weight(&data) <= MAX_ANSWER_BYTES {
             encoded.insert((statement, generation), data);
         }
     }

@@ -150,8 +150,15 @@ impl OhlcvFlightSql {
     ) -> Result<Arc<[FlightData]>, Status> {
         let cache = self.engine.cache();
         let view = cache.view(&request.exchange, &request.symbol);
-        if let Some(data) = self.answers.answer(statement, view.generation) {
-            return Ok(data);
+        let keep = self.answers.keeps(request);
+        if keep {
+            let kept = self.answers.answer(statement, view.generation);
+            if let Some(base) = request.base() {
+                cache.note_answer(kept.is_some(), base, &request.exchange, &request.symbol);
+            }
+            if let Some(data) = kept {
+                return Ok(data);
+            }
         }
         let batch = crate::candles::candles_in(cache, &view, request)
             .await
@@ -162,12 +169,10 @@ impl OhlcvFlightSql {
             .try_collect()
             .await?;
         let data: Arc<[FlightData]> = data.into();
-        self.answers.remember_answer(
-            statement.clone(),
-            request,
-            view.generation,
-            Arc::clone(&data),
-        );
+        if keep {
+            self.answers
+                .remember_answer(statement.clone(), view.generation, Arc::clone(&data));
+        }
         Ok(data)
     }
 

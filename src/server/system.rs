@@ -55,6 +55,8 @@ pub fn cache_stats_schema() -> SchemaRef {
         n("table_reads"),
         n("evictions"),
         n("live_trades"),
+        n("answer_hits"),
+        n("answer_misses"),
     ]))
 }
 
@@ -73,6 +75,8 @@ fn cache_stats_batch(s: &CacheStats) -> Result<RecordBatch, ArrowError> {
             n(s.table_reads),
             n(s.evictions),
             n(s.live_trades),
+            n(s.answer_hits),
+            n(s.answer_misses),
         ],
     )
 }
