@@ -82,6 +82,20 @@ cur.execute(
 hourly = pl.from_arrow(cur.fetch_arrow_table())
 assert hourly["trade_count"].to_list() == [120] and hourly["high"].to_list() == [219.0], hourly
 
+# Polled as a chart polls: the repeats get the kept answer, the same table.
+def answer_hits():
+    cur.execute("select answer_hits from system.cache_stats")
+    return cur.fetchone()[0]
+
+poll = "select * from candles('kraken', 'BTC-USD', '5m', '2024-01-01T00:00:00Z', '2024-01-01T02:00:00Z')"
+cur.execute(poll)
+polled = cur.fetch_arrow_table()
+hits = answer_hits()
+for _ in range(3):
+    cur.execute(poll)
+    assert cur.fetch_arrow_table().equals(polled)
+assert answer_hits() == hits + 3, (hits, answer_hits())
+
 schema = conn.adbc_get_table_schema("ohlcv_1d", catalog_filter="ohlcv", db_schema_filter="market")
 assert schema.names[:3] == ["exchange", "symbol", "window_start"], schema.names
 
