@@ -12,7 +12,8 @@
 //!   and the unbuilt trades for live bars.
 //! - [`candles`]: the `candles(...)` table function (any timeframe, live bars, gap fill,
 //!   time zones) and stock SQL routed through the cache.
-//! - [`server`]: Flight SQL service, query engine, `serve` wiring, demo feed.
+//! - [`server`]: Flight SQL service, query engine (bare `candles(...)` statements answered
+//!   without planning, their answers kept per cache generation), `serve` wiring, demo feed.
 //! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
 //! - [`trades`]: trade input: normalising and validating batches, loading files, generating
 //!   synthetic trades.
