@@ -313,8 +313,7 @@ impl FlightSqlService for OhlcvFlightSql {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let df = self.engine.plan(&query.query).await?;
-        let placeholders = self.engine.placeholders(&query.query)?;
+        let (df, placeholders) = self.engine.prepare(&query.query).await?;
         let dataset = df.schema().as_arrow().clone();
         let parameters = df
             .logical_plan()

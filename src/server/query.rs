@@ -2,6 +2,7 @@
 //! table pinned to the snapshot the cache's view holds when it is scanned, bar tables routed
 //! through the cache) and `system`, plus the `candles(...)` table function. Read only.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -109,27 +110,16 @@ impl QueryEngine {
         Ok(self.base.sql_to_statement(sql, &dialect)?)
     }
 
-    /// Placeholders of `sql` (also those inside table function arguments, which DataFusion's
-    /// plan does not show).
-    pub fn placeholders(&self, sql: &str) -> Result<std::collections::BTreeSet<String>> {
-        Ok(match self.parse(sql)? {
-            Statement::Statement(s) => super::sql::placeholders(&s),
-            _ => Default::default(),
-        })
-    }
-
-    /// Plans `sql`; statements that would change anything are refused.
-    pub async fn plan(&self, sql: &str) -> Result<DataFrame> {
-        self.plan_with(sql, None).await
-    }
-
-    /// Plans `sql` with `params` bound to its placeholders.
-    pub async fn plan_with(&self, sql: &str, params: Option<&[ScalarValue]>) -> Result<DataFrame> {
+    /// Plans `sql` for a prepared statement, parameters unbound; also returns its placeholders
+    /// (with those inside table-function arguments, which DataFusion's plan does not show).
+    pub async fn prepare(&self, sql: &str) -> Result<(DataFrame, BTreeSet<String>)> {
         let mut statement = self.parse(sql)?;
+        let mut placeholders = BTreeSet::new();
         if let Statement::Statement(s) = &mut statement {
-            super::sql::rewrite(s, params)?;
+            placeholders = super::sql::placeholders(s);
+            super::sql::rewrite(s, None)?;
         }
-        self.plan_statement(statement).await
+        Ok((self.plan_statement(statement).await?, placeholders))
     }
 
     /// `sql` with `params` bound, ready to run: the bare candles statement directly, anything
