@@ -49,14 +49,15 @@ pub struct Request {
 }
 
 impl Request {
+    /// The first and last-plus-one window start in `[start, end)`.
+    pub fn span(&self) -> (i64, i64) {
+        (self.windows.ceil(self.start), self.windows.ceil(self.end))
+    }
+
     /// The stored timeframe these candles are computed from (`None`: no window in range).
     pub fn base(&self) -> Option<crate::timeframe::Timeframe> {
-        let w = &self.windows;
-        let (lo, hi) = (w.ceil(self.start), w.ceil(self.end));
-        if lo >= hi {
-            return None;
-        }
-        w.base(lo, hi).ok()
+        let (lo, hi) = self.span();
+        (lo < hi).then(|| self.windows.base(lo, hi).ok()).flatten()
     }
 }
 

@@ -30,7 +30,7 @@ pub async fn candles(cache: &BarCache, request: &Request) -> Result<RecordBatch>
 /// trades. Without `fill` the answer depends on nothing else; with it, also on the time.
 pub async fn candles_in(cache: &BarCache, view: &View, request: &Request) -> Result<RecordBatch> {
     let w = &request.windows;
-    let (lo, hi) = (w.ceil(request.start), w.ceil(request.end));
+    let (lo, hi) = request.span();
     if lo >= hi {
         return Ok(RecordBatch::new_empty(schema()));
     }
