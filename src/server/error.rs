@@ -1,5 +1,6 @@
 //! Errors of the serving layer, and the one place where every error becomes a gRPC status.
 
+use arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use tonic::Status;
 
@@ -109,7 +110,11 @@ fn storage_status(e: crate::storage::Error) -> Status {
     match e {
         S::TableNotFound(t) => Status::not_found(format!("table {t} does not exist")),
         S::InvalidData { .. } => Status::invalid_argument(e.to_string()),
-        S::Locked { .. } | S::LostCommit { .. } => Status::aborted(e.to_string()),
+        S::Locked { .. } | S::LostCommit { .. } | S::CommitFailed { .. } => {
+            Status::aborted(e.to_string())
+        }
+        S::CommitUnknown { .. } => Status::unavailable(e.to_string()),
+        S::Unsupported { .. } => Status::failed_precondition(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -126,6 +131,16 @@ fn datafusion_status(e: DataFusionError) -> Status {
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_) => Status::invalid_argument(message),
         DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
+        // What the statement computes on the user's values: `1/0`, `'garbage'::timestamp`.
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            ArrowError::DivideByZero
+            | ArrowError::CastError(_)
+            | ArrowError::ParseError(_)
+            | ArrowError::ArithmeticOverflow(_)
+            | ArrowError::InvalidArgumentError(_) => Status::invalid_argument(message),
+            ArrowError::MemoryError(_) => Status::resource_exhausted(message),
+            _ => Status::internal(message),
+        },
         DataFusionError::External(inner) => match inner.downcast_ref::<crate::storage::Error>() {
             Some(crate::storage::Error::TableNotFound(_)) => Status::not_found(message),
             _ => Status::internal(message),

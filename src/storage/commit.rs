@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use apache_avro::{Schema as AvroSchema, Writer as AvroWriter};
 use iceberg_rust::catalog::commit::{CommitTable, TableRequirement, TableUpdate};
@@ -30,14 +31,23 @@ use iceberg_rust::spec::values::Value;
 use iceberg_rust::table::Table;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::time::timeout;
 
 use super::catalog::Storage;
 use super::error::{Error, Result};
+use super::files::discard;
 use super::schema::TableKind;
 use super::snapshot::{Listing, LiveFile};
 
 /// Most manifests a snapshot carries before they are merged into one.
 const MAX_MANIFESTS: usize = 32;
+
+/// Longest a single catalog call may take; past it the call's outcome is unknown.
+pub const CATALOG_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a commit whose outcome is unknown keeps reading the table back before it gives
+/// up and reports the outcome as unknown (its files are then kept).
+const RESOLVE_FOR: Duration = Duration::from_secs(120);
 
 /// What one commit changes. Files to remove are named by path and must be live.
 #[derive(Debug, Default)]
@@ -64,6 +74,11 @@ pub struct CommitOutcome {
 }
 
 /// Commits `change` on top of `listing`, which must be the current snapshot of `table`.
+///
+/// The data files of `change` are deleted again only when the commit failed before the
+/// catalog update was sent. Once it was sent, the update may have applied even if no reply
+/// came back, so the outcome is decided by reading the table again (see [`resolve`]); files
+/// of a commit that did not land are left to the orphan sweep, never deleted here.
 pub async fn commit(
     storage: &Storage,
     kind: TableKind,
@@ -71,6 +86,32 @@ pub async fn commit(
     listing: &Listing,
     change: Change,
 ) -> Result<CommitOutcome> {
+    let added = change.add.clone();
+    match prepare(storage, kind, table, listing, change).await {
+        Ok(Prepared::Done(outcome)) => Ok(outcome),
+        Ok(Prepared::Send(update, outcome)) => send(storage, kind, update, outcome).await,
+        Err(e) => {
+            discard(&storage.store(), &added).await;
+            Err(e)
+        }
+    }
+}
+
+/// A commit ready for the catalog, or one that needed no catalog update.
+enum Prepared {
+    Done(CommitOutcome),
+    Send(CommitTable, CommitOutcome),
+}
+
+/// Writes the manifests and the manifest list of `change`: everything before the catalog
+/// update, none of which any reader can see yet.
+async fn prepare(
+    storage: &Storage,
+    kind: TableKind,
+    table: &Table,
+    listing: &Listing,
+    change: Change,
+) -> Result<Prepared> {
     let metadata = table.metadata();
     let identifier = storage.identifier(kind);
     let parent = metadata.current_snapshot(None)?.map(|s| *s.snapshot_id());
@@ -90,17 +131,17 @@ pub async fn commit(
         .collect();
 
     if change.add.is_empty() && change.remove.is_empty() {
-        if !change.properties.is_empty() {
-            let commit = CommitTable {
-                identifier,
-                requirements,
-                updates: vec![TableUpdate::SetProperties {
-                    updates: change.properties,
-                }],
-            };
-            storage.catalog().update_table(commit).await?;
+        if change.properties.is_empty() {
+            return Ok(Prepared::Done(CommitOutcome::default()));
         }
-        return Ok(CommitOutcome::default());
+        let commit = CommitTable {
+            identifier,
+            requirements,
+            updates: vec![TableUpdate::SetProperties {
+                updates: change.properties,
+            }],
+        };
+        return Ok(Prepared::Send(commit, CommitOutcome::default()));
     }
 
     let live: HashSet<&str> = listing.files.iter().map(LiveFile::path).collect();
@@ -234,25 +275,104 @@ pub async fn commit(
             updates: change.properties,
         });
     }
-    storage
-        .catalog()
-        .update_table(CommitTable {
-            identifier,
-            requirements,
-            updates,
-        })
-        .await?;
+    let update = CommitTable {
+        identifier,
+        requirements,
+        updates,
+    };
+    Ok(Prepared::Send(update, outcome))
+}
 
-    // The SQL catalog reports success even when another writer moved the table first.
-    let found = storage.table(kind).await?.metadata().current_snapshot_id;
-    if found != Some(snapshot_id) {
-        return Err(Error::LostCommit {
-            table: kind.name(),
-            expected: snapshot_id,
-            found,
-        });
+/// Sends the catalog update and decides whether it landed.
+async fn send(
+    storage: &Storage,
+    kind: TableKind,
+    update: CommitTable,
+    outcome: CommitOutcome,
+) -> Result<CommitOutcome> {
+    // A commit of properties alone adds no snapshot: it shows as a new metadata file.
+    let metadata_before = match outcome.snapshot_id {
+        None => storage.metadata_location(kind).await.ok(),
+        Some(_) => None,
+    };
+    let reply = timeout(CATALOG_TIMEOUT, storage.catalog().update_table(update)).await;
+    let failure = match reply {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!(
+            "no reply from the catalog within {}s",
+            CATALOG_TIMEOUT.as_secs()
+        )),
+    };
+    if let Some(reason) = &failure {
+        tracing::warn!(table = %kind.name(), %reason, "catalog update failed; reading the table to learn whether it applied");
     }
-    Ok(outcome)
+    let landed = resolve(
+        storage,
+        kind,
+        outcome.snapshot_id,
+        metadata_before.as_deref(),
+    )
+    .await;
+    match (landed, failure) {
+        (Ok(true), _) => Ok(outcome),
+        // The SQL catalog reports success even when another writer moved the table first.
+        (Ok(false), None) => Err(Error::LostCommit {
+            table: kind.name(),
+            expected: outcome.snapshot_id.unwrap_or_default(),
+            found: storage.table(kind).await?.metadata().current_snapshot_id,
+        }),
+        (Ok(false), Some(reason)) => Err(Error::CommitFailed {
+            table: kind.name(),
+            reason,
+        }),
+        (Err(e), reason) => Err(Error::CommitUnknown {
+            table: kind.name(),
+            reason: format!(
+                "{}; the table could not be read back: {e}",
+                reason.unwrap_or_else(|| "the catalog accepted the update".to_string())
+            ),
+        }),
+    }
+}
+
+/// Whether the commit that created `snapshot_id` (or, for a commit of properties alone, that
+/// moved the metadata away from `metadata_before`) is in the table now. Re-reads the catalog,
+/// with growing pauses, until it answers or [`RESOLVE_FOR`] has passed.
+async fn resolve(
+    storage: &Storage,
+    kind: TableKind,
+    snapshot_id: Option<i64>,
+    metadata_before: Option<&str>,
+) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let read = timeout(CATALOG_TIMEOUT, async {
+            let location = storage.metadata_location(kind).await?;
+            let table = storage.table(kind).await?;
+            Ok::<_, Error>((location, table))
+        })
+        .await;
+        match read {
+            Ok(Ok((location, table))) => {
+                return Ok(match snapshot_id {
+                    Some(id) => table.metadata().snapshots.contains_key(&id),
+                    None => metadata_before.is_none_or(|before| before != location),
+                })
+            }
+            Ok(Err(e)) if tokio::time::Instant::now() + pause >= deadline => return Err(e),
+            Err(_) if tokio::time::Instant::now() + pause >= deadline => {
+                return Err(Error::Catalog("the catalog did not answer".to_string()))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(table = %kind.name(), error = %e, "catalog unreachable while resolving a commit; retrying")
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 fn carry_entry(file: &LiveFile, removed: bool, snapshot_id: i64) -> ManifestEntry {

@@ -52,6 +52,31 @@ pub enum Error {
         found: Option<i64>,
     },
 
+    /// A table's metadata or data that could not be decoded: refused, never skipped.
+    #[error("{table}: cannot read {file}: {reason}")]
+    Unreadable {
+        table: String,
+        file: String,
+        reason: String,
+    },
+
+    /// A valid Iceberg feature this server does not handle yet: refused, never skipped.
+    #[error("{table}: {file} uses {feature}, which ohlcv-server cannot read")]
+    Unsupported {
+        table: String,
+        file: String,
+        feature: String,
+    },
+
+    /// The catalog update was sent and the table, read back, does not hold it.
+    #[error("commit to {table} did not apply: {reason}")]
+    CommitFailed { table: String, reason: String },
+
+    /// The catalog update was sent and the table could not be read back to tell whether it
+    /// applied: its files are kept, and the next run reads the table's real state.
+    #[error("outcome of the commit to {table} is unknown: {reason}")]
+    CommitUnknown { table: String, reason: String },
+
     #[error("invalid rows for {table}: {reason}")]
     InvalidData { table: String, reason: String },
 }

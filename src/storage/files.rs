@@ -5,24 +5,26 @@
 //! file per partition. The `DataFile` entry (statistics, partition tuple) comes from the
 //! written file's Parquet footer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use arrow::array::{new_null_array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
 use arrow::compute::{
-    concat_batches, lexsort_to_indices, take_record_batch, LexicographicalComparator, SortColumn,
+    cast, concat_batches, lexsort_to_indices, take_record_batch, LexicographicalComparator,
+    SortColumn,
 };
 use chrono::{Datelike, TimeZone, Utc};
 use futures::TryStreamExt;
 use iceberg_rust::file_format::parquet::parquet_to_datafile;
 use iceberg_rust::spec::manifest::DataFile;
 use iceberg_rust::spec::partition::Transform;
+use iceberg_rust::spec::util::strip_prefix;
 use iceberg_rust::spec::values::{Struct, Value};
 use iceberg_rust::table::Table;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::ParquetObjectReader;
-use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, PARQUET_FIELD_ID_META_KEY};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{ParquetMetaData, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -269,13 +271,77 @@ fn writer_props(kind: TableKind) -> Result<WriterProperties> {
         .build())
 }
 
-/// Reads a whole data file back as batches of the table's schema.
-pub async fn read_data_file(store: &Arc<dyn ObjectStore>, path: &str) -> Result<Vec<RecordBatch>> {
-    let reader = ParquetObjectReader::new(Arc::clone(store), ObjectPath::from(path));
+/// Reads a whole data file (named as its manifest names it) back as batches of the table's
+/// schema.
+///
+/// Columns are matched by Iceberg field id, so a file written by another engine before a column
+/// was renamed or moved still lands in the right column; a column the file lacks (added later)
+/// reads as NULL when it is optional and is refused when it is required. Files without field
+/// ids (some writers omit them) are matched by name.
+pub async fn read_data_file(
+    store: &Arc<dyn ObjectStore>,
+    kind: TableKind,
+    path: &str,
+) -> Result<Vec<RecordBatch>> {
+    let reader = ParquetObjectReader::new(Arc::clone(store), ObjectPath::from(strip_prefix(path)));
     let stream = ParquetRecordBatchStreamBuilder::new(reader)
         .await?
         .build()?;
-    Ok(stream.try_collect().await?)
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    batches
+        .iter()
+        .map(|b| conform_columns(kind, path, b))
+        .collect()
+}
+
+/// The columns of `batch` (one file's rows) rearranged into the table's schema.
+fn conform_columns(kind: TableKind, path: &str, batch: &RecordBatch) -> Result<RecordBatch> {
+    let target = kind.arrow_schema()?;
+    let source = batch.schema();
+    let field_id = |f: &arrow::datatypes::Field| -> Option<i32> {
+        f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok()
+    };
+    let by_id: HashMap<i32, usize> = source
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| Some((field_id(f)?, i)))
+        .collect();
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let found = if by_id.is_empty() {
+            source.index_of(field.name()).ok()
+        } else {
+            field_id(field).and_then(|id| by_id.get(&id).copied())
+        };
+        let column = match found {
+            Some(i) if batch.column(i).data_type() == field.data_type() => {
+                Arc::clone(batch.column(i))
+            }
+            Some(i) => {
+                cast(batch.column(i), field.data_type()).map_err(|e| Error::Unsupported {
+                    table: kind.name(),
+                    file: path.to_string(),
+                    feature: format!(
+                        "column {} as {} (the table has {}): {e}",
+                        field.name(),
+                        batch.column(i).data_type(),
+                        field.data_type()
+                    ),
+                })?
+            }
+            None if field.is_nullable() => new_null_array(field.data_type(), batch.num_rows()),
+            None => {
+                return Err(Error::Unreadable {
+                    table: kind.name(),
+                    file: path.to_string(),
+                    reason: format!("required column {} is missing", field.name()),
+                })
+            }
+        };
+        columns.push(column);
+    }
+    Ok(RecordBatch::try_new(target, columns)?)
 }
 
 /// Deletes files that were written but never committed (best effort: the orphan sweep

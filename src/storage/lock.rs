@@ -27,8 +27,21 @@ pub struct WriterLock {
 #[derive(Debug)]
 enum Held {
     File { file: File, path: PathBuf },
-    Postgres { _conn: sqlx::PgConnection },
+    Postgres(PgLock),
 }
+
+/// A session advisory lock and what it takes to check and take it again.
+#[derive(Debug)]
+struct PgLock {
+    /// The session holding the lock; `None` once it was found dead.
+    conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+    url: String,
+    catalog: String,
+    purpose: String,
+}
+
+/// Longest a lock check may take before the lock counts as lost.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl WriterLock {
     /// Takes the lock that guards `config`'s catalog: in the catalog database when it is
@@ -43,6 +56,64 @@ impl WriterLock {
     }
 
     async fn acquire_in_postgres(url: &str, catalog: &str, purpose: &str) -> Result<WriterLock> {
+        let conn = Self::take_in_postgres(url, catalog, purpose).await?;
+        Ok(WriterLock {
+            held: Held::Postgres(PgLock {
+                conn: tokio::sync::Mutex::new(Some(conn)),
+                url: url.to_string(),
+                catalog: catalog.to_string(),
+                purpose: purpose.to_string(),
+            }),
+        })
+    }
+
+    /// Checks that this process still holds the lock, right before a commit.
+    ///
+    /// A PostgreSQL advisory lock goes with its session: a restart of the database or a broken
+    /// connection releases it without telling us, and another writer may then take it. So the
+    /// session is asked whether it still holds the lock; a dead session is replaced and the
+    /// lock taken again if it is free, else the commit is refused with the new holder named.
+    pub async fn ensure_held(&self) -> Result<()> {
+        let Held::Postgres(lock) = &self.held else {
+            // flock is held by our open descriptor until the process exits.
+            return Ok(());
+        };
+        let mut conn = lock.conn.lock().await;
+        if let Some(c) = conn.as_mut() {
+            let key = lock_key(&lock.catalog);
+            let check = sqlx::query_as::<_, (bool,)>(
+                "select exists(select 1 from pg_locks where locktype = 'advisory' and granted \
+                 and pid = pg_backend_pid() and classid = $1::bigint::oid \
+                 and objid = $2::bigint::oid)",
+            )
+            .bind((key >> 32) & 0xffff_ffff)
+            .bind(key & 0xffff_ffff)
+            .fetch_one(c);
+            match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+                Ok(Ok((true,))) => return Ok(()),
+                Ok(Ok((false,))) => tracing::error!("the writer lock's session no longer holds it"),
+                Ok(Err(e)) => tracing::error!(error = %e, "the writer lock's session is gone"),
+                Err(_) => tracing::error!("the writer lock's session does not answer"),
+            }
+            *conn = None;
+        }
+        let taken = tokio::time::timeout(
+            CHECK_TIMEOUT,
+            Self::take_in_postgres(&lock.url, &lock.catalog, &lock.purpose),
+        )
+        .await
+        .map_err(|_| Error::Catalog("cannot reach PostgreSQL to take the writer lock".into()))??;
+        tracing::warn!(catalog = %lock.catalog, "writer lock taken again");
+        *conn = Some(taken);
+        Ok(())
+    }
+
+    /// Opens a session and takes the advisory lock in it, or names who holds it.
+    async fn take_in_postgres(
+        url: &str,
+        catalog: &str,
+        purpose: &str,
+    ) -> Result<sqlx::PgConnection> {
         use sqlx::ConnectOptions;
         let name = format!(
             "ohlcv-server pid {} ({purpose} on {})",
@@ -60,9 +131,7 @@ impl WriterLock {
             .fetch_one(&mut conn)
             .await?;
         if taken {
-            return Ok(WriterLock {
-                held: Held::Postgres { _conn: conn },
-            });
+            return Ok(conn);
         }
         let holder: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
             "select a.application_name, a.client_addr::text, a.backend_start::text \
@@ -144,7 +213,7 @@ impl WriterLock {
     pub fn path(&self) -> Option<&Path> {
         match &self.held {
             Held::File { path, .. } => Some(path),
-            Held::Postgres { .. } => None,
+            Held::Postgres(_) => None,
         }
     }
 }

@@ -13,10 +13,12 @@ use futures::TryStreamExt;
 use iceberg_rust::catalog::commit::{CommitTable, TableRequirement, TableUpdate};
 use iceberg_rust::spec::manifest::Status;
 use iceberg_rust::spec::manifest_list::ManifestListEntry;
+use iceberg_rust::spec::util::strip_prefix;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 
 use super::error::Result;
+use super::manifest::read_entries;
 use super::schema::TableKind;
 use super::writer::TableWriter;
 
@@ -105,12 +107,21 @@ impl TableWriter {
             }
         }
         reachable.extend(seen_manifests);
-        for item in table.datafiles(&manifests, None, (None, None)).await? {
-            let (_, entry) = item?;
+        let entries = read_entries(
+            &table.object_store(),
+            &kind.name(),
+            table.metadata(),
+            &manifests,
+        )
+        .await?;
+        for (_, entry) in entries {
             if *entry.status() != Status::Deleted {
                 reachable.insert(entry.data_file().file_path().clone());
             }
         }
+        // Other engines write `file:///...` or `s3://bucket/...` where we write bare paths:
+        // compare what the store lists with every reference in the store's own terms.
+        let reachable: HashSet<String> = reachable.iter().map(|p| strip_prefix(p)).collect();
 
         let store = self.storage.store();
         let prefix = ObjectPath::from(table.metadata().location.as_str());

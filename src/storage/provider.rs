@@ -23,6 +23,7 @@ use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
+use iceberg_rust::spec::util::strip_prefix;
 
 use super::catalog::Storage;
 use super::error::Result;
@@ -133,7 +134,8 @@ fn file_groups(files: &[&LiveFile], n: usize) -> Vec<FileGroup> {
             .min_by_key(|(bytes, _)| *bytes)
             .expect("at least one group");
         lightest.0 += file.size();
-        let path = file.path().trim_start_matches('/');
+        let path = strip_prefix(file.path());
+        let path = path.trim_start_matches('/');
         lightest
             .1
             .push(PartitionedFile::new(path.to_string(), file.size() as u64));

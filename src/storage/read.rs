@@ -23,20 +23,18 @@ pub async fn read_files(
     files: &[&LiveFile],
     range: TimeRange,
 ) -> Result<Vec<RecordBatch>> {
-    let schema = kind.arrow_schema()?;
     let store = storage.store();
     let paths: Vec<String> = files.iter().map(|f| f.path().to_string()).collect();
     let batches: Vec<Vec<RecordBatch>> = stream::iter(paths)
         .map(|path| {
             let store = Arc::clone(&store);
-            async move { read_data_file(&store, &path).await }
+            async move { read_data_file(&store, kind, &path).await }
         })
         .buffered(READ_CONCURRENCY)
         .try_collect()
         .await?;
     let mut out = Vec::new();
     for batch in batches.into_iter().flatten() {
-        let batch = RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())?;
         if range == TimeRange::ALL {
             out.push(batch);
             continue;

@@ -6,13 +6,14 @@
 
 use std::collections::HashMap;
 
-use iceberg_rust::spec::manifest::{ManifestEntry, Status};
+use iceberg_rust::spec::manifest::{Content as FileContent, FileFormat, ManifestEntry, Status};
 use iceberg_rust::spec::manifest_list::{Content, ManifestListEntry};
 use iceberg_rust::spec::values::Value;
 use iceberg_rust::table::Table;
 
-use super::error::Result;
+use super::error::{Error, Result};
 use super::files::partition_range;
+use super::manifest::read_entries;
 use super::schema::TableKind;
 
 /// Half-open time range `[start, end)` in UTC microseconds; `None` is unbounded.
@@ -124,7 +125,7 @@ impl Listing {
             return Ok(Listing::default());
         };
         if !metadata.snapshots.contains_key(&id) {
-            return Err(super::error::Error::Catalog(format!(
+            return Err(Error::Catalog(format!(
                 "snapshot {id} is not in the history of {}",
                 kind.name()
             )));
@@ -135,21 +136,14 @@ impl Listing {
             .filter(|m| manifest_may_overlap(m, kind, &range))
             .cloned()
             .collect();
-        let added_by: HashMap<&str, i64> = wanted
-            .iter()
-            .map(|m| (m.manifest_path.as_str(), m.added_snapshot_id))
-            .collect();
         let mut files = Vec::new();
-        for item in table.datafiles(&wanted, None, (None, None)).await? {
-            let (manifest_path, mut entry) = item?;
+        for (manifest_path, entry) in
+            read_entries(&table.object_store(), &kind.name(), metadata, &wanted).await?
+        {
             if *entry.status() == Status::Deleted {
                 continue;
             }
-            // Like the sequence number, a null snapshot id is inherited from the manifest; it
-            // must be explicit once the entry is carried into a manifest of another snapshot.
-            if entry.snapshot_id().is_none() {
-                *entry.snapshot_id_mut() = added_by.get(manifest_path.as_str()).copied();
-            }
+            refuse_unreadable(&kind.name(), &entry)?;
             let file = LiveFile {
                 manifest_path,
                 entry,
@@ -179,6 +173,25 @@ impl Listing {
     pub fn total_records(&self) -> i64 {
         self.files.iter().map(LiveFile::record_count).sum()
     }
+}
+
+/// Refuses a live file whose rows this server cannot read correctly: skipping it, or reading
+/// a delete file's rows as trades, would be silent wrong data.
+fn refuse_unreadable(table: &str, entry: &ManifestEntry) -> Result<()> {
+    let file = entry.data_file();
+    let feature = match file.content() {
+        FileContent::Data => match file.file_format() {
+            FileFormat::Parquet => return Ok(()),
+            other => format!("data file format {other:?}"),
+        },
+        FileContent::PositionDeletes => "row-level deletes (a position delete file)".to_string(),
+        FileContent::EqualityDeletes => "row-level deletes (an equality delete file)".to_string(),
+    };
+    Err(Error::Unsupported {
+        table: table.to_string(),
+        file: file.file_path().clone(),
+        feature,
+    })
 }
 
 fn manifest_may_overlap(manifest: &ManifestListEntry, kind: TableKind, range: &TimeRange) -> bool {

@@ -24,8 +24,9 @@ use super::snapshot::{Listing, TimeRange};
 #[derive(Clone)]
 pub struct TableWriter {
     pub(super) storage: Storage,
-    /// Held for the life of the writer; dropped (released) with the last clone.
-    _lock: Arc<WriterLock>,
+    /// Held for the life of the writer; dropped (released) with the last clone, and checked
+    /// before every commit.
+    lock: Arc<WriterLock>,
     /// One commit at a time within the process: each builds on the snapshot the previous left.
     pub(super) commit_queue: Arc<Mutex<()>>,
     /// Told of every commit (shared by all clones).
@@ -39,7 +40,7 @@ impl TableWriter {
     pub fn new(storage: Storage, lock: WriterLock) -> TableWriter {
         TableWriter {
             storage,
-            _lock: Arc::new(lock),
+            lock: Arc::new(lock),
             commit_queue: Arc::new(Mutex::new(())),
             observer: Arc::new(RwLock::new(None)),
         }
@@ -72,7 +73,7 @@ impl TableWriter {
             properties,
             ..Change::default()
         };
-        self.commit_or_discard(kind, &table, &listing, change, Content::Append(batches))
+        self.commit_and_notify(kind, &table, &listing, change, Content::Append(batches))
             .await
     }
 
@@ -119,14 +120,11 @@ impl TableWriter {
                 f.partition(kind) == Some(partition)
                     && f.may_overlap(kind, &TimeRange::new(Some(lo), Some(hi + 1)))
             }) {
-                let old = read_data_file(&store, file.path()).await?;
+                let old = read_data_file(&store, kind, file.path()).await?;
                 if old.is_empty() {
                     continue;
                 }
-                let old = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    concat_batches(&old[0].schema(), &old)?.columns().to_vec(),
-                )?;
+                let old = concat_batches(&schema, &old)?;
                 let keep = not_in_keys(&old, &keys)?;
                 if keep.true_count() == old.num_rows() {
                     continue;
@@ -143,7 +141,7 @@ impl TableWriter {
                 }
             }
         }
-        self.commit_or_discard(kind, &table, &listing, change, Content::Upsert(&rows))
+        self.commit_and_notify(kind, &table, &listing, change, Content::Upsert(&rows))
             .await
     }
 
@@ -198,7 +196,7 @@ impl TableWriter {
             partitions,
             rows: &rows,
         };
-        self.commit_or_discard(kind, &table, &listing, change, content)
+        self.commit_and_notify(kind, &table, &listing, change, content)
             .await
     }
 
@@ -211,7 +209,7 @@ impl TableWriter {
             properties,
             ..Change::default()
         };
-        self.commit_or_discard(kind, &table, &listing, change, Content::None)
+        self.commit_and_notify(kind, &table, &listing, change, Content::None)
             .await?;
         Ok(())
     }
@@ -237,12 +235,7 @@ impl TableWriter {
         for (partition, paths) in by_partition.into_iter().filter(|(_, p)| p.len() > 1) {
             let mut batches = Vec::new();
             for path in &paths {
-                for batch in read_data_file(&store, path).await? {
-                    batches.push(RecordBatch::try_new(
-                        Arc::clone(&schema),
-                        batch.columns().to_vec(),
-                    )?);
-                }
+                batches.extend(read_data_file(&store, kind, path).await?);
             }
             let rows = concat_batches(&schema, &batches)?;
             change
@@ -250,12 +243,12 @@ impl TableWriter {
                 .push(write_partition_file(&store, &table, kind, partition, &rows).await?);
             change.remove.extend(paths.iter().map(|p| p.to_string()));
         }
-        self.commit_or_discard(kind, &table, &listing, change, Content::Rewrite)
+        self.commit_and_notify(kind, &table, &listing, change, Content::Rewrite)
             .await
     }
 
     /// Commits `change` and, once it has landed, tells the observer (still holding the turn).
-    async fn commit_or_discard(
+    async fn commit_and_notify(
         &self,
         kind: TableKind,
         table: &iceberg_rust::table::Table,
@@ -263,31 +256,27 @@ impl TableWriter {
         change: Change,
         content: Content<'_>,
     ) -> Result<CommitOutcome> {
-        let added = change.add.clone();
-        let properties = change.properties.clone();
-        match commit(&self.storage, kind, table, listing, change).await {
-            Ok(outcome) => {
-                let observer = self
-                    .observer
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                if let Some(observer) = observer {
-                    observer.committed(&Committed {
-                        kind,
-                        before: listing.snapshot_id,
-                        after: outcome.snapshot_id.or(listing.snapshot_id),
-                        properties: &properties,
-                        content,
-                    });
-                }
-                Ok(outcome)
-            }
-            Err(e) => {
-                discard(&self.storage.store(), &added).await;
-                Err(e)
-            }
+        if let Err(e) = self.lock.ensure_held().await {
+            discard(&self.storage.store(), &change.add).await;
+            return Err(e);
         }
+        let properties = change.properties.clone();
+        let outcome = commit(&self.storage, kind, table, listing, change).await?;
+        let observer = self
+            .observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(observer) = observer {
+            observer.committed(&Committed {
+                kind,
+                before: listing.snapshot_id,
+                after: outcome.snapshot_id.or(listing.snapshot_id),
+                properties: &properties,
+                content,
+            });
+        }
+        Ok(outcome)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: a temp deployment and bar rows.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod server;
 pub mod trades;
 

@@ -1,0 +1,210 @@
+//! Another engine writes to the lake: pyiceberg appends trades to `market.trades` (its own
+//! manifests, whose entries inherit snapshot ids and sequence numbers), and the builder builds
+//! them into all five tables exactly as if we had loaded them; pyiceberg appends a bad bar to
+//! `ohlcv_1m`, and validation reports it by key.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::trades::{assert_bars_match, load, reference, table_bars, trade, Trade};
+use common::*;
+use ohlcv_server::build::{self, BuildSettings};
+use ohlcv_server::quality::{self, Reports, Scope};
+use ohlcv_server::storage::read::read_range;
+use ohlcv_server::storage::{TableKind, TimeRange};
+use ohlcv_server::timeframe::Timeframe;
+use serde_json::{json, Value};
+
+const NOW: i64 = T0 + 3 * DAY;
+
+/// pyiceberg, or `None` outside CI when it is not installed.
+fn python() -> Option<&'static str> {
+    let ok = Command::new("python3")
+        .args(["-c", "import pyiceberg"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("CI must install tests/python/requirements.txt");
+    }
+    ok.then_some("python3")
+}
+
+/// One pyiceberg commit on `market.<table>` (see tests/python/foreign_writer.py).
+fn pyiceberg(d: &Deployment, table: &str, op: &str, rows: Value) {
+    let path = d
+        .dir
+        .path()
+        .join(format!("rows-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&path, rows.to_string()).unwrap();
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/foreign_writer.py"
+        ))
+        .arg(d.dir.path())
+        .arg(table)
+        .arg(op)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyiceberg {op} {table}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn trades_json(trades: &[Trade]) -> Value {
+    json!({
+        "exchange": trades.iter().map(|t| t.exchange.clone()).collect::<Vec<_>>(),
+        "symbol": trades.iter().map(|t| t.symbol.clone()).collect::<Vec<_>>(),
+        "trade_id": trades.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+        "ts": trades.iter().map(|t| t.ts).collect::<Vec<_>>(),
+        "price": trades.iter().map(|t| t.price).collect::<Vec<_>>(),
+        "quantity": trades.iter().map(|t| t.qty).collect::<Vec<_>>(),
+        "side": trades.iter().map(|t| if t.buy { "buy" } else { "sell" }).collect::<Vec<_>>(),
+        "ingested_at": trades.iter().map(|_| T0).collect::<Vec<_>>(),
+    })
+}
+
+/// Trades every `step_s` seconds from `from`, `n` of them, ids prefixed by `tag`.
+fn trades(tag: &str, symbol: &str, from: i64, step_s: i64, n: i64) -> Vec<Trade> {
+    (0..n)
+        .map(|i| {
+            trade(
+                "kraken",
+                symbol,
+                &format!("{tag}{i}"),
+                from + i * step_s * 1_000_000 + 3_000_000,
+                100.0 + ((i * 37) % 101) as f64 / 10.0,
+                0.25 + (i % 5) as f64,
+            )
+        })
+        .collect()
+}
+
+async fn build_all(d: &Deployment) -> Vec<build::BuildReport> {
+    let mut reports = Vec::new();
+    for tf in Timeframe::ALL {
+        reports.push(
+            build::build(&d.writer, tf, NOW, BuildSettings::default())
+                .await
+                .unwrap(),
+        );
+    }
+    reports
+}
+
+async fn assert_tables_equal_reference(d: &Deployment, all: &[Trade], stage: &str) {
+    for tf in Timeframe::ALL {
+        let (_, batches) = read_range(d.storage(), TableKind::Bars(tf), TimeRange::ALL)
+            .await
+            .unwrap();
+        let got: BTreeMap<_, _> = table_bars(&batches)
+            .into_iter()
+            .map(|(k, mut b)| {
+                b.revision = 0;
+                (k, b)
+            })
+            .collect();
+        assert_bars_match(
+            &format!("{stage}: {tf}"),
+            &got,
+            &reference(all, tf.micros()),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
+    if python().is_none() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let d = Deployment::new().await;
+    let mut all = trades("a", "BTC-USD", T0, 90, 1900);
+    load(&d, &all).await;
+    build_all(&d).await;
+    assert_tables_equal_reference(&d, &all, "our load").await;
+
+    // Two pyiceberg commits: late trades inside windows already built, and a new symbol.
+    let late = trades("late", "BTC-USD", T0 + 7 * 60_000_000, 41, 600);
+    pyiceberg(&d, "trades", "append", trades_json(&late));
+    let new_symbol = trades("e", "ETH-USD", T0 + DAY / 2, 60, 900);
+    pyiceberg(&d, "trades", "append", trades_json(&new_symbol));
+    all.extend(late);
+    all.extend(new_symbol);
+
+    let reports = build_all(&d).await;
+    assert!(
+        reports[0].trades_read >= 1500,
+        "1m read the appended trades: {:?}",
+        reports[0]
+    );
+    assert!(reports[0].late_revisions > 0, "{:?}", reports[0]);
+    assert_tables_equal_reference(&d, &all, "after pyiceberg appends").await;
+
+    // A rerun over the same input writes nothing.
+    let before: Vec<_> =
+        futures::future::join_all(Timeframe::ALL.map(|tf| d.snapshot(TableKind::Bars(tf)))).await;
+    build_all(&d).await;
+    let after: Vec<_> =
+        futures::future::join_all(Timeframe::ALL.map(|tf| d.snapshot(TableKind::Bars(tf)))).await;
+    assert_eq!(before, after, "a rebuild committed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_reports_a_bad_bar_appended_by_pyiceberg() {
+    if python().is_none() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let d = Deployment::new().await;
+    let all = trades("a", "BTC-USD", T0, 90, 1900);
+    load(&d, &all).await;
+    build_all(&d).await;
+    let reports = Reports::open(d.storage().pool()).await.unwrap();
+    let clean = quality::validate(d.storage(), &reports, &[Timeframe::M1], Scope::Changed, NOW)
+        .await
+        .unwrap();
+    assert!(clean.iter().all(|r| r.passed()), "{clean:?}");
+
+    // high < low, on a key that already has a bar.
+    let key = T0 + 30 * MIN;
+    pyiceberg(
+        &d,
+        "ohlcv_1m",
+        "append",
+        json!({
+            "exchange": ["kraken"], "symbol": ["BTC-USD"],
+            "window_start": [key], "window_end": [key + MIN],
+            "open": [100.0], "high": [99.0], "low": [101.0], "close": [100.0],
+            "volume": [1.0], "quote_volume": [100.0], "vwap": [100.0],
+            "trade_count": [1], "buy_volume": [0.0],
+            "first_trade_ts": [key], "last_trade_ts": [key],
+            "revision": [0], "built_at": [NOW],
+        }),
+    );
+    let results = quality::validate(d.storage(), &reports, &[Timeframe::M1], Scope::Changed, NOW)
+        .await
+        .unwrap();
+    let failed: BTreeMap<&str, Vec<(String, i64)>> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| {
+            (
+                r.check.as_str(),
+                r.samples
+                    .iter()
+                    .map(|s| (s.symbol.clone(), s.window_start))
+                    .collect(),
+            )
+        })
+        .collect();
+    let want = vec![("BTC-USD".to_string(), key)];
+    assert_eq!(failed.get("ohlc_bounds"), Some(&want), "{results:?}");
+    assert_eq!(failed.get("unique_aligned"), Some(&want), "{results:?}");
+}
