@@ -315,5 +315,5 @@ fn serve_refuses_other_interfaces_without_users_and_hash_password_makes_usable_h
         "Basic {}",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ana:s3cret")
     );
-    assert!(auth.login(Some(&basic)).is_ok());
+    assert!(auth.login(Some(&basic), None).is_ok());
 }

@@ -8,17 +8,20 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int64Type;
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::ipc::writer::StreamWriter;
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
     CommandGetExportedKeys, CommandGetPrimaryKeys, CommandGetTables, CommandGetXdbcTypeInfo,
-    CommandStatementQuery, ProstMessageExt,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt,
 };
 use arrow_flight::{FlightDescriptor, Ticket};
 use common::server::{deployment_with_bars, Server};
 use futures::TryStreamExt;
+use ohlcv_server::server::prepared::Handle;
 use ohlcv_server::storage::TableKind;
 use ohlcv_server::timeframe::Timeframe;
 use prost::Message;
@@ -197,8 +200,111 @@ async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
         .await;
     let status = garbage.err().map(|s| s.code());
     assert_eq!(status, Some(Code::InvalidArgument), "malformed ticket");
+
+    // What a statement computes on bad values is the user's error, wherever it surfaces.
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    for (sql, want) in [
+        ("select 1/0", Code::InvalidArgument),
+        (
+            "select count(*) from ohlcv_1m where window_start > 'garbage'",
+            Code::InvalidArgument,
+        ),
+        (
+            "select * from candles('kraken', 'BTC-USD', '1m', '0001-01-01T00:00:00Z', now(), \
+             fill => 'previous')",
+            Code::ResourceExhausted,
+        ),
+    ] {
+        let (c, m) = first_error(&mut client, sql).await;
+        assert_eq!(c, want, "{sql}: {m}");
+    }
+    let (_, m) = first_error(
+        &mut client,
+        "select * from candles('kraken', 'BTC-USD', '1m', '0001-01-01T00:00:00Z', now(), \
+         fill => 'previous')",
+    )
+    .await;
+    assert!(m.contains("limit of 100000 windows"), "{m}");
+
+    // A forged prepared-statement handle whose parameters have no row.
+    let schema = std::sync::Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+    let mut ipc = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut ipc, &schema).unwrap();
+    writer
+        .write(&RecordBatch::new_empty(schema.clone()))
+        .unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    let forged = Handle {
+        sql: "select $1".into(),
+        parameters: ipc,
+    };
+    let cmd = CommandPreparedStatementQuery {
+        prepared_statement_handle: forged.to_bytes().into(),
+    };
+    let (c, m) = code(
+        raw.get_flight_info(FlightDescriptor::new_cmd(cmd.as_any().encode_to_vec()))
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+
+    // More values bound than the statement has placeholders.
+    let mut prepared = client.prepare("select $1".to_string(), None).await.unwrap();
+    let two = RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int64, true),
+        ])),
+        vec![
+            std::sync::Arc::new(Int64Array::from(vec![1])),
+            std::sync::Arc::new(Int64Array::from(vec![2])),
+        ],
+    )
+    .unwrap();
+    prepared.set_parameters(two).unwrap();
+    match prepared.execute().await {
+        Err(FlightError::Tonic(s)) => {
+            assert_eq!(s.code(), Code::InvalidArgument, "{s}");
+            assert!(s.message().contains("parameter 2"), "{s}");
+        }
+        other => panic!("two values bound to one placeholder: {other:?}"),
+    }
+
+    // An upload without a command.
+    let empty = raw.do_put(futures::stream::empty()).await;
+    let status = match empty {
+        Ok(response) => response.into_inner().try_collect::<Vec<_>>().await.err(),
+        Err(e) => Some(e),
+    };
+    assert_eq!(status.map(|s| s.code()), Some(Code::InvalidArgument));
+
     assert_eq!(d.snapshot(TableKind::Bars(Timeframe::M1)).await, before);
     server.shutdown_and_wait().await;
+}
+
+/// The status of the first failure of `sql`: planning (GetFlightInfo) or streaming (DoGet).
+async fn first_error(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> (Code, String) {
+    let status = |e: FlightError| -> (Code, String) {
+        match e {
+            FlightError::Tonic(s) => (s.code(), s.message().to_string()),
+            other => (Code::Unknown, other.to_string()),
+        }
+    };
+    let info = match client.execute(sql.to_string(), None).await {
+        Ok(info) => info,
+        Err(e) => return status(e),
+    };
+    for endpoint in info.endpoint {
+        match client.do_get(endpoint.ticket.unwrap()).await {
+            Ok(stream) => {
+                if let Err(e) = stream.try_collect::<Vec<_>>().await {
+                    return status(e);
+                }
+            }
+            Err(e) => return status(e),
+        }
+    }
+    panic!("{sql} succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,10 @@ impl TableFunctionImpl for CandlesFunction {
 /// The request `candles(args)` stands for; every argument must fold to a constant. Shared by
 /// the table function and the statements the server answers without planning, so both read
 /// arguments (and reject them) the same way.
+/// Most windows one request may enumerate (gap fill, time-zone windows): 100,000 candles are
+/// about 15 MB, and ten years of hourly candles.
+pub const MAX_WINDOWS: u64 = 100_000;
+
 pub fn request(args: &[Expr]) -> DfResult<Request> {
     arity(args)?;
     let simplifier = ExprSimplifier::new(
@@ -137,6 +141,20 @@ pub fn request(args: &[Expr]) -> DfResult<Request> {
         )));
     }
     let windows = Windows::parse(&timeframe, tz).map_err(to_datafusion)?;
+    // Gap fill makes a candle of every window, and time-zone windows are found by walking the
+    // calendar: both cost memory and time per window, so their number is bounded before any
+    // is made (one request for 1m candles since year 1 would otherwise take gigabytes).
+    if fill == Fill::Previous || matches!(windows, Windows::Local { .. }) {
+        let n = windows.count_at_most(start, end);
+        if n > MAX_WINDOWS {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "candles: {n} windows of {timeframe} from {} to {} exceed the limit of \
+                 {MAX_WINDOWS} windows per request with fill or tz; ask for a shorter range \
+                 or a wider timeframe",
+                values[3], values[4]
+            )));
+        }
+    }
     Ok(Request {
         exchange,
         symbol,

@@ -89,6 +89,17 @@ impl Windows {
         }
     }
 
+    /// An upper bound on the number of windows that start in `[lo, hi)`, without walking them.
+    pub fn count_at_most(&self, lo: i64, hi: i64) -> u64 {
+        let span = (hi as i128 - lo as i128).max(0);
+        let shortest = match *self {
+            Windows::Fixed { width, .. } => width as i128,
+            // A local day is at least 23 hours (daylight-saving changes move it by one hour).
+            Windows::Local { days, .. } => days as i128 * (DAY_US - 60 * MINUTE_US) as i128,
+        };
+        (span / shortest + 1).min(u64::MAX as i128) as u64
+    }
+
     /// The first window boundary at or after `t`.
     pub fn ceil(&self, t: i64) -> i64 {
         let (start, end) = self.window(t);

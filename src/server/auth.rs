@@ -3,11 +3,15 @@
 //! call and hands the caller's [`Identity`] to the services, which check roles.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
+use base64::alphabet;
+use base64::engine::general_purpose::GeneralPurposeConfig;
+use base64::engine::{DecodePaddingMode, GeneralPurpose};
 use base64::Engine;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -87,6 +91,68 @@ pub struct Auth {
     ttl_us: i64,
     clock: Arc<dyn Clock>,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Verified against when the user is unknown, so that costs what a wrong password costs.
+    dummy_hash: String,
+    throttle: Throttle,
+}
+
+/// Base64 as RFC 7617 wants it, and without the padding some clients leave out.
+const BASIC: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Failed logins allowed per key before backing off.
+const FREE_FAILURES: u32 = 3;
+/// Longest back-off after failed logins.
+const MAX_BACKOFF_US: i64 = 60_000_000;
+/// Most keys remembered; the oldest are forgotten past it, so guessing cannot grow memory.
+const MAX_THROTTLED: usize = 10_000;
+
+/// Back-off after failed logins, per key (`user:<name>` and `addr:<ip>`): after
+/// [`FREE_FAILURES`] failures a key waits 1 s, doubling with each further failure up to a
+/// minute. A successful login clears its keys.
+#[derive(Default)]
+struct Throttle {
+    keys: Mutex<HashMap<String, (u32, i64)>>,
+}
+
+impl Throttle {
+    /// How long the caller must still wait, if any of its keys is backing off.
+    fn wait(&self, keys: &[String], now_us: i64) -> Option<i64> {
+        let map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|k| map.get(k))
+            .map(|(_, until)| until - now_us)
+            .filter(|w| *w > 0)
+            .max()
+    }
+
+    fn failed(&self, keys: &[String], now_us: i64) {
+        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_THROTTLED {
+            let horizon = now_us - MAX_BACKOFF_US;
+            map.retain(|_, (_, until)| *until > horizon);
+            if map.len() >= MAX_THROTTLED {
+                map.clear();
+            }
+        }
+        for key in keys.iter().filter(|k| !k.is_empty()) {
+            let (failures, until) = map.entry(key.clone()).or_insert((0, 0));
+            *failures += 1;
+            if *failures >= FREE_FAILURES {
+                let shift = (*failures - FREE_FAILURES).min(6);
+                *until = now_us + (1_000_000i64 << shift).min(MAX_BACKOFF_US);
+            }
+        }
+    }
+
+    fn succeeded(&self, keys: &[String]) {
+        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            map.remove(key);
+        }
+    }
 }
 
 impl Auth {
@@ -99,11 +165,20 @@ impl Auth {
             PasswordHash::new(&user.password_hash)
                 .map_err(|e| format!("user '{name}': password_hash is not a PHC string: {e}"))?;
         }
+        let dummy_hash = if users.is_empty() {
+            String::new()
+        } else {
+            let mut bytes = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            hash_password(&base64::engine::general_purpose::STANDARD.encode(bytes))?
+        };
         Ok(Auth {
             users,
             ttl_us: token_ttl_secs as i64 * 1_000_000,
             clock,
             sessions: Mutex::new(HashMap::new()),
+            dummy_hash,
+            throttle: Throttle::default(),
         })
     }
 
@@ -113,11 +188,20 @@ impl Auth {
         !self.users.is_empty()
     }
 
-    /// Checks `Basic` credentials and issues a bearer token.
-    pub fn login(&self, authorization: Option<&str>) -> Result<String, Error> {
+    /// Checks `Basic` credentials from `address` and issues a bearer token.
+    ///
+    /// An unknown user costs the same argon2 verification as a wrong password (against a hash
+    /// made at start), so timing does not tell which users exist. Failed logins back off per
+    /// user and per address ([`Throttle`]).
+    pub fn login(
+        &self,
+        authorization: Option<&str>,
+        address: Option<IpAddr>,
+    ) -> Result<String, Error> {
         let (user, password) = authorization
             .and_then(|h| h.strip_prefix("Basic "))
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            // RFC 7617 pads; the Go ADBC driver does not.
+            .and_then(|b| BASIC.decode(b.trim()).ok())
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| {
                 s.split_once(':')
@@ -126,12 +210,32 @@ impl Auth {
             .ok_or_else(|| {
                 Error::unauthenticated("handshake needs an 'authorization: Basic' header")
             })?;
-        let denied = || Error::unauthenticated("unknown user or wrong password");
-        let config = self.users.get(&user).ok_or_else(denied)?;
-        let hash = PasswordHash::new(&config.password_hash).map_err(|_| denied())?;
-        Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .map_err(|_| denied())?;
+        let now = self.clock.now_us();
+        let keys = [
+            format!("user:{user}"),
+            address.map_or_else(String::new, |a| format!("addr:{a}")),
+        ];
+        if let Some(wait_us) = self.throttle.wait(&keys, now) {
+            return Err(Error::unauthenticated(format!(
+                "too many failed logins: retry in {} s",
+                (wait_us + 999_999) / 1_000_000
+            )));
+        }
+        let config = self.users.get(&user);
+        let hash = config.map_or(self.dummy_hash.as_str(), |c| c.password_hash.as_str());
+        let verified = PasswordHash::new(hash).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        });
+        let config = match config {
+            Some(c) if verified => c,
+            _ => {
+                self.throttle.failed(&keys, now);
+                return Err(Error::unauthenticated("unknown user or wrong password"));
+            }
+        };
+        self.throttle.succeeded(&keys);
         let mut bytes = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut bytes);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
@@ -268,9 +372,9 @@ mod tests {
             },
         )]);
         let auth = Auth::new(users, 60, clock.clone()).unwrap();
-        assert!(auth.login(Some(&basic("ana", "wrong"))).is_err());
-        assert!(auth.login(Some(&basic("bob", "s3cret"))).is_err());
-        let token = auth.login(Some(&basic("ana", "s3cret"))).unwrap();
+        assert!(auth.login(Some(&basic("ana", "wrong")), None).is_err());
+        assert!(auth.login(Some(&basic("bob", "s3cret")), None).is_err());
+        let token = auth.login(Some(&basic("ana", "s3cret")), None).unwrap();
         let id = auth.authenticate(Some(&format!("Bearer {token}"))).unwrap();
         assert_eq!(id.role, Role::Writer);
         assert!(id.require(Role::Writer, "ingest").is_ok());
@@ -285,5 +389,56 @@ mod tests {
         );
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         assert!(err.message().contains("expired"));
+    }
+
+    fn one_user(password: &str, clock: Arc<ManualClock>) -> Auth {
+        let users = BTreeMap::from([(
+            "ana".to_string(),
+            UserConfig {
+                password_hash: hash_password(password).unwrap(),
+                role: Role::Reader,
+            },
+        )]);
+        Auth::new(users, 60, clock).unwrap()
+    }
+
+    #[test]
+    fn basic_credentials_decode_with_and_without_padding() {
+        // "ana:" plus 1, 2 and 3 characters: every length modulo 3.
+        for password in ["p", "pw", "pwd"] {
+            let auth = one_user(password, Arc::new(ManualClock::at(0)));
+            let padded = basic("ana", password);
+            let unpadded = padded.trim_end_matches('=').to_string();
+            assert!(auth.login(Some(&padded), None).is_ok(), "{padded}");
+            assert!(auth.login(Some(&unpadded), None).is_ok(), "{unpadded}");
+        }
+    }
+
+    #[test]
+    fn failed_logins_back_off_per_user_and_per_address() {
+        let clock = Arc::new(ManualClock::at(0));
+        let auth = one_user("right", clock.clone());
+        let here: Option<IpAddr> = Some([10, 0, 0, 1].into());
+        let elsewhere: Option<IpAddr> = Some([10, 0, 0, 2].into());
+        for _ in 0..FREE_FAILURES {
+            let err = auth.login(Some(&basic("ana", "wrong")), here).unwrap_err();
+            assert!(tonic::Status::from(err)
+                .message()
+                .contains("wrong password"));
+        }
+        // Backing off: even the right password waits, from this address and for this user.
+        let err = auth
+            .login(Some(&basic("ana", "right")), elsewhere)
+            .unwrap_err();
+        assert!(tonic::Status::from(err).message().contains("retry in 1 s"));
+        let err = auth.login(Some(&basic("nobody", "x")), here).unwrap_err();
+        assert!(tonic::Status::from(err).message().contains("retry in"));
+        clock.set(1_000_001);
+        assert!(auth.login(Some(&basic("ana", "right")), here).is_ok());
+        // A success clears the keys: the next failure is free again.
+        let err = auth.login(Some(&basic("ana", "wrong")), here).unwrap_err();
+        assert!(tonic::Status::from(err)
+            .message()
+            .contains("wrong password"));
     }
 }

@@ -289,7 +289,8 @@ impl FlightSqlService for OhlcvFlightSql {
         // argon2 is deliberately slow: verify off the async workers.
         let auth = Arc::clone(&self.auth);
         let header = header.map(str::to_owned);
-        let token = tokio::task::spawn_blocking(move || auth.login(header.as_deref()))
+        let address = request.remote_addr().map(|a| a.ip());
+        let token = tokio::task::spawn_blocking(move || auth.login(header.as_deref(), address))
             .await
             .map_err(|e| Status::internal(format!("login task failed: {e}")))??;
         let bearer = format!("Bearer {token}");
@@ -380,6 +381,16 @@ impl FlightSqlService for OhlcvFlightSql {
         let statement = Statement::Prepared(query.prepared_statement_handle);
         let query = self.query(&statement).await?;
         self.stream_results(&statement, query).await
+    }
+
+    /// A DoPut without a command (an empty upload) is the client's mistake, not a missing
+    /// feature: the crate's default answers `Unimplemented`.
+    async fn do_put_error_callback(
+        &self,
+        _request: Request<PeekableFlightDataStream>,
+        error: arrow_flight::sql::server::DoPutError,
+    ) -> Result<Response<<Self as FlightService>::DoPutStream>, Status> {
+        Err(Error::InvalidRequest(format!("DoPut: {error}")).into())
     }
 
     async fn do_put_statement_ingest(

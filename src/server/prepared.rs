@@ -69,14 +69,29 @@ impl Handle {
         if self.parameters.is_empty() {
             return Ok(None);
         }
-        let reader = StreamReader::try_new(self.parameters.as_slice(), None)?;
-        let mut values = Vec::new();
-        for batch in reader {
-            let batch = batch?;
-            for column in batch.columns() {
-                values.push(ScalarValue::try_from_array(column, 0)?);
-            }
-        }
+        // The handle comes back from the client: it may be forged, so nothing in it is trusted.
+        let forged = |why: String| {
+            Error::InvalidRequest(format!("malformed prepared statement handle: {why}"))
+        };
+        let reader = StreamReader::try_new(self.parameters.as_slice(), None)
+            .map_err(|e| forged(e.to_string()))?;
+        let batches: Vec<RecordBatch> = reader
+            .collect::<Result<_, _>>()
+            .map_err(|e| forged(e.to_string()))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let Some(batch) = batches
+            .iter()
+            .find(|b| b.num_rows() == 1)
+            .filter(|_| rows == 1)
+        else {
+            return Err(forged(format!("{rows} rows of parameters, not one")));
+        };
+        let values = batch
+            .columns()
+            .iter()
+            .map(|column| ScalarValue::try_from_array(column, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| forged(e.to_string()))?;
         Ok(Some(values))
     }
 }
@@ -134,5 +149,24 @@ mod tests {
         assert_eq!(values[0], ScalarValue::Utf8(Some("BTC-USD".into())));
         assert_eq!(values[1], ScalarValue::Int64(Some(7)));
         assert!(Handle::decode_bytes(b"\xff\xff").is_err());
+    }
+
+    #[test]
+    fn forged_parameters_are_refused_not_trusted() {
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        let empty = RecordBatch::new_empty(Arc::clone(&schema));
+        let mut bytes = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut bytes, &schema).unwrap();
+        writer.write(&empty).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        for parameters in [bytes, b"garbage".to_vec()] {
+            let forged = Handle {
+                sql: "select $1".into(),
+                parameters,
+            };
+            let err = forged.params().unwrap_err();
+            assert!(matches!(err, Error::InvalidRequest(_)), "{err}");
+        }
     }
 }

@@ -40,6 +40,7 @@ pub fn placeholders(statement: &Statement) -> BTreeSet<String> {
 pub fn rewrite(statement: &mut Statement, params: Option<&[ScalarValue]>) -> Result<()> {
     if let Some(params) = params {
         let mut next = 0;
+        let mut used = vec![false; params.len()];
         let flow = visit_expressions_mut(statement, |e| {
             let Expr::Value(v) = e else {
                 return ControlFlow::Continue(());
@@ -61,6 +62,7 @@ pub fn rewrite(statement: &mut Statement, params: Option<&[ScalarValue]>) -> Res
                     params.len()
                 ));
             };
+            used[index] = true;
             match literal(value) {
                 Ok(lit) => {
                     *e = lit;
@@ -71,6 +73,14 @@ pub fn rewrite(statement: &mut Statement, params: Option<&[ScalarValue]>) -> Res
         });
         if let ControlFlow::Break(m) = flow {
             return Err(Error::InvalidRequest(m));
+        }
+        // A value bound to no placeholder is a client bug that would otherwise go unnoticed.
+        if let Some(extra) = used.iter().position(|u| !u) {
+            return Err(Error::InvalidRequest(format!(
+                "{} parameters bound, but the statement has no placeholder for parameter {}",
+                params.len(),
+                extra + 1
+            )));
         }
     }
     let mut named = NamedArgs;
@@ -210,5 +220,8 @@ mod tests {
         );
         let mut missing = parse("select $3");
         assert!(rewrite(&mut missing, Some(&params[..1])).is_err());
+        let mut extra = parse("select $1");
+        let err = rewrite(&mut extra, Some(&params[..2])).unwrap_err();
+        assert!(err.to_string().contains("parameter 2"), "{err}");
     }
 }

@@ -35,6 +35,20 @@ def fails_with(fn, *codes):
 anonymous = connect()
 fails_with(lambda: anonymous.cursor().execute("select 1"), "Unauthenticated", "UNAUTHENTICATED")
 
+# The Go driver sends "user:password" in base64 without padding: every length modulo 3 logs in.
+for user in ("rita", "al", "ada", "will"):
+    c = connect(user).cursor()
+    c.execute("select 1")
+    assert c.fetchone() == (1,), user
+    c.close()
+fails_with(
+    lambda: flight_sql.connect(uri, db_kwargs={"username": "al", "password": "not-al-pw"})
+    .cursor()
+    .execute("select 1"),
+    "Unauthenticated",
+    "UNAUTHENTICATED",
+)
+
 conn = connect("will")
 cur = conn.cursor()
 cur.execute("select count(*) as n from ohlcv_1m")
