@@ -5,6 +5,7 @@
 //! | `catalog` | the SQL catalog, the `Storage` handle, table creation |
 //! | `schema` | table schemas, partitioning, sort orders |
 //! | `files` | the partitioned Parquet writer and data-file reader |
+//! | `manifest` | manifest entries read strictly, with the spec's inheritance rules |
 //! | `snapshot` | live files of a snapshot, pruning |
 //! | `commit` | our atomic commit (manifests, manifest list, catalog update) |
 //! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
@@ -20,6 +21,7 @@ pub mod error;
 pub mod files;
 pub mod lock;
 pub mod maintenance;
+pub mod manifest;
 pub mod observe;
 pub mod provider;
 pub mod read;
