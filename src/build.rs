@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `incremental` | 1m and 5m from trades, by dirty window, with a grace period |
 //! | `batch` | 30m, 1h and 1d by partition, rolled up from 1m |
+//! | `changes` | files a source's snapshots added and removed since a build consumed it |
 //! | `compact` | merging the files of closed partitions |
 //! | `retention` | dropping partitions past each table's horizon |
 //! | `diff` | new / revised / unchanged bars; revisions |
@@ -13,6 +14,7 @@
 //! last committed state, and a rerun over the same input writes nothing.
 
 pub mod batch;
+pub mod changes;
 pub mod compact;
 pub mod diff;
 pub mod incremental;
@@ -40,6 +42,8 @@ pub struct BuildReport {
     pub revised: usize,
     pub unchanged: usize,
     pub late_revisions: usize,
+    /// Bars removed because their window has no trades (or child bars) any more.
+    pub deleted: usize,
     pub files_added: usize,
     pub files_removed: usize,
     pub snapshot_before: Option<i64>,
@@ -66,7 +70,7 @@ impl BuildReport {
     }
 
     fn commit(&mut self, outcome: &CommitOutcome) {
-        self.bars_written += self.new + self.revised;
+        self.bars_written += self.new + self.revised + self.deleted;
         self.files_added += outcome.files_added;
         self.files_removed += outcome.files_removed;
         if outcome.snapshot_id.is_some() {

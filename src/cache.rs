@@ -493,6 +493,10 @@ impl BarCache {
             return Ok(());
         }
         let (rows, replaced) = match c.content {
+            Content::Changed => {
+                self.invalidate(Some(tf), None, None);
+                return Ok(());
+            }
             Content::None | Content::Rewrite => (None, None),
             Content::Append(batches) => (Some(conform(c.kind, batches)?), None),
             Content::Upsert(rows) => (Some(rows.clone()), None),

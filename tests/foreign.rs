@@ -1,7 +1,9 @@
 //! Another engine writes to the lake: pyiceberg appends trades to `market.trades` (its own
-//! manifests, whose entries inherit snapshot ids and sequence numbers), and the builder builds
-//! them into all five tables exactly as if we had loaded them; pyiceberg appends a bad bar to
-//! `ohlcv_1m`, and validation reports it by key.
+//! manifests, whose entries inherit snapshot ids and sequence numbers), deletes trades (files
+//! rewritten), and expires the snapshot the builder last consumed; after each step the five
+//! tables equal a reference computed from the trades that remain, including windows that lost
+//! every trade (their bars are deleted). pyiceberg appends a bad bar to `ohlcv_1m`, and
+//! validation reports it by key.
 
 mod common;
 
@@ -154,6 +156,54 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
     let after: Vec<_> =
         futures::future::join_all(Timeframe::ALL.map(|tf| d.snapshot(TableKind::Bars(tf)))).await;
     assert_eq!(before, after, "a rebuild committed nothing");
+
+    // Corrections: pyiceberg deletes trades, among them every trade of two 1m windows (one in
+    // each day) and of one whole hour of ETH-USD, so those bars must go.
+    let doomed: Vec<String> = all
+        .iter()
+        .filter(|t| {
+            let minute = (t.ts - T0).div_euclid(MIN);
+            let hour = (t.ts - T0).div_euclid(60 * MIN);
+            (t.symbol == "BTC-USD" && (minute == 100 || minute == 1500))
+                || (t.symbol == "ETH-USD" && hour == 14)
+                || t.id.ends_with('7')
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    pyiceberg(&d, "trades", "delete", json!({ "trade_id": doomed }));
+    all.retain(|t| !doomed.contains(&t.id));
+    let reports = build_all(&d).await;
+    assert!(
+        reports[0].deleted >= 2,
+        "1m bars of emptied windows deleted: {:?}",
+        reports[0]
+    );
+    assert!(
+        reports[3].deleted >= 1,
+        "the emptied ETH-USD hour: {:?}",
+        reports[3]
+    );
+    assert_tables_equal_reference(&d, &all, "after pyiceberg deletes").await;
+
+    // A compaction rewrites files: no new trades, no revision.
+    let revised_before = revisions(&d).await;
+    let partitions: Vec<i32> = (0..2).map(|day| ((T0 + day * DAY) / DAY) as i32).collect();
+    d.writer
+        .compact(TableKind::Trades, &partitions)
+        .await
+        .unwrap();
+    let reports = build_all(&d).await;
+    assert_eq!(reports[0].bars_written, 0, "{:?}", reports[0]);
+    assert_eq!(revisions(&d).await, revised_before);
+
+    // Another engine expires the snapshot the builder consumed, then appends: the changes
+    // cannot be listed, so every persisted window is compared, and the result is still exact.
+    pyiceberg(&d, "trades", "expire", json!({}));
+    let after_expiry = trades("x", "BTC-USD", T0 + DAY + 3 * 60 * MIN, 30, 50);
+    pyiceberg(&d, "trades", "append", trades_json(&after_expiry));
+    all.extend(after_expiry);
+    build_all(&d).await;
+    assert_tables_equal_reference(&d, &all, "after the consumed snapshot expired").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,4 +257,12 @@ async fn validation_reports_a_bad_bar_appended_by_pyiceberg() {
     let want = vec![("BTC-USD".to_string(), key)];
     assert_eq!(failed.get("ohlc_bounds"), Some(&want), "{results:?}");
     assert_eq!(failed.get("unique_aligned"), Some(&want), "{results:?}");
+}
+
+/// Sum of the 1m table's revision numbers: any revision moves it.
+async fn revisions(d: &Deployment) -> i32 {
+    let (_, b) = read_range(d.storage(), TableKind::Bars(Timeframe::M1), TimeRange::ALL)
+        .await
+        .unwrap();
+    table_bars(&b).into_values().map(|b| b.revision).sum()
 }

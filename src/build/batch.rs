@@ -1,19 +1,21 @@
 //! Batch builds of the 30m, 1h and 1d tables: whole partitions rebuilt by rolling up the 1m
 //! table, and replaced in one commit.
 //!
-//! A run finds the 1m partitions (days) whose files changed since the 1m snapshot it last
-//! consumed, maps them to its own partitions (days, or months for 1d), rolls up the 1m bars of
+//! A run finds the 1m partitions (days) whose files were added or removed since the 1m
+//! snapshot it last consumed (see `changes`), maps them to its own partitions (days, or months for 1d), rolls up the 1m bars of
 //! each, and replaces the partitions whose content changed. Only parent windows whose 1m
 //! children are all final (before the 1m cutoff) are persisted; stored bars older than what the
-//! 1m table still retains are carried over untouched, never recomputed from a partial source.
+//! 1m table still retains are carried over untouched, never recomputed from a partial source;
+//! complete, retained parents whose children are all gone are deleted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 
-use super::diff::diff;
+use super::changes::{since, SourceChanges};
+use super::diff::{bar_keys, diff};
 use super::state::{prop_i64, Watermark, RETAINED_FROM, SOURCE_SEQUENCE, SOURCE_SNAPSHOT};
 use super::{BuildReport, Result};
 use crate::bars::rollup;
@@ -84,12 +86,43 @@ pub async fn build_rollup(
             partitions.extend(first..=last);
         }
     }
-    for f in &listing.files {
-        let changed = match scope {
-            Scope::Changed => f.entry.sequence_number().is_none_or(|s| s > wm.sequence),
-            Scope::Range(range) => f.may_overlap(SOURCE, &range),
+    // The 1m files added or removed since the consumed snapshot name the changed days.
+    let changed: Vec<LiveFile> = match (scope, wm.snapshot) {
+        (Scope::Range(range), _) => listing
+            .files
+            .iter()
+            .filter(|f| f.may_overlap(SOURCE, &range))
+            .cloned()
+            .collect(),
+        (Scope::Changed, Some(consumed)) if Some(consumed) != next.snapshot => {
+            match since(&source, SOURCE, consumed).await? {
+                SourceChanges::Known(c) => c.added.into_iter().chain(c.removed).collect(),
+                SourceChanges::Unknown(reason) => {
+                    tracing::warn!(timeframe = %tf, %reason, "rebuilding every partition");
+                    listing.files.clone()
+                }
+            }
+        }
+        (Scope::Changed, Some(_)) => Vec::new(),
+        (Scope::Changed, None) => listing.files.clone(),
+    };
+    for f in &changed {
+        let first_last = match (f.partition(SOURCE), f.time_bounds(SOURCE)) {
+            (Some(p), _) => Some((p, p)),
+            (None, Some((lo, hi))) => Some((partition_value(&day, lo), partition_value(&day, hi))),
+            (None, None) => None,
         };
-        if let (true, Some(p)) = (changed, f.partition(SOURCE)) {
+        let Some((first, last)) = first_last else {
+            // Neither a partition nor statistics: the file could hold any day.
+            tracing::warn!(file = %f.path(), "a changed 1m file has no partition or bounds; rebuilding every partition");
+            for g in &listing.files {
+                if let Some(p) = g.partition(SOURCE) {
+                    partitions.insert(partition_value(&target, partition_range(&day, p).0));
+                }
+            }
+            continue;
+        };
+        for p in first..=last {
             partitions.insert(partition_value(&target, partition_range(&day, p).0));
         }
     }
@@ -119,9 +152,30 @@ pub async fn build_rollup(
             .filter(|f| f.partition(kind) == Some(p))
             .collect();
         let existing = read_files(storage, kind, &own, TimeRange::ALL).await?;
+        // Complete, retained parents the rollup no longer produces have no children left.
+        let produced: HashSet<(&str, &str, i64)> = bar_keys(&rolled).collect();
+        let orphaned = |k: &(&str, &str, i64)| {
+            k.2 + tf.micros() <= source_cutoff && k.2 >= retained_from && !produced.contains(k)
+        };
+        let gone: usize = existing
+            .iter()
+            .map(|b| bar_keys(b).filter(|k| orphaned(k)).count())
+            .sum();
+        let existing = if gone > 0 {
+            existing
+                .iter()
+                .map(|b| {
+                    let keep: BooleanArray = bar_keys(b).map(|k| Some(!orphaned(&k))).collect();
+                    filter_record_batch(b, &keep)
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            existing
+        };
         let d = diff(&rolled, &existing, now_us, None, true)?;
-        if d.changed() > 0 {
+        if d.changed() > 0 || gone > 0 {
             report.absorb(&d);
+            report.deleted += gone;
             replace.push(p);
             rows.push(d.rows);
         } else {

@@ -56,6 +56,11 @@ fn key_of(b: &RecordBatch, row: usize) -> Key<'_> {
     )
 }
 
+/// The keys `(exchange, symbol, window_start)` of a batch of bars, in row order.
+pub(crate) fn bar_keys(batch: &RecordBatch) -> impl Iterator<Item = Key<'_>> {
+    (0..batch.num_rows()).map(move |row| key_of(batch, row))
+}
+
 fn same_bar(a: &RecordBatch, ar: usize, b: &RecordBatch, br: usize) -> bool {
     let f = |batch: &RecordBatch, name: &str, row: usize| {
         let c = batch.column_by_name(name).expect("bar column");

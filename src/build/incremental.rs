@@ -4,29 +4,59 @@
 //! 1. reads its watermark (trades snapshot, sequence number, cutoff) from the bar table;
 //! 2. takes the trades table's current snapshot and the new cutoff
 //!    `C = window_start(now - grace)`: windows starting before `C` have closed their grace;
-//! 3. finds the trades files added since the watermark (data sequence number above it, added
-//!    by an append, not by a compaction) and from them the late keys: `(exchange, symbol,
-//!    window)` of windows that had already been persisted;
-//! 4. recomputes, from all of their trades, the late windows and every window newly closed,
-//!    `[previous cutoff, C)`;
-//! 5. diffs against the stored bars and upserts only new or changed bars (`revision + 1`), with
-//!    the new watermark in the same commit. No change and no new trades: no commit at all.
+//! 3. finds what changed in the trades table since the watermark's snapshot (the files each
+//!    later snapshot added or removed; compactions change nothing) and from the rows of those
+//!    files the dirty keys: `(exchange, symbol, window)` of windows already persisted whose
+//!    trades changed (late trades, deletes, corrections). When the changes cannot be known
+//!    (the consumed snapshot expired), every persisted window is dirty;
+//! 4. recomputes, from all of their current trades, the dirty windows and every window newly
+//!    closed, `[previous cutoff, C)`;
+//! 5. diffs against the stored bars and upserts only new or changed bars (`revision + 1`),
+//!    deleting the bars of dirty windows left without trades, with the new watermark in the
+//!    same commit. No change and no new trades: no commit at all.
+//!
+//! Windows before the trades table's retention horizon are never dirty: dropping old trades
+//! must not drop the bars built from them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
-use iceberg_rust::spec::snapshot::Operation;
+use iceberg_rust::table::Table;
 
-use super::diff::diff;
-use super::state::{Watermark, TRADES_SEQUENCE, TRADES_SNAPSHOT};
+use super::changes::{since, SourceChanges};
+use super::diff::{bar_keys, diff};
+use super::state::{prop_i64, Watermark, RETAINED_FROM, TRADES_SEQUENCE, TRADES_SNAPSHOT};
 use super::{coalesce, BuildReport, Result};
 use crate::bars::columns::FxHashSet;
 use crate::bars::compute_bars;
 use crate::storage::read::read_files;
-use crate::storage::{Listing, LiveFile, TableKind, TableWriter, TimeRange};
+use crate::storage::{Listing, LiveFile, Storage, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
+
+type BarKey = (String, String, i64);
+
+/// Persisted windows whose trades changed since the last build.
+enum Dirty {
+    Keys(FxHashSet<BarKey>),
+    /// Every window in `[from, before)`: what changed is unknown.
+    All {
+        from: i64,
+        before: i64,
+    },
+}
+
+impl Dirty {
+    fn contains(&self, key: &(&str, &str, i64)) -> bool {
+        match self {
+            Dirty::Keys(keys) => {
+                !keys.is_empty() && keys.contains(&(key.0.to_string(), key.1.to_string(), key.2))
+            }
+            Dirty::All { from, before } => *from <= key.2 && key.2 < *before,
+        }
+    }
+}
 
 /// Builds `tf` (1m or 5m) up to `now_us` with `grace_us` for late trades.
 pub async fn build_incremental(
@@ -54,14 +84,6 @@ pub async fn build_incremental(
         return Ok(report);
     };
     let (trades_snapshot, trades_seq) = (*snapshot.snapshot_id(), *snapshot.sequence_number());
-    // Snapshots that only rewrote files: the rows they added are not new trades.
-    let compactions: FxHashSet<i64> = trades_table
-        .metadata()
-        .snapshots
-        .values()
-        .filter(|s| s.summary().operation == Operation::Replace)
-        .map(|s| *s.snapshot_id())
-        .collect();
     report.source_snapshot = Some(trades_snapshot);
     let cutoff = tf
         .window_start(now_us - grace_us)
@@ -74,45 +96,29 @@ pub async fn build_incremental(
     if next == wm {
         return Ok(report);
     }
-
-    let listing = Listing::read(&trades_table, TableKind::Trades, None, TimeRange::ALL).await?;
-    let new_files: Vec<&LiveFile> = listing
-        .files
-        .iter()
-        .filter(|f| {
-            f.entry.sequence_number().is_none_or(|s| s > wm.sequence)
-                && !f
-                    .entry
-                    .snapshot_id()
-                    .is_some_and(|id| compactions.contains(&id))
-        })
-        .collect();
-
-    // Late keys: windows already persisted (before the previous cutoff) that got new trades.
-    let mut late: FxHashSet<(String, String, i64)> = FxHashSet::default();
-    if let Some(prev) = wm.cutoff {
-        let before = TimeRange::new(None, Some(prev));
-        let candidates: Vec<&LiveFile> = new_files
-            .iter()
-            .copied()
-            .filter(|f| f.may_overlap(TableKind::Trades, &before))
-            .collect();
-        for batch in read_files(storage, TableKind::Trades, &candidates, before).await? {
-            report.trades_read += batch.num_rows();
-            let (ex, sym, ts) = trade_keys(&batch);
-            for row in 0..batch.num_rows() {
-                let w = tf.window_start(ts.value(row));
-                late.insert((ex.value(row).to_string(), sym.value(row).to_string(), w));
-            }
+    let retained_from =
+        prop_i64(&trades_table.metadata().properties, RETAINED_FROM).unwrap_or(i64::MIN);
+    let dirty = match (wm.snapshot, wm.cutoff) {
+        (Some(consumed), Some(prev)) if consumed != trades_snapshot => {
+            let persisted = TimeRange::new(Some(retained_from), Some(prev));
+            dirty_windows(storage, &trades_table, tf, consumed, persisted, &mut report).await?
         }
-    }
+        _ => Dirty::Keys(FxHashSet::default()),
+    };
+
     let fresh = TimeRange::new(wm.cutoff, Some(cutoff));
-    let late_windows: BTreeSet<i64> = late.iter().map(|k| k.2).collect();
-    let mut ranges = coalesce(late_windows.iter().map(|w| (*w, w + tf.micros())));
+    let mut ranges = match &dirty {
+        Dirty::Keys(keys) => {
+            let windows: BTreeSet<i64> = keys.iter().map(|k| k.2).collect();
+            coalesce(windows.iter().map(|w| (*w, w + tf.micros())))
+        }
+        Dirty::All { from, before } => vec![(*from, *before)],
+    };
     if fresh.start.is_none_or(|s| s < cutoff) {
         ranges.push((fresh.start.unwrap_or(i64::MIN), cutoff));
     }
     let ranges = coalesce(ranges.into_iter());
+    let listing = Listing::read(&trades_table, TableKind::Trades, None, TimeRange::ALL).await?;
     let to_read: Vec<&LiveFile> = listing
         .files
         .iter()
@@ -122,22 +128,17 @@ pub async fn build_incremental(
                 .any(|(s, e)| f.may_overlap(TableKind::Trades, &TimeRange::new(Some(*s), Some(*e))))
         })
         .collect();
+    let in_scope = |ex: &str, sym: &str, window: i64| {
+        (fresh.overlaps_closed(window, window) && window < cutoff)
+            || dirty.contains(&(ex, sym, window))
+    };
     let mut trades: Vec<RecordBatch> = Vec::new();
     for batch in read_files(storage, TableKind::Trades, &to_read, TimeRange::ALL).await? {
         let (ex, sym, ts) = trade_keys(&batch);
         let keep: BooleanArray = (0..batch.num_rows())
             .map(|row| {
-                let t = ts.value(row);
-                let in_fresh = fresh.overlaps_closed(t, t) && t < cutoff;
-                Some(
-                    in_fresh
-                        || (!late.is_empty()
-                            && late.contains(&(
-                                ex.value(row).to_string(),
-                                sym.value(row).to_string(),
-                                tf.window_start(t),
-                            ))),
-                )
+                let window = tf.window_start(ts.value(row));
+                Some(in_scope(ex.value(row), sym.value(row), window))
             })
             .collect();
         let kept = filter_record_batch(&batch, &keep)?;
@@ -145,7 +146,8 @@ pub async fn build_incremental(
             trades.push(kept);
         }
     }
-    // Late-key detection above counted the new files it scanned; add the trades aggregated.
+    // Dirty-key detection above counted the changed files it scanned; add the trades
+    // aggregated.
     report.trades_read += trades.iter().map(|b| b.num_rows()).sum::<usize>();
 
     // The kernel is CPU-bound and parallel on its own threads; keep it off the async workers.
@@ -163,17 +165,83 @@ pub async fn build_incremental(
         .filter(|f| bar_ranges.iter().any(|r| f.may_overlap(kind, r)))
         .collect();
     let existing = read_files(storage, kind, &bar_files, TimeRange::ALL).await?;
+    let gone = bars_left_without_trades(&existing, &computed, in_scope);
     let d = diff(&computed, &existing, now_us, wm.cutoff, false)?;
     report.absorb(&d);
+    report.deleted = gone.len();
 
     let props = next.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE);
-    if d.changed() > 0 {
-        let outcome = writer.upsert(kind, &[d.rows], props).await?;
+    if d.changed() > 0 || !gone.is_empty() {
+        let outcome = writer.upsert_removing(kind, &[d.rows], gone, props).await?;
         report.commit(&outcome);
     } else {
         writer.set_properties(kind, props).await?;
     }
     Ok(report)
+}
+
+/// Dirty keys from the rows of the files added and removed since snapshot `consumed`, within
+/// `persisted` (windows already written); every persisted window when that is unknown.
+async fn dirty_windows(
+    storage: &Storage,
+    trades: &Table,
+    tf: Timeframe,
+    consumed: i64,
+    persisted: TimeRange,
+    report: &mut BuildReport,
+) -> Result<Dirty> {
+    let everything = Dirty::All {
+        from: persisted.start.unwrap_or(i64::MIN),
+        before: persisted.end.unwrap_or(i64::MAX),
+    };
+    let changes = match since(trades, TableKind::Trades, consumed).await? {
+        SourceChanges::Known(changes) => changes,
+        SourceChanges::Unknown(reason) => {
+            tracing::warn!(timeframe = %tf, %reason, "recomputing every persisted window");
+            return Ok(everything);
+        }
+    };
+    let files: Vec<&LiveFile> = changes
+        .added
+        .iter()
+        .chain(&changes.removed)
+        .filter(|f| f.may_overlap(TableKind::Trades, &persisted))
+        .collect();
+    let batches = match read_files(storage, TableKind::Trades, &files, persisted).await {
+        Ok(batches) => batches,
+        // A removed file may already be gone (another engine expired its snapshot and swept).
+        Err(crate::storage::Error::ObjectStore(object_store::Error::NotFound { path, .. })) => {
+            tracing::warn!(timeframe = %tf, %path, "a changed trades file is gone; recomputing every persisted window");
+            return Ok(everything);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut keys = FxHashSet::default();
+    for batch in batches {
+        report.trades_read += batch.num_rows();
+        let (ex, sym, ts) = trade_keys(&batch);
+        for row in 0..batch.num_rows() {
+            let w = tf.window_start(ts.value(row));
+            keys.insert((ex.value(row).to_string(), sym.value(row).to_string(), w));
+        }
+    }
+    Ok(Dirty::Keys(keys))
+}
+
+/// Keys of stored bars in scope that the recomputation no longer produces: their window has
+/// no trades left.
+fn bars_left_without_trades(
+    existing: &[RecordBatch],
+    computed: &RecordBatch,
+    in_scope: impl Fn(&str, &str, i64) -> bool,
+) -> HashSet<BarKey> {
+    let produced: HashSet<(&str, &str, i64)> = bar_keys(computed).collect();
+    existing
+        .iter()
+        .flat_map(bar_keys)
+        .filter(|k| in_scope(k.0, k.1, k.2) && !produced.contains(k))
+        .map(|(e, s, w)| (e.to_string(), s.to_string(), w))
+        .collect()
 }
 
 fn trade_keys(

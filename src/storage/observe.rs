@@ -23,6 +23,9 @@ pub enum Content<'a> {
     },
     /// Files rewritten, rows unchanged (compaction).
     Rewrite,
+    /// Rows changed in a way not described here (rows deleted by key): copies of the table
+    /// must be dropped and read again.
+    Changed,
 }
 
 /// One landed commit.

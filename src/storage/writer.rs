@@ -12,8 +12,8 @@ use super::catalog::Storage;
 use super::commit::{commit, Change, CommitOutcome};
 use super::error::{Error, Result};
 use super::files::{
-    conform, discard, partition_range, read_data_file, split_by_partition, time_column,
-    write_data_files, write_partition_file,
+    conform, discard, partition_range, partition_value, read_data_file, split_by_partition,
+    time_column, write_data_files, write_partition_file,
 };
 use super::lock::WriterLock;
 use super::observe::{CommitObserver, Committed, Content};
@@ -88,6 +88,19 @@ impl TableWriter {
         batches: &[RecordBatch],
         properties: Properties,
     ) -> Result<CommitOutcome> {
+        self.upsert_removing(kind, batches, HashSet::new(), properties)
+            .await
+    }
+
+    /// As [`TableWriter::upsert`], and in the same commit deletes the rows of the keys in
+    /// `remove` (bars whose window lost all its trades).
+    pub async fn upsert_removing(
+        &self,
+        kind: TableKind,
+        batches: &[RecordBatch],
+        remove: HashSet<BarKey>,
+        properties: Properties,
+    ) -> Result<CommitOutcome> {
         let TableKind::Bars(_) = kind else {
             return Err(Error::InvalidData {
                 table: kind.name(),
@@ -101,19 +114,37 @@ impl TableWriter {
         let store = self.storage.store();
         let schema = kind.arrow_schema()?;
 
+        let content = if remove.is_empty() {
+            Content::Upsert(&rows)
+        } else {
+            Content::Changed
+        };
+        let mut work: BTreeMap<i32, (Vec<u32>, HashSet<BarKey>)> = BTreeMap::new();
+        for (partition, indices) in split_by_partition(kind, &rows)? {
+            work.entry(partition).or_default().0 = indices;
+        }
+        let transform = kind.partition_transform();
+        for key in remove {
+            work.entry(partition_value(&transform, key.2))
+                .or_default()
+                .1
+                .insert(key);
+        }
         let mut change = Change {
             properties,
             ..Change::default()
         };
-        for (partition, indices) in split_by_partition(kind, &rows)? {
+        for (partition, (indices, removed)) in work {
             let new_rows = take_record_batch(&rows, &UInt32Array::from(indices))?;
-            let keys = bar_keys(&new_rows)?;
+            let mut keys = bar_keys(&new_rows)?;
             if keys.len() != new_rows.num_rows() {
+                discard(&store, &change.add).await;
                 return Err(Error::InvalidData {
                     table: kind.name(),
                     reason: "the rows to upsert repeat a key".to_string(),
                 });
             }
+            keys.extend(removed);
             let (lo, hi) = key_time_bounds(&keys);
             let mut merged = vec![new_rows];
             for file in listing.files.iter().filter(|f| {
@@ -133,6 +164,9 @@ impl TableWriter {
                 change.remove.insert(file.path().to_string());
             }
             let part = concat_batches(&schema, &merged)?;
+            if part.num_rows() == 0 {
+                continue; // every row of the rewritten files was deleted
+            }
             match write_partition_file(&store, &table, kind, partition, &part).await {
                 Ok(file) => change.add.push(file),
                 Err(e) => {
@@ -141,7 +175,7 @@ impl TableWriter {
                 }
             }
         }
-        self.commit_and_notify(kind, &table, &listing, change, Content::Upsert(&rows))
+        self.commit_and_notify(kind, &table, &listing, change, content)
             .await
     }
 
@@ -280,7 +314,8 @@ impl TableWriter {
     }
 }
 
-type BarKey = (String, String, i64);
+/// `(exchange, symbol, window_start)`: the key of a bar.
+pub type BarKey = (String, String, i64);
 
 fn bar_keys(batch: &RecordBatch) -> Result<HashSet<BarKey>> {
     let kind = TableKind::Bars(crate::timeframe::Timeframe::M1);

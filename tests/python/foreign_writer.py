@@ -3,7 +3,9 @@ overwrites them, the way a Spark or pyiceberg pipeline in the same lake would.
 
 usage: foreign_writer.py DATA_DIR TABLE OP [ROWS_JSON]
   OP append:     ROWS_JSON is {"column": [values...]}; timestamps are UTC microseconds.
-  OP delete:     ROWS_JSON is {"trade_id": [ids...]}: those trades are deleted.
+  OP delete:     ROWS_JSON is {"trade_id": [ids...]}: those trades are deleted (pyiceberg
+                 rewrites the files holding them: an overwrite snapshot).
+  OP expire:     every snapshot but the current one is expired.
 Each call is one pyiceberg commit on table market.TABLE of the SQLite catalog under DATA_DIR.
 """
 
@@ -49,6 +51,10 @@ def main():
         table.append(rows_as_arrow(table, rows))
     elif op == "delete":
         table.delete(In("trade_id", rows["trade_id"]))
+    elif op == "expire":
+        current = table.current_snapshot().snapshot_id
+        old = [s.snapshot_id for s in table.snapshots() if s.snapshot_id != current]
+        table.maintenance.expire_snapshots().by_ids(old).commit()
     else:
         raise SystemExit(f"unknown op {op}")
     print(f"{op} {name}: snapshot {table.current_snapshot().snapshot_id}")
