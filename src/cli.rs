@@ -201,8 +201,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Load { files } => {
             let writer = open_writer(&config, "load").await?;
             let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-            let outcome =
-                trades::load_files(&writer, &paths, chrono::Utc::now().timestamp_micros()).await?;
+            let outcome = trades::load_files(
+                &writer,
+                &paths,
+                chrono::Utc::now().timestamp_micros(),
+                &config.ingest,
+            )
+            .await?;
             println!(
                 "loaded {} trades from {} file(s) into {}.trades (snapshot {})",
                 outcome.rows_added,

@@ -37,6 +37,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub quality: QualityConfig,
     pub cache: CacheSection,
+    /// Plausibility limits of trades coming in (ingest, `load`).
+    pub ingest: crate::trades::Limits,
 }
 
 /// `[cache]`: the hot candle cache.
@@ -262,6 +264,7 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             quality: QualityConfig::default(),
             cache: CacheSection::default(),
+            ingest: crate::trades::Limits::default(),
         }
     }
 }

@@ -77,6 +77,8 @@ pub struct ServeOptions {
     pub retention: RetentionPolicy,
     pub alerts: AlertsConfig,
     pub cache: CacheConfig,
+    /// Plausibility limits of ingested trades.
+    pub limits: crate::trades::Limits,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -150,6 +152,7 @@ impl ServeOptions {
                 .cache
                 .settings()
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?,
+            limits: config.ingest,
             clock,
         })
     }
@@ -220,6 +223,7 @@ pub async fn serve(
         writer.clone(),
         Arc::clone(&options.auth),
         Arc::clone(&options.clock),
+        options.limits,
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(jobs, handle, history, cache));

@@ -8,4 +8,4 @@ pub mod normalize;
 pub use error::{Error, Result};
 pub use generate::{write_trades_file, GeneratorConfig};
 pub use load::{load_files, read_file};
-pub use normalize::normalize;
+pub use normalize::{normalize, normalize_with, Limits};

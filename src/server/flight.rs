@@ -53,6 +53,7 @@ pub struct OhlcvFlightSql {
     sql_info: Arc<SqlInfoData>,
     xdbc_types: Arc<XdbcTypeInfoData>,
     answers: Answers,
+    limits: crate::trades::Limits,
 }
 
 impl OhlcvFlightSql {
@@ -61,6 +62,7 @@ impl OhlcvFlightSql {
         writer: TableWriter,
         auth: Arc<Auth>,
         clock: Arc<dyn Clock>,
+        limits: crate::trades::Limits,
     ) -> OhlcvFlightSql {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "ohlcv-server");
@@ -85,6 +87,7 @@ impl OhlcvFlightSql {
             clock,
             sql_info: Arc::new(info.build().expect("static SqlInfo")),
             xdbc_types: Arc::new(super::types::xdbc_types()),
+            limits,
         }
     }
 
@@ -406,7 +409,7 @@ impl FlightSqlService for OhlcvFlightSql {
         )?;
         let batches = ingest::collect(request.into_inner()).await?;
         let now = self.clock.now_us();
-        Ok(ingest::ingest(&self.writer, target, &batches, now).await?)
+        Ok(ingest::ingest(&self.writer, target, &batches, now, &self.limits).await?)
     }
 
     async fn get_flight_info_catalogs(

@@ -92,11 +92,17 @@ pub async fn ingest(
     kind: TableKind,
     batches: &[RecordBatch],
     ingested_at: i64,
+    limits: &crate::trades::Limits,
 ) -> Result<i64> {
     let mut rows = Vec::with_capacity(batches.len());
     let mut offset = 0;
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        rows.push(crate::trades::normalize(batch, offset, ingested_at)?);
+        rows.push(crate::trades::normalize_with(
+            batch,
+            offset,
+            ingested_at,
+            Some(limits),
+        )?);
         offset += batch.num_rows();
     }
     if rows.is_empty() {

@@ -8,7 +8,7 @@ use arrow::csv::reader::Format;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::error::{Error, Result};
-use super::normalize::normalize;
+use super::normalize::{normalize_with, Limits};
 use crate::storage::{CommitOutcome, TableKind, TableWriter};
 
 /// Reads a whole trade file as it is on disk (before normalising).
@@ -54,12 +54,16 @@ pub async fn load_files(
     writer: &TableWriter,
     paths: &[&Path],
     ingested_at: i64,
+    limits: &Limits,
 ) -> Result<CommitOutcome> {
     let mut rows = Vec::new();
     for path in paths {
         let mut offset = 0;
         for batch in read_file(path)? {
-            rows.push(normalize(&batch, offset, ingested_at).map_err(|e| e.in_file(path))?);
+            rows.push(
+                normalize_with(&batch, offset, ingested_at, Some(limits))
+                    .map_err(|e| e.in_file(path))?,
+            );
             offset += batch.num_rows();
         }
     }

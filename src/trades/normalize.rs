@@ -19,9 +19,52 @@ use crate::storage::TableKind;
 /// How many bad rows an error names.
 const REPORTED_BAD_ROWS: usize = 5;
 
-/// Normalises one input batch. `row_offset` numbers rows across the batches of one file;
-/// `ingested_at` (UTC microseconds) stamps every row.
+/// Plausibility limits for trades coming in (`[ingest]`): a row outside them is refused like
+/// any other bad row, naming it. They keep a typo or a hostile client from writing a trade in
+/// year 9999, a price of 5e-324 or a 10 MB exchange name into the lake.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// How far before the time of ingest a trade may be.
+    pub max_past_days: u32,
+    /// How far after the time of ingest a trade may be (clock skew of the sender).
+    pub max_future_secs: u32,
+    pub min_price: f64,
+    pub max_price: f64,
+    pub min_quantity: f64,
+    pub max_quantity: f64,
+    /// Longest `exchange`, `symbol` and `trade_id`, in bytes.
+    pub max_key_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_past_days: 20 * 365,
+            max_future_secs: 3600,
+            min_price: 1e-12,
+            max_price: 1e12,
+            min_quantity: 1e-12,
+            max_quantity: 1e15,
+            max_key_bytes: 128,
+        }
+    }
+}
+
+/// Normalises one input batch with no plausibility limits (trades that are already in a
+/// table, test fixtures). See [`normalize_with`].
 pub fn normalize(batch: &RecordBatch, row_offset: usize, ingested_at: i64) -> Result<RecordBatch> {
+    normalize_with(batch, row_offset, ingested_at, None)
+}
+
+/// Normalises one input batch. `row_offset` numbers rows across the batches of one file;
+/// `ingested_at` (UTC microseconds) stamps every row and is the "now" of `limits`.
+pub fn normalize_with(
+    batch: &RecordBatch,
+    row_offset: usize,
+    ingested_at: i64,
+    limits: Option<&Limits>,
+) -> Result<RecordBatch> {
     let exchange = string_column(batch, "exchange", false)?;
     let symbol = string_column(batch, "symbol", false)?;
     let trade_id = string_column(batch, "trade_id", true)?;
@@ -70,6 +113,18 @@ pub fn normalize(batch: &RecordBatch, row_offset: usize, ingested_at: i64) -> Re
                 quantity.value(row)
             ));
         }
+        if let Some(limits) = limits {
+            implausible(
+                limits,
+                ingested_at,
+                [&exchange, &symbol, &trade_id],
+                &ts,
+                &price,
+                &quantity,
+                row,
+                &mut reasons,
+            );
+        }
         if let Some(side) = &side {
             if side.is_valid(row) && !matches!(side.value(row), "buy" | "sell") {
                 reasons.push(format!(
@@ -115,6 +170,65 @@ pub fn normalize(batch: &RecordBatch, row_offset: usize, ingested_at: i64) -> Re
         TableKind::Trades.arrow_schema()?,
         columns,
     )?)
+}
+
+/// Why a row that is valid in form lies outside `limits`, appended to `reasons`.
+#[allow(clippy::too_many_arguments)]
+fn implausible(
+    limits: &Limits,
+    now: i64,
+    keys: [&StringArray; 3],
+    ts: &TimestampMicrosecondArray,
+    price: &Float64Array,
+    quantity: &Float64Array,
+    row: usize,
+    reasons: &mut Vec<String>,
+) {
+    for (name, array) in ["exchange", "symbol", "trade_id"].into_iter().zip(keys) {
+        if array.is_valid(row) && array.value(row).len() > limits.max_key_bytes {
+            reasons.push(format!(
+                "{name} is {} bytes long, more than the {} allowed",
+                array.value(row).len(),
+                limits.max_key_bytes
+            ));
+        }
+    }
+    if ts.is_valid(row) {
+        let t = ts.value(row);
+        let earliest = now.saturating_sub(limits.max_past_days as i64 * 86_400_000_000);
+        let latest = now.saturating_add(limits.max_future_secs as i64 * 1_000_000);
+        if t < earliest || t > latest {
+            let at = |us: i64| {
+                chrono::DateTime::from_timestamp_micros(us)
+                    .map_or_else(|| us.to_string(), |d| d.to_rfc3339())
+            };
+            reasons.push(format!(
+                "ts {} is outside [{}, {}] (ingest.max_past_days, ingest.max_future_secs)",
+                at(t),
+                at(earliest),
+                at(latest)
+            ));
+        }
+    }
+    for (name, array, lo, hi) in [
+        ("price", price, limits.min_price, limits.max_price),
+        (
+            "quantity",
+            quantity,
+            limits.min_quantity,
+            limits.max_quantity,
+        ),
+    ] {
+        // Non-finite and non-positive values are reported by the form checks.
+        if array.is_valid(row) && array.value(row).is_finite() && array.value(row) > 0.0 {
+            let v = array.value(row);
+            if v < lo || v > hi {
+                reasons.push(format!(
+                    "{name} {v:e} is outside [{lo:e}, {hi:e}] (ingest.min_{name}, ingest.max_{name})"
+                ));
+            }
+        }
+    }
 }
 
 fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
@@ -232,6 +346,72 @@ mod tests {
 
     fn strings(v: &[Option<&str>]) -> ArrayRef {
         Arc::new(StringArray::from(v.to_vec()))
+    }
+
+    #[test]
+    fn implausible_rows_are_refused_by_row() {
+        let now = 1_700_000_000_000_000;
+        let day = 86_400_000_000i64;
+        let long = "x".repeat(200);
+        let b = batch(vec![
+            (
+                "exchange",
+                strings(&[
+                    Some("k"),
+                    Some("k"),
+                    Some(long.as_str()),
+                    Some("k"),
+                    Some("k"),
+                ]),
+            ),
+            ("symbol", strings(&[Some("s"); 5])),
+            (
+                "trade_id",
+                strings(&[Some("1"), Some("2"), Some("3"), Some("4"), Some("5")]),
+            ),
+            (
+                "ts",
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![
+                        now - day,
+                        now + 400 * day,
+                        now,
+                        now,
+                        now,
+                    ])
+                    .with_timezone("UTC"),
+                ),
+            ),
+            (
+                "price",
+                Arc::new(Float64Array::from(vec![1.0, 1.0, 1.0, 5e-324, 1e308])),
+            ),
+            ("quantity", Arc::new(Float64Array::from(vec![1.0; 5]))),
+        ]);
+        assert!(
+            normalize(&b, 0, now).is_ok(),
+            "no limits without normalize_with"
+        );
+        let Error::BadRows { count, first } =
+            normalize_with(&b, 10, now, Some(&Limits::default())).unwrap_err()
+        else {
+            panic!("bad rows expected");
+        };
+        assert_eq!(count, 4);
+        let rows: Vec<usize> = first.iter().map(|r| r.row).collect();
+        assert_eq!(rows, [11, 12, 13, 14]);
+        assert!(first[0].reason.contains("ts "), "{}", first[0].reason);
+        assert!(first[1].reason.contains("200 bytes"), "{}", first[1].reason);
+        assert!(
+            first[2].reason.contains("price 5e-324"),
+            "{}",
+            first[2].reason
+        );
+        assert!(
+            first[3].reason.contains("price 1e308"),
+            "{}",
+            first[3].reason
+        );
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn options() -> ServeOptions {
             .unwrap(),
         alerts: Default::default(),
         cache: Default::default(),
+        limits: Default::default(),
         clock,
     }
 }

@@ -139,6 +139,18 @@ fails_with(lambda: cur.adbc_ingest("trades", bad, mode="append"), "row 49")
 cur.execute("select count(*) from trades")
 assert cur.fetchone()[0] == after, "a refused ingest wrote nothing"
 
+# Implausible rows (year 9999, a subnormal price, a 10 kB exchange) are refused by row number.
+far = trades.set_column(
+    3, "ts", pa.array([t0] * 49 + [datetime(9999, 1, 1, tzinfo=timezone.utc)], pa.timestamp("us", tz="UTC"))
+)
+fails_with(lambda: cur.adbc_ingest("trades", far, mode="append"), "max_future_secs")
+tiny = trades.set_column(4, "price", pa.array([5e-324] + [1.0] * 49))
+fails_with(lambda: cur.adbc_ingest("trades", tiny, mode="append"), "min_price")
+huge = trades.set_column(0, "exchange", pa.array(["x" * 10_000] + ["kraken"] * 49))
+fails_with(lambda: cur.adbc_ingest("trades", huge, mode="append"), "bytes long")
+cur.execute("select count(*) from trades")
+assert cur.fetchone()[0] == after, "refused ingests wrote nothing"
+
 # A reader may query but not ingest.
 reader = connect("rita").cursor()
 reader.execute("select count(*) from ohlcv_1m")
