@@ -44,6 +44,8 @@ pub struct BuildReport {
     pub late_revisions: usize,
     /// Bars removed because their window has no trades (or child bars) any more.
     pub deleted: usize,
+    /// Rows of a `[source]` the mapping could not read, left out (see `trades::source`).
+    pub skipped_rows: usize,
     pub files_added: usize,
     pub files_removed: usize,
     pub snapshot_before: Option<i64>,
@@ -142,8 +144,9 @@ async fn backfill_from_trades(
         return Ok(report);
     }
     let window = TimeRange::new(start, Some(end));
-    let (_, trades) = crate::storage::read::read_range(storage, TableKind::Trades, window).await?;
+    let (trades, skipped) = crate::trades::read_trades_range(storage, window, now_us).await?;
     report.trades_read = trades.iter().map(|b| b.num_rows()).sum();
+    report.skipped_rows = skipped.count;
     let computed =
         tokio::task::spawn_blocking(move || crate::bars::compute_bars(&trades, tf, now_us))
             .await
@@ -151,9 +154,18 @@ async fn backfill_from_trades(
     let (_, existing) = crate::storage::read::read_range(storage, kind, window).await?;
     let d = diff::diff(&computed, &existing, now_us, Some(cutoff), false)?;
     report.absorb(&d);
+    // A backfill is the operator's word that the current trades table is the one to build
+    // from, including one that replaced the table the builds consumed.
+    let trades = storage.table(TableKind::Trades).await?;
+    let props = HashMap::from([(
+        state::TRADES_TABLE_UUID.to_string(),
+        trades.metadata().table_uuid.to_string(),
+    )]);
     if d.changed() > 0 {
-        let outcome = writer.upsert(kind, &[d.rows], HashMap::new()).await?;
+        let outcome = writer.upsert(kind, &[d.rows], props).await?;
         report.commit(&outcome);
+    } else {
+        writer.set_properties(kind, props).await?;
     }
     Ok(report)
 }

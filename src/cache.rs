@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `entry` | one series' bars at one snapshot; applying a commit's rows to it |
 //! | `live` | unbuilt trades per series |
+//! | `follow` | the unbuilt trades other engines commit, found by polling the trades table |
 //! | `stats` | counters, `system.cache_stats`, Prometheus text |
 //! | `popular` | the most-queried series, remembered across restarts for warming |
 //!
@@ -17,6 +18,7 @@
 
 pub mod entry;
 pub mod error;
+pub mod follow;
 pub mod live;
 pub mod popular;
 pub mod stats;
@@ -58,6 +60,8 @@ pub struct CacheConfig {
     pub horizons: BTreeMap<Timeframe, Option<i64>>,
     /// How many of the most-queried series are loaded at start.
     pub warm_series: usize,
+    /// How often the trades table is checked for other engines' commits (ms; 0: never).
+    pub trades_poll_ms: u64,
 }
 
 impl Default for CacheConfig {
@@ -73,6 +77,7 @@ impl Default for CacheConfig {
                 (Timeframe::D1, None),
             ]),
             warm_series: 100,
+            trades_poll_ms: 2000,
         }
     }
 }
@@ -147,6 +152,8 @@ fn index(tf: Timeframe) -> usize {
 struct State {
     tables: [TableState; 5],
     live: LiveTrades,
+    /// The trades snapshot `live` holds; `None` until one was read or committed.
+    trades_snapshot: Option<i64>,
     generation: u64,
 }
 
@@ -208,6 +215,7 @@ impl BarCache {
                 state: RwLock::new(State {
                     tables,
                     live: LiveTrades::default(),
+                    trades_snapshot: None,
                     generation: 0,
                 }),
                 counters,
@@ -216,18 +224,9 @@ impl BarCache {
             }),
         };
         let floor = cache.live_floor(&tables);
-        let (_, trades) = crate::storage::read::read_range(
-            &cache.inner.storage,
-            TableKind::Trades,
-            TimeRange::new(Some(floor), None),
-        )
-        .await?;
-        let mut state = cache.write();
-        state.live.raise_floor(floor)?;
-        if !trades.is_empty() {
-            state.live.add(&trades)?;
-        }
-        drop(state);
+        cache.write().live.raise_floor(floor)?;
+        // The unbuilt trades, and the snapshot they were read at.
+        cache.follow_trades().await?;
         Ok(cache)
     }
 
@@ -469,6 +468,7 @@ impl BarCache {
         state.generation += 1;
         let tf = match c.kind {
             TableKind::Trades => {
+                state.trades_snapshot = c.after;
                 match c.content {
                     Content::Append(batches) => state.live.add(batches)?,
                     Content::Replace { partitions, .. } => {

@@ -39,6 +39,8 @@ pub struct Config {
     pub cache: CacheSection,
     /// Plausibility limits of trades coming in (ingest, `load`).
     pub ingest: crate::trades::Limits,
+    /// Build from a trades table another pipeline owns instead of `market.trades`.
+    pub source: Option<crate::storage::SourceConfig>,
 }
 
 /// `[cache]`: the hot candle cache.
@@ -51,6 +53,9 @@ pub struct CacheSection {
     pub horizon_hours: std::collections::BTreeMap<String, u64>,
     /// Most-queried series loaded at start.
     pub warm_series: usize,
+    /// How often the trades table is checked for commits of other engines, whose trades then
+    /// show as live bars (milliseconds; 0: only our own ingest shows).
+    pub trades_poll_ms: u64,
 }
 
 impl Default for CacheSection {
@@ -70,6 +75,7 @@ impl Default for CacheSection {
                 })
                 .collect(),
             warm_series: d.warm_series,
+            trades_poll_ms: d.trades_poll_ms,
         }
     }
 }
@@ -80,6 +86,7 @@ impl CacheSection {
             enabled: self.enabled,
             max_bytes: self.max_mb << 20,
             warm_series: self.warm_series,
+            trades_poll_ms: self.trades_poll_ms,
             ..Default::default()
         };
         for (name, hours) in &self.horizon_hours {
@@ -265,6 +272,7 @@ impl Default for Config {
             quality: QualityConfig::default(),
             cache: CacheSection::default(),
             ingest: crate::trades::Limits::default(),
+            source: None,
         }
     }
 }
@@ -436,6 +444,31 @@ mod tests {
         );
         assert_eq!(cfg.server.query_memory_limit_mb, 64);
         assert_eq!(cfg.auth.token_ttl_secs, 3600);
+    }
+
+    #[test]
+    fn a_source_table_maps_its_columns_and_ingest_limits_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[source]\nnamespace = \"lake\"\ntable = \"gold_crypto_trades\"\n\
+             exchange = \"binance\"\n[source.columns]\nts = \"trade_time\"\nprice = \"px\"\n\
+             side = \"is_buyer_maker\"\n[ingest]\nmax_past_days = 30\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&file), env(&[])).unwrap();
+        let source = cfg.source.unwrap();
+        assert_eq!(source.table, "gold_crypto_trades");
+        assert_eq!(source.columns.ts, "trade_time");
+        assert_eq!(
+            source.columns.quantity, "quantity",
+            "unmapped columns keep our names"
+        );
+        assert!(!source.strict);
+        assert_eq!(cfg.ingest.max_past_days, 30);
+        assert_eq!(cfg.ingest.max_key_bytes, 128);
+        assert!(Config::load(None, env(&[])).unwrap().source.is_none());
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::storage::files::{partition_range, partition_value};
 use crate::storage::read::read_files;
 use crate::storage::{Listing, LiveFile, Storage, TableKind, TimeRange};
 use crate::timeframe::Timeframe;
+use crate::trades::read_trades;
 
 pub use checks::{Found, Violation, CHECKS, MAX_SAMPLES};
 pub use results::{CheckResult, Reports, RetentionRun, Validated};
@@ -58,7 +59,8 @@ struct TableState {
 impl TableState {
     async fn load(storage: &Storage, kind: TableKind) -> Result<Self> {
         let table = storage.table(kind).await?;
-        let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
+        let layout = storage.layout(kind, &table)?;
+        let listing = Listing::read_laid_out(&table, kind, layout, None, TimeRange::ALL).await?;
         let metadata = table.metadata();
         let sequence = match listing.snapshot_id {
             Some(id) => metadata
@@ -90,7 +92,7 @@ impl TableState {
     }
 
     fn bounds(&self, f: &LiveFile) -> (i64, i64) {
-        f.time_bounds(self.kind).unwrap_or_else(|| {
+        f.time_bounds().unwrap_or_else(|| {
             let p = f.partition(self.kind).unwrap_or_default();
             let (lo, hi) = partition_range(&self.kind.partition_transform(), p);
             (lo, hi - 1)
@@ -256,7 +258,14 @@ async fn validate_timeframe(
         if window.start >= window.end {
             continue;
         }
-        let lower = read_files(storage, source.kind, &source.files_in(window), window).await?;
+        let lower = match source.kind {
+            TableKind::Trades => {
+                read_trades(storage, &source.files_in(window), window, now_us)
+                    .await?
+                    .0
+            }
+            kind => read_files(storage, kind, &source.files_in(window), window).await?,
+        };
         let expected = match tf.lower() {
             None => {
                 let trades = lower;

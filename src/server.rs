@@ -181,6 +181,13 @@ pub async fn serve(
     .await?;
     writer.observe(Arc::new(cache.clone()));
     tasks.spawn(keep_warm(cache.clone(), cancel.clone()));
+    if options.cache.trades_poll_ms > 0 {
+        tasks.spawn(crate::cache::follow::follow(
+            cache.clone(),
+            std::time::Duration::from_millis(options.cache.trades_poll_ms),
+            cancel.clone(),
+        ));
+    }
     let (alerts, delivery) = Alerts::start(&options.alerts, cancel.clone());
     if let Some(delivery) = delivery {
         tasks.spawn(delivery);
@@ -200,7 +207,9 @@ pub async fn serve(
         Arc::new(history.clone()),
     );
     tasks.spawn(scheduler.with_alerts(alerts).run(cancel.clone()));
-    if options.demo {
+    if options.demo && !writer.storage().owns(TableKind::Trades) {
+        tracing::warn!("--demo feeds market.trades, but trades come from [source]: no demo feed");
+    } else if options.demo {
         tasks.spawn(demo::feed(
             writer.clone(),
             Arc::clone(&options.clock),

@@ -7,6 +7,7 @@
 //! | `files` | the partitioned Parquet writer and data-file reader |
 //! | `manifest` | manifest entries read strictly, with the spec's inheritance rules |
 //! | `snapshot` | live files of a snapshot, pruning |
+//! | `source` | the trades table of another pipeline (`[source]`): which, and its columns |
 //! | `commit` | our atomic commit (manifests, manifest list, catalog update) |
 //! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
 //! | `observe` | commit notifications for in-memory copies (cache, live trades) |
@@ -27,6 +28,7 @@ pub mod provider;
 pub mod read;
 pub mod schema;
 pub mod snapshot;
+pub mod source;
 pub mod writer;
 
 pub use catalog::Storage;
@@ -37,5 +39,6 @@ pub use maintenance::SweepReport;
 pub use observe::{CommitObserver, Committed, Content};
 pub use provider::{MarketSchema, SnapshotTable};
 pub use schema::TableKind;
-pub use snapshot::{Listing, LiveFile, TimeRange};
+pub use snapshot::{Layout, Listing, LiveFile, TimeRange};
+pub use source::{ColumnMap, SourceConfig};
 pub use writer::{Properties, TableWriter};

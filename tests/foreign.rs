@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use arrow_flight::sql::client::FlightSqlServiceClient;
 use common::trades::{assert_bars_match, load, reference, table_bars, trade, Trade};
 use common::*;
 use ohlcv_server::build::{self, BuildSettings};
@@ -265,4 +266,91 @@ async fn revisions(d: &Deployment) -> i32 {
         .await
         .unwrap();
     table_bars(&b).into_values().map(|b| b.revision).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_another_engine_commits_show_as_live_candles_before_the_next_build() {
+    if python().is_none() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let d = Deployment::new().await;
+    load(&d, &trades("a", "BTC-USD", T0, 90, 1900)).await;
+    build_all(&d).await;
+    let mut options = common::server::options();
+    options.cache.trades_poll_ms = 50;
+    let server = common::server::Server::start_with(&d, options).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+
+    // Spark (here pyiceberg) commits trades in the last minutes: no build has seen them.
+    let recent = trades("spark", "SOL-USD", NOW - 4 * MIN, 7, 20);
+    pyiceberg(&d, "trades", "append", trades_json(&recent));
+    let sql = format!(
+        "select window_start, volume, trade_count, is_final from candles('kraken', 'SOL-USD', \
+         '1m', '{}', '{}')",
+        iso(NOW - 10 * MIN),
+        iso(NOW + MIN)
+    );
+    let want = reference(&recent, MIN);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let batches = query(&mut client, &sql).await;
+        let got: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if got == want.len() {
+            let volumes: f64 = batches
+                .iter()
+                .map(|b| {
+                    b.column(1)
+                        .as_any()
+                        .downcast_ref::<arrow::array::Float64Array>()
+                        .unwrap()
+                        .values()
+                        .iter()
+                        .sum::<f64>()
+                })
+                .sum();
+            let expected: f64 = recent.iter().map(|t| t.qty).sum();
+            assert!((volumes - expected).abs() < 1e-9, "{volumes} vs {expected}");
+            let finals = batches.iter().all(|b| {
+                b.column(3)
+                    .as_any()
+                    .downcast_ref::<arrow::array::BooleanArray>()
+                    .unwrap()
+                    .true_count()
+                    == 0
+            });
+            assert!(finals, "the candles are live, not final");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the committed trades never showed as live candles ({got} of {})",
+            want.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.shutdown_and_wait().await;
+}
+
+fn iso(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn query(
+    client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> Vec<arrow::array::RecordBatch> {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let mut out = Vec::new();
+    for endpoint in info.endpoint {
+        let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+        out.extend(
+            futures::TryStreamExt::try_collect::<Vec<_>>(stream)
+                .await
+                .unwrap(),
+        );
+    }
+    out
 }

@@ -11,6 +11,10 @@ pub enum Error {
 
     #[error(transparent)]
     Storage(#[from] crate::storage::Error),
+
+    /// Trades of a `[source]` that a strict mapping refused, or that could not be mapped.
+    #[error(transparent)]
+    Trades(#[from] crate::trades::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -21,7 +21,7 @@ use super::{BuildReport, Result};
 use crate::bars::rollup;
 use crate::storage::files::{partition_range, partition_value};
 use crate::storage::read::read_files;
-use crate::storage::{Listing, LiveFile, TableKind, TableWriter, TimeRange};
+use crate::storage::{Layout, Listing, LiveFile, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
 
 const SOURCE: TableKind = TableKind::Bars(Timeframe::M1);
@@ -95,7 +95,7 @@ pub async fn build_rollup(
             .cloned()
             .collect(),
         (Scope::Changed, Some(consumed)) if Some(consumed) != next.snapshot => {
-            match since(&source, SOURCE, consumed).await? {
+            match since(&source, SOURCE, Layout::Ours, consumed).await? {
                 SourceChanges::Known(c) => c.added.into_iter().chain(c.removed).collect(),
                 SourceChanges::Unknown(reason) => {
                     tracing::warn!(timeframe = %tf, %reason, "rebuilding every partition");
@@ -107,7 +107,7 @@ pub async fn build_rollup(
         (Scope::Changed, None) => listing.files.clone(),
     };
     for f in &changed {
-        let first_last = match (f.partition(SOURCE), f.time_bounds(SOURCE)) {
+        let first_last = match (f.partition(SOURCE), f.time_bounds()) {
             (Some(p), _) => Some((p, p)),
             (None, Some((lo, hi))) => Some((partition_value(&day, lo), partition_value(&day, hi))),
             (None, None) => None,

@@ -13,7 +13,7 @@ use iceberg_rust::spec::snapshot::Operation;
 use iceberg_rust::table::Table;
 
 use crate::storage::manifest::read_entries;
-use crate::storage::{Error, LiveFile, Result, TableKind};
+use crate::storage::{Error, Layout, LiveFile, Result, TableKind};
 
 /// Files added and removed by the row-changing snapshots after the consumed one.
 #[derive(Debug, Default)]
@@ -30,7 +30,13 @@ pub enum SourceChanges {
 }
 
 /// Changes of `table` from snapshot `consumed` (exclusive) to its current snapshot.
-pub async fn since(table: &Table, kind: TableKind, consumed: i64) -> Result<SourceChanges> {
+pub async fn since(
+    table: &Table,
+    kind: TableKind,
+    layout: Layout,
+    consumed: i64,
+) -> Result<SourceChanges> {
+    let (time_field, own_partitions) = layout.of_files(kind);
     let metadata = table.metadata();
     let mut chain = Vec::new();
     let mut at = metadata.current_snapshot_id;
@@ -80,6 +86,8 @@ pub async fn since(table: &Table, kind: TableKind, consumed: i64) -> Result<Sour
             let file = LiveFile {
                 manifest_path,
                 entry,
+                time_field,
+                own_partitions,
             };
             match file.entry.status() {
                 Status::Added => changes.added.push(file),

@@ -27,13 +27,16 @@ use iceberg_rust::table::Table;
 
 use super::changes::{since, SourceChanges};
 use super::diff::{bar_keys, diff};
-use super::state::{prop_i64, Watermark, RETAINED_FROM, TRADES_SEQUENCE, TRADES_SNAPSHOT};
+use super::state::{
+    prop_i64, Watermark, RETAINED_FROM, TRADES_SEQUENCE, TRADES_SNAPSHOT, TRADES_TABLE_UUID,
+};
 use super::{coalesce, BuildReport, Result};
 use crate::bars::columns::FxHashSet;
 use crate::bars::compute_bars;
 use crate::storage::read::read_files;
-use crate::storage::{Listing, LiveFile, Storage, TableKind, TableWriter, TimeRange};
+use crate::storage::{Layout, Listing, LiveFile, Storage, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
+use crate::trades::read_trades;
 
 type BarKey = (String, String, i64);
 
@@ -84,6 +87,19 @@ pub async fn build_incremental(
         return Ok(report);
     };
     let (trades_snapshot, trades_seq) = (*snapshot.snapshot_id(), *snapshot.sequence_number());
+    let uuid = trades_table.metadata().table_uuid.to_string();
+    match bars_table.metadata().properties.get(TRADES_TABLE_UUID) {
+        Some(seen) if *seen != uuid => {
+            return Err(crate::bars::Error::Input(format!(
+                "the trades table {} was replaced (table uuid {seen} is now {uuid}); {} is not \
+                 built from it, so no bar is lost. A backfill of {tf} (build --timeframe {tf} \
+                 --from .. --to ..) accepts the new table and rebuilds from it",
+                storage.identifier(TableKind::Trades),
+                kind.name()
+            )))
+        }
+        _ => {}
+    }
     report.source_snapshot = Some(trades_snapshot);
     let cutoff = tf
         .window_start(now_us - grace_us)
@@ -98,10 +114,16 @@ pub async fn build_incremental(
     }
     let retained_from =
         prop_i64(&trades_table.metadata().properties, RETAINED_FROM).unwrap_or(i64::MIN);
+    let layout = storage.layout(TableKind::Trades, &trades_table)?;
     let dirty = match (wm.snapshot, wm.cutoff) {
         (Some(consumed), Some(prev)) if consumed != trades_snapshot => {
             let persisted = TimeRange::new(Some(retained_from), Some(prev));
-            dirty_windows(storage, &trades_table, tf, consumed, persisted, &mut report).await?
+            let changed = Changed {
+                table: &trades_table,
+                layout,
+                consumed,
+            };
+            dirty_windows(storage, changed, tf, persisted, now_us, &mut report).await?
         }
         _ => Dirty::Keys(FxHashSet::default()),
     };
@@ -118,7 +140,14 @@ pub async fn build_incremental(
         ranges.push((fresh.start.unwrap_or(i64::MIN), cutoff));
     }
     let ranges = coalesce(ranges.into_iter());
-    let listing = Listing::read(&trades_table, TableKind::Trades, None, TimeRange::ALL).await?;
+    let listing = Listing::read_laid_out(
+        &trades_table,
+        TableKind::Trades,
+        layout,
+        None,
+        TimeRange::ALL,
+    )
+    .await?;
     let to_read: Vec<&LiveFile> = listing
         .files
         .iter()
@@ -133,7 +162,9 @@ pub async fn build_incremental(
             || dirty.contains(&(ex, sym, window))
     };
     let mut trades: Vec<RecordBatch> = Vec::new();
-    for batch in read_files(storage, TableKind::Trades, &to_read, TimeRange::ALL).await? {
+    let (batches, skipped) = read_trades(storage, &to_read, TimeRange::ALL, now_us).await?;
+    report.skipped_rows += skipped.count;
+    for batch in batches {
         let (ex, sym, ts) = trade_keys(&batch);
         let keep: BooleanArray = (0..batch.num_rows())
             .map(|row| {
@@ -170,7 +201,8 @@ pub async fn build_incremental(
     report.absorb(&d);
     report.deleted = gone.len();
 
-    let props = next.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE);
+    let mut props = next.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE);
+    props.insert(TRADES_TABLE_UUID.to_string(), uuid);
     if d.changed() > 0 || !gone.is_empty() {
         let outcome = writer.upsert_removing(kind, &[d.rows], gone, props).await?;
         report.commit(&outcome);
@@ -180,21 +212,36 @@ pub async fn build_incremental(
     Ok(report)
 }
 
-/// Dirty keys from the rows of the files added and removed since snapshot `consumed`, within
+/// The trades table and the snapshot a build consumed.
+#[derive(Clone, Copy)]
+struct Changed<'a> {
+    table: &'a Table,
+    layout: Layout,
+    consumed: i64,
+}
+
+/// Dirty keys from the rows of the files added and removed since the consumed snapshot, within
 /// `persisted` (windows already written); every persisted window when that is unknown.
 async fn dirty_windows(
     storage: &Storage,
-    trades: &Table,
+    changed: Changed<'_>,
     tf: Timeframe,
-    consumed: i64,
     persisted: TimeRange,
+    now_us: i64,
     report: &mut BuildReport,
 ) -> Result<Dirty> {
     let everything = Dirty::All {
         from: persisted.start.unwrap_or(i64::MIN),
         before: persisted.end.unwrap_or(i64::MAX),
     };
-    let changes = match since(trades, TableKind::Trades, consumed).await? {
+    let changes = match since(
+        changed.table,
+        TableKind::Trades,
+        changed.layout,
+        changed.consumed,
+    )
+    .await?
+    {
         SourceChanges::Known(changes) => changes,
         SourceChanges::Unknown(reason) => {
             tracing::warn!(timeframe = %tf, %reason, "recomputing every persisted window");
@@ -207,10 +254,12 @@ async fn dirty_windows(
         .chain(&changes.removed)
         .filter(|f| f.may_overlap(TableKind::Trades, &persisted))
         .collect();
-    let batches = match read_files(storage, TableKind::Trades, &files, persisted).await {
-        Ok(batches) => batches,
+    let batches = match read_trades(storage, &files, persisted, now_us).await {
+        Ok((batches, _)) => batches,
         // A removed file may already be gone (another engine expired its snapshot and swept).
-        Err(crate::storage::Error::ObjectStore(object_store::Error::NotFound { path, .. })) => {
+        Err(crate::trades::Error::Storage(crate::storage::Error::ObjectStore(
+            object_store::Error::NotFound { path, .. },
+        ))) => {
             tracing::warn!(timeframe = %tf, %path, "a changed trades file is gone; recomputing every persisted window");
             return Ok(everything);
         }

@@ -77,7 +77,8 @@ pub async fn plan(
 ) -> Result<Vec<RetentionAction>> {
     let storage = writer.storage();
     let mut actions = Vec::new();
-    for kind in TableKind::all() {
+    // Another pipeline's trades table is its own to keep or drop.
+    for kind in TableKind::all().filter(|k| storage.owns(*k)) {
         // Tables without a horizon are listed too: apply still expires and sweeps them.
         let mut cutoff = match policy.keep.get(&kind.name()) {
             Some(Some(keep)) => now_us - keep,

@@ -8,6 +8,9 @@ use std::collections::HashMap;
 pub const TRADES_SNAPSHOT: &str = "ohlcv.trades-snapshot";
 /// Sequence number of that snapshot: files with a higher data sequence number are new.
 pub const TRADES_SEQUENCE: &str = "ohlcv.trades-sequence";
+/// Table uuid of the trades table consumed: a table dropped and created again under the same
+/// name has another, and building from it would silently delete bars.
+pub const TRADES_TABLE_UUID: &str = "ohlcv.trades-table-uuid";
 /// First window start not yet persisted (UTC microseconds): windows before it are final.
 pub const CUTOFF: &str = "ohlcv.cutoff";
 /// 1m snapshot consumed by a batch (30m/1h/1d) build, and its sequence number.

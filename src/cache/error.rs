@@ -10,6 +10,8 @@ pub enum Error {
     #[error(transparent)]
     Bars(#[from] crate::bars::Error),
     #[error(transparent)]
+    Trades(#[from] crate::trades::Error),
+    #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("cache database: {0}")]
     Database(#[from] sqlx::Error),

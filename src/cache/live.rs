@@ -24,6 +24,14 @@ impl LiveTrades {
         self.floor
     }
 
+    /// No trades, the same floor.
+    pub fn emptied(&self) -> LiveTrades {
+        LiveTrades {
+            series: HashMap::new(),
+            floor: self.floor,
+        }
+    }
+
     /// Keeps the trades of `batches` at or after the floor.
     pub fn add(&mut self, batches: &[RecordBatch]) -> Result<()> {
         let all = conform(TableKind::Trades, batches)?;

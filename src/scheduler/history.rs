@@ -54,16 +54,18 @@ impl History {
         )
         .execute(&pool)
         .await?;
-        // Added after the table existed: older catalogs get the column here.
-        let added = sqlx::query(
-            "alter table ohlcv_job_runs add column deleted_bars bigint not null default 0",
-        )
-        .execute(&pool)
-        .await;
-        if let Err(e) = added {
-            let text = e.to_string();
-            if !text.contains("duplicate column") && !text.contains("already exists") {
-                return Err(e.into());
+        // Added after the table existed: older catalogs get the columns here.
+        for column in ["deleted_bars", "skipped_rows"] {
+            let added = sqlx::query(&format!(
+                "alter table ohlcv_job_runs add column {column} bigint not null default 0"
+            ))
+            .execute(&pool)
+            .await;
+            if let Err(e) = added {
+                let text = e.to_string();
+                if !text.contains("duplicate column") && !text.contains("already exists") {
+                    return Err(e.into());
+                }
             }
         }
         Ok(History { pool })
@@ -75,8 +77,9 @@ impl History {
             "insert into ohlcv_job_runs (run_id, job, timeframe, attempt, started_at, \
              finished_at, status, trades_read, bars_written, new_bars, revised_bars, \
              late_revisions, files_added, files_removed, snapshot_before, snapshot_after, \
-             source_snapshot, error, deleted_bars) values \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+             source_snapshot, error, deleted_bars, skipped_rows) values \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20)",
         )
         .bind(&run.run_id)
         .bind(&run.job)
@@ -97,6 +100,7 @@ impl History {
         .bind(r.source_snapshot)
         .bind(run.error.clone())
         .bind(r.deleted as i64)
+        .bind(r.skipped_rows as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -133,7 +137,7 @@ impl History {
 
 const SELECT: &str = "select run_id, job, timeframe, attempt, started_at, finished_at, status, \
     trades_read, bars_written, new_bars, revised_bars, late_revisions, files_added, files_removed, \
-    snapshot_before, snapshot_after, source_snapshot, error, deleted_bars from ohlcv_job_runs";
+    snapshot_before, snapshot_after, source_snapshot, error, deleted_bars, skipped_rows from ohlcv_job_runs";
 
 fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
     let n = |i: usize| -> Result<usize> { Ok(row.try_get::<i64, _>(i)? as usize) };
@@ -154,6 +158,7 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
             revised: n(10)?,
             late_revisions: n(11)?,
             deleted: n(18)?,
+            skipped_rows: n(19)?,
             files_added: n(12)?,
             files_removed: n(13)?,
             unchanged: 0,

@@ -91,6 +91,7 @@ fn trades_status(e: crate::trades::Error) -> Status {
 fn build_status(e: crate::bars::Error) -> Status {
     match e {
         crate::bars::Error::Storage(s) => storage_status(s),
+        crate::bars::Error::Trades(t) => trades_status(t),
         other => Status::internal(other.to_string()),
     }
 }
@@ -101,6 +102,7 @@ fn cache_status(e: crate::cache::Error) -> Status {
         C::Input(m) => Status::invalid_argument(m),
         C::Storage(s) => storage_status(s),
         C::Bars(b) => build_status(b),
+        C::Trades(t) => trades_status(t),
         other => Status::internal(other.to_string()),
     }
 }
@@ -114,7 +116,7 @@ fn storage_status(e: crate::storage::Error) -> Status {
             Status::aborted(e.to_string())
         }
         S::CommitUnknown { .. } => Status::unavailable(e.to_string()),
-        S::Unsupported { .. } => Status::failed_precondition(e.to_string()),
+        S::Unsupported { .. } | S::NotOwned { .. } => Status::failed_precondition(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

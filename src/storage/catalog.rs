@@ -17,6 +17,8 @@ use sqlx::AnyPool;
 
 use super::error::{Error, Result};
 use super::schema::TableKind;
+use super::snapshot::Layout;
+use super::source::SourceConfig;
 use crate::config::Config;
 
 /// Cheap, cloneable handle on the catalog and the warehouse.
@@ -34,6 +36,8 @@ struct Inner {
     catalog_name: String,
     namespace: String,
     warehouse: PathBuf,
+    /// The trades table of another pipeline, when the server builds from one.
+    source: Option<SourceConfig>,
 }
 
 impl Storage {
@@ -64,6 +68,7 @@ impl Storage {
                 catalog_name: config.catalog.name.clone(),
                 namespace: config.catalog.namespace.clone(),
                 warehouse,
+                source: config.source.clone(),
             }),
         };
         storage.ensure_tables().await?;
@@ -97,7 +102,45 @@ impl Storage {
     }
 
     pub fn identifier(&self, kind: TableKind) -> Identifier {
-        Identifier::new(std::slice::from_ref(&self.inner.namespace), &kind.name())
+        match (kind, &self.inner.source) {
+            (TableKind::Trades, Some(source)) => Identifier::new(
+                &[source
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| self.inner.namespace.clone())],
+                &source.table,
+            ),
+            _ => Identifier::new(std::slice::from_ref(&self.inner.namespace), &kind.name()),
+        }
+    }
+
+    /// The trades table of another pipeline, when configured.
+    pub fn source(&self) -> Option<&SourceConfig> {
+        self.inner.source.as_ref()
+    }
+
+    /// How `table` (the table of `kind`) is pruned: the source's time column is found by
+    /// name in its current schema.
+    pub fn layout(&self, kind: TableKind, table: &Table) -> Result<Layout> {
+        let Some(source) = self.source().filter(|_| kind == TableKind::Trades) else {
+            return Ok(Layout::Ours);
+        };
+        let schema = table.metadata().current_schema(None)?;
+        let field = schema
+            .get_name(&source.columns.ts)
+            .ok_or_else(|| Error::Unsupported {
+                table: self.identifier(kind).to_string(),
+                file: table.metadata().location.clone(),
+                feature: format!("no column '{}' (source.columns.ts)", source.columns.ts),
+            })?;
+        Ok(Layout::Source {
+            time_field: field.id,
+        })
+    }
+
+    /// Whether the server owns `kind` (and so may write, compact and expire it).
+    pub fn owns(&self, kind: TableKind) -> bool {
+        !(kind == TableKind::Trades && self.inner.source.is_some())
     }
 
     pub fn table_location(&self, kind: TableKind) -> PathBuf {
@@ -117,8 +160,13 @@ impl Storage {
             .await
         {
             Ok(Tabular::Table(table)) => Ok(table),
-            Ok(_) => Err(Error::Catalog(format!("{} is not a table", kind.name()))),
-            Err(iceberg_rust::error::Error::NotFound(_)) => Err(Error::TableNotFound(kind.name())),
+            Ok(_) => Err(Error::Catalog(format!(
+                "{} is not a table",
+                self.identifier(kind)
+            ))),
+            Err(iceberg_rust::error::Error::NotFound(_)) => {
+                Err(Error::TableNotFound(self.identifier(kind).to_string()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -148,7 +196,7 @@ impl Storage {
                 .await
                 .map_err(|e| Error::Catalog(format!("create namespace: {e}")))?;
         }
-        for kind in TableKind::all() {
+        for kind in TableKind::all().filter(|k| self.owns(*k)) {
             if self
                 .inner
                 .catalog

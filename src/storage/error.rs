@@ -77,6 +77,10 @@ pub enum Error {
     #[error("outcome of the commit to {table} is unknown: {reason}")]
     CommitUnknown { table: String, reason: String },
 
+    /// A change to a table another pipeline owns (`[source]`).
+    #[error("{table} belongs to another pipeline ([source]): ohlcv-server never writes, compacts or expires it")]
+    NotOwned { table: String },
+
     #[error("invalid rows for {table}: {reason}")]
     InvalidData { table: String, reason: String },
 }

@@ -13,6 +13,7 @@ use arrow::compute::{
     cast, concat_batches, lexsort_to_indices, take_record_batch, LexicographicalComparator,
     SortColumn,
 };
+use arrow::datatypes::SchemaRef;
 use chrono::{Datelike, TimeZone, Utc};
 use futures::TryStreamExt;
 use iceberg_rust::file_format::parquet::parquet_to_datafile;
@@ -283,6 +284,17 @@ pub async fn read_data_file(
     kind: TableKind,
     path: &str,
 ) -> Result<Vec<RecordBatch>> {
+    read_data_file_as(store, &kind.name(), &kind.arrow_schema()?, path).await
+}
+
+/// As [`read_data_file`], for a table of any schema (`target`: its current schema as Arrow,
+/// with field ids), named `table` in errors.
+pub async fn read_data_file_as(
+    store: &Arc<dyn ObjectStore>,
+    table: &str,
+    target: &SchemaRef,
+    path: &str,
+) -> Result<Vec<RecordBatch>> {
     let reader = ParquetObjectReader::new(Arc::clone(store), ObjectPath::from(strip_prefix(path)));
     let stream = ParquetRecordBatchStreamBuilder::new(reader)
         .await?
@@ -290,13 +302,17 @@ pub async fn read_data_file(
     let batches: Vec<RecordBatch> = stream.try_collect().await?;
     batches
         .iter()
-        .map(|b| conform_columns(kind, path, b))
+        .map(|b| conform_columns(table, target, path, b))
         .collect()
 }
 
 /// The columns of `batch` (one file's rows) rearranged into the table's schema.
-fn conform_columns(kind: TableKind, path: &str, batch: &RecordBatch) -> Result<RecordBatch> {
-    let target = kind.arrow_schema()?;
+fn conform_columns(
+    table: &str,
+    target: &SchemaRef,
+    path: &str,
+    batch: &RecordBatch,
+) -> Result<RecordBatch> {
     let source = batch.schema();
     let field_id = |f: &arrow::datatypes::Field| -> Option<i32> {
         f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok()
@@ -320,7 +336,7 @@ fn conform_columns(kind: TableKind, path: &str, batch: &RecordBatch) -> Result<R
             }
             Some(i) => {
                 cast(batch.column(i), field.data_type()).map_err(|e| Error::Unsupported {
-                    table: kind.name(),
+                    table: table.to_string(),
                     file: path.to_string(),
                     feature: format!(
                         "column {} as {} (the table has {}): {e}",
@@ -333,7 +349,7 @@ fn conform_columns(kind: TableKind, path: &str, batch: &RecordBatch) -> Result<R
             None if field.is_nullable() => new_null_array(field.data_type(), batch.num_rows()),
             None => {
                 return Err(Error::Unreadable {
-                    table: kind.name(),
+                    table: table.to_string(),
                     file: path.to_string(),
                     reason: format!("required column {} is missing", field.name()),
                 })
@@ -341,7 +357,7 @@ fn conform_columns(kind: TableKind, path: &str, batch: &RecordBatch) -> Result<R
         };
         columns.push(column);
     }
-    Ok(RecordBatch::try_new(target, columns)?)
+    Ok(RecordBatch::try_new(Arc::clone(target), columns)?)
 }
 
 /// Deletes files that were written but never committed (best effort: the orphan sweep

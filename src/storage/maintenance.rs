@@ -43,7 +43,7 @@ impl TableWriter {
         older_than: DateTime<Utc>,
         retain_last: usize,
     ) -> Result<Vec<i64>> {
-        let _turn = self.commit_queue.lock().await;
+        let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let metadata = table.metadata();
         let Some(current) = metadata.current_snapshot_id else {
@@ -92,7 +92,7 @@ impl TableWriter {
         min_age: Duration,
         dry_run: bool,
     ) -> Result<SweepReport> {
-        let _turn = self.commit_queue.lock().await;
+        let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let mut reachable: HashSet<String> = HashSet::new();
         reachable.insert(self.storage.metadata_location(kind).await?);

@@ -23,6 +23,13 @@ pub async fn read_files(
     files: &[&LiveFile],
     range: TimeRange,
 ) -> Result<Vec<RecordBatch>> {
+    if !storage.owns(kind) {
+        // Another pipeline's columns are not ours: `trades::source` maps them.
+        return Err(super::error::Error::Catalog(format!(
+            "{} is read through its [source] mapping",
+            storage.identifier(kind)
+        )));
+    }
     let store = storage.store();
     let paths: Vec<String> = files.iter().map(|f| f.path().to_string()).collect();
     let batches: Vec<Vec<RecordBatch>> = stream::iter(paths)

@@ -45,6 +45,11 @@ pub struct LiveFile {
     pub manifest_path: String,
     /// The manifest entry with its inherited sequence number filled in.
     pub entry: ManifestEntry,
+    /// Field id of the table's time column, whose bounds prune the file.
+    pub time_field: i32,
+    /// Whether the partition tuple is ours (`<time column>_day` or `_month`) and prunes too;
+    /// a table another engine partitions is pruned by column bounds alone.
+    pub own_partitions: bool,
 }
 
 impl LiveFile {
@@ -74,8 +79,8 @@ impl LiveFile {
     }
 
     /// Closed `[min, max]` of the table's time column in this file, from its statistics.
-    pub fn time_bounds(&self, kind: TableKind) -> Option<(i64, i64)> {
-        let id = kind.field_id(kind.time_column());
+    pub fn time_bounds(&self) -> Option<(i64, i64)> {
+        let id = self.time_field;
         let lo = self.entry.data_file().lower_bounds().as_ref()?.get(&id)?;
         let hi = self.entry.data_file().upper_bounds().as_ref()?.get(&id)?;
         match (lo, hi) {
@@ -87,15 +92,33 @@ impl LiveFile {
 
     /// Whether the file may hold rows in `range` (true when statistics are missing).
     pub fn may_overlap(&self, kind: TableKind, range: &TimeRange) -> bool {
-        if let Some(p) = self.partition(kind) {
+        if let Some(p) = self.partition(kind).filter(|_| self.own_partitions) {
             let (lo, hi) = partition_range(&kind.partition_transform(), p);
             if !range.overlaps_closed(lo, hi - 1) {
                 return false;
             }
         }
-        match self.time_bounds(kind) {
+        match self.time_bounds() {
             Some((lo, hi)) => range.overlaps_closed(lo, hi),
             None => true,
+        }
+    }
+}
+
+/// How a table's files are pruned: ours by our partitions and field ids, another pipeline's
+/// by the bounds of its time column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    Ours,
+    Source { time_field: i32 },
+}
+
+impl Layout {
+    /// The time field and whether partitions prune, for files of this layout.
+    pub fn of_files(self, kind: TableKind) -> (i32, bool) {
+        match self {
+            Layout::Ours => (kind.field_id(kind.time_column()), true),
+            Layout::Source { time_field } => (time_field, false),
         }
     }
 }
@@ -109,10 +132,74 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// Lists `snapshot_id` (current when `None`), reading only manifests that can hold `range`.
+    /// Lists `snapshot_id` (current when `None`) of one of our tables, reading only manifests
+    /// that can hold `range`.
     pub async fn read(
         table: &Table,
         kind: TableKind,
+        snapshot_id: Option<i64>,
+        range: TimeRange,
+    ) -> Result<Listing> {
+        let time_field = kind.field_id(kind.time_column());
+        // A table of another pipeline has its own columns: pruning it by our field ids would
+        // drop files silently.
+        let schema = table.metadata().current_schema(None)?;
+        if schema
+            .get(time_field as usize)
+            .is_none_or(|f| f.name != kind.time_column())
+        {
+            return Err(Error::Unsupported {
+                table: kind.name(),
+                file: table.metadata().location.clone(),
+                feature: format!(
+                    "a schema whose field {time_field} is not '{}' (read it as a [source])",
+                    kind.time_column()
+                ),
+            });
+        }
+        Self::read_with(table, kind, time_field, true, snapshot_id, range).await
+    }
+
+    /// Lists `snapshot_id` of a table another pipeline owns, whose time column has field id
+    /// `time_field`; only column bounds prune.
+    pub async fn read_source(
+        table: &Table,
+        time_field: i32,
+        snapshot_id: Option<i64>,
+        range: TimeRange,
+    ) -> Result<Listing> {
+        Self::read_with(
+            table,
+            TableKind::Trades,
+            time_field,
+            false,
+            snapshot_id,
+            range,
+        )
+        .await
+    }
+
+    /// Lists a table laid out as `layout` says (see [`crate::storage::Storage::layout`]).
+    pub async fn read_laid_out(
+        table: &Table,
+        kind: TableKind,
+        layout: Layout,
+        snapshot_id: Option<i64>,
+        range: TimeRange,
+    ) -> Result<Listing> {
+        match layout {
+            Layout::Ours => Self::read(table, kind, snapshot_id, range).await,
+            Layout::Source { time_field } => {
+                Self::read_source(table, time_field, snapshot_id, range).await
+            }
+        }
+    }
+
+    async fn read_with(
+        table: &Table,
+        kind: TableKind,
+        time_field: i32,
+        own_partitions: bool,
         snapshot_id: Option<i64>,
         range: TimeRange,
     ) -> Result<Listing> {
@@ -133,7 +220,7 @@ impl Listing {
         let manifests = table.manifests(None, Some(id)).await?;
         let wanted: Vec<ManifestListEntry> = manifests
             .iter()
-            .filter(|m| manifest_may_overlap(m, kind, &range))
+            .filter(|m| !own_partitions || manifest_may_overlap(m, kind, &range))
             .cloned()
             .collect();
         let mut files = Vec::new();
@@ -147,6 +234,8 @@ impl Listing {
             let file = LiveFile {
                 manifest_path,
                 entry,
+                time_field,
+                own_partitions,
             };
             if file.may_overlap(kind, &range) {
                 files.push(file);

@@ -56,6 +56,16 @@ impl TableWriter {
         &self.storage
     }
 
+    /// The commit turn for a change of `kind`, refused for a table another pipeline owns.
+    pub(super) async fn turn(&self, kind: TableKind) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        if !self.storage.owns(kind) {
+            return Err(Error::NotOwned {
+                table: self.storage.identifier(kind).to_string(),
+            });
+        }
+        Ok(self.commit_queue.lock().await)
+    }
+
     /// Appends rows as new files.
     pub async fn append(
         &self,
@@ -63,7 +73,7 @@ impl TableWriter {
         batches: &[RecordBatch],
         properties: Properties,
     ) -> Result<CommitOutcome> {
-        let _turn = self.commit_queue.lock().await;
+        let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
         let store = self.storage.store();
@@ -108,7 +118,7 @@ impl TableWriter {
             });
         };
         let rows = conform(kind, batches)?;
-        let _turn = self.commit_queue.lock().await;
+        let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
         let store = self.storage.store();
@@ -204,7 +214,7 @@ impl TableWriter {
                 ),
             });
         }
-        let _turn = self.commit_queue.lock().await;
+        let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
         let remove = listing
@@ -236,7 +246,7 @@ impl TableWriter {
 
     /// Sets table properties without touching data (no new snapshot).
     pub async fn set_properties(&self, kind: TableKind, properties: Properties) -> Result<()> {
-        let _turn = self.commit_queue.lock().await;
+        let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
         let change = Change {
@@ -251,7 +261,7 @@ impl TableWriter {
     /// Rewrites the files of each partition listed in `partitions` into one sorted file
     /// without changing a row (compaction). Partitions with a single file are left alone.
     pub async fn compact(&self, kind: TableKind, partitions: &[i32]) -> Result<CommitOutcome> {
-        let _turn = self.commit_queue.lock().await;
+        let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
         let store = self.storage.store();

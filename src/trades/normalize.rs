@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
@@ -65,6 +66,42 @@ pub fn normalize_with(
     ingested_at: i64,
     limits: Option<&Limits>,
 ) -> Result<RecordBatch> {
+    let checked = check(batch, row_offset, ingested_at, limits)?;
+    if checked.bad_count > 0 {
+        return Err(Error::BadRows {
+            count: checked.bad_count,
+            first: checked.first_bad,
+        });
+    }
+    Ok(checked.rows)
+}
+
+/// Rows of one batch that passed the checks, and the ones that did not.
+#[derive(Debug)]
+pub struct Checked {
+    /// Good rows, in the table's schema (all rows when none was bad).
+    pub rows: RecordBatch,
+    pub bad_count: usize,
+    /// The first few bad rows, with their reasons.
+    pub first_bad: Vec<BadRow>,
+}
+
+/// As [`normalize`], but bad rows are left out and reported instead of refusing the batch:
+/// for tables other engines write, whose commits the server cannot refuse.
+pub fn normalize_skipping(
+    batch: &RecordBatch,
+    row_offset: usize,
+    ingested_at: i64,
+) -> Result<Checked> {
+    check(batch, row_offset, ingested_at, None)
+}
+
+fn check(
+    batch: &RecordBatch,
+    row_offset: usize,
+    ingested_at: i64,
+    limits: Option<&Limits>,
+) -> Result<Checked> {
     let exchange = string_column(batch, "exchange", false)?;
     let symbol = string_column(batch, "symbol", false)?;
     let trade_id = string_column(batch, "trade_id", true)?;
@@ -83,6 +120,7 @@ pub fn normalize_with(
 
     let mut bad = Vec::new();
     let mut bad_count = 0;
+    let mut bad_rows = Vec::new();
     for row in 0..batch.num_rows() {
         let mut reasons = Vec::new();
         for (name, array) in [
@@ -134,6 +172,7 @@ pub fn normalize_with(
             }
         }
         if !reasons.is_empty() {
+            bad_rows.push(row);
             bad_count += 1;
             if bad.len() < REPORTED_BAD_ROWS {
                 bad.push(BadRow {
@@ -143,13 +182,6 @@ pub fn normalize_with(
             }
         }
     }
-    if bad_count > 0 {
-        return Err(Error::BadRows {
-            count: bad_count,
-            first: bad,
-        });
-    }
-
     let n = batch.num_rows();
     let side: ArrayRef = match side {
         Some(side) => Arc::new(side),
@@ -166,10 +198,26 @@ pub fn normalize_with(
         side,
         Arc::new(ingested),
     ];
-    Ok(RecordBatch::try_new(
-        TableKind::Trades.arrow_schema()?,
-        columns,
-    )?)
+    // Bad rows go before the batch is built: they may hold NULLs the schema forbids.
+    let columns = if bad_count > 0 {
+        let mut good = vec![true; n];
+        for row in bad_rows {
+            good[row] = false;
+        }
+        let keep = BooleanArray::from(good);
+        columns
+            .iter()
+            .map(|c| arrow::compute::filter(c, &keep))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        columns
+    };
+    let rows = RecordBatch::try_new(TableKind::Trades.arrow_schema()?, columns)?;
+    Ok(Checked {
+        rows,
+        bad_count,
+        first_bad: bad,
+    })
 }
 
 /// Why a row that is valid in form lies outside `limits`, appended to `reasons`.

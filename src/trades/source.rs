@@ -1,0 +1,316 @@
+//! A trades table the server does not own (`[source]`): another pipeline (Spark, pyiceberg)
+//! writes it, with its own column names and types, and the server builds bars from it in
+//! place. This module maps its rows onto ours.
+//!
+//! Accepted: any column names; `timestamp` with or without zone (naive is UTC), any unit;
+//! decimal, float or integer prices and quantities; integer or string trade ids; side as text
+//! in any case (`buy`/`sell`, `b`/`s`) or as a boolean `is_buyer_maker` (the buyer was the
+//! maker, so the taker sold); a constant exchange for tables that have none. Rows the mapping
+//! cannot read (a NULL key, a non-finite or non-positive price or quantity, an unknown side)
+//! are left out and counted, because the server cannot refuse another engine's commit; with
+//! `strict` they fail the build instead.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+
+use super::error::{Error, Result};
+use super::normalize::{normalize_skipping, Checked};
+use crate::storage::files::read_data_file_as;
+use crate::storage::read::read_files;
+pub use crate::storage::source::{ColumnMap, SourceConfig};
+use crate::storage::{Listing, LiveFile, Storage, TableKind, TimeRange};
+
+/// Maps one batch of source rows (columns by the source's names) onto `market.trades`
+/// rows stamped `read_at`; bad rows are left out and reported (refused when `strict`).
+pub fn map_batch(
+    source: &SourceConfig,
+    batch: &RecordBatch,
+    row_offset: usize,
+    read_at: i64,
+) -> Result<Checked> {
+    let c = &source.columns;
+    let n = batch.num_rows();
+    let column = |name: &str| -> Result<ArrayRef> {
+        batch.column_by_name(name).cloned().ok_or_else(|| {
+            Error::Schema(format!(
+                "source table {} has no column '{name}'",
+                source.table
+            ))
+        })
+    };
+    let exchange: ArrayRef = match &source.exchange {
+        Some(constant) => Arc::new(StringArray::from(vec![constant.as_str(); n])),
+        None => column(&c.exchange)?,
+    };
+    let mut fields = vec![
+        ("exchange", exchange),
+        ("symbol", column(&c.symbol)?),
+        ("trade_id", column(&c.trade_id)?),
+        ("ts", column(&c.ts)?),
+        ("price", column(&c.price)?),
+        ("quantity", column(&c.quantity)?),
+    ];
+    if !c.side.is_empty() {
+        fields.push(("side", side(&column(&c.side)?)?));
+    }
+    let schema = Schema::new(
+        fields
+            .iter()
+            .map(|(name, a)| Field::new(*name, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    );
+    let input = RecordBatch::try_new(
+        Arc::new(schema),
+        fields.into_iter().map(|(_, a)| a).collect(),
+    )?;
+    let checked = normalize_skipping(&input, row_offset, read_at)?;
+    if source.strict && checked.bad_count > 0 {
+        return Err(Error::BadRows {
+            count: checked.bad_count,
+            first: checked.first_bad,
+        });
+    }
+    Ok(checked)
+}
+
+/// Rows of the source that the mapping left out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Skipped {
+    pub count: usize,
+    /// The first few, as "file: row N: reason".
+    pub first: Vec<String>,
+}
+
+/// How many skipped rows are named.
+const NAMED_SKIPS: usize = 5;
+
+impl Skipped {
+    fn add(&mut self, path: &str, checked: &Checked) {
+        self.count += checked.bad_count;
+        for bad in &checked.first_bad {
+            if self.first.len() < NAMED_SKIPS {
+                self.first
+                    .push(format!("{path}: row {}: {}", bad.row, bad.reason));
+            }
+        }
+    }
+}
+
+/// Trades of `files` (live files of the trades table: ours, or the `[source]`) whose time lies
+/// in `range`, as rows of `market.trades`. Source rows the mapping cannot read are left out and
+/// returned as [`Skipped`] (a `strict` source fails instead).
+pub async fn read_trades(
+    storage: &Storage,
+    files: &[&LiveFile],
+    range: TimeRange,
+    read_at: i64,
+) -> Result<(Vec<RecordBatch>, Skipped)> {
+    let Some(source) = storage.source() else {
+        let rows = read_files(storage, TableKind::Trades, files, range).await?;
+        return Ok((rows, Skipped::default()));
+    };
+    let table = storage.table(TableKind::Trades).await?;
+    let name = storage.identifier(TableKind::Trades).to_string();
+    let fields: Fields = table
+        .metadata()
+        .current_schema(None)
+        .map_err(crate::storage::Error::from)?
+        .fields()
+        .try_into()
+        .map_err(crate::storage::Error::from)?;
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let store = storage.store();
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for file in files {
+        let mut offset = 0;
+        for batch in read_data_file_as(&store, &name, &schema, file.path()).await? {
+            let checked = map_batch(source, &batch, offset, read_at)
+                .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
+            offset += batch.num_rows();
+            skipped.add(file.path(), &checked);
+            let rows = in_range(checked.rows, range)?;
+            if rows.num_rows() > 0 {
+                out.push(rows);
+            }
+        }
+    }
+    if skipped.count > 0 {
+        tracing::warn!(source = %name, skipped = skipped.count, first = ?skipped.first, "source rows the mapping cannot read were skipped");
+    }
+    Ok((out, skipped))
+}
+
+/// Trades of the current snapshot of the trades table (ours or the source) in `range`.
+pub async fn read_trades_range(
+    storage: &Storage,
+    range: TimeRange,
+    read_at: i64,
+) -> Result<(Vec<RecordBatch>, Skipped)> {
+    let table = storage.table(TableKind::Trades).await?;
+    let layout = storage.layout(TableKind::Trades, &table)?;
+    let listing = Listing::read_laid_out(&table, TableKind::Trades, layout, None, range).await?;
+    let files: Vec<&LiveFile> = listing.files.iter().collect();
+    read_trades(storage, &files, range, read_at).await
+}
+
+fn in_range(rows: RecordBatch, range: TimeRange) -> Result<RecordBatch> {
+    if range == TimeRange::ALL {
+        return Ok(rows);
+    }
+    let ts = rows
+        .column(3)
+        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    let keep: arrow::array::BooleanArray = ts
+        .values()
+        .iter()
+        .map(|t| Some(range.overlaps_closed(*t, *t)))
+        .collect();
+    Ok(arrow::compute::filter_record_batch(&rows, &keep)?)
+}
+
+/// A side column as `buy` / `sell` / NULL text; unknown text is kept, for the checks to name.
+fn side(array: &ArrayRef) -> Result<ArrayRef> {
+    if array.data_type() == &DataType::Boolean {
+        // is_buyer_maker: the resting order was the buy, so the aggressor sold.
+        let maker = array.as_boolean();
+        let sides: StringArray = maker
+            .iter()
+            .map(|m| m.map(|buyer_maker| if buyer_maker { "sell" } else { "buy" }))
+            .collect();
+        return Ok(Arc::new(sides));
+    }
+    let text = cast(array, &DataType::Utf8)?;
+    let sides: StringArray = text
+        .as_string::<i32>()
+        .iter()
+        .map(|v| {
+            v.map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "b" | "buy" => "buy".to_string(),
+                "s" | "sell" => "sell".to_string(),
+                _ => v.to_string(),
+            })
+        })
+        .collect();
+    Ok(Arc::new(sides))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        BooleanArray, Decimal128Array, Float64Array, Int64Array, TimestampNanosecondArray,
+    };
+
+    fn source() -> SourceConfig {
+        SourceConfig {
+            namespace: None,
+            table: "gold_crypto_trades".into(),
+            exchange: Some("binance".into()),
+            strict: false,
+            columns: ColumnMap {
+                ts: "trade_time".into(),
+                price: "px".into(),
+                quantity: "qty".into(),
+                trade_id: "id".into(),
+                exchange: String::new(),
+                symbol: "pair".into(),
+                side: "is_buyer_maker".into(),
+            },
+        }
+    }
+
+    fn batch() -> RecordBatch {
+        let px = Decimal128Array::from(vec![Some(10_050_000_000), Some(0), None, Some(1)])
+            .with_precision_and_scale(18, 8)
+            .unwrap();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "trade_time",
+                Arc::new(TimestampNanosecondArray::from(vec![
+                    1_700_000_000_000_000_001,
+                    1_700_000_001_000_000_000,
+                    1_700_000_002_000_000_000,
+                    1_700_000_003_000_000_000,
+                ])),
+            ),
+            ("px", Arc::new(px)),
+            (
+                "qty",
+                Arc::new(Float64Array::from(vec![0.5, 1.0, 1.0, 2.0])),
+            ),
+            ("id", Arc::new(Int64Array::from(vec![1, 2, 3, 4]))),
+            ("pair", Arc::new(StringArray::from(vec!["BTCUSDT"; 4]))),
+            (
+                "is_buyer_maker",
+                Arc::new(BooleanArray::from(vec![
+                    Some(true),
+                    Some(false),
+                    None,
+                    None,
+                ])),
+            ),
+        ];
+        let schema = Schema::new(
+            columns
+                .iter()
+                .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        RecordBatch::try_new(Arc::new(schema), columns.into_iter().map(|c| c.1).collect()).unwrap()
+    }
+
+    #[test]
+    fn other_names_and_types_map_onto_ours_and_bad_rows_are_counted() {
+        let checked = map_batch(&source(), &batch(), 100, 7).unwrap();
+        // Row 1 has price 0, row 2 no price: skipped and named.
+        assert_eq!(checked.bad_count, 2);
+        let rows: Vec<usize> = checked.first_bad.iter().map(|b| b.row).collect();
+        assert_eq!(rows, [101, 102]);
+        let out = checked.rows;
+        assert_eq!(out.num_rows(), 2);
+        assert_eq!(out.column(0).as_string::<i32>().value(0), "binance");
+        assert_eq!(out.column(2).as_string::<i32>().value(1), "4");
+        let ts = out
+            .column(3)
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        assert_eq!(ts.value(0), 1_700_000_000_000_000);
+        let price = out
+            .column(4)
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(price.value(0), 100.5);
+        let side = out.column(6).as_string::<i32>();
+        assert_eq!(side.value(0), "sell", "a buyer-maker trade was a sell");
+        assert!(side.is_null(1));
+
+        let strict = SourceConfig {
+            strict: true,
+            ..source()
+        };
+        assert!(matches!(
+            map_batch(&strict, &batch(), 0, 7),
+            Err(Error::BadRows { count: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn text_sides_in_any_case_and_letters() {
+        let sides: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("BUY"),
+            Some(" s "),
+            Some("b"),
+            Some("Sell"),
+            None,
+        ]));
+        let out = side(&sides).unwrap();
+        let out = out.as_string::<i32>();
+        let got: Vec<Option<&str>> = out.iter().collect();
+        assert_eq!(
+            got,
+            [Some("buy"), Some("sell"), Some("buy"), Some("sell"), None]
+        );
+    }
+}

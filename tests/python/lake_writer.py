@@ -1,0 +1,121 @@
+"""Another team's trades table in the same catalog, written with pyiceberg the way their Spark
+pipeline would: other column names and types, its own partition spec, appends, deletes,
+schema and partition evolution.
+
+usage: lake_writer.py DATA_DIR OP [JSON]
+  create              lake.gold_crypto_trades: trade_time timestamp (no zone), px decimal(18,8),
+                      qty double, id long, pair string, is_buyer_maker boolean; hour(trade_time)
+  append JSON         {"trade_time": [us...], "px": [...], "qty": [...], "id": [...],
+                       "pair": [...], "is_buyer_maker": [...]}, in the table's current names
+  delete JSON         {"id": [...]}
+  evolve              rename px -> price_usd, add column venue, partition by day(trade_time)
+  replace             drop the table and create it again, empty (as `create`)
+"""
+
+import datetime
+import decimal
+import json
+import sys
+import warnings
+
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.expressions import In
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.transforms import DayTransform, HourTransform
+from pyiceberg.types import (
+    BooleanType,
+    DecimalType,
+    DoubleType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestampType,
+)
+
+NAME = ("lake", "gold_crypto_trades")
+
+
+def catalog(data_dir):
+    warnings.simplefilter("ignore")  # pyiceberg warns about the SQL catalog's v0 schema
+    return SqlCatalog(
+        "ohlcv",
+        uri=f"sqlite:///{data_dir}/catalog.db",
+        warehouse=f"file://{data_dir}/warehouse",
+    )
+
+
+def create(cat):
+    schema = Schema(
+        NestedField(1, "trade_time", TimestampType(), required=False),
+        NestedField(2, "px", DecimalType(18, 8), required=False),
+        NestedField(3, "qty", DoubleType(), required=False),
+        NestedField(4, "id", LongType(), required=False),
+        NestedField(5, "pair", StringType(), required=False),
+        NestedField(6, "is_buyer_maker", BooleanType(), required=False),
+    )
+    spec = PartitionSpec(
+        PartitionField(source_id=1, field_id=1000, transform=HourTransform(), name="trade_hour")
+    )
+    try:
+        cat.create_namespace("lake")
+    except Exception:  # noqa: BLE001 - it exists
+        pass
+    cat.create_table(NAME, schema=schema, partition_spec=spec)
+
+
+def append(table, rows):
+    schema = table.schema().as_arrow()
+    columns = {}
+    for field in schema:
+        values = rows.get(field.name)
+        if values is None:
+            columns[field.name] = pa.nulls(len(rows["id"]), field.type)
+        elif pa.types.is_timestamp(field.type):
+            columns[field.name] = pa.array(
+                [datetime.datetime(1970, 1, 1) + datetime.timedelta(microseconds=v) for v in values],
+                field.type,
+            )
+        elif pa.types.is_decimal(field.type):
+            columns[field.name] = pa.array(
+                [None if v is None else decimal.Decimal(repr(v)) for v in values], field.type
+            )
+        else:
+            columns[field.name] = pa.array(values, field.type)
+    table.append(pa.table(columns, schema=schema))
+
+
+def evolve(table):
+    with table.update_schema() as update:
+        update.rename_column("px", "price_usd")
+        update.add_column("venue", StringType())
+    with table.update_spec() as update:
+        update.remove_field("trade_hour")
+        update.add_field("trade_time", DayTransform(), "trade_day")
+
+
+def main():
+    data_dir, op = sys.argv[1], sys.argv[2]
+    rows = json.load(open(sys.argv[3])) if len(sys.argv) > 3 else {}
+    cat = catalog(data_dir)
+    if op == "create":
+        create(cat)
+        return
+    if op == "replace":
+        cat.drop_table(NAME)
+        create(cat)
+        return
+    table = cat.load_table(NAME)
+    if op == "append":
+        append(table, rows)
+    elif op == "delete":
+        table.delete(In("id", rows["id"]))
+    elif op == "evolve":
+        evolve(table)
+    else:
+        raise SystemExit(f"unknown op {op}")
+
+
+if __name__ == "__main__":
+    main()
