@@ -9,8 +9,8 @@ use crate::build;
 use crate::config::Config;
 use crate::quality::{Reports, Scope};
 use crate::scheduler::BuilderJobs;
-use crate::storage::TimeRange;
 use crate::storage::{Storage, TableWriter, WriterLock};
+use crate::storage::{TableKind, TimeRange};
 use crate::timeframe::Timeframe;
 use crate::trades::{self, GeneratorConfig};
 
@@ -90,6 +90,9 @@ pub enum Command {
         #[command(flatten)]
         scope: ScopeArgs,
     },
+    /// Merge the files of every closed partition into one sorted file per partition, offline
+    /// (the scheduler's daily compaction, run now).
+    Compact,
     /// Drop partitions past each table's retention (`[retention.days]`), then expire old
     /// snapshots and delete unreferenced files.
     Retention {
@@ -242,6 +245,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     report
                         .snapshot_after
                         .map_or("none".to_string(), |s| s.to_string())
+                );
+            }
+        }
+        Command::Compact => {
+            let writer = open_writer(&config, "compact").await?;
+            let settings = config.build.settings();
+            for kind in TableKind::all() {
+                let now = chrono::Utc::now().timestamp_micros();
+                let report = build::compact_closed(&writer, kind, now, settings).await?;
+                println!(
+                    "{}: {} files merged into {}",
+                    kind.name(),
+                    report.files_removed,
+                    report.files_added
                 );
             }
         }
