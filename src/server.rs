@@ -8,6 +8,7 @@
 //! | `direct` | `SELECT * FROM candles(...)` recognised without planning |
 //! | `sql` | statement rewrites before planning: bound parameters, named arguments |
 //! | `flight` | the `FlightSqlService`: statements, prepared statements, metadata, ingest |
+//! | `checked` | commands and tickets decoded before the Flight SQL dispatch (malformed: `InvalidArgument`) |
 //! | `prepared` | stateless prepared-statement handles and bound parameters |
 //! | `ingest` | bulk ingest into `market.trades` |
 //! | `auth` | users, roles, handshake tokens and the layer that checks them |
@@ -19,6 +20,7 @@
 
 pub mod answers;
 pub mod auth;
+pub mod checked;
 pub mod demo;
 pub mod direct;
 pub mod error;
@@ -227,13 +229,13 @@ pub async fn serve(
         cache.clone(),
         options.memory_limit_bytes,
     )?;
-    let flight = FlightServiceServer::new(OhlcvFlightSql::new(
+    let flight = FlightServiceServer::new(checked::CheckedCommands(OhlcvFlightSql::new(
         engine,
         writer.clone(),
         Arc::clone(&options.auth),
         Arc::clone(&options.clock),
         options.limits,
-    ))
+    )))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(jobs, handle, history, cache));
     let (health, health_service) = tonic_health::server::health_reporter();

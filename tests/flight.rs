@@ -226,6 +226,19 @@ async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
     .await;
     assert!(m.contains("limit of 100000 windows"), "{m}");
 
+    // A command whose protobuf is malformed, and SQL that is not UTF-8.
+    let type_url = "type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery";
+    for value in [vec![0x0a, 0xff, 0xff, 0xff], vec![0x0a, 0x02, 0xc3, 0x28]] {
+        let any = arrow_flight::sql::Any {
+            type_url: type_url.to_string(),
+            value: value.into(),
+        };
+        let descriptor = FlightDescriptor::new_cmd(any.encode_to_vec());
+        let (c, m) = code(raw.get_flight_info(descriptor).await);
+        assert_eq!(c, Code::InvalidArgument, "{m}");
+        assert!(m.contains("malformed command"), "{m}");
+    }
+
     // A forged prepared-statement handle whose parameters have no row.
     let schema = std::sync::Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
     let mut ipc = Vec::new();
