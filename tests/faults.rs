@@ -8,18 +8,17 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use common::proxy::{Fault, Proxy};
-use common::trades::{assert_bars_match, load, reference, table_bars, trade, Trade};
+use common::trades::{load, trade, Trade};
 use common::*;
 use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use ohlcv_server::build::{self, BuildSettings};
 use ohlcv_server::config::{CatalogConfig, Config};
-use ohlcv_server::storage::read::read_range;
 use ohlcv_server::storage::{Error, Listing, TableKind, TimeRange, WriterLock};
 use ohlcv_server::timeframe::Timeframe;
 
@@ -27,16 +26,6 @@ const NOW: i64 = T0 + 3 * DAY;
 
 /// The restart test takes the database away from everyone: the tests here run one at a time.
 static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
-
-fn postgres_url() -> Option<String> {
-    match std::env::var("TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI must provide TEST_POSTGRES_URL (see .ci/run)")
-        }
-        Err(_) => None,
-    }
-}
 
 /// A deployment whose catalog connections all pass through a fresh proxy.
 async fn behind_proxy(url: &str) -> (Deployment, Proxy) {
@@ -107,30 +96,6 @@ async fn assert_no_file_missing(d: &Deployment) {
     }
 }
 
-async fn assert_bars_equal_trades(d: &Deployment, trades: &[Trade], timeframes: &[Timeframe]) {
-    for &tf in timeframes {
-        let (_, batches) = read_range(d.storage(), TableKind::Bars(tf), TimeRange::ALL)
-            .await
-            .unwrap();
-        let got: BTreeMap<_, _> = table_bars(&batches)
-            .into_iter()
-            .map(|(k, mut b)| {
-                b.revision = 0;
-                (k, b)
-            })
-            .collect();
-        assert_bars_match(&tf.to_string(), &got, &reference(trades, tf.micros()));
-    }
-}
-
-async fn build_all(d: &Deployment) {
-    for tf in Timeframe::ALL {
-        build::build(&d.writer, tf, NOW, BuildSettings::default())
-            .await
-            .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_reply_is_lost_is_found_applied_and_keeps_its_files() {
     let Some(url) = postgres_url() else {
@@ -158,9 +123,10 @@ async fn a_commit_whose_reply_is_lost_is_found_applied_and_keeps_its_files() {
     );
     assert_no_file_missing(&d).await;
 
-    build_all(&d).await;
+    d.build_all(NOW).await;
     assert_no_file_missing(&d).await;
-    assert_bars_equal_trades(&d, &trades, &Timeframe::ALL).await;
+    d.assert_bars_equal_trades(&trades, &Timeframe::ALL, "faults")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,9 +153,10 @@ async fn a_commit_cut_off_before_the_update_fails_cleanly_and_the_next_build_rep
     assert_eq!(d.snapshot(TableKind::Bars(Timeframe::M1)).await, before);
     assert_no_file_missing(&d).await;
 
-    build_all(&d).await;
+    d.build_all(NOW).await;
     assert_no_file_missing(&d).await;
-    assert_bars_equal_trades(&d, &trades, &Timeframe::ALL).await;
+    d.assert_bars_equal_trades(&trades, &Timeframe::ALL, "faults")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use common::trades::{assert_bars_match, load, reference, table_bars, trade, Trade};
+use common::trades::{load, reference, table_bars, trade, Trade};
 use common::*;
-use ohlcv_server::build::{self, BuildSettings};
 use ohlcv_server::quality::{self, Reports, Scope};
 use ohlcv_server::storage::read::read_range;
 use ohlcv_server::storage::{TableKind, TimeRange};
@@ -89,38 +88,6 @@ fn trades(tag: &str, symbol: &str, from: i64, step_s: i64, n: i64) -> Vec<Trade>
         .collect()
 }
 
-async fn build_all(d: &Deployment) -> Vec<build::BuildReport> {
-    let mut reports = Vec::new();
-    for tf in Timeframe::ALL {
-        reports.push(
-            build::build(&d.writer, tf, NOW, BuildSettings::default())
-                .await
-                .unwrap(),
-        );
-    }
-    reports
-}
-
-async fn assert_tables_equal_reference(d: &Deployment, all: &[Trade], stage: &str) {
-    for tf in Timeframe::ALL {
-        let (_, batches) = read_range(d.storage(), TableKind::Bars(tf), TimeRange::ALL)
-            .await
-            .unwrap();
-        let got: BTreeMap<_, _> = table_bars(&batches)
-            .into_iter()
-            .map(|(k, mut b)| {
-                b.revision = 0;
-                (k, b)
-            })
-            .collect();
-        assert_bars_match(
-            &format!("{stage}: {tf}"),
-            &got,
-            &reference(all, tf.micros()),
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
     if python().is_none() {
@@ -130,8 +97,9 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
     let d = Deployment::new().await;
     let mut all = trades("a", "BTC-USD", T0, 90, 1900);
     load(&d, &all).await;
-    build_all(&d).await;
-    assert_tables_equal_reference(&d, &all, "our load").await;
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "our load")
+        .await;
 
     // Two pyiceberg commits: late trades inside windows already built, and a new symbol.
     let late = trades("late", "BTC-USD", T0 + 7 * 60_000_000, 41, 600);
@@ -141,19 +109,20 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
     all.extend(late);
     all.extend(new_symbol);
 
-    let reports = build_all(&d).await;
+    let reports = d.build_all(NOW).await;
     assert!(
         reports[0].trades_read >= 1500,
         "1m read the appended trades: {:?}",
         reports[0]
     );
     assert!(reports[0].late_revisions > 0, "{:?}", reports[0]);
-    assert_tables_equal_reference(&d, &all, "after pyiceberg appends").await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after pyiceberg appends")
+        .await;
 
     // A rerun over the same input writes nothing.
     let before: Vec<_> =
         futures::future::join_all(Timeframe::ALL.map(|tf| d.snapshot(TableKind::Bars(tf)))).await;
-    build_all(&d).await;
+    d.build_all(NOW).await;
     let after: Vec<_> =
         futures::future::join_all(Timeframe::ALL.map(|tf| d.snapshot(TableKind::Bars(tf)))).await;
     assert_eq!(before, after, "a rebuild committed nothing");
@@ -173,7 +142,7 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
         .collect();
     pyiceberg(&d, "trades", "delete", json!({ "trade_id": doomed }));
     all.retain(|t| !doomed.contains(&t.id));
-    let reports = build_all(&d).await;
+    let reports = d.build_all(NOW).await;
     assert!(
         reports[0].deleted >= 2,
         "1m bars of emptied windows deleted: {:?}",
@@ -184,7 +153,8 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
         "the emptied ETH-USD hour: {:?}",
         reports[3]
     );
-    assert_tables_equal_reference(&d, &all, "after pyiceberg deletes").await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after pyiceberg deletes")
+        .await;
 
     // A compaction rewrites files: no new trades, no revision.
     let revised_before = revisions(&d).await;
@@ -193,7 +163,7 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
         .compact(TableKind::Trades, &partitions)
         .await
         .unwrap();
-    let reports = build_all(&d).await;
+    let reports = d.build_all(NOW).await;
     assert_eq!(reports[0].bars_written, 0, "{:?}", reports[0]);
     assert_eq!(revisions(&d).await, revised_before);
 
@@ -203,8 +173,9 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
     let after_expiry = trades("x", "BTC-USD", T0 + DAY + 3 * 60 * MIN, 30, 50);
     pyiceberg(&d, "trades", "append", trades_json(&after_expiry));
     all.extend(after_expiry);
-    build_all(&d).await;
-    assert_tables_equal_reference(&d, &all, "after the consumed snapshot expired").await;
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after the consumed snapshot expired")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +187,7 @@ async fn validation_reports_a_bad_bar_appended_by_pyiceberg() {
     let d = Deployment::new().await;
     let all = trades("a", "BTC-USD", T0, 90, 1900);
     load(&d, &all).await;
-    build_all(&d).await;
+    d.build_all(NOW).await;
     let reports = Reports::open(d.storage().pool()).await.unwrap();
     let clean = quality::validate(d.storage(), &reports, &[Timeframe::M1], Scope::Changed, NOW)
         .await
@@ -276,7 +247,7 @@ async fn trades_another_engine_commits_show_as_live_candles_before_the_next_buil
     }
     let d = Deployment::new().await;
     load(&d, &trades("a", "BTC-USD", T0, 90, 1900)).await;
-    build_all(&d).await;
+    d.build_all(NOW).await;
     let mut options = common::server::options();
     options.cache.trades_poll_ms = 50;
     let server = common::server::Server::start_with(&d, options).await;

@@ -10,16 +10,6 @@ use ohlcv_server::config::{CatalogConfig, Config};
 use ohlcv_server::storage::{Error, TableKind, WriterLock};
 use ohlcv_server::timeframe::Timeframe;
 
-fn postgres_url() -> Option<String> {
-    match std::env::var("TEST_POSTGRES_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("CI").is_some() => {
-            panic!("CI must provide TEST_POSTGRES_URL (see .ci/run)")
-        }
-        Err(_) => None,
-    }
-}
-
 #[tokio::test]
 async fn postgres_catalog_writes_reads_and_locks() {
     let Some(url) = postgres_url() else {

@@ -7,14 +7,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::trades::{assert_bars_match, reference, table_bars, trade, Trade};
+use common::trades::{trade, Trade};
 use common::*;
 use ohlcv_server::build::{self, BuildSettings};
 use ohlcv_server::config::Config;
-use ohlcv_server::storage::read::read_range;
 use ohlcv_server::storage::{ColumnMap, Error, SourceConfig, TableKind, TimeRange};
 use ohlcv_server::timeframe::Timeframe;
 use serde_json::{json, Value};
@@ -137,38 +135,6 @@ async fn deployment(dir: &tempfile::TempDir, price_column: &str) -> Deployment {
     }
 }
 
-async fn build_all(d: &Deployment) -> Vec<build::BuildReport> {
-    let mut out = Vec::new();
-    for tf in Timeframe::ALL {
-        out.push(
-            build::build(&d.writer, tf, NOW, BuildSettings::default())
-                .await
-                .unwrap(),
-        );
-    }
-    out
-}
-
-async fn assert_equal_reference(d: &Deployment, all: &[Trade], stage: &str) {
-    for tf in Timeframe::ALL {
-        let (_, batches) = read_range(d.storage(), TableKind::Bars(tf), TimeRange::ALL)
-            .await
-            .unwrap();
-        let got: BTreeMap<_, _> = table_bars(&batches)
-            .into_iter()
-            .map(|(k, mut b)| {
-                b.revision = 0;
-                (k, b)
-            })
-            .collect();
-        assert_bars_match(
-            &format!("{stage}: {tf}"),
-            &got,
-            &reference(all, tf.micros()),
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolution() {
     if !python_ok() {
@@ -193,9 +159,10 @@ async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolut
         Some(rows_json(&[eth.clone(), bad].concat(), "px")),
     );
     all.extend(eth);
-    let reports = build_all(&d).await;
+    let reports = d.build_all(NOW).await;
     assert_eq!(reports[0].skipped_rows, 1, "{:?}", reports[0]);
-    assert_equal_reference(&d, &all, "after two appends").await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after two appends")
+        .await;
 
     // Their deletes revise our bars.
     let doomed: Vec<i64> = all
@@ -205,8 +172,9 @@ async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolut
         .collect();
     lake(dir.path(), "delete", Some(json!({ "id": doomed })));
     all.retain(|t| !doomed.contains(&t.id.parse().unwrap()));
-    build_all(&d).await;
-    assert_equal_reference(&d, &all, "after their delete").await;
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after their delete")
+        .await;
 
     // They rename px, add a column and partition by day; old files are read by field id.
     lake(dir.path(), "evolve", None);
@@ -215,8 +183,13 @@ async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolut
     let later = lake_trades(20_000, "BTCUSDT", T0 + DAY + 7 * 60 * MIN, 45, 400);
     lake(dir.path(), "append", Some(rows_json(&later, "price_usd")));
     all.extend(later);
-    build_all(&d).await;
-    assert_equal_reference(&d, &all, "after their schema and spec evolution").await;
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(
+        &all,
+        &Timeframe::ALL,
+        "after their schema and spec evolution",
+    )
+    .await;
 
     // Their table is theirs: no write, compaction or retention of ours touches it.
     let err = d
@@ -244,7 +217,8 @@ async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolut
         .await
         .unwrap_err();
     assert!(err.to_string().contains("was replaced"), "{err}");
-    assert_equal_reference(&d, &all, "after their table was replaced").await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after their table was replaced")
+        .await;
 
     // A backfill is the operator accepting the new table: everything is rebuilt from it.
     for tf in [Timeframe::M1, Timeframe::M5] {
@@ -252,6 +226,11 @@ async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolut
             .await
             .unwrap();
     }
-    build_all(&d).await;
-    assert_equal_reference(&d, &fresh, "after the backfill accepted the new table").await;
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(
+        &fresh,
+        &Timeframe::ALL,
+        "after the backfill accepted the new table",
+    )
+    .await;
 }

@@ -28,6 +28,17 @@ pub struct Deployment {
     pub writer: TableWriter,
 }
 
+/// `TEST_POSTGRES_URL`, or `None` outside CI when it is not set (`.ci/run` sets it).
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("CI must provide TEST_POSTGRES_URL (see .ci/run)")
+        }
+        Err(_) => None,
+    }
+}
+
 impl Deployment {
     pub async fn new() -> Deployment {
         let dir = tempfile::tempdir().unwrap();
@@ -79,6 +90,50 @@ impl Deployment {
             .collect()
             .await
             .unwrap()
+    }
+
+    /// Runs the build of every timeframe at `now` (default settings), in order.
+    pub async fn build_all(&self, now: i64) -> Vec<ohlcv_server::build::BuildReport> {
+        let mut reports = Vec::new();
+        for tf in Timeframe::ALL {
+            reports.push(
+                ohlcv_server::build::build(&self.writer, tf, now, Default::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        reports
+    }
+
+    /// Asserts that the bars of `timeframes` equal the reference computed from `trades`
+    /// (revisions aside).
+    pub async fn assert_bars_equal_trades(
+        &self,
+        trades: &[trades::Trade],
+        timeframes: &[Timeframe],
+        stage: &str,
+    ) {
+        for &tf in timeframes {
+            let (_, batches) = ohlcv_server::storage::read::read_range(
+                self.storage(),
+                TableKind::Bars(tf),
+                ohlcv_server::storage::TimeRange::ALL,
+            )
+            .await
+            .unwrap();
+            let got: std::collections::BTreeMap<_, _> = trades::table_bars(&batches)
+                .into_iter()
+                .map(|(k, mut b)| {
+                    b.revision = 0;
+                    (k, b)
+                })
+                .collect();
+            trades::assert_bars_match(
+                &format!("{stage}: {tf}"),
+                &got,
+                &trades::reference(trades, tf.micros()),
+            );
+        }
     }
 
     /// Every bar of a table as comparable tuples, sorted by key.
