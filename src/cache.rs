@@ -62,6 +62,9 @@ pub struct CacheConfig {
     pub warm_series: usize,
     /// How often the trades table is checked for other engines' commits (ms; 0: never).
     pub trades_poll_ms: u64,
+    /// Most windows one candle request with gap fill or time-zone windows may span: each costs
+    /// memory and time before any is answered (100,000 candles are about 15 MB).
+    pub max_windows: u64,
 }
 
 impl Default for CacheConfig {
@@ -78,6 +81,7 @@ impl Default for CacheConfig {
             ]),
             warm_series: 100,
             trades_poll_ms: 2000,
+            max_windows: 100_000,
         }
     }
 }

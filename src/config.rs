@@ -56,6 +56,8 @@ pub struct CacheSection {
     /// How often the trades table is checked for commits of other engines, whose trades then
     /// show as live bars (milliseconds; 0: only our own ingest shows).
     pub trades_poll_ms: u64,
+    /// Most windows of one candle request with `fill` or `tz`.
+    pub max_candle_windows: u64,
 }
 
 impl Default for CacheSection {
@@ -76,6 +78,7 @@ impl Default for CacheSection {
                 .collect(),
             warm_series: d.warm_series,
             trades_poll_ms: d.trades_poll_ms,
+            max_candle_windows: d.max_windows,
         }
     }
 }
@@ -87,6 +90,7 @@ impl CacheSection {
             max_bytes: self.max_mb << 20,
             warm_series: self.warm_series,
             trades_poll_ms: self.trades_poll_ms,
+            max_windows: self.max_candle_windows,
             ..Default::default()
         };
         for (name, hours) in &self.horizon_hours {
@@ -454,7 +458,8 @@ mod tests {
             &file,
             "[source]\nnamespace = \"lake\"\ntable = \"gold_crypto_trades\"\n\
              exchange = \"binance\"\n[source.columns]\nts = \"trade_time\"\nprice = \"px\"\n\
-             side = \"is_buyer_maker\"\n[ingest]\nmax_past_days = 30\n",
+             side = \"is_buyer_maker\"\n[ingest]\nmax_past_days = 30\n\
+             [cache]\nmax_candle_windows = 10\n",
         )
         .unwrap();
         let cfg = Config::load(Some(&file), env(&[])).unwrap();
@@ -468,6 +473,7 @@ mod tests {
         assert!(!source.strict);
         assert_eq!(cfg.ingest.max_past_days, 30);
         assert_eq!(cfg.ingest.max_key_bytes, 128);
+        assert_eq!(cfg.cache.settings().unwrap().max_windows, 10);
         assert!(Config::load(None, env(&[])).unwrap().source.is_none());
     }
 

@@ -225,6 +225,7 @@ async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
     )
     .await;
     assert!(m.contains("limit of 100000 windows"), "{m}");
+    assert!(m.contains("max_candle_windows"), "{m}");
 
     // A command whose protobuf is malformed, and SQL that is not UTF-8.
     let type_url = "type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery";

@@ -72,7 +72,7 @@ impl TableFunctionImpl for CandlesFunction {
         }
         Ok(Arc::new(CandlesTable {
             cache: self.cache.clone(),
-            request: Ok(request(args)?),
+            request: Ok(request(args, self.cache.config().max_windows)?),
         }))
     }
 }
@@ -80,11 +80,9 @@ impl TableFunctionImpl for CandlesFunction {
 /// The request `candles(args)` stands for; every argument must fold to a constant. Shared by
 /// the table function and the statements the server answers without planning, so both read
 /// arguments (and reject them) the same way.
-/// Most windows one request may enumerate (gap fill, time-zone windows): 100,000 candles are
-/// about 15 MB, and ten years of hourly candles.
-pub const MAX_WINDOWS: u64 = 100_000;
-
-pub fn request(args: &[Expr]) -> DfResult<Request> {
+/// The candle request `args` stand for. A request with gap fill or time-zone windows may span at
+/// most `max_windows` windows (`[cache] max_candle_windows`).
+pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
     arity(args)?;
     let simplifier = ExprSimplifier::new(
         SimplifyContext::default().with_query_execution_start_time(Some(chrono::Utc::now())),
@@ -146,11 +144,11 @@ pub fn request(args: &[Expr]) -> DfResult<Request> {
     // is made (one request for 1m candles since year 1 would otherwise take gigabytes).
     if fill == Fill::Previous || matches!(windows, Windows::Local { .. }) {
         let n = windows.count_at_most(start, end);
-        if n > MAX_WINDOWS {
+        if n > max_windows {
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "candles: {n} windows of {timeframe} from {} to {} exceed the limit of \
-                 {MAX_WINDOWS} windows per request with fill or tz; ask for a shorter range \
-                 or a wider timeframe",
+                 {max_windows} windows per request with fill or tz ([cache] \
+                 max_candle_windows); ask for a shorter range or a wider timeframe",
                 values[3], values[4]
             )));
         }

@@ -139,6 +139,7 @@ impl QueryEngine {
             if let Some(args) = super::direct::candles_args(s) {
                 return Ok(Query::Candles(Arc::new(crate::candles::function::request(
                     &args,
+                    self.cache.config().max_windows,
                 )?)));
             }
         }
