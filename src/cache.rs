@@ -229,8 +229,12 @@ impl BarCache {
         };
         let floor = cache.live_floor(&tables);
         cache.write().live.raise_floor(floor)?;
-        // The unbuilt trades, and the snapshot they were read at.
-        cache.follow_trades().await?;
+        // The unbuilt trades, and the snapshot they were read at. A trades table that cannot be
+        // read now (a `[source]` dropped by its owner) must not keep the server from serving
+        // the bars it has: the poller keeps trying.
+        if let Err(e) = cache.follow_trades().await {
+            tracing::warn!(error = %e, "the unbuilt trades could not be read; live bars follow once they can");
+        }
         Ok(cache)
     }
 

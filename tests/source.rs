@@ -234,3 +234,21 @@ async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolut
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_source_fails_the_builds_by_name_and_the_server_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = deployment(&dir, "px").await;
+    let err = build::build(&d.writer, Timeframe::M1, NOW, BuildSettings::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lake.gold_crypto_trades"), "{err}");
+    let server = common::server::Server::start_with(&d, common::server::options()).await;
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(server.channel().await);
+    let info = client
+        .execute("select count(*) from ohlcv_1m".to_string(), None)
+        .await
+        .expect("the bar tables are served without their source");
+    assert_eq!(info.endpoint.len(), 1);
+    server.shutdown_and_wait().await;
+}

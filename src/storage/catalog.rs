@@ -164,9 +164,10 @@ impl Storage {
                 "{} is not a table",
                 self.identifier(kind)
             ))),
-            Err(iceberg_rust::error::Error::NotFound(_)) => {
-                Err(Error::TableNotFound(self.identifier(kind).to_string()))
-            }
+            Err(
+                iceberg_rust::error::Error::NotFound(_)
+                | iceberg_rust::error::Error::CatalogNotFound,
+            ) => Err(Error::TableNotFound(self.identifier(kind).to_string())),
             Err(e) => Err(e.into()),
         }
     }
