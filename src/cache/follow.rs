@@ -18,12 +18,15 @@ impl BarCache {
     /// or committed at; `true` when it did.
     pub async fn follow_trades(&self) -> Result<bool> {
         let storage = &self.inner.storage;
-        let table = storage.table(TableKind::Trades).await?;
-        let current = table.metadata().current_snapshot_id;
+        // What the buffer holds is taken before the table is read: read after, a commit of
+        // ours landing in between would look like a change and be replaced by the older
+        // snapshot read before it.
         let (seen, floor) = {
             let state = self.read();
             (state.trades_snapshot, state.live.floor())
         };
+        let table = storage.table(TableKind::Trades).await?;
+        let current = table.metadata().current_snapshot_id;
         if current == seen {
             return Ok(false);
         }

@@ -37,7 +37,12 @@ pub fn options() -> ServeOptions {
             .policy()
             .unwrap(),
         alerts: Default::default(),
-        cache: Default::default(),
+        // No polling for other engines' trades: the tests that want it turn it on, the others
+        // stay deterministic.
+        cache: ohlcv_server::cache::CacheConfig {
+            trades_poll_ms: 0,
+            ..Default::default()
+        },
         limits: Default::default(),
         clock,
     }
