@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{BarCache, Result};
-use crate::storage::{Listing, LiveFile, TableKind, TimeRange};
-use crate::trades::read_trades;
+use crate::storage::{TableKind, TimeRange};
+use crate::trades::read_trades_at;
 
 impl BarCache {
     /// Reloads the unbuilt trades when the trades table moved past the snapshot they were read
@@ -30,12 +30,9 @@ impl BarCache {
         if current == seen {
             return Ok(false);
         }
-        let layout = storage.layout(TableKind::Trades, &table)?;
         let range = TimeRange::new(Some(floor), None);
-        let listing =
-            Listing::read_laid_out(&table, TableKind::Trades, layout, current, range).await?;
-        let files: Vec<&LiveFile> = listing.files.iter().collect();
-        let (trades, _) = read_trades(storage, &files, range, self.inner.clock.now_us()).await?;
+        let (trades, _) =
+            read_trades_at(storage, &table, current, range, self.inner.clock.now_us()).await?;
         let mut state = self.write();
         if state.trades_snapshot != seen {
             // Our own commit landed meanwhile and moved the buffer: look again next time.

@@ -160,26 +160,8 @@ impl Listing {
         Self::read_with(table, kind, time_field, true, snapshot_id, range).await
     }
 
-    /// Lists `snapshot_id` of a table another pipeline owns, whose time column has field id
-    /// `time_field`; only column bounds prune.
-    pub async fn read_source(
-        table: &Table,
-        time_field: i32,
-        snapshot_id: Option<i64>,
-        range: TimeRange,
-    ) -> Result<Listing> {
-        Self::read_with(
-            table,
-            TableKind::Trades,
-            time_field,
-            false,
-            snapshot_id,
-            range,
-        )
-        .await
-    }
-
-    /// Lists a table laid out as `layout` says (see [`crate::storage::Storage::layout`]).
+    /// Lists a table laid out as `layout` says (see [`crate::storage::Storage::layout`]): a
+    /// table another pipeline owns is pruned by the bounds of its time column only.
     pub async fn read_laid_out(
         table: &Table,
         kind: TableKind,
@@ -190,7 +172,7 @@ impl Listing {
         match layout {
             Layout::Ours => Self::read(table, kind, snapshot_id, range).await,
             Layout::Source { time_field } => {
-                Self::read_source(table, time_field, snapshot_id, range).await
+                Self::read_with(table, kind, time_field, false, snapshot_id, range).await
             }
         }
     }

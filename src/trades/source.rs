@@ -22,6 +22,7 @@ use crate::storage::files::read_data_file_as;
 use crate::storage::read::read_files;
 pub use crate::storage::source::{ColumnMap, SourceConfig};
 use crate::storage::{Listing, LiveFile, Storage, TableKind, TimeRange};
+use iceberg_rust::table::Table;
 
 /// Maps one batch of source rows (columns by the source's names) onto `market.trades`
 /// rows stamped `read_at`; bad rows are left out and reported (refused when `strict`).
@@ -151,8 +152,19 @@ pub async fn read_trades_range(
     read_at: i64,
 ) -> Result<(Vec<RecordBatch>, Skipped)> {
     let table = storage.table(TableKind::Trades).await?;
-    let layout = storage.layout(TableKind::Trades, &table)?;
-    let listing = Listing::read_laid_out(&table, TableKind::Trades, layout, None, range).await?;
+    read_trades_at(storage, &table, None, range, read_at).await
+}
+
+/// Trades of snapshot `snapshot` (current when `None`) of `table`, the trades table, in `range`.
+pub async fn read_trades_at(
+    storage: &Storage,
+    table: &Table,
+    snapshot: Option<i64>,
+    range: TimeRange,
+    read_at: i64,
+) -> Result<(Vec<RecordBatch>, Skipped)> {
+    let layout = storage.layout(TableKind::Trades, table)?;
+    let listing = Listing::read_laid_out(table, TableKind::Trades, layout, snapshot, range).await?;
     let files: Vec<&LiveFile> = listing.files.iter().collect();
     read_trades(storage, &files, range, read_at).await
 }
