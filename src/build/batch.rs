@@ -2,8 +2,8 @@
 //! table, and replaced in one commit.
 //!
 //! A run finds the 1m partitions (days) whose files were added or removed since the 1m
-//! snapshot it last consumed (see `changes`), maps them to its own partitions (days, or months for 1d), rolls up the 1m bars of
-//! each, and replaces the partitions whose content changed. Only parent windows whose 1m
+//! snapshot it last consumed (see `changes`), maps them to its own partitions (days, or months
+//! for 1d), rolls up the 1m bars of each, and replaces the partitions whose content changed. Only parent windows whose 1m
 //! children are all final (before the 1m cutoff) are persisted; stored bars older than what the
 //! 1m table still retains are carried over untouched, never recomputed from a partial source;
 //! complete, retained parents whose children are all gone are deleted.

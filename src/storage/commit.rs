@@ -348,19 +348,25 @@ async fn resolve(
     let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
     let mut pause = Duration::from_millis(50);
     loop {
+        // One catalog read: the table for a data commit, the metadata location for a commit
+        // of properties alone.
         let read = timeout(CATALOG_TIMEOUT, async {
-            let location = storage.metadata_location(kind).await?;
-            let table = storage.table(kind).await?;
-            Ok::<_, Error>((location, table))
+            Ok::<_, Error>(match snapshot_id {
+                Some(id) => storage
+                    .table(kind)
+                    .await?
+                    .metadata()
+                    .snapshots
+                    .contains_key(&id),
+                None => {
+                    let location = storage.metadata_location(kind).await?;
+                    metadata_before.is_none_or(|before| before != location)
+                }
+            })
         })
         .await;
         match read {
-            Ok(Ok((location, table))) => {
-                return Ok(match snapshot_id {
-                    Some(id) => table.metadata().snapshots.contains_key(&id),
-                    None => metadata_before.is_none_or(|before| before != location),
-                })
-            }
+            Ok(Ok(landed)) => return Ok(landed),
             Ok(Err(e)) if tokio::time::Instant::now() + pause >= deadline => return Err(e),
             Err(_) if tokio::time::Instant::now() + pause >= deadline => {
                 return Err(Error::Catalog("the catalog did not answer".to_string()))
