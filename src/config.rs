@@ -41,6 +41,8 @@ pub struct Config {
     pub ingest: crate::trades::Limits,
     /// Build from a trades table another pipeline owns instead of `market.trades`.
     pub source: Option<crate::storage::SourceConfig>,
+    /// `[s3]`: how to reach an S3-compatible warehouse.
+    pub s3: crate::storage::S3Config,
 }
 
 /// `[cache]`: the hot candle cache.
@@ -259,8 +261,11 @@ pub struct CatalogConfig {
     /// Catalog name other engines must use to find our tables.
     pub name: String,
     pub namespace: String,
-    /// Directory for table files; unset means `<data_dir>/warehouse`.
-    pub warehouse: Option<PathBuf>,
+    /// Where our tables' files go: a directory or `s3://bucket/prefix` (see `[s3]`); unset
+    /// means `<data_dir>/warehouse`.
+    pub warehouse: Option<String>,
+    /// `[catalog.rest]`: an Iceberg REST catalog instead of the SQL catalog at `url`.
+    pub rest: Option<crate::storage::RestConfig>,
 }
 
 impl Default for Config {
@@ -277,6 +282,7 @@ impl Default for Config {
             cache: CacheSection::default(),
             ingest: crate::trades::Limits::default(),
             source: None,
+            s3: crate::storage::S3Config::default(),
         }
     }
 }
@@ -288,6 +294,7 @@ impl Default for CatalogConfig {
             name: "ohlcv".to_string(),
             namespace: "market".to_string(),
             warehouse: None,
+            rest: None,
         }
     }
 }
@@ -354,10 +361,13 @@ impl Config {
         }
     }
 
-    pub fn warehouse_dir(&self) -> PathBuf {
+    /// Where our tables' files go.
+    pub fn warehouse(&self) -> Result<crate::storage::Warehouse, crate::storage::Error> {
         match &self.catalog.warehouse {
-            Some(dir) => absolute(dir),
-            None => self.data_dir_abs().join("warehouse"),
+            Some(location) => crate::storage::Warehouse::parse(location, &self.s3),
+            None => Ok(crate::storage::Warehouse::Local(
+                self.data_dir_abs().join("warehouse"),
+            )),
         }
     }
 }
@@ -410,7 +420,7 @@ mod tests {
         assert_eq!(cfg.catalog.name, "ohlcv");
         assert_eq!(cfg.catalog.namespace, "market");
         assert!(cfg.catalog_url().ends_with("/data/catalog.db?mode=rwc"));
-        assert!(cfg.warehouse_dir().ends_with("data/warehouse"));
+        assert!(cfg.warehouse().unwrap().location().ends_with("data/warehouse"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `catalog` | the SQL catalog, the `Storage` handle, table creation |
+//! | `catalog` | the catalog (SQL or REST), the `Storage` handle, table creation |
+//! | `rest` | the Iceberg REST catalog client and its authentication |
+//! | `warehouse` | where files live (directory or S3 bucket) and the object store |
 //! | `schema` | table schemas, partitioning, sort orders |
 //! | `files` | the partitioned Parquet writer and data-file reader |
 //! | `manifest` | manifest entries read strictly, with the spec's inheritance rules |
@@ -12,7 +14,8 @@
 //! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
 //! | `observe` | commit notifications for in-memory copies (cache, live trades) |
 //! | `maintenance` | snapshot expiry and the orphan-file sweep |
-//! | `lock` | the single-writer lock |
+//! | `lock` | the single-writer lock (file lock, PostgreSQL advisory lock, or `lease`) |
+//! | `lease` | the writer lease in an S3 warehouse, taken and renewed by conditional writes |
 //! | `read` | rows of a time range, for the engine's own reads |
 //! | `provider` | DataFusion `TableProvider` / `SchemaProvider` |
 
@@ -20,15 +23,18 @@ pub mod catalog;
 pub mod commit;
 pub mod error;
 pub mod files;
+pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod manifest;
 pub mod observe;
 pub mod provider;
 pub mod read;
+pub mod rest;
 pub mod schema;
 pub mod snapshot;
 pub mod source;
+pub mod warehouse;
 pub mod writer;
 
 pub use catalog::Storage;
@@ -41,4 +47,6 @@ pub use provider::{MarketSchema, SnapshotTable};
 pub use schema::TableKind;
 pub use snapshot::{Layout, Listing, LiveFile, TimeRange};
 pub use source::{ColumnMap, SourceConfig};
+pub use rest::RestConfig;
+pub use warehouse::{S3Config, Warehouse};
 pub use writer::{Properties, TableWriter};

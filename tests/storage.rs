@@ -329,7 +329,7 @@ async fn expiry_then_sweep_leaves_exactly_the_reachable_files() {
 
     // What is left on disk is exactly what the sweep considered referenced.
     let location = d.storage().table_location(BARS);
-    let on_disk = walk(&location);
+    let on_disk = walk(std::path::Path::new(&location));
     assert_eq!(on_disk.len(), swept.referenced, "{on_disk:#?}");
     // Everything left is readable: time travel to the older kept snapshot works too.
     let older = *table
@@ -433,7 +433,7 @@ async fn concurrent_writers_never_lose_an_acknowledged_commit() {
                 "sqlite://{}?mode=rwc",
                 shared.path().join("catalog.db").display()
             )),
-            warehouse: Some(shared.path().join("warehouse")),
+            warehouse: Some(shared.path().join("warehouse").display().to_string()),
             ..Default::default()
         },
         ..Config::default()

@@ -1,25 +1,32 @@
-//! The Iceberg SQL catalog (SQLite embedded, PostgreSQL by URL) and the `Storage` handle that
-//! every other layer uses to reach our tables.
+//! The Iceberg catalog (SQLite embedded, PostgreSQL by URL, or a REST catalog) and the
+//! `Storage` handle that every other layer uses to reach our tables.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use iceberg_rust::catalog::tabular::Tabular;
 use iceberg_rust::catalog::Catalog;
-use iceberg_rust::object_store::ObjectStoreBuilder;
 use iceberg_rust::spec::identifier::Identifier;
 use iceberg_rust::spec::namespace::Namespace;
 use iceberg_rust::table::Table;
 use iceberg_sql_catalog::SqlCatalog;
-use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
 use object_store::ObjectStore;
 use sqlx::AnyPool;
 
 use super::error::{Error, Result};
+use super::rest::Rest;
 use super::schema::TableKind;
 use super::snapshot::Layout;
 use super::source::SourceConfig;
+use super::warehouse::Warehouse;
 use crate::config::Config;
+
+/// What the crate's `Catalog` does not tell: where a table's current metadata file is.
+enum Backend {
+    /// Our own connection to the catalog database.
+    Sql(AnyPool),
+    Rest(Rest),
+}
 
 /// Cheap, cloneable handle on the catalog and the warehouse.
 #[derive(Clone)]
@@ -29,13 +36,14 @@ pub struct Storage {
 
 struct Inner {
     catalog: Arc<dyn Catalog>,
-    /// Our own connection to the catalog database: the crate exposes neither the current
-    /// metadata file of a table (needed by the orphan sweep) nor a way to verify a commit.
-    pool: AnyPool,
+    backend: Backend,
+    /// Where the server keeps its own state (job history, validation reports): the catalog
+    /// database of a SQL catalog, else a SQLite file in the data dir.
+    state: AnyPool,
     store: Arc<dyn ObjectStore>,
     catalog_name: String,
     namespace: String,
-    warehouse: PathBuf,
+    warehouse: Warehouse,
     /// The trades table of another pipeline, when the server builds from one.
     source: Option<SourceConfig>,
 }
@@ -43,28 +51,36 @@ struct Inner {
 impl Storage {
     /// Connects to the catalog and creates the namespace and every table that is missing.
     pub async fn open(config: &Config) -> Result<Storage> {
-        let warehouse = config.warehouse_dir();
+        let warehouse = config.warehouse()?;
+        warehouse.prepare()?;
         std::fs::create_dir_all(config.data_dir_abs())
             .map_err(|e| Error::io(config.data_dir_abs(), e))?;
-        std::fs::create_dir_all(&warehouse).map_err(|e| Error::io(&warehouse, e))?;
-        let url = config.catalog_url();
-        let catalog = SqlCatalog::new(
-            &url,
-            &config.catalog.name,
-            ObjectStoreBuilder::filesystem("/"),
-        )
-        .await
-        .map_err(|e| Error::Catalog(format!("cannot open catalog {url}: {e}")))?;
         sqlx::any::install_default_drivers();
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(2)
-            .connect(&url)
-            .await?;
+        let (catalog, backend, state): (Arc<dyn Catalog>, _, _) = match &config.catalog.rest {
+            Some(rest) => {
+                let rest = Rest::connect(rest, &config.s3).await?;
+                let catalog = Arc::new(rest.catalog(warehouse.iceberg_store()));
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    config.data_dir_abs().join("state.db").display()
+                );
+                (catalog, Backend::Rest(rest), connect(&url).await?)
+            }
+            None => {
+                let url = config.catalog_url();
+                let catalog = SqlCatalog::new(&url, &config.catalog.name, warehouse.iceberg_store())
+                    .await
+                    .map_err(|e| Error::Catalog(format!("cannot open catalog {url}: {e}")))?;
+                let pool = connect(&url).await?;
+                (Arc::new(catalog), Backend::Sql(pool.clone()), pool)
+            }
+        };
         let storage = Storage {
             inner: Arc::new(Inner {
-                catalog: Arc::new(catalog),
-                pool,
-                store: Arc::new(LocalFileSystem::new()),
+                catalog,
+                backend,
+                state,
+                store: warehouse.store()?,
                 catalog_name: config.catalog.name.clone(),
                 namespace: config.catalog.namespace.clone(),
                 warehouse,
@@ -79,9 +95,9 @@ impl Storage {
         Arc::clone(&self.inner.catalog)
     }
 
-    /// Connection pool on the catalog database, for tables of our own (job history).
+    /// Connection pool on the database of the server's own state (job history, reports).
     pub fn pool(&self) -> AnyPool {
-        self.inner.pool.clone()
+        self.inner.state.clone()
     }
 
     pub fn catalog_name(&self) -> &str {
@@ -92,13 +108,23 @@ impl Storage {
         &self.inner.namespace
     }
 
-    pub fn warehouse(&self) -> &Path {
+    pub fn warehouse(&self) -> &Warehouse {
         &self.inner.warehouse
     }
 
-    /// Object store holding every table file; paths are absolute filesystem paths.
+    /// Object store holding every table file; [`Self::path`] names a file in it.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.inner.store)
+    }
+
+    /// The key in [`Self::store`] of a file that table metadata names by `location`.
+    pub fn path(&self, location: &str) -> Result<ObjectPath> {
+        self.inner.warehouse.path(location)
+    }
+
+    /// Whether the catalog is a REST catalog, which owns the metadata files it writes.
+    pub fn is_rest(&self) -> bool {
+        matches!(self.inner.backend, Backend::Rest(_))
     }
 
     pub fn identifier(&self, kind: TableKind) -> Identifier {
@@ -143,11 +169,10 @@ impl Storage {
         !(kind == TableKind::Trades && self.inner.source.is_some())
     }
 
-    pub fn table_location(&self, kind: TableKind) -> PathBuf {
+    pub fn table_location(&self, kind: TableKind) -> String {
         self.inner
             .warehouse
-            .join(&self.inner.namespace)
-            .join(kind.name())
+            .table_location(&self.inner.namespace, &kind.name())
     }
 
     /// Loads the table's current metadata from the catalog (never a cached copy).
@@ -174,17 +199,23 @@ impl Storage {
 
     /// Path of the metadata JSON the catalog currently points at.
     pub async fn metadata_location(&self, kind: TableKind) -> Result<String> {
-        let row: Option<(String,)> = sqlx::query_as(
-            "select metadata_location from iceberg_tables \
-             where catalog_name = $1 and table_namespace = $2 and table_name = $3",
-        )
-        .bind(&self.inner.catalog_name)
-        .bind(&self.inner.namespace)
-        .bind(kind.name())
-        .fetch_optional(&self.inner.pool)
-        .await?;
-        row.map(|(loc,)| loc)
-            .ok_or_else(|| Error::TableNotFound(kind.name()))
+        let identifier = self.identifier(kind);
+        match &self.inner.backend {
+            Backend::Rest(rest) => rest.metadata_location(&identifier).await,
+            Backend::Sql(pool) => {
+                let row: Option<(String,)> = sqlx::query_as(
+                    "select metadata_location from iceberg_tables \
+                     where catalog_name = $1 and table_namespace = $2 and table_name = $3",
+                )
+                .bind(&self.inner.catalog_name)
+                .bind(identifier.namespace().to_string())
+                .bind(identifier.name())
+                .fetch_optional(pool)
+                .await?;
+                row.map(|(loc,)| loc)
+                    .ok_or_else(|| Error::TableNotFound(identifier.to_string()))
+            }
+        }
     }
 
     async fn ensure_tables(&self) -> Result<()> {
@@ -209,7 +240,7 @@ impl Storage {
             let location = self.table_location(kind);
             Table::builder()
                 .with_name(kind.name())
-                .with_location(location.display().to_string())
+                .with_location(location)
                 .with_schema(kind.iceberg_schema()?)
                 .with_partition_spec(kind.partition_spec()?)
                 .with_sort_order(kind.sort_order()?)
@@ -223,4 +254,12 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+async fn connect(url: &str) -> Result<AnyPool> {
+    Ok(sqlx::any::AnyPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .connect(url)
+        .await?)
 }

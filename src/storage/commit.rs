@@ -29,7 +29,6 @@ use iceberg_rust::spec::snapshot::{
 use iceberg_rust::spec::table_metadata::{FormatVersion, TableMetadata};
 use iceberg_rust::spec::values::Value;
 use iceberg_rust::table::Table;
-use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::time::timeout;
 
@@ -560,7 +559,7 @@ impl<'a> ManifestSet<'a> {
         let bytes = writer.into_inner()?;
         entry.manifest_length = bytes.len() as i64;
         self.store
-            .put(&ObjectPath::from(location.as_str()), bytes.into())
+            .put(&super::warehouse::key(&location), bytes.into())
             .await?;
         self.written.push(entry);
         Ok(())
@@ -587,6 +586,6 @@ async fn write_manifest_list(
         writer.append_ser(entry.clone())?;
     }
     let bytes = writer.into_inner()?;
-    store.put(&ObjectPath::from(location), bytes.into()).await?;
+    store.put(&super::warehouse::key(location), bytes.into()).await?;
     Ok(())
 }

@@ -19,10 +19,8 @@ use futures::TryStreamExt;
 use iceberg_rust::file_format::parquet::parquet_to_datafile;
 use iceberg_rust::spec::manifest::DataFile;
 use iceberg_rust::spec::partition::Transform;
-use iceberg_rust::spec::util::strip_prefix;
 use iceberg_rust::spec::values::{Struct, Value};
 use iceberg_rust::table::Table;
-use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, PARQUET_FIELD_ID_META_KEY};
@@ -206,7 +204,7 @@ async fn store_file(
     );
     let size = bytes.len() as u64;
     store
-        .put(&ObjectPath::from(location.as_str()), bytes.into())
+        .put(&super::warehouse::key(&location), bytes.into())
         .await?;
     let metadata_ref = table.metadata();
     let partition_fields = metadata_ref.current_partition_fields(None)?;
@@ -295,7 +293,7 @@ pub async fn read_data_file_as(
     target: &SchemaRef,
     path: &str,
 ) -> Result<Vec<RecordBatch>> {
-    let reader = ParquetObjectReader::new(Arc::clone(store), ObjectPath::from(strip_prefix(path)));
+    let reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
     let stream = ParquetRecordBatchStreamBuilder::new(reader)
         .await?
         .build()?;
@@ -364,7 +362,7 @@ fn conform_columns(
 /// catches whatever this misses).
 pub async fn discard(store: &Arc<dyn ObjectStore>, files: &[DataFile]) {
     for file in files {
-        let path = ObjectPath::from(file.file_path().as_str());
+        let path = super::warehouse::key(file.file_path());
         if let Err(e) = store.delete(&path).await {
             tracing::warn!(file = %file.file_path(), error = %e, "could not delete uncommitted file");
         }

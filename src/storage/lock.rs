@@ -8,7 +8,9 @@
 //!   holder for errors);
 //! - PostgreSQL catalog, which writers on several hosts may share: a session advisory lock in
 //!   the catalog database, held by a dedicated connection. The server releases it when that
-//!   connection ends, however the process died; the holder is named by its `application_name`.
+//!   connection ends, however the process died; the holder is named by its `application_name`;
+//! - otherwise, on an S3 warehouse (a REST catalog, which has no lock of its own): a lease
+//!   object in the warehouse (`lease.rs`).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -28,6 +30,7 @@ pub struct WriterLock {
 enum Held {
     File { file: File, path: PathBuf },
     Postgres(PgLock),
+    Lease(super::lease::Lease),
 }
 
 /// A session advisory lock and what it takes to check and take it again.
@@ -45,13 +48,29 @@ const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl WriterLock {
     /// Takes the lock that guards `config`'s catalog: in the catalog database when it is
-    /// PostgreSQL, else in the data dir.
+    /// PostgreSQL, else a lease in an S3 warehouse, else a file lock in the data dir.
     pub async fn acquire_for(config: &crate::config::Config, purpose: &str) -> Result<WriterLock> {
         let url = config.catalog_url();
-        if url.starts_with("postgres") {
-            Self::acquire_in_postgres(&url, &config.catalog.name, purpose).await
-        } else {
-            Self::acquire(&config.data_dir_abs(), purpose)
+        if config.catalog.rest.is_none() && url.starts_with("postgres") {
+            return Self::acquire_in_postgres(&url, &config.catalog.name, purpose).await;
+        }
+        let warehouse = config.warehouse()?;
+        match warehouse.lease_location() {
+            Some(location) => {
+                let lease_store = super::warehouse::Warehouse::parse(&location, &config.s3)?;
+                let lease = super::lease::Lease::acquire(
+                    lease_store.store()?,
+                    lease_store.path(&location)?,
+                    location,
+                    holder_name(purpose),
+                    std::time::Duration::from_secs(config.s3.lease_secs.max(3)),
+                )
+                .await?;
+                Ok(WriterLock {
+                    held: Held::Lease(lease),
+                })
+            }
+            None => Self::acquire(&config.data_dir_abs(), purpose),
         }
     }
 
@@ -74,9 +93,11 @@ impl WriterLock {
     /// session is asked whether it still holds the lock; a dead session is replaced and the
     /// lock taken again if it is free, else the commit is refused with the new holder named.
     pub async fn ensure_held(&self) -> Result<()> {
-        let Held::Postgres(lock) = &self.held else {
+        let lock = match &self.held {
+            Held::Postgres(lock) => lock,
+            Held::Lease(lease) => return lease.ensure_held().await,
             // flock is held by our open descriptor until the process exits.
-            return Ok(());
+            Held::File { .. } => return Ok(()),
         };
         let mut conn = lock.conn.lock().await;
         if let Some(c) = conn.as_mut() {
@@ -192,13 +213,7 @@ impl WriterLock {
                 "previous writer exited without releasing the lock; taking over"
             );
         }
-        let holder = format!(
-            "pid {} ({} on {}) since {}",
-            std::process::id(),
-            purpose,
-            hostname(),
-            chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-        );
+        let holder = holder_name(purpose);
         file.set_len(0).map_err(|e| Error::io(&path, e))?;
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.write_all(holder.as_bytes()))
@@ -213,7 +228,7 @@ impl WriterLock {
     pub fn path(&self) -> Option<&Path> {
         match &self.held {
             Held::File { path, .. } => Some(path),
-            Held::Postgres(_) => None,
+            Held::Postgres(_) | Held::Lease(_) => None,
         }
     }
 }
@@ -236,6 +251,17 @@ fn lock_key(catalog: &str) -> i64 {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     }
     hash as i64
+}
+
+/// Who a lock names as its holder.
+fn holder_name(purpose: &str) -> String {
+    format!(
+        "pid {} ({} on {}) since {}",
+        std::process::id(),
+        purpose,
+        hostname(),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    )
 }
 
 fn read_holder(file: &mut File) -> std::io::Result<String> {

@@ -14,7 +14,6 @@ use iceberg_rust::catalog::commit::{CommitTable, TableRequirement, TableUpdate};
 use iceberg_rust::spec::manifest::Status;
 use iceberg_rust::spec::manifest_list::ManifestListEntry;
 use iceberg_rust::spec::util::strip_prefix;
-use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 
 use super::error::Result;
@@ -124,14 +123,18 @@ impl TableWriter {
         let reachable: HashSet<String> = reachable.iter().map(|p| strip_prefix(p)).collect();
 
         let store = self.storage.store();
-        let prefix = ObjectPath::from(table.metadata().location.as_str());
+        let prefix = super::warehouse::key(&table.metadata().location);
         let listed: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
         let cutoff = now - min_age;
         let mut report = SweepReport::default();
         for object in listed {
             let path = format!("/{}", object.location);
-            // The version hint is how path-based readers (DuckDB) find the current metadata.
-            if reachable.contains(&path) || path.ends_with("/metadata/version-hint.text") {
+            // The version hint is how path-based readers (DuckDB) find the current metadata; a
+            // REST catalog writes the metadata files and may keep older ones in its log.
+            if reachable.contains(&path)
+                || path.ends_with("/metadata/version-hint.text")
+                || (self.storage.is_rest() && path.ends_with(".metadata.json"))
+            {
                 report.referenced += 1;
                 continue;
             }

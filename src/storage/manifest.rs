@@ -16,8 +16,6 @@ use futures::stream::{self, StreamExt};
 use iceberg_rust::spec::manifest::{ManifestEntry, ManifestEntryV1, ManifestEntryV2, Status};
 use iceberg_rust::spec::manifest_list::ManifestListEntry;
 use iceberg_rust::spec::table_metadata::TableMetadata;
-use iceberg_rust::spec::util::strip_prefix;
-use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::error::{Error, Result};
@@ -41,7 +39,7 @@ pub async fn read_entries(
         .map(move |path| {
             let store = Arc::clone(&store);
             async move {
-                let got = store.get(&ObjectPath::from(strip_prefix(&path))).await;
+                let got = store.get(&super::warehouse::key(&path)).await;
                 match got {
                     Ok(object) => object.bytes().await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),

@@ -27,6 +27,8 @@ use iceberg_rust::spec::util::strip_prefix;
 
 use super::catalog::Storage;
 use super::error::Result;
+use object_store::ObjectStore;
+
 use super::schema::TableKind;
 use super::snapshot::{Listing, LiveFile, TimeRange};
 
@@ -37,7 +39,12 @@ pub struct SnapshotTable {
     schema: SchemaRef,
     snapshot_id: Option<i64>,
     files: Vec<LiveFile>,
+    store: Arc<dyn ObjectStore>,
 }
+
+/// The URL under which each scan registers the warehouse's store with DataFusion: file paths
+/// are keys of that store, whether it is the local filesystem or a bucket.
+const WAREHOUSE_URL: &str = "ohlcv-warehouse://files/";
 
 impl SnapshotTable {
     /// Pins `kind` at `snapshot_id` (current when `None`).
@@ -53,6 +60,7 @@ impl SnapshotTable {
             schema: kind.arrow_schema()?,
             snapshot_id: listing.snapshot_id,
             files: listing.files,
+            store: storage.store(),
         })
     }
 
@@ -112,8 +120,11 @@ impl TableProvider for SnapshotTable {
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
         let groups = file_groups(&files, state.config().target_partitions());
-        let config =
-            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+        let url = ObjectStoreUrl::parse(WAREHOUSE_URL)?;
+        state
+            .runtime_env()
+            .register_object_store(url.as_ref(), Arc::clone(&self.store));
+        let config = FileScanConfigBuilder::new(url, Arc::new(source))
                 .with_file_groups(groups)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)

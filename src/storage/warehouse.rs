@@ -1,0 +1,277 @@
+//! Where table files live: a local directory or an S3-compatible bucket, and the one object
+//! store that reaches them.
+//!
+//! Iceberg metadata names files by URL (`s3://bucket/key`, `file:///path`) or by bare absolute
+//! path (what we write on a local warehouse). The object store is scoped to one bucket (or the
+//! filesystem root), so every location is turned into a key of that store by [`Warehouse::path`],
+//! which refuses a file of another bucket instead of reading the wrong object.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iceberg_rust::object_store::ObjectStoreBuilder;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore};
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+
+/// Longest any single object-store request may take (connect, send, receive).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to reach an S3-compatible store. Unset fields fall back to the usual `AWS_*` variables
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+/// `AWS_ENDPOINT_URL`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `http://host:port` of a non-AWS store (SeaweedFS, MinIO, R2); unset means AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// `bucket.host/key` addressing instead of `host/bucket/key`; most non-AWS stores want
+    /// path style (the default).
+    pub virtual_hosted_style: bool,
+    /// Where the writer lease is kept when no catalog database can hold the writer lock;
+    /// unset means `<warehouse>/_ohlcv/writer.lease`. Some stores (S3 table buckets) accept
+    /// only table files in the warehouse: point it at an ordinary bucket there.
+    pub lease: Option<String>,
+    /// How long the lease outlives its holder's last renewal (default 30 s): the longest a
+    /// crashed writer keeps others from writing.
+    pub lease_secs: u64,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            virtual_hosted_style: false,
+            lease: None,
+            lease_secs: 30,
+        }
+    }
+}
+
+/// The warehouse: where our tables are created, and the store every table file is read from.
+#[derive(Debug, Clone)]
+pub enum Warehouse {
+    Local(PathBuf),
+    S3 {
+        bucket: String,
+        /// Key prefix under which our namespace directories are created (no slashes around).
+        prefix: String,
+        config: S3Config,
+    },
+}
+
+impl Warehouse {
+    /// `location` is a directory or `s3://bucket[/prefix]`.
+    pub fn parse(location: &str, s3: &S3Config) -> Result<Warehouse> {
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Catalog(format!(
+                    "warehouse {location} names no bucket"
+                )));
+            }
+            return Ok(Warehouse::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                config: s3.clone(),
+            });
+        }
+        if location.contains("://") && !location.starts_with("file://") {
+            return Err(Error::Catalog(format!(
+                "warehouse {location}: only local directories and s3:// are supported"
+            )));
+        }
+        let dir = location.strip_prefix("file://").unwrap_or(location);
+        Ok(Warehouse::Local(
+            std::path::absolute(dir).unwrap_or_else(|_| PathBuf::from(dir)),
+        ))
+    }
+
+    /// The warehouse as a location string (`/abs/dir` or `s3://bucket/prefix`).
+    pub fn location(&self) -> String {
+        match self {
+            Warehouse::Local(dir) => dir.display().to_string(),
+            Warehouse::S3 { bucket, prefix, .. } if prefix.is_empty() => format!("s3://{bucket}"),
+            Warehouse::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
+    /// Location of `name` in `namespace`.
+    pub fn table_location(&self, namespace: &str, name: &str) -> String {
+        format!("{}/{namespace}/{name}", self.location())
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Warehouse::Local(_))
+    }
+
+    /// Creates the directory of a local warehouse.
+    pub fn prepare(&self) -> Result<()> {
+        if let Warehouse::Local(dir) = self {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The store every table file is read from and written to.
+    pub fn store(&self) -> Result<Arc<dyn ObjectStore>> {
+        Ok(match self {
+            Warehouse::Local(_) => Arc::new(LocalFileSystem::new()),
+            Warehouse::S3 { bucket, config, .. } => {
+                Arc::new(s3_builder(config).with_bucket_name(bucket).build()?)
+            }
+        })
+    }
+
+    /// The same store, as the Iceberg crate's catalogs want it (they write metadata files).
+    pub fn iceberg_store(&self) -> ObjectStoreBuilder {
+        match self {
+            Warehouse::Local(_) => ObjectStoreBuilder::filesystem("/"),
+            Warehouse::S3 { config, .. } => ObjectStoreBuilder::S3(Box::new(s3_builder(config))),
+        }
+    }
+
+    /// The key in [`Self::store`] of a file named by `location` in table metadata.
+    pub fn path(&self, location: &str) -> Result<ObjectPath> {
+        match self {
+            Warehouse::Local(_) => {
+                let path = location.strip_prefix("file://").unwrap_or(location);
+                if path.contains("://") {
+                    return Err(Error::Catalog(format!(
+                        "{location} is not on the local warehouse"
+                    )));
+                }
+                Ok(ObjectPath::from(path))
+            }
+            Warehouse::S3 { bucket, .. } => {
+                let rest = location
+                    .strip_prefix("s3://")
+                    .or_else(|| location.strip_prefix("s3a://"))
+                    .ok_or_else(|| {
+                        Error::Catalog(format!("{location} is not in the S3 warehouse"))
+                    })?;
+                let (file_bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                if file_bucket != bucket {
+                    return Err(Error::Catalog(format!(
+                        "{location} is in bucket '{file_bucket}'; this server reads bucket \
+                         '{bucket}' only"
+                    )));
+                }
+                Ok(ObjectPath::from(key))
+            }
+        }
+    }
+
+    /// `location` of a key listed by [`Self::store`], as table metadata names it.
+    pub fn location_of(&self, path: &ObjectPath) -> String {
+        match self {
+            Warehouse::Local(_) => format!("/{path}"),
+            Warehouse::S3 { bucket, .. } => format!("s3://{bucket}/{path}"),
+        }
+    }
+
+    /// Where the writer lease lives on an S3 warehouse.
+    pub fn lease_location(&self) -> Option<String> {
+        match self {
+            Warehouse::Local(_) => None,
+            Warehouse::S3 { config, .. } => Some(
+                config
+                    .lease
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/_ohlcv/writer.lease", self.location())),
+            ),
+        }
+    }
+}
+
+/// The key of a file that table metadata names by `location` (`s3://bucket/key`,
+/// `file:///path` or a bare path) in a store scoped to its bucket, or to `/` for local files.
+pub fn key(location: &str) -> ObjectPath {
+    ObjectPath::from(iceberg_rust::spec::util::strip_prefix(location))
+}
+
+fn s3_builder(config: &S3Config) -> AmazonS3Builder {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_client_options(
+            ClientOptions::new()
+                .with_timeout(STORE_TIMEOUT)
+                .with_connect_timeout(Duration::from_secs(10))
+                .with_allow_http(true),
+        )
+        .with_virtual_hosted_style_request(config.virtual_hosted_style);
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    builder = builder.with_region(
+        config
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_string()),
+    );
+    if let Some(key) = &config.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &config.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    if let Some(token) = &config.session_token {
+        builder = builder.with_token(token);
+    }
+    builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_locations_become_keys_of_their_bucket_only() {
+        let w = Warehouse::parse("s3://lake/ohlcv/", &S3Config::default()).unwrap();
+        assert_eq!(w.location(), "s3://lake/ohlcv");
+        assert_eq!(
+            w.table_location("market", "ohlcv_1m"),
+            "s3://lake/ohlcv/market/ohlcv_1m"
+        );
+        assert_eq!(
+            w.path("s3://lake/ohlcv/market/t/data/a.parquet")
+                .unwrap()
+                .as_ref(),
+            "ohlcv/market/t/data/a.parquet"
+        );
+        let other = w.path("s3://other/x.parquet").unwrap_err().to_string();
+        assert!(other.contains("bucket 'other'"), "{other}");
+        assert!(w.path("/tmp/x").is_err());
+        assert_eq!(
+            w.location_of(&ObjectPath::from("ohlcv/a")),
+            "s3://lake/ohlcv/a"
+        );
+        assert_eq!(
+            w.lease_location().unwrap(),
+            "s3://lake/ohlcv/_ohlcv/writer.lease"
+        );
+    }
+
+    #[test]
+    fn local_locations_are_paths() {
+        let w = Warehouse::parse("/var/lake", &S3Config::default()).unwrap();
+        assert_eq!(w.path("file:///var/lake/a").unwrap().as_ref(), "var/lake/a");
+        assert_eq!(w.path("/var/lake/a").unwrap().as_ref(), "var/lake/a");
+        assert_eq!(w.location_of(&ObjectPath::from("var/lake/a")), "/var/lake/a");
+        assert!(w.path("s3://b/a").is_err());
+        assert!(Warehouse::parse("gs://b", &S3Config::default()).is_err());
+    }
+}
