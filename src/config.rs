@@ -420,7 +420,11 @@ mod tests {
         assert_eq!(cfg.catalog.name, "ohlcv");
         assert_eq!(cfg.catalog.namespace, "market");
         assert!(cfg.catalog_url().ends_with("/data/catalog.db?mode=rwc"));
-        assert!(cfg.warehouse().unwrap().location().ends_with("data/warehouse"));
+        assert!(cfg
+            .warehouse()
+            .unwrap()
+            .location()
+            .ends_with("data/warehouse"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::config::Config;
 enum Backend {
     /// Our own connection to the catalog database.
     Sql(AnyPool),
-    Rest(Rest),
+    Rest(Box<Rest>),
 }
 
 /// Cheap, cloneable handle on the catalog and the warehouse.
@@ -64,13 +64,14 @@ impl Storage {
                     "sqlite://{}?mode=rwc",
                     config.data_dir_abs().join("state.db").display()
                 );
-                (catalog, Backend::Rest(rest), connect(&url).await?)
+                (catalog, Backend::Rest(Box::new(rest)), connect(&url).await?)
             }
             None => {
                 let url = config.catalog_url();
-                let catalog = SqlCatalog::new(&url, &config.catalog.name, warehouse.iceberg_store())
-                    .await
-                    .map_err(|e| Error::Catalog(format!("cannot open catalog {url}: {e}")))?;
+                let catalog =
+                    SqlCatalog::new(&url, &config.catalog.name, warehouse.iceberg_store())
+                        .await
+                        .map_err(|e| Error::Catalog(format!("cannot open catalog {url}: {e}")))?;
                 let pool = connect(&url).await?;
                 (Arc::new(catalog), Backend::Sql(pool.clone()), pool)
             }

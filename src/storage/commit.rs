@@ -586,6 +586,8 @@ async fn write_manifest_list(
         writer.append_ser(entry.clone())?;
     }
     let bytes = writer.into_inner()?;
-    store.put(&super::warehouse::key(location), bytes.into()).await?;
+    store
+        .put(&super::warehouse::key(location), bytes.into())
+        .await?;
     Ok(())
 }

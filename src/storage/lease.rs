@@ -192,7 +192,9 @@ impl Shared {
         );
         let written = tokio::time::timeout(self.ttl / 3, put)
             .await
-            .map_err(|_| Error::Catalog(format!("no answer renewing the lease {}", self.location)))??;
+            .map_err(|_| {
+                Error::Catalog(format!("no answer renewing the lease {}", self.location))
+            })??;
         Ok(UpdateVersion {
             e_tag: written.e_tag,
             version: written.version,

@@ -125,10 +125,10 @@ impl TableProvider for SnapshotTable {
             .runtime_env()
             .register_object_store(url.as_ref(), Arc::clone(&self.store));
         let config = FileScanConfigBuilder::new(url, Arc::new(source))
-                .with_file_groups(groups)
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
+            .with_file_groups(groups)
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
         Ok(DataSourceExec::from_data_source(config))
     }
 }

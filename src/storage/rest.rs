@@ -179,8 +179,10 @@ impl Rest {
         )
         .await
         .map_err(|e| Error::Catalog(format!("REST catalog: load {identifier}: {e}")))?;
-        reply
-            .metadata_location
-            .ok_or_else(|| Error::Catalog(format!("REST catalog names no metadata file for {identifier}")))
+        reply.metadata_location.ok_or_else(|| {
+            Error::Catalog(format!(
+                "REST catalog names no metadata file for {identifier}"
+            ))
+        })
     }
 }

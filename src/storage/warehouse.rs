@@ -270,7 +270,10 @@ mod tests {
         let w = Warehouse::parse("/var/lake", &S3Config::default()).unwrap();
         assert_eq!(w.path("file:///var/lake/a").unwrap().as_ref(), "var/lake/a");
         assert_eq!(w.path("/var/lake/a").unwrap().as_ref(), "var/lake/a");
-        assert_eq!(w.location_of(&ObjectPath::from("var/lake/a")), "/var/lake/a");
+        assert_eq!(
+            w.location_of(&ObjectPath::from("var/lake/a")),
+            "/var/lake/a"
+        );
         assert!(w.path("s3://b/a").is_err());
         assert!(Warehouse::parse("gs://b", &S3Config::default()).is_err());
     }

@@ -1,7 +1,9 @@
 //! Shared helpers for integration tests: a temp deployment and bar rows.
 #![allow(dead_code)]
 
+pub mod lake;
 pub mod proxy;
+pub mod seaweed;
 pub mod server;
 pub mod trades;
 

@@ -3,6 +3,8 @@ pipeline would: other column names and types, its own partition spec, appends, d
 schema and partition evolution.
 
 usage: lake_writer.py DATA_DIR OP [JSON]
+  The catalog is the SQLite catalog of DATA_DIR, or, when LAKE_REST_URI is set, that Iceberg
+  REST catalog (SigV4, keys from AWS_*) with its files on the S3 endpoint LAKE_S3_ENDPOINT.
   create              lake.gold_crypto_trades: trade_time timestamp (no zone), px decimal(18,8),
                       qty double, id long, pair string, is_buyer_maker boolean; hour(trade_time)
   append JSON         {"trade_time": [us...], "px": [...], "qty": [...], "id": [...],
@@ -10,11 +12,13 @@ usage: lake_writer.py DATA_DIR OP [JSON]
   delete JSON         {"id": [...]}
   evolve              rename px -> price_usd, add column venue, partition by day(trade_time)
   replace             drop the table and create it again, empty (as `create`)
+  count TABLE         print the number of rows pyiceberg reads from TABLE (`namespace.name`)
 """
 
 import datetime
 import decimal
 import json
+import os
 import sys
 import warnings
 
@@ -38,6 +42,24 @@ NAME = ("lake", "gold_crypto_trades")
 
 
 def catalog(data_dir):
+    if os.environ.get("LAKE_REST_URI"):
+        from pyiceberg.catalog import load_catalog
+
+        return load_catalog(
+            "lake",
+            type="rest",
+            uri=os.environ["LAKE_REST_URI"],
+            warehouse=os.environ.get("LAKE_WAREHOUSE", "s3://warehouse"),
+            **{
+                "rest.sigv4-enabled": "true",
+                "rest.signing-region": "us-east-1",
+                "rest.signing-name": "s3tables",
+                "s3.endpoint": os.environ["LAKE_S3_ENDPOINT"],
+                "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
+                "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
+                "s3.region": "us-east-1",
+            },
+        )
     warnings.simplefilter("ignore")  # pyiceberg warns about the SQL catalog's v0 schema
     return SqlCatalog(
         "ohlcv",
@@ -97,10 +119,13 @@ def evolve(table):
 
 def main():
     data_dir, op = sys.argv[1], sys.argv[2]
-    rows = json.load(open(sys.argv[3])) if len(sys.argv) > 3 else {}
+    rows = json.load(open(sys.argv[3])) if len(sys.argv) > 3 and op != "count" else {}
     cat = catalog(data_dir)
     if op == "create":
         create(cat)
+        return
+    if op == "count":
+        print(cat.load_table(sys.argv[3]).scan().to_arrow().num_rows)
         return
     if op == "replace":
         cat.drop_table(NAME)

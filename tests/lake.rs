@@ -1,0 +1,127 @@
+//! The lake as it is in production: a real S3 store and Iceberg REST catalog (SeaweedFS, SigV4)
+//! where another pipeline (pyiceberg) owns the trades table. pyiceberg creates it with other
+//! names, types and an hourly partition spec, appends in several commits, deletes and evolves
+//! it; our builder keeps the five tables, which live in the same catalog and bucket, equal to
+//! a reference computed from the rows pyiceberg wrote, and pyiceberg reads them back. The
+//! writer lease in the bucket refuses a second writer, naming the holder.
+
+mod common;
+
+use common::lake::*;
+use common::seaweed::Seaweed;
+use common::*;
+use ohlcv_server::config::Config;
+use ohlcv_server::storage::{Error, TableKind, WriterLock};
+use ohlcv_server::timeframe::Timeframe;
+use serde_json::json;
+
+const NOW: i64 = T0 + 3 * DAY;
+
+async fn deployment(weed: &Seaweed, dir: &std::path::Path, price_column: &str) -> Deployment {
+    let mut config = Config {
+        data_dir: dir.to_path_buf(),
+        source: Some(source(price_column)),
+        ..Config::default()
+    };
+    config.catalog.namespace = "ohlcv".to_string();
+    weed.configure(&mut config);
+    let writer = writer_for(&config).await;
+    Deployment {
+        dir: tempfile::tempdir().unwrap(),
+        config,
+        writer,
+    }
+}
+
+/// What pyiceberg reads of our table of `tf`, against what we wrote.
+async fn assert_pyiceberg_reads_ours(lake: &Lake, d: &Deployment) {
+    for tf in Timeframe::ALL {
+        let ours = d.bars(tf).await.len();
+        assert_eq!(
+            lake.count(&format!("ohlcv.ohlcv_{tf}")),
+            ours,
+            "pyiceberg reads ohlcv_{tf} from the REST catalog"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bars_from_a_foreign_table_on_s3_behind_a_rest_catalog() {
+    if !python_ok() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let Some(weed) = Seaweed::start() else {
+        eprintln!("skipping: SeaweedFS (weed) is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake {
+        dir: dir.path().to_path_buf(),
+        env: weed.python_env(),
+    };
+    lake.run("create", None);
+    let d = deployment(&weed, dir.path(), "px").await;
+
+    // A second writer on the same lake is refused with the lease holder named.
+    let err = WriterLock::acquire_for(&d.config, "build")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+
+    let mut all = lake_trades(1, "BTCUSDT", T0, 90, 800);
+    lake.run("append", Some(rows_json(&all, "px")));
+    let eth = lake_trades(5000, "ETHUSDT", T0 + DAY / 3, 60, 500);
+    lake.run("append", Some(rows_json(&eth, "px")));
+    all.extend(eth);
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after two appends")
+        .await;
+    assert_pyiceberg_reads_ours(&lake, &d).await;
+
+    // Their deletes (a rewrite of the files holding the rows) revise our bars.
+    let doomed: Vec<i64> = all
+        .iter()
+        .filter(|t| t.id.ends_with('7'))
+        .map(|t| t.id.parse().unwrap())
+        .collect();
+    lake.run("delete", Some(json!({ "id": doomed })));
+    all.retain(|t| !doomed.contains(&t.id.parse().unwrap()));
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after their delete")
+        .await;
+
+    // Schema and spec evolution: old files are read by field id.
+    lake.run("evolve", None);
+    drop(d);
+    let d = deployment(&weed, dir.path(), "price_usd").await;
+    let later = lake_trades(20_000, "BTCUSDT", T0 + DAY + 7 * 60 * MIN, 45, 300);
+    lake.run("append", Some(rows_json(&later, "price_usd")));
+    all.extend(later);
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after their evolution")
+        .await;
+    assert_pyiceberg_reads_ours(&lake, &d).await;
+
+    // Their table stays theirs; ours did not create a trades table of its own.
+    let err = d
+        .writer
+        .append(TableKind::Trades, &[], Default::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotOwned { .. }), "{err}");
+    let ns = iceberg_rust::spec::namespace::Namespace::try_new(&["ohlcv".to_string()]).unwrap();
+    let tables = d.storage().catalog().list_tabulars(&ns).await.unwrap();
+    assert!(!tables.iter().any(|t| t.name() == "trades"), "{tables:?}");
+
+    // The lease goes with the writer: the next one takes it at once.
+    let config = d.config.clone();
+    drop(d);
+    let next = WriterLock::acquire_for(&config, "build").await;
+    assert!(next.is_ok(), "{:?}", next.err());
+}
