@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use common::trades::{table_bars, Key, RefBar};
-use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use ohlcv_server::config::Config;
 use ohlcv_server::storage::read::read_range;
@@ -38,13 +37,19 @@ fn run(args: &[&str], dir: &Path) {
     );
 }
 
-async fn tables(dir: &Path) -> Vec<(usize, BTreeMap<Key, RefBar>)> {
-    let storage = Storage::open(&Config {
+fn local(dir: &Path) -> Config {
+    Config {
         data_dir: dir.to_path_buf(),
         ..Config::default()
-    })
-    .await
-    .unwrap();
+    }
+}
+
+async fn tables(dir: &Path) -> Vec<(usize, BTreeMap<Key, RefBar>)> {
+    tables_of(&local(dir)).await
+}
+
+async fn tables_of(config: &Config) -> Vec<(usize, BTreeMap<Key, RefBar>)> {
+    let storage = Storage::open(config).await.unwrap();
     let mut out = Vec::new();
     for tf in Timeframe::ALL {
         let (_, rows): (_, Vec<RecordBatch>) =
@@ -120,12 +125,11 @@ async fn killed_builds_leave_tables_equal_to_a_clean_build() {
 
 /// Every data file of every table's current snapshot exists, and the trades table's row count.
 async fn intact(dir: &Path) -> i64 {
-    let storage = Storage::open(&Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
+    intact_of(&local(dir)).await
+}
+
+async fn intact_of(config: &Config) -> i64 {
+    let storage = Storage::open(config).await.unwrap();
     let store = storage.store();
     let mut trades = 0;
     for kind in TableKind::all() {
@@ -135,7 +139,7 @@ async fn intact(dir: &Path) -> i64 {
             .unwrap_or_else(|e| panic!("{}: {e}", kind.name()));
         for file in &listing.files {
             store
-                .head(&ObjectPath::from(file.path()))
+                .head(&storage.path(file.path()).unwrap())
                 .await
                 .unwrap_or_else(|e| panic!("{}: {} is missing: {e}", kind.name(), file.path()));
         }
@@ -238,4 +242,90 @@ async fn kills_across_load_build_compact_and_retention_leave_clean_tables() {
         killed >= 10,
         "too few commands were still running when killed ({killed})"
     );
+}
+
+/// `build` SIGKILLed at several points on an S3 warehouse behind a REST catalog (SeaweedFS):
+/// the tables then equal a clean build on a local warehouse, and every file they reference is
+/// in the bucket. A killed build leaves its lease behind; the next one waits it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_builds_on_s3_leave_tables_equal_to_a_clean_build() {
+    let Some(weed) = common::seaweed::Seaweed::start() else {
+        eprintln!("skipping: SeaweedFS (weed) is not installed");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("trades.parquet");
+    let file_arg = file.to_str().unwrap();
+    let gen = bin()
+        .args([
+            "generate",
+            "--trades",
+            "60000",
+            "--symbols",
+            "6",
+            "--rate",
+            "1",
+        ])
+        .args(["--output", file_arg])
+        .output()
+        .unwrap();
+    assert!(gen.status.success());
+    let clean = work.path().join("clean");
+    run(&["load", file_arg], &clean);
+    run(&["build"], &clean);
+
+    let mut config = local(&work.path().join("crashed"));
+    config.catalog.namespace = "crashed".to_string();
+    weed.configure(&mut config);
+    config.s3.lease_secs = 3;
+    let config_file = work.path().join("s3.toml");
+    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
+    let with_config = |args: &[&str]| {
+        let out = bin()
+            .arg("--config")
+            .arg(&config_file)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    with_config(&["load", file_arg]);
+    let mut killed = 0;
+    for delay_ms in [300, 1200, 2500, 4000, 6000] {
+        let mut child = bin()
+            .arg("--config")
+            .arg(&config_file)
+            .arg("build")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL: the lease is not released
+            killed += 1;
+            tokio::time::sleep(Duration::from_millis(3_200)).await;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        killed >= 2,
+        "the builds finished too fast to be interrupted ({killed} kills)"
+    );
+    with_config(&["build"]);
+
+    intact_of(&config).await;
+    let (want, got) = (tables(&clean).await, tables_of(&config).await);
+    for (tf, ((wn, w), (gn, g))) in Timeframe::ALL.iter().zip(want.iter().zip(&got)) {
+        assert_eq!(gn, wn, "{tf}: row count (doubled or lost rows)");
+        assert_eq!(g, w, "{tf}: content");
+        assert!(
+            g.values().all(|b| b.revision == 0),
+            "{tf}: spurious revisions"
+        );
+    }
 }

@@ -50,7 +50,10 @@ fn weed_binary() -> Option<std::path::PathBuf> {
         return Some(on_path);
     }
     let out = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()?;
     let scripts = String::from_utf8_lossy(&out.stdout).trim().to_string();
