@@ -96,6 +96,41 @@ async fn bars_from_a_foreign_table_on_s3_behind_a_rest_catalog() {
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after their delete")
         .await;
 
+    // They stop partitioning (DuckDB deletes only from unpartitioned tables) and append more:
+    // one table, two specs.
+    lake.run("unpartition", None);
+    let sol = lake_trades(30_000, "SOLUSDT", T0 + DAY / 4, 75, 400);
+    lake.run("append", Some(rows_json(&sol, "px")));
+    all.extend(sol);
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after an unpartitioned append")
+        .await;
+
+    // DuckDB's row-level deletes (position delete files, merge-on-read): the trades are gone
+    // from our bars, and windows left without trades lose their bar.
+    let doomed: Vec<i64> = all
+        .iter()
+        .filter(|t| t.id.ends_with('3') || (t.ts - T0).div_euclid(MIN) == 45)
+        .map(|t| t.id.parse().unwrap())
+        .collect();
+    lake.run("duckdb-delete", Some(json!({ "id": doomed })));
+    all.retain(|t| !doomed.contains(&t.id.parse().unwrap()));
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after DuckDB's row-level delete")
+        .await;
+    let rows: usize = ohlcv_server::trades::read_trades_range(
+        d.storage(),
+        ohlcv_server::storage::TimeRange::ALL,
+        NOW,
+    )
+    .await
+    .unwrap()
+    .0
+    .iter()
+    .map(|b| b.num_rows())
+    .sum();
+    assert_eq!(rows, all.len(), "trades read with the deletes applied");
+
     // Schema and spec evolution: old files are read by field id.
     lake.run("evolve", None);
     drop(d);

@@ -7,13 +7,18 @@
 //! engine's) change no rows and are skipped. When the consumed snapshot is no longer an
 //! ancestor of the current one (expired by another engine, or the table was replaced), the
 //! changes cannot be known and the caller must compare everything instead of skipping.
+//!
+//! A position delete file added (or dropped) by a snapshot changes rows of the data files it
+//! names: those files count as removed, so every window they touch is recomputed from the
+//! table as it is now, deletes applied.
 
 use iceberg_rust::spec::manifest::{Content as FileContent, Status};
 use iceberg_rust::spec::snapshot::Operation;
 use iceberg_rust::table::Table;
 
+use crate::storage::files::read_position_deletes;
 use crate::storage::manifest::read_entries;
-use crate::storage::{Error, Layout, LiveFile, Result, TableKind};
+use crate::storage::{Error, Layout, Listing, LiveFile, Result, TableKind, TimeRange};
 
 /// Files added and removed by the row-changing snapshots after the consumed one.
 #[derive(Debug, Default)]
@@ -59,6 +64,7 @@ pub async fn since(
         at = *snapshot.parent_snapshot_id();
     }
     let mut changes = Changes::default();
+    let mut delete_files = Vec::new();
     for snapshot in chain.into_iter().rev() {
         if snapshot.summary().operation == Operation::Replace {
             continue;
@@ -76,18 +82,29 @@ pub async fn since(
             if *entry.snapshot_id() != Some(id) {
                 continue;
             }
-            if *entry.data_file().content() != FileContent::Data {
-                return Err(Error::Unsupported {
-                    table: kind.name(),
-                    file: entry.data_file().file_path().clone(),
-                    feature: "row-level deletes (a delete file)".to_string(),
-                });
+            match entry.data_file().content() {
+                FileContent::Data => {}
+                FileContent::PositionDeletes if !own_partitions => {
+                    if *entry.status() != Status::Existing {
+                        delete_files.push(entry.data_file().file_path().clone());
+                    }
+                    continue;
+                }
+                _ => {
+                    return Err(Error::Unsupported {
+                        table: kind.name(),
+                        file: entry.data_file().file_path().clone(),
+                        feature: "row-level deletes by equality (an equality delete file)"
+                            .to_string(),
+                    })
+                }
             }
             let file = LiveFile {
                 manifest_path,
                 entry,
                 time_field,
                 own_partitions,
+                deleted: None,
             };
             match file.entry.status() {
                 Status::Added => changes.added.push(file),
@@ -96,5 +113,37 @@ pub async fn since(
             }
         }
     }
+    if !delete_files.is_empty() {
+        changes
+            .removed
+            .extend(files_named_by(table, kind, layout, &delete_files).await?);
+    }
     Ok(SourceChanges::Known(changes))
+}
+
+/// The live data files the position delete files at `paths` name, read whole (their rows
+/// before the deletes).
+async fn files_named_by(
+    table: &Table,
+    kind: TableKind,
+    layout: Layout,
+    paths: &[String],
+) -> Result<Vec<LiveFile>> {
+    let store = table.object_store();
+    let mut named = std::collections::HashSet::new();
+    for path in paths {
+        for (data_path, _) in read_position_deletes(&store, &kind.name(), path).await? {
+            named.insert(crate::storage::warehouse::key(&data_path).to_string());
+        }
+    }
+    let listing = Listing::read_laid_out(table, kind, layout, None, TimeRange::ALL).await?;
+    Ok(listing
+        .files
+        .into_iter()
+        .filter(|f| named.contains(crate::storage::warehouse::key(f.path()).as_ref()))
+        .map(|mut f| {
+            f.deleted = None;
+            f
+        })
+        .collect())
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{new_null_array, RecordBatch, TimestampMicrosecondArray, UInt32Array};
+use arrow::array::{Array, AsArray};
 use arrow::compute::{
     cast, concat_batches, lexsort_to_indices, take_record_batch, LexicographicalComparator,
     SortColumn,
@@ -302,6 +303,60 @@ pub async fn read_data_file_as(
         .iter()
         .map(|b| conform_columns(table, target, path, b))
         .collect()
+}
+
+/// The `(file_path, pos)` rows of a position delete file.
+pub async fn read_position_deletes(
+    store: &Arc<dyn ObjectStore>,
+    table: &str,
+    path: &str,
+) -> Result<Vec<(String, u64)>> {
+    let reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
+    let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .build()?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await?;
+    let mut out = Vec::new();
+    for batch in &batches {
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| Error::Unreadable {
+                table: table.to_string(),
+                file: path.to_string(),
+                reason: format!("a position delete file without a '{name}' column"),
+            })
+        };
+        let files = arrow::compute::cast(column("file_path")?, &arrow::datatypes::DataType::Utf8)?;
+        let positions = arrow::compute::cast(column("pos")?, &arrow::datatypes::DataType::Int64)?;
+        let files = files.as_string::<i32>();
+        let positions = positions.as_primitive::<arrow::datatypes::Int64Type>();
+        for row in 0..batch.num_rows() {
+            if files.is_null(row) || positions.is_null(row) || positions.value(row) < 0 {
+                return Err(Error::Unreadable {
+                    table: table.to_string(),
+                    file: path.to_string(),
+                    reason: format!("row {row} has no file_path or a negative pos"),
+                });
+            }
+            out.push((files.value(row).to_string(), positions.value(row) as u64));
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of `batch`, whose first row is row `offset` of its file, without those at the
+/// `deleted` positions (sorted).
+pub fn without_deleted(batch: RecordBatch, offset: usize, deleted: &[u64]) -> Result<RecordBatch> {
+    let start = deleted.partition_point(|&p| p < offset as u64);
+    let end = deleted.partition_point(|&p| p < (offset + batch.num_rows()) as u64);
+    if start == end {
+        return Ok(batch);
+    }
+    let mut keep = vec![true; batch.num_rows()];
+    for &p in &deleted[start..end] {
+        keep[p as usize - offset] = false;
+    }
+    let keep = arrow::array::BooleanArray::from(keep);
+    Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
 }
 
 /// The columns of `batch` (one file's rows) rearranged into the table's schema.

@@ -91,10 +91,11 @@ fn decode(
     let schema = metadata
         .current_schema(None)
         .map_err(|e| unreadable(table, path, e))?;
+    let known_ids: std::collections::HashSet<i32> = schema.iter().map(|f| f.id).collect();
     let mut out = Vec::new();
     for value in reader {
         let mut value = value.map_err(|e| unreadable(table, path, e))?;
-        optional_partition_values(&mut value);
+        normalize_entry(&mut value, &known_ids);
         let mut entry = if v1 {
             let raw: ManifestEntryV1 =
                 apache_avro::from_value(&value).map_err(|e| unreadable(table, path, e))?;
@@ -111,11 +112,14 @@ fn decode(
     Ok(out)
 }
 
-/// Writes the partition tuple the way iceberg-rust's decoder expects it: every field an
-/// optional (`["null", T]` union) of a plain Avro type. The spec lets writers declare required
-/// fields and logical types (pyiceberg writes a `day` value as a required `date`), which that
-/// decoder refuses although the value is the same number.
-fn optional_partition_values(entry: &mut AvroValue) {
+/// Writes an entry the way iceberg-rust's decoder expects it, where writers legitimately
+/// differ: every partition field an optional (`["null", T]` union) of a plain Avro type (the
+/// spec lets writers declare required fields and logical types; pyiceberg writes a `day` value
+/// as a required `date`), the file format in upper case (DuckDB writes `parquet`; Java
+/// reads it case-insensitively), and column bounds only for fields of the current schema (a
+/// dropped column's bounds, or a delete file's bounds on its own columns, are no error; they
+/// prune nothing of ours).
+fn normalize_entry(entry: &mut AvroValue, known_ids: &std::collections::HashSet<i32>) {
     let AvroValue::Record(fields) = entry else {
         return;
     };
@@ -123,6 +127,15 @@ fn optional_partition_values(entry: &mut AvroValue) {
     else {
         return;
     };
+    if let Some((_, AvroValue::String(format))) = file.iter_mut().find(|(n, _)| n == "file_format")
+    {
+        format.make_ascii_uppercase();
+    }
+    for (name, value) in file.iter_mut() {
+        if name == "lower_bounds" || name == "upper_bounds" {
+            retain_known_bounds(value, known_ids);
+        }
+    }
     let Some((_, AvroValue::Record(partition))) = file.iter_mut().find(|(n, _)| n == "partition")
     else {
         return;
@@ -139,6 +152,21 @@ fn optional_partition_values(entry: &mut AvroValue) {
             AvroValue::Null => AvroValue::Union(0, Box::new(AvroValue::Null)),
             v => AvroValue::Union(1, Box::new(v)),
         };
+    }
+}
+
+/// Drops the entries of a bounds map (an Avro array of `{key, value}` records, possibly in a
+/// union) whose field id is not in `known_ids`.
+fn retain_known_bounds(value: &mut AvroValue, known_ids: &std::collections::HashSet<i32>) {
+    match value {
+        AvroValue::Union(_, inner) => retain_known_bounds(inner, known_ids),
+        AvroValue::Array(items) => items.retain(|item| match item {
+            AvroValue::Record(kv) => kv.iter().any(|(n, v)| {
+                n == "key" && matches!(v, AvroValue::Int(id) if known_ids.contains(id))
+            }),
+            _ => true,
+        }),
+        _ => {}
     }
 }
 

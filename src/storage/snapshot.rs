@@ -3,8 +3,14 @@
 //! Pruning happens twice: manifests whose partition summary cannot overlap the range are not
 //! read at all, then files whose time-column bounds miss the range are dropped. Both use our
 //! own partition arithmetic, so `timestamptz` bounds are compared as plain UTC microseconds.
+//!
+//! Position delete files (row-level deletes of Spark, Flink, DuckDB) are applied to the tables
+//! of other pipelines: each live data file carries the positions deleted in it at the listed
+//! snapshot. Equality deletes, and delete files in our own tables (which no writer of ours
+//! produces), are refused by name.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use iceberg_rust::spec::manifest::{Content as FileContent, FileFormat, ManifestEntry, Status};
 use iceberg_rust::spec::manifest_list::{Content, ManifestListEntry};
@@ -50,6 +56,9 @@ pub struct LiveFile {
     /// Whether the partition tuple is ours (`<time column>_day` or `_month`) and prunes too;
     /// a table another engine partitions is pruned by column bounds alone.
     pub own_partitions: bool,
+    /// Row positions deleted from this file by position delete files, sorted; `None` when
+    /// none apply.
+    pub deleted: Option<Arc<Vec<u64>>>,
 }
 
 impl LiveFile {
@@ -206,10 +215,14 @@ impl Listing {
             .cloned()
             .collect();
         let mut files = Vec::new();
-        for (manifest_path, entry) in
-            read_entries(&table.object_store(), &kind.name(), metadata, &wanted).await?
-        {
+        let mut deletes = Vec::new();
+        let store = table.object_store();
+        for (manifest_path, entry) in read_entries(&store, &kind.name(), metadata, &wanted).await? {
             if *entry.status() == Status::Deleted {
+                continue;
+            }
+            if *entry.data_file().content() == FileContent::PositionDeletes && !own_partitions {
+                deletes.push(entry);
                 continue;
             }
             refuse_unreadable(&kind.name(), &entry)?;
@@ -218,10 +231,14 @@ impl Listing {
                 entry,
                 time_field,
                 own_partitions,
+                deleted: None,
             };
             if file.may_overlap(kind, &range) {
                 files.push(file);
             }
+        }
+        if !deletes.is_empty() {
+            apply_position_deletes(&store, &kind.name(), &deletes, &mut files).await?;
         }
         Ok(Listing {
             snapshot_id,
@@ -246,6 +263,51 @@ impl Listing {
     }
 }
 
+/// Gives each data file the positions that `deletes` (live position delete files) remove from
+/// it: a delete applies to a data file of the same or an older data sequence number.
+async fn apply_position_deletes(
+    store: &Arc<dyn object_store::ObjectStore>,
+    table: &str,
+    deletes: &[ManifestEntry],
+    files: &mut [LiveFile],
+) -> Result<()> {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, file) in files.iter().enumerate() {
+        index.insert(super::warehouse::key(file.path()).to_string(), i);
+    }
+    let mut positions: Vec<Vec<u64>> = vec![Vec::new(); files.len()];
+    for delete in deletes {
+        let path = delete.data_file().file_path();
+        if *delete.data_file().file_format() != FileFormat::Parquet {
+            return Err(Error::Unsupported {
+                table: table.to_string(),
+                file: path.clone(),
+                feature: format!(
+                    "position delete file format {:?}",
+                    delete.data_file().file_format()
+                ),
+            });
+        }
+        let delete_seq = delete.sequence_number().unwrap_or(0);
+        for (data_path, pos) in super::files::read_position_deletes(store, table, path).await? {
+            let Some(&i) = index.get(super::warehouse::key(&data_path).as_ref()) else {
+                continue; // a file outside the listed range, or no longer live
+            };
+            if delete_seq >= files[i].entry.sequence_number().unwrap_or(0) {
+                positions[i].push(pos);
+            }
+        }
+    }
+    for (file, mut deleted) in files.iter_mut().zip(positions) {
+        if !deleted.is_empty() {
+            deleted.sort_unstable();
+            deleted.dedup();
+            file.deleted = Some(Arc::new(deleted));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a live file whose rows this server cannot read correctly: skipping it, or reading
 /// a delete file's rows as trades, would be silent wrong data.
 fn refuse_unreadable(table: &str, entry: &ManifestEntry) -> Result<()> {
@@ -255,8 +317,12 @@ fn refuse_unreadable(table: &str, entry: &ManifestEntry) -> Result<()> {
             FileFormat::Parquet => return Ok(()),
             other => format!("data file format {other:?}"),
         },
-        FileContent::PositionDeletes => "row-level deletes (a position delete file)".to_string(),
-        FileContent::EqualityDeletes => "row-level deletes (an equality delete file)".to_string(),
+        FileContent::PositionDeletes => {
+            "a position delete file in a table of ours (no writer of ours makes one)".to_string()
+        }
+        FileContent::EqualityDeletes => "row-level deletes by equality (an equality delete \
+                                         file); position deletes are supported"
+            .to_string(),
     };
     Err(Error::Unsupported {
         table: table.to_string(),

@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
 use super::error::{Error, Result};
 use super::normalize::{normalize_skipping, Checked};
-use crate::storage::files::read_data_file_as;
+use crate::storage::files::{read_data_file_as, without_deleted};
 use crate::storage::read::read_files;
 pub use crate::storage::source::{ColumnMap, SourceConfig};
 use crate::storage::{Listing, LiveFile, Storage, TableKind, TimeRange};
@@ -129,9 +129,14 @@ pub async fn read_trades(
     for file in files {
         let mut offset = 0;
         for batch in read_data_file_as(&store, &name, &schema, file.path()).await? {
+            let rows_in_file = batch.num_rows();
+            let batch = match &file.deleted {
+                Some(deleted) => without_deleted(batch, offset, deleted)?,
+                None => batch,
+            };
             let checked = map_batch(source, &batch, offset, read_at)
                 .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
-            offset += batch.num_rows();
+            offset += rows_in_file;
             skipped.add(file.path(), &checked);
             let rows = in_range(checked.rows, range)?;
             if rows.num_rows() > 0 {

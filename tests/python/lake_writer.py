@@ -10,9 +10,12 @@ usage: lake_writer.py DATA_DIR OP [JSON]
   append JSON         {"trade_time": [us...], "px": [...], "qty": [...], "id": [...],
                        "pair": [...], "is_buyer_maker": [...]}, in the table's current names
   delete JSON         {"id": [...]}
+  unpartition         drop the hourly partition field (new files are unpartitioned)
   evolve              rename px -> price_usd, add column venue, partition by day(trade_time)
   replace             drop the table and create it again, empty (as `create`)
   count TABLE         print the number of rows pyiceberg reads from TABLE (`namespace.name`)
+  duckdb-delete JSON  {"id": [...]}: DuckDB deletes those trades through the REST catalog
+                      (OAuth2), writing position delete files (merge-on-read) as Spark would
 """
 
 import datetime
@@ -113,8 +116,35 @@ def evolve(table):
         update.rename_column("px", "price_usd")
         update.add_column("venue", StringType())
     with table.update_spec() as update:
-        update.remove_field("trade_hour")
+        if any(f.name == "trade_hour" for f in table.spec().fields):
+            update.remove_field("trade_hour")
         update.add_field("trade_time", DayTransform(), "trade_day")
+
+
+def duckdb_delete(ids):
+    import duckdb
+    import duckdb_ext
+
+    ext_dir = os.path.join(list(duckdb_ext.__path__)[0], "extensions")
+    con = duckdb.connect(
+        config={"extension_directory": ext_dir, "autoinstall_known_extensions": False}
+    )
+    con.execute("LOAD avro; LOAD httpfs; LOAD iceberg;")
+    endpoint = os.environ["LAKE_S3_ENDPOINT"].removeprefix("http://")
+    key, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    con.execute(
+        f"CREATE SECRET (TYPE s3, KEY_ID '{key}', SECRET '{secret}', ENDPOINT '{endpoint}', "
+        "URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
+    )
+    uri = os.environ["LAKE_REST_URI"]
+    con.execute(
+        f"CREATE SECRET ice (TYPE iceberg, CLIENT_ID '{key}', CLIENT_SECRET '{secret}', "
+        f"OAUTH2_SERVER_URI '{uri}/v1/oauth/tokens')"
+    )
+    warehouse = os.environ.get("LAKE_WAREHOUSE", "s3://warehouse").removeprefix("s3://")
+    con.execute(f"ATTACH '{warehouse}' AS lk (TYPE iceberg, ENDPOINT '{uri}', SECRET ice)")
+    listed = ", ".join(str(int(i)) for i in ids)
+    con.execute(f"DELETE FROM lk.lake.gold_crypto_trades WHERE id IN ({listed})")
 
 
 def main():
@@ -127,6 +157,9 @@ def main():
     if op == "count":
         print(cat.load_table(sys.argv[3]).scan().to_arrow().num_rows)
         return
+    if op == "duckdb-delete":
+        duckdb_delete(rows["id"])
+        return
     if op == "replace":
         cat.drop_table(NAME)
         create(cat)
@@ -136,6 +169,9 @@ def main():
         append(table, rows)
     elif op == "delete":
         table.delete(In("id", rows["id"]))
+    elif op == "unpartition":
+        with table.update_spec() as update:
+            update.remove_field("trade_hour")
     elif op == "evolve":
         evolve(table)
     else:
