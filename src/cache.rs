@@ -454,6 +454,20 @@ impl BarCache {
         dropped
     }
 
+    /// Each timeframe's build watermark (the first window not persisted), as last committed.
+    pub fn watermarks(&self) -> Vec<(Timeframe, Option<i64>)> {
+        let state = self.read();
+        Timeframe::ALL
+            .iter()
+            .map(|&tf| (tf, state.tables[index(tf)].cutoff))
+            .collect()
+    }
+
+    /// The newest trade time the cache has seen committed or read.
+    pub fn newest_trade(&self) -> Option<i64> {
+        self.read().live.newest()
+    }
+
     pub fn stats(&self) -> CacheStats {
         let entries = &self.inner.entries;
         entries.run_pending_tasks();
@@ -476,6 +490,11 @@ impl BarCache {
         state.generation += 1;
         let tf = match c.kind {
             TableKind::Trades => {
+                if matches!(c.content, Content::Changed) {
+                    // Rows not handed over (an ingest too large to keep): the follower sees a
+                    // snapshot it has not loaded and reads the table.
+                    return Ok(());
+                }
                 state.trades_snapshot = c.after;
                 match c.content {
                     Content::Append(batches) => state.live.add(batches)?,

@@ -43,6 +43,7 @@ pub struct Config {
     pub source: Option<crate::storage::SourceConfig>,
     /// `[s3]`: how to reach an S3-compatible warehouse.
     pub s3: crate::storage::S3Config,
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[cache]`: the hot candle cache.
@@ -253,6 +254,25 @@ impl BuildConfig {
     }
 }
 
+/// `[telemetry]`: the metrics and health endpoint, and the log format.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; empty turns it off.
+    pub listen: String,
+    /// `text` (default) or `json` (one object per line, for log shippers).
+    pub log_format: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: "127.0.0.1:50052".to_string(),
+            log_format: "text".to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct CatalogConfig {
@@ -283,6 +303,7 @@ impl Default for Config {
             ingest: crate::trades::Limits::default(),
             source: None,
             s3: crate::storage::S3Config::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }

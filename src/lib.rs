@@ -8,6 +8,8 @@
 //! - [`bars`]: the bar and rollup kernels (pure, no I/O) and the fast trades-file reader.
 //! - [`build`]: the builder: incremental 1m/5m, rollup 30m/1h/1d, backfill, watermarks.
 //! - [`clock`]: injected time.
+//! - [`metrics`]: the process's Prometheus metrics (filled by every layer, served by
+//!   `server::telemetry`).
 //! - [`cache`]: the hot bar cache (moka) kept equal to the tables by observing every commit,
 //!   and the unbuilt trades for live bars.
 //! - [`candles`]: the `candles(...)` table function (any timeframe, live bars, gap fill,
@@ -31,6 +33,7 @@ pub mod candles;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod metrics;
 pub mod quality;
 pub mod scheduler;
 pub mod server;

@@ -158,6 +158,10 @@ pub async fn validate(
                 samples: found.samples.clone(),
             };
             reports.record_check(&result).await?;
+            crate::metrics::metrics()
+                .validation_violations
+                .with_label_values(&[tf.as_str(), check])
+                .set(found.count as i64);
             all.push(result);
         }
         if scope == Scope::Changed {

@@ -148,6 +148,12 @@ impl BuilderJobs {
                 action: action.clone(),
             };
             self.reports.record_retention(&run).await?;
+            if !dry_run {
+                crate::metrics::metrics()
+                    .retention_partitions
+                    .with_label_values(&[action.table.as_str()])
+                    .inc_by(action.partitions.len() as u64);
+            }
         }
         Ok(actions)
     }
@@ -407,6 +413,7 @@ impl Scheduler {
             if let Err(e) = self.history.record(&run).await {
                 tracing::error!(job = %job, error = %e, "could not record job run");
             }
+            history::observe(&run);
             match status {
                 "succeeded" => {
                     tracing::info!(job = %job, attempt, new = run.report.new, revised = run.report.revised, "job succeeded");

@@ -31,6 +31,7 @@ pub mod prepared;
 pub mod query;
 pub mod sql;
 pub mod system;
+pub mod telemetry;
 pub mod types;
 
 use std::future::Future;
@@ -82,6 +83,9 @@ pub struct ServeOptions {
     /// Plausibility limits of ingested trades.
     pub limits: crate::trades::Limits,
     pub clock: Arc<dyn Clock>,
+    /// `[telemetry] listen`: where `/metrics`, `/healthz` and `/readyz` are served; empty
+    /// for none.
+    pub telemetry_listen: String,
 }
 
 impl ServeOptions {
@@ -156,6 +160,7 @@ impl ServeOptions {
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?,
             limits: config.ingest,
             clock,
+            telemetry_listen: config.telemetry.listen.clone(),
         })
     }
 }
@@ -208,7 +213,32 @@ pub async fn serve(
         options.retry,
         Arc::new(history.clone()),
     );
-    tasks.spawn(scheduler.with_alerts(alerts).run(cancel.clone()));
+    // A scheduler that ends before shutdown (a panic in a job) leaves the server unable to
+    // build: readiness and gRPC health say so.
+    let scheduler_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    {
+        let alive = Arc::clone(&scheduler_alive);
+        let health = health.clone();
+        let cancel = cancel.clone();
+        let run = tokio::spawn(scheduler.with_alerts(alerts).run(cancel.clone()));
+        tasks.spawn(async move {
+            let ended = run.await;
+            if !cancel.is_cancelled() {
+                alive.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(
+                    ?ended,
+                    "the scheduler stopped: no more builds; health is NOT_SERVING"
+                );
+                health
+                    .set_not_serving::<FlightServiceServer<OhlcvFlightSql>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+        });
+    }
     if options.demo && !writer.storage().owns(TableKind::Trades) {
         tracing::warn!("--demo feeds market.trades, but trades come from [source]: no demo feed");
     } else if options.demo {
@@ -216,6 +246,25 @@ pub async fn serve(
             writer.clone(),
             Arc::clone(&options.clock),
             handle.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let Some(listener) = telemetry::bind(&options.telemetry_listen)
+        .await
+        .map_err(|e| Error::InvalidRequest(format!("telemetry endpoint: {e}")))?
+    {
+        tracing::info!(addr = ?listener.local_addr().ok(), "metrics on /metrics, health on /healthz and /readyz");
+        crate::metrics::metrics()
+            .up_since
+            .set(options.clock.now_us() / 1_000_000);
+        tasks.spawn(telemetry::serve(
+            listener,
+            telemetry::Probe {
+                storage: writer.storage().clone(),
+                cache: cache.clone(),
+                clock: Arc::clone(&options.clock),
+                scheduler_alive,
+            },
             cancel.clone(),
         ));
     }
@@ -237,8 +286,13 @@ pub async fn serve(
         options.limits,
     )))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let admin = AdminServiceServer::new(AdminApi::new(jobs, handle, history, cache));
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let admin = AdminServiceServer::new(AdminApi::new(
+        jobs,
+        handle,
+        history,
+        cache,
+        Arc::clone(&options.auth),
+    ));
     health
         .set_serving::<FlightServiceServer<OhlcvFlightSql>>()
         .await;
@@ -252,6 +306,7 @@ pub async fn serve(
     }
     let stop = cancel.clone();
     let served = builder
+        .layer(telemetry::RequestLayer)
         .layer(auth::AuthLayer::new(options.auth))
         .add_service(health_service)
         .add_service(flight)

@@ -93,6 +93,21 @@ async fn ingest(
         .map_err(status_of)
 }
 
+/// Parquet files under `dir`, recursively.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(parquet_files(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Two trades in each minute of the T0 hour with ids starting at `first`.
 fn round_of_trades(first: usize) -> Vec<Trade> {
     (0..120)
@@ -192,6 +207,47 @@ async fn ingest_validates_like_load_and_the_next_build_sees_it() {
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{}", err.message());
     assert_eq!(d.snapshot(TableKind::Trades).await, trades_before);
+
+    // An upload larger than one staging chunk (its first rows already written as files when
+    // the bad row arrives in its last batch): refused, nothing committed, no file left.
+    let files_before = parquet_files(d.dir.path());
+    let batches: Vec<RecordBatch> = (0..3)
+        .map(|b| {
+            let mut trades: Vec<Trade> = (0..100_000)
+                .map(|i| {
+                    let n = b * 100_000 + i;
+                    trade(
+                        "kraken",
+                        "SOL-USD",
+                        &format!("big{n}"),
+                        T0 + n as i64 * 10_000,
+                        20.0,
+                        1.0,
+                    )
+                })
+                .collect();
+            if b == 2 {
+                trades[99_999].qty = f64::NAN;
+            }
+            trade_batch(&trades)
+        })
+        .collect();
+    let err = client
+        .execute_ingest(
+            ingest_command("trades"),
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        )
+        .await
+        .map_err(status_of)
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(err.message().contains("row 299999"), "{}", err.message());
+    assert_eq!(d.snapshot(TableKind::Trades).await, trades_before);
+    assert_eq!(
+        parquet_files(d.dir.path()),
+        files_before,
+        "staged files discarded"
+    );
 
     let added = ingest(&mut client, "trades", trade_batch(&round_of_trades(1000)))
         .await
@@ -309,6 +365,23 @@ async fn tokens_and_roles_guard_every_call() {
         .into_inner();
     let trades = status.tables.iter().find(|t| t.table == "trades").unwrap();
     assert_eq!(trades.rows, 240);
+
+    // An admin revokes a user's tokens: that user must log in again; others are untouched.
+    let revoked = admin_as(&server, "ada")
+        .await
+        .revoke_tokens(ohlcv_server::admin::proto::RevokeTokensRequest {
+            user: "will".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked, 1);
+    let err = writer.execute("select 1".into(), None).await.unwrap_err();
+    assert_eq!(status_of(err).code(), Code::Unauthenticated);
+    query(&mut reader, "select 1").await;
+    let mut writer = FlightSqlServiceClient::new(server.channel().await);
+    writer.handshake("will", "will-pw").await.unwrap();
+    query(&mut writer, "select 1").await;
 
     // Tokens expire.
     clock.advance(601 * 1_000_000);

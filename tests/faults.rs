@@ -15,7 +15,6 @@ use std::sync::LazyLock;
 use common::proxy::{Fault, Proxy};
 use common::trades::{load, trade, Trade};
 use common::*;
-use object_store::path::Path as ObjectPath;
 use object_store::ObjectStoreExt;
 use ohlcv_server::build::{self, BuildSettings};
 use ohlcv_server::config::{CatalogConfig, Config};
@@ -79,9 +78,12 @@ fn two_days() -> Vec<Trade> {
         .collect()
 }
 
-/// Every data file of every table's current snapshot is present in the warehouse.
+/// Every data file of every table's current snapshot is present in the warehouse, and
+/// pyiceberg, through its own PostgreSQL client on the catalog (not the proxy), reads every
+/// row of every table.
 async fn assert_no_file_missing(d: &Deployment) {
     let store = d.storage().store();
+    let direct = std::env::var("TEST_POSTGRES_URL").expect("set by the caller's postgres_url");
     for kind in TableKind::all() {
         let table = d.storage().table(kind).await.unwrap();
         let listing = Listing::read(&table, kind, None, TimeRange::ALL)
@@ -89,10 +91,38 @@ async fn assert_no_file_missing(d: &Deployment) {
             .unwrap();
         for file in &listing.files {
             store
-                .head(&ObjectPath::from(file.path()))
+                .head(&d.storage().path(file.path()).unwrap())
                 .await
                 .unwrap_or_else(|e| panic!("{}: {} is missing: {e}", kind.name(), file.path()));
         }
+        let out = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/foreign_writer.py"
+            ))
+            .arg(&d.config.data_dir)
+            .arg(kind.name())
+            .arg("count")
+            .env(
+                "FOREIGN_CATALOG_URI",
+                direct.replacen("postgres://", "postgresql+psycopg2://", 1),
+            )
+            .env("FOREIGN_CATALOG_NAME", &d.config.catalog.name)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pyiceberg cannot read {}: {}",
+            kind.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_eq!(
+            rows,
+            listing.total_records(),
+            "pyiceberg reads every row of {}",
+            kind.name()
+        );
     }
 }
 

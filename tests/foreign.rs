@@ -33,6 +33,21 @@ fn python() -> Option<&'static str> {
     ok.then_some("python3")
 }
 
+/// Where pyiceberg finds `d`'s catalog: the SQLite file under the data dir by default, or the
+/// PostgreSQL catalog `d` is configured with.
+fn catalog_env(d: &Deployment) -> Vec<(&'static str, String)> {
+    match &d.config.catalog.url {
+        Some(url) if url.starts_with("postgres") => vec![
+            (
+                "FOREIGN_CATALOG_URI",
+                url.replacen("postgres://", "postgresql+psycopg2://", 1),
+            ),
+            ("FOREIGN_CATALOG_NAME", d.config.catalog.name.clone()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// One pyiceberg commit on `market.<table>` (see tests/python/foreign_writer.py).
 fn pyiceberg(d: &Deployment, table: &str, op: &str, rows: Value) {
     let path = d
@@ -45,10 +60,11 @@ fn pyiceberg(d: &Deployment, table: &str, op: &str, rows: Value) {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/python/foreign_writer.py"
         ))
-        .arg(d.dir.path())
+        .arg(&d.config.data_dir)
         .arg(table)
         .arg(op)
         .arg(&path)
+        .envs(catalog_env(d))
         .output()
         .unwrap();
     assert!(
@@ -94,18 +110,50 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
         eprintln!("skipping: pyiceberg is not installed");
         return;
     }
-    let d = Deployment::new().await;
+    foreign_writer_steps(&Deployment::new().await).await;
+}
+
+/// The same steps on the PostgreSQL catalog: pyiceberg commits through its own PostgreSQL
+/// catalog client while our writer holds the advisory lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_appended_by_pyiceberg_on_the_postgresql_catalog_are_built() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    if python().is_none() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ohlcv_server::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    config.catalog.url = Some(url);
+    config.catalog.name = format!("ohlcv_foreign_{}", uuid::Uuid::new_v4().simple());
+    let writer = writer_for(&config).await;
+    foreign_writer_steps(&Deployment {
+        dir,
+        config,
+        writer,
+    })
+    .await;
+}
+
+/// pyiceberg appends, deletes and expires on `market.trades` while our builder follows.
+async fn foreign_writer_steps(d: &Deployment) {
     let mut all = trades("a", "BTC-USD", T0, 90, 1900);
-    load(&d, &all).await;
+    load(d, &all).await;
     d.build_all(NOW).await;
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "our load")
         .await;
 
     // Two pyiceberg commits: late trades inside windows already built, and a new symbol.
     let late = trades("late", "BTC-USD", T0 + 7 * 60_000_000, 41, 600);
-    pyiceberg(&d, "trades", "append", trades_json(&late));
+    pyiceberg(d, "trades", "append", trades_json(&late));
     let new_symbol = trades("e", "ETH-USD", T0 + DAY / 2, 60, 900);
-    pyiceberg(&d, "trades", "append", trades_json(&new_symbol));
+    pyiceberg(d, "trades", "append", trades_json(&new_symbol));
     all.extend(late);
     all.extend(new_symbol);
 
@@ -140,7 +188,7 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
         })
         .map(|t| t.id.clone())
         .collect();
-    pyiceberg(&d, "trades", "delete", json!({ "trade_id": doomed }));
+    pyiceberg(d, "trades", "delete", json!({ "trade_id": doomed }));
     all.retain(|t| !doomed.contains(&t.id));
     let reports = d.build_all(NOW).await;
     assert!(
@@ -157,7 +205,7 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
         .await;
 
     // A compaction rewrites files: no new trades, no revision.
-    let revised_before = revisions(&d).await;
+    let revised_before = revisions(d).await;
     let partitions: Vec<i32> = (0..2).map(|day| ((T0 + day * DAY) / DAY) as i32).collect();
     d.writer
         .compact(TableKind::Trades, &partitions)
@@ -165,13 +213,13 @@ async fn trades_appended_by_pyiceberg_are_built_into_every_timeframe() {
         .unwrap();
     let reports = d.build_all(NOW).await;
     assert_eq!(reports[0].bars_written, 0, "{:?}", reports[0]);
-    assert_eq!(revisions(&d).await, revised_before);
+    assert_eq!(revisions(d).await, revised_before);
 
     // Another engine expires the snapshot the builder consumed, then appends: the changes
     // cannot be listed, so every persisted window is compared, and the result is still exact.
-    pyiceberg(&d, "trades", "expire", json!({}));
+    pyiceberg(d, "trades", "expire", json!({}));
     let after_expiry = trades("x", "BTC-USD", T0 + DAY + 3 * 60 * MIN, 30, 50);
-    pyiceberg(&d, "trades", "append", trades_json(&after_expiry));
+    pyiceberg(d, "trades", "append", trades_json(&after_expiry));
     all.extend(after_expiry);
     d.build_all(NOW).await;
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after the consumed snapshot expired")

@@ -148,3 +148,55 @@ async fn a_missing_source_fails_the_builds_by_name_and_the_server_still_serves()
     assert_eq!(info.endpoint.len(), 1);
     server.shutdown_and_wait().await;
 }
+
+/// A format v1 table whose files carry no column statistics (`write.metadata.metrics.default
+/// = none`): no sequence numbers, nothing to prune by, and the bars are still exact through
+/// appends and deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_source_table_without_statistics_is_read_whole_and_right() {
+    if !python_ok() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    drop(deployment(&dir, "px").await);
+    let mut lake = Lake::sqlite(dir.path());
+    lake.env.push((
+        "LAKE_TABLE_PROPERTIES",
+        json!({"format-version": "1", "write.metadata.metrics.default": "none"}).to_string(),
+    ));
+    lake.run("create", None);
+    let d = deployment(&dir, "px").await;
+    let table = d.storage().table(TableKind::Trades).await.unwrap();
+    assert!(
+        matches!(
+            table.metadata().format_version,
+            iceberg_rust::spec::table_metadata::FormatVersion::V1
+        ),
+        "pyiceberg made a v1 table"
+    );
+
+    let mut all = lake_trades(1, "BTCUSDT", T0, 90, 600);
+    lake.run("append", Some(rows_json(&all, "px")));
+    let more = lake_trades(3000, "BTCUSDT", T0 + 3 * 60 * MIN, 37, 300);
+    lake.run("append", Some(rows_json(&more, "px")));
+    all.extend(more);
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(
+        &all,
+        &Timeframe::ALL,
+        "v1, no statistics: after two appends",
+    )
+    .await;
+
+    let doomed: Vec<i64> = all
+        .iter()
+        .filter(|t| t.id.ends_with('1'))
+        .map(|t| t.id.parse().unwrap())
+        .collect();
+    lake.run("delete", Some(json!({ "id": doomed })));
+    all.retain(|t| !doomed.contains(&t.id.parse().unwrap()));
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "v1, no statistics: after a delete")
+        .await;
+}

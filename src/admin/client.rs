@@ -66,6 +66,11 @@ pub enum AdminCommand {
     Pause,
     /// Resume scheduled runs.
     Resume,
+    /// Revoke bearer tokens: of `--user`, or of everyone.
+    RevokeTokens {
+        #[arg(long, default_value = "")]
+        user: String,
+    },
 }
 
 /// Adds the bearer token (if any) to every call.
@@ -324,6 +329,13 @@ pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()
                 .resume_schedules(proto::ResumeSchedulesRequest {})
                 .await?;
             println!("schedules resumed");
+        }
+        AdminCommand::RevokeTokens { user } => {
+            let r = client
+                .revoke_tokens(proto::RevokeTokensRequest { user })
+                .await?
+                .into_inner();
+            println!("{} tokens revoked", r.revoked);
         }
     }
     Ok(())

@@ -25,6 +25,7 @@ pub struct AdminApi {
     scheduler: SchedulerHandle,
     history: History,
     cache: BarCache,
+    auth: Arc<crate::server::auth::Auth>,
 }
 
 impl AdminApi {
@@ -33,12 +34,14 @@ impl AdminApi {
         scheduler: SchedulerHandle,
         history: History,
         cache: BarCache,
+        auth: Arc<crate::server::auth::Auth>,
     ) -> AdminApi {
         AdminApi {
             jobs,
             scheduler,
             history,
             cache,
+            auth,
         }
     }
 
@@ -379,5 +382,20 @@ impl AdminService for AdminApi {
         self.scheduler.resume();
         tracing::info!("schedules resumed by admin");
         Ok(Response::new(proto::ResumeSchedulesResponse {}))
+    }
+
+    async fn revoke_tokens(
+        &self,
+        request: Request<proto::RevokeTokensRequest>,
+    ) -> Result<Response<proto::RevokeTokensResponse>, Status> {
+        admin(&request)?;
+        let user = request.into_inner().user;
+        let revoked = self
+            .auth
+            .revoke(Some(user.as_str()).filter(|u| !u.is_empty()));
+        tracing::warn!(user = %user, revoked, "bearer tokens revoked by admin");
+        Ok(Response::new(proto::RevokeTokensResponse {
+            revoked: revoked as u32,
+        }))
     }
 }

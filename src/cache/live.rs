@@ -17,6 +17,8 @@ use crate::storage::{Result, TableKind};
 pub struct LiveTrades {
     series: HashMap<(String, String), Vec<RecordBatch>>,
     floor: i64,
+    /// The newest trade time ever handed over (kept when trades are dropped): the source lag.
+    newest: Option<i64>,
 }
 
 impl LiveTrades {
@@ -24,17 +26,26 @@ impl LiveTrades {
         self.floor
     }
 
+    /// The newest trade time seen, if any trade was.
+    pub fn newest(&self) -> Option<i64> {
+        self.newest
+    }
+
     /// No trades, the same floor.
     pub fn emptied(&self) -> LiveTrades {
         LiveTrades {
             series: HashMap::new(),
             floor: self.floor,
+            newest: self.newest,
         }
     }
 
     /// Keeps the trades of `batches` at or after the floor.
     pub fn add(&mut self, batches: &[RecordBatch]) -> Result<()> {
         let all = conform(TableKind::Trades, batches)?;
+        if let Some(max) = arrow::compute::max(time_column(TableKind::Trades, &all)?) {
+            self.newest = Some(self.newest.map_or(max, |n| n.max(max)));
+        }
         let all = at_or_after(&all, self.floor)?;
         if all.num_rows() == 0 {
             return Ok(());

@@ -1,7 +1,6 @@
-//! Cache counters: what `system.cache_stats` and the admin `GetCacheStats` report, rendered
-//! the Prometheus way as well for a metrics endpoint.
+//! Cache counters: what `system.cache_stats`, the admin `GetCacheStats` and the metrics
+//! endpoint (`ohlcv_cache_*`) report.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
@@ -74,77 +73,6 @@ impl CacheStats {
             self.hits as f64 / lookups as f64
         }
     }
-
-    /// Prometheus text exposition format.
-    pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP ohlcv_cache_{name} {help}");
-            let _ = writeln!(out, "# TYPE ohlcv_cache_{name} {kind}");
-            let _ = writeln!(out, "ohlcv_cache_{name} {value}");
-        };
-        metric(
-            "hits_total",
-            "counter",
-            "Lookups answered from the cache.",
-            self.hits.to_string(),
-        );
-        metric(
-            "misses_total",
-            "counter",
-            "Lookups that loaded from the table.",
-            self.misses.to_string(),
-        );
-        metric(
-            "table_reads_total",
-            "counter",
-            "Reads outside the hot horizon, served by the table.",
-            self.table_reads.to_string(),
-        );
-        metric(
-            "answer_hits_total",
-            "counter",
-            "Candle queries answered with the kept answer of an identical one.",
-            self.answer_hits.to_string(),
-        );
-        metric(
-            "answer_misses_total",
-            "counter",
-            "Candle queries computed because no answer was kept.",
-            self.answer_misses.to_string(),
-        );
-        metric(
-            "evictions_total",
-            "counter",
-            "Entries evicted for space.",
-            self.evictions.to_string(),
-        );
-        metric(
-            "entries",
-            "gauge",
-            "Cached series.",
-            self.entries.to_string(),
-        );
-        metric(
-            "bytes",
-            "gauge",
-            "Bytes held by cached series.",
-            self.bytes.to_string(),
-        );
-        metric(
-            "hit_ratio",
-            "gauge",
-            "Hits over lookups.",
-            format!("{}", self.hit_ratio()),
-        );
-        metric(
-            "live_trades",
-            "gauge",
-            "Unbuilt trades held for live bars.",
-            self.live_trades.to_string(),
-        );
-        out
-    }
 }
 
 #[cfg(test)]
@@ -152,16 +80,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ratio_and_exposition() {
+    fn hit_ratio_counts_lookups() {
         let s = CacheStats {
             hits: 3,
             misses: 1,
             ..CacheStats::default()
         };
         assert_eq!(s.hit_ratio(), 0.75);
-        let text = s.prometheus();
-        assert!(text.contains("# TYPE ohlcv_cache_hits_total counter\nohlcv_cache_hits_total 3\n"));
-        assert!(text.contains("ohlcv_cache_hit_ratio 0.75\n"));
         assert_eq!(CacheStats::default().hit_ratio(), 0.0);
     }
 }

@@ -262,7 +262,7 @@ impl TableProvider for CandlesTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
@@ -272,6 +272,11 @@ impl TableProvider for CandlesTable {
             .as_ref()
             .map_err(|m| DataFusionError::Plan(m.clone()))?;
         let batch = candles(&self.cache, request).await.map_err(to_datafusion)?;
+        // The assembled answer (rolled up, gap-filled) counts against the query memory pool
+        // like any operator's buffers: past `query_memory_limit_mb` it is refused.
+        let reservation = datafusion::execution::memory_pool::MemoryConsumer::new("candles()")
+            .register(&state.runtime_env().memory_pool);
+        reservation.try_grow(batch.get_array_memory_size())?;
         Ok(MemorySourceConfig::try_new_exec(
             &[vec![batch]],
             schema(),

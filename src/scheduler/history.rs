@@ -21,6 +21,30 @@ pub struct JobRun {
     pub error: Option<String>,
 }
 
+/// Counts a finished attempt in the process's metrics.
+pub fn observe(run: &JobRun) {
+    let m = crate::metrics::metrics();
+    let tf = run.timeframe.as_deref().unwrap_or("");
+    m.job_runs
+        .with_label_values(&[run.job.as_str(), tf, run.status.as_str()])
+        .inc();
+    m.job_duration
+        .with_label_values(&[run.job.as_str(), tf])
+        .observe((run.finished_at - run.started_at).max(0) as f64 / 1e6);
+    if run.job == "build" || run.job == "backfill" {
+        let r = &run.report;
+        for (counter, value) in [
+            (&m.trades_read, r.trades_read),
+            (&m.bars_written, r.bars_written),
+            (&m.late_revisions, r.late_revisions),
+            (&m.bars_deleted, r.deleted),
+            (&m.skipped_rows, r.skipped_rows),
+        ] {
+            counter.with_label_values(&[tf]).inc_by(value as u64);
+        }
+    }
+}
+
 /// Handle on the run history table.
 #[derive(Clone)]
 pub struct History {

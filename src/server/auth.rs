@@ -255,6 +255,14 @@ impl Auth {
         Ok(token)
     }
 
+    /// Forgets the tokens of `user` (of everyone when `None`); returns how many went.
+    pub fn revoke(&self, user: Option<&str>) -> usize {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let before = sessions.len();
+        sessions.retain(|_, s| user.is_some_and(|u| s.identity.user != u));
+        before - sessions.len()
+    }
+
     /// The identity behind an `authorization: Bearer` header.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Identity, Error> {
         if !self.enabled() {
@@ -359,6 +367,30 @@ mod tests {
     fn basic(user: &str, password: &str) -> String {
         let b = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         format!("Basic {b}")
+    }
+
+    #[test]
+    fn revoked_tokens_are_refused_and_others_kept() {
+        let users = ["ana", "bob"].map(|name| {
+            (
+                name.to_string(),
+                UserConfig {
+                    password_hash: hash_password("s3cret").unwrap(),
+                    role: Role::Reader,
+                },
+            )
+        });
+        let auth = Auth::new(BTreeMap::from(users), 60, Arc::new(ManualClock::at(0))).unwrap();
+        let ana = auth.login(Some(&basic("ana", "s3cret")), None).unwrap();
+        let bob = auth.login(Some(&basic("bob", "s3cret")), None).unwrap();
+        assert_eq!(auth.revoke(Some("ana")), 1);
+        let err = auth
+            .authenticate(Some(&format!("Bearer {ana}")))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown token"), "{err}");
+        auth.authenticate(Some(&format!("Bearer {bob}"))).unwrap();
+        assert_eq!(auth.revoke(None), 1);
+        assert!(auth.authenticate(Some(&format!("Bearer {bob}"))).is_err());
     }
 
     #[test]

@@ -407,9 +407,15 @@ impl FlightSqlService for OhlcvFlightSql {
             self.engine.catalog_name(),
             self.engine.namespace(),
         )?;
-        let batches = ingest::collect(request.into_inner()).await?;
         let now = self.clock.now_us();
-        Ok(ingest::ingest(&self.writer, target, &batches, now, &self.limits).await?)
+        Ok(ingest::ingest_stream(
+            &self.writer,
+            target,
+            request.into_inner(),
+            now,
+            &self.limits,
+        )
+        .await?)
     }
 
     async fn get_flight_info_catalogs(

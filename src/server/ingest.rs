@@ -82,32 +82,69 @@ pub async fn collect(stream: PeekableFlightDataStream) -> Result<Vec<RecordBatch
     FlightRecordBatchStream::new_from_flight_data(stream.map_err(Into::into))
         .try_collect()
         .await
-        .map_err(|e| Error::InvalidRequest(format!("cannot decode the uploaded batches: {e}")))
+        .map_err(decode_error)
 }
 
-/// Validates every row, then appends all batches in one commit stamped `ingested_at`; returns
-/// the rows written.
-pub async fn ingest(
+fn decode_error(e: arrow_flight::error::FlightError) -> Error {
+    Error::InvalidRequest(format!("cannot decode the uploaded batches: {e}"))
+}
+
+/// Rows validated and held before they are written as files: bounds an ingest's memory.
+const CHUNK_ROWS: usize = 250_000;
+
+/// Ingests a DoPut as it arrives: each batch is validated, and every [`CHUNK_ROWS`] rows are
+/// written as files, so memory stays bounded whatever the upload's size. One commit at the
+/// end makes every row visible at once; a bad row (named by its position in the upload) or a
+/// broken stream discards the files written so far and commits nothing.
+pub async fn ingest_stream(
     writer: &TableWriter,
     kind: TableKind,
-    batches: &[RecordBatch],
+    stream: PeekableFlightDataStream,
     ingested_at: i64,
     limits: &crate::trades::Limits,
 ) -> Result<i64> {
-    let mut rows = Vec::with_capacity(batches.len());
+    let mut batches = FlightRecordBatchStream::new_from_flight_data(stream.map_err(Into::into));
+    let mut staged = writer.stage(kind).await?;
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0;
     let mut offset = 0;
-    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        rows.push(crate::trades::normalize_with(
-            batch,
-            offset,
-            ingested_at,
-            Some(limits),
-        )?);
-        offset += batch.num_rows();
+    let mut bytes = 0;
+    let read = async {
+        while let Some(batch) = batches.try_next().await.map_err(decode_error)? {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            pending.push(crate::trades::normalize_with(
+                &batch,
+                offset,
+                ingested_at,
+                Some(limits),
+            )?);
+            offset += batch.num_rows();
+            bytes += batch.get_array_memory_size();
+            pending_rows += batch.num_rows();
+            if pending_rows >= CHUNK_ROWS {
+                writer.stage_rows(&mut staged, &pending).await?;
+                pending.clear();
+                pending_rows = 0;
+            }
+        }
+        if !pending.is_empty() {
+            writer.stage_rows(&mut staged, &pending).await?;
+        }
+        Ok::<_, Error>(())
     }
-    if rows.is_empty() {
+    .await;
+    if let Err(e) = read {
+        writer.discard_staged(staged).await;
+        return Err(e);
+    }
+    if staged.rows() == 0 {
         return Ok(0);
     }
-    let outcome = writer.append(kind, &rows, Default::default()).await?;
-    Ok(outcome.rows_added)
+    let added = writer.commit_staged(staged).await?.rows_added;
+    let m = crate::metrics::metrics();
+    m.ingest_rows.inc_by(added.max(0) as u64);
+    m.ingest_bytes.inc_by(bytes as u64);
+    Ok(added)
 }

@@ -21,6 +21,10 @@ use super::source::SourceConfig;
 use super::warehouse::Warehouse;
 use crate::config::Config;
 
+/// Longest a table load may take (a catalog read plus the metadata file): a hung catalog
+/// fails the job or query instead of holding it.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the crate's `Catalog` does not tell: where a table's current metadata file is.
 enum Backend {
     /// Our own connection to the catalog database.
@@ -178,13 +182,18 @@ impl Storage {
 
     /// Loads the table's current metadata from the catalog (never a cached copy).
     pub async fn table(&self, kind: TableKind) -> Result<Table> {
-        match self
-            .inner
-            .catalog
-            .clone()
-            .load_tabular(&self.identifier(kind))
+        let identifier = self.identifier(kind);
+        let load = self.inner.catalog.clone().load_tabular(&identifier);
+        let loaded = tokio::time::timeout(LOAD_TIMEOUT, load)
             .await
-        {
+            .map_err(|_| {
+                Error::Catalog(format!(
+                    "no answer loading {} within {}s",
+                    self.identifier(kind),
+                    LOAD_TIMEOUT.as_secs()
+                ))
+            })?;
+        match loaded {
             Ok(Tabular::Table(table)) => Ok(table),
             Ok(_) => Err(Error::Catalog(format!(
                 "{} is not a table",

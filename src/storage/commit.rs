@@ -313,6 +313,18 @@ async fn send(
         metadata_before.as_deref(),
     )
     .await;
+    let counted = |outcome: &str| {
+        crate::metrics::metrics()
+            .commits
+            .with_label_values(&[kind.name().as_str(), outcome])
+            .inc();
+    };
+    match (&landed, &failure) {
+        (Ok(true), _) => counted("landed"),
+        (Ok(false), None) => counted("lost"),
+        (Ok(false), Some(_)) => counted("failed"),
+        (Err(_), _) => counted("unknown"),
+    }
     match (landed, failure) {
         (Ok(true), _) => Ok(outcome),
         // The SQL catalog reports success even when another writer moved the table first.

@@ -87,6 +87,66 @@ impl TableWriter {
             .await
     }
 
+    /// Starts an append built piece by piece ([`Staged`]), so that memory stays bounded
+    /// however many rows arrive.
+    pub async fn stage(&self, kind: TableKind) -> Result<Staged> {
+        drop(self.turn(kind).await?);
+        Ok(Staged {
+            kind,
+            table: self.storage.table(kind).await?,
+            files: Vec::new(),
+            rows: 0,
+            kept: Some(Vec::new()),
+        })
+    }
+
+    /// Writes `batches` into files of `staged`; nothing is visible until it is committed.
+    pub async fn stage_rows(&self, staged: &mut Staged, batches: &[RecordBatch]) -> Result<()> {
+        let files =
+            write_data_files(&self.storage.store(), &staged.table, staged.kind, batches).await?;
+        staged.files.extend(files);
+        staged.rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+        match &mut staged.kept {
+            Some(kept) if staged.rows <= KEEP_STAGED_ROWS => kept.extend_from_slice(batches),
+            _ => staged.kept = None,
+        }
+        Ok(())
+    }
+
+    /// Appends every staged file in one commit.
+    pub async fn commit_staged(&self, staged: Staged) -> Result<CommitOutcome> {
+        let kind = staged.kind;
+        let _turn = self.turn(kind).await?;
+        let loaded = async {
+            let table = self.storage.table(kind).await?;
+            let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
+            Ok::<_, Error>((table, listing))
+        }
+        .await;
+        let (table, listing) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                discard(&self.storage.store(), &staged.files).await;
+                return Err(e);
+            }
+        };
+        let content = match &staged.kept {
+            Some(rows) => Content::Append(rows),
+            None => Content::Changed,
+        };
+        let change = Change {
+            add: staged.files.clone(),
+            ..Change::default()
+        };
+        self.commit_and_notify(kind, &table, &listing, change, content)
+            .await
+    }
+
+    /// Deletes the files of an append that will not be committed.
+    pub async fn discard_staged(&self, staged: Staged) {
+        discard(&self.storage.store(), &staged.files).await;
+    }
+
     /// Inserts or replaces rows by key `(exchange, symbol, window_start)`.
     ///
     /// Only the files that hold one of the given keys are rewritten (copy-on-write): their
@@ -301,6 +361,10 @@ impl TableWriter {
         content: Content<'_>,
     ) -> Result<CommitOutcome> {
         if let Err(e) = self.lock.ensure_held().await {
+            crate::metrics::metrics()
+                .commits
+                .with_label_values(&[kind.name().as_str(), "refused"])
+                .inc();
             discard(&self.storage.store(), &change.add).await;
             return Err(e);
         }
@@ -321,6 +385,25 @@ impl TableWriter {
             });
         }
         Ok(outcome)
+    }
+}
+
+/// Rows of a staged append kept for the commit observers (the live trades buffer takes them
+/// without reading the table back); past this, observers are told the table changed.
+const KEEP_STAGED_ROWS: usize = 500_000;
+
+/// An append in progress: files written, not yet committed.
+pub struct Staged {
+    kind: TableKind,
+    table: iceberg_rust::table::Table,
+    files: Vec<iceberg_rust::spec::manifest::DataFile>,
+    rows: usize,
+    kept: Option<Vec<RecordBatch>>,
+}
+
+impl Staged {
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 }
 

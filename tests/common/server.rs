@@ -45,6 +45,8 @@ pub fn options() -> ServeOptions {
         },
         limits: Default::default(),
         clock,
+        // Off: a test that scrapes turns it on at a port of its own.
+        telemetry_listen: String::new(),
     }
 }
 

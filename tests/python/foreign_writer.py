@@ -6,10 +6,14 @@ usage: foreign_writer.py DATA_DIR TABLE OP [ROWS_JSON]
   OP delete:     ROWS_JSON is {"trade_id": [ids...]}: those trades are deleted (pyiceberg
                  rewrites the files holding them: an overwrite snapshot).
   OP expire:     every snapshot but the current one is expired.
-Each call is one pyiceberg commit on table market.TABLE of the SQLite catalog under DATA_DIR.
+  OP count:      prints the number of rows pyiceberg reads (every referenced file opened).
+Each call is one pyiceberg commit on table market.TABLE of the SQLite catalog under DATA_DIR,
+or, when FOREIGN_CATALOG_URI (an SQLAlchemy URL) is set, of that SQL catalog (PostgreSQL),
+named FOREIGN_CATALOG_NAME.
 """
 
 import json
+import os
 import sys
 import warnings
 
@@ -21,8 +25,8 @@ from pyiceberg.expressions import In
 def table_of(data_dir, name):
     warnings.simplefilter("ignore")  # pyiceberg warns about the SQL catalog's v0 schema
     catalog = SqlCatalog(
-        "ohlcv",
-        uri=f"sqlite:///{data_dir}/catalog.db",
+        os.environ.get("FOREIGN_CATALOG_NAME", "ohlcv"),
+        uri=os.environ.get("FOREIGN_CATALOG_URI", f"sqlite:///{data_dir}/catalog.db"),
         warehouse=f"file://{data_dir}/warehouse",
     )
     return catalog.load_table(("market", name))
@@ -51,6 +55,9 @@ def main():
         table.append(rows_as_arrow(table, rows))
     elif op == "delete":
         table.delete(In("trade_id", rows["trade_id"]))
+    elif op == "count":
+        print(table.scan().to_arrow().num_rows)
+        return
     elif op == "expire":
         current = table.current_snapshot().snapshot_id
         old = [s.snapshot_id for s in table.snapshots() if s.snapshot_id != current]

@@ -5,7 +5,9 @@ schema and partition evolution.
 usage: lake_writer.py DATA_DIR OP [JSON]
   The catalog is the SQLite catalog of DATA_DIR, or, when LAKE_REST_URI is set, that Iceberg
   REST catalog (SigV4, keys from AWS_*) with its files on the S3 endpoint LAKE_S3_ENDPOINT.
-  create              lake.gold_crypto_trades: trade_time timestamp (no zone), px decimal(18,8),
+  create              (LAKE_TABLE_PROPERTIES: JSON table properties, e.g. format-version 1,
+                      write.metadata.metrics.default none for files without statistics)
+                      lake.gold_crypto_trades: trade_time timestamp (no zone), px decimal(18,8),
                       qty double, id long, pair string, is_buyer_maker boolean; hour(trade_time)
   append JSON         {"trade_time": [us...], "px": [...], "qty": [...], "id": [...],
                        "pair": [...], "is_buyer_maker": [...]}, in the table's current names
@@ -87,7 +89,8 @@ def create(cat):
         cat.create_namespace("lake")
     except Exception:  # noqa: BLE001 - it exists
         pass
-    cat.create_table(NAME, schema=schema, partition_spec=spec)
+    properties = json.loads(os.environ.get("LAKE_TABLE_PROPERTIES", "{}"))
+    cat.create_table(NAME, schema=schema, partition_spec=spec, properties=properties)
 
 
 def append(table, rows):

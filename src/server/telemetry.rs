@@ -1,0 +1,228 @@
+//! What operations tooling plugs into: `GET /metrics` (Prometheus text format), `GET /healthz`
+//! (the process answers) and `GET /readyz` (the catalog answers and the scheduler runs) on
+//! `[telemetry] listen`, and the gRPC layer that counts and times every request, tags it with
+//! a request id (returned as `x-request-id`) and traces it in a span.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::cache::BarCache;
+use crate::clock::Clock;
+use crate::metrics::{metrics, raise_to};
+use crate::storage::{Storage, TableKind};
+use crate::timeframe::Timeframe;
+
+/// What the HTTP endpoint reads when scraped or probed.
+#[derive(Clone)]
+pub struct Probe {
+    pub storage: Storage,
+    pub cache: BarCache,
+    pub clock: Arc<dyn Clock>,
+    /// Cleared when the scheduler task ends before shutdown.
+    pub scheduler_alive: Arc<AtomicBool>,
+}
+
+/// Serves the telemetry endpoint on `listener` until `cancel` fires.
+pub async fn serve(listener: tokio::net::TcpListener, probe: Probe, cancel: CancellationToken) {
+    let app = axum::Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(probe);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "the telemetry endpoint stopped");
+    }
+}
+
+/// Binds `[telemetry] listen`; an empty address turns the endpoint off.
+pub async fn bind(listen: &str) -> std::io::Result<Option<tokio::net::TcpListener>> {
+    if listen.trim().is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = listen.parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("[telemetry] listen = {listen:?}: {e}"),
+        )
+    })?;
+    Ok(Some(tokio::net::TcpListener::bind(addr).await?))
+}
+
+async fn scrape(State(probe): State<Probe>) -> impl IntoResponse {
+    let now_us = probe.clock.now_us();
+    let m = metrics();
+    for (tf, watermark) in probe.cache.watermarks() {
+        if let Some(end) = watermark {
+            m.build_lag
+                .with_label_values(&[tf.as_str()])
+                .set((now_us - end) as f64 / 1e6);
+        }
+    }
+    if let Some(newest) = probe.cache.newest_trade() {
+        m.source_lag
+            .with_label_values(&[&probe.storage.identifier(TableKind::Trades).to_string()])
+            .set((now_us - newest) as f64 / 1e6);
+    }
+    let stats = probe.cache.stats();
+    m.cache_entries.set(stats.entries as i64);
+    m.cache_bytes.set(stats.bytes as i64);
+    for (event, total) in [
+        ("hit", stats.hits),
+        ("miss", stats.misses),
+        ("table_read", stats.table_reads),
+        ("eviction", stats.evictions),
+    ] {
+        raise_to(&m.cache_events.with_label_values(&[event]), total);
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        m.render(),
+    )
+}
+
+async fn ready(State(probe): State<Probe>) -> impl IntoResponse {
+    if !probe.scheduler_alive.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scheduler stopped\n".to_string(),
+        );
+    }
+    let kind = TableKind::Bars(Timeframe::M1);
+    match tokio::time::timeout(Duration::from_secs(5), probe.storage.table(kind)).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_string()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("catalog: {e}\n")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "catalog: no answer within 5s\n".to_string(),
+        ),
+    }
+}
+
+/// What kind of request a gRPC path is, for the request metrics.
+fn kind_of(path: &str) -> &'static str {
+    match path.rsplit('/').next().unwrap_or_default() {
+        _ if path.starts_with("/ohlcv.admin.") => "admin",
+        _ if path.starts_with("/grpc.health.") => "health",
+        "Handshake" => "handshake",
+        "DoPut" => "ingest",
+        "GetFlightInfo" | "DoGet" | "PollFlightInfo" => "query",
+        _ => "metadata",
+    }
+}
+
+/// Counts, times and traces every gRPC request.
+#[derive(Clone, Default)]
+pub struct RequestLayer;
+
+impl<S> tower::Layer<S> for RequestLayer {
+    type Service = RequestService<S>;
+
+    fn layer(&self, inner: S) -> RequestService<S> {
+        RequestService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestService<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RequestService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_string();
+        let kind = kind_of(&path);
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 64)
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let span = tracing::info_span!("request", method = %path, request_id = %request_id, code = tracing::field::Empty);
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(
+            async move {
+                let mut response = future.await?;
+                // Errors answered at once carry their status in the headers; a stream that
+                // fails later reports it in its trailers, which this layer does not wait for.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(tonic::Code::from_i32)
+                    .unwrap_or(tonic::Code::Ok);
+                let code = format!("{code:?}");
+                tracing::Span::current().record("code", code.as_str());
+                let m = metrics();
+                m.queries.with_label_values(&[kind, &code]).inc();
+                m.query_duration
+                    .with_label_values(&[kind])
+                    .observe(started.elapsed().as_secs_f64());
+                if let Ok(value) = http::HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert("x-request-id", value);
+                }
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "request answered"
+                );
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_classified_by_path() {
+        assert_eq!(
+            kind_of("/arrow.flight.protocol.FlightService/DoGet"),
+            "query"
+        );
+        assert_eq!(
+            kind_of("/arrow.flight.protocol.FlightService/DoPut"),
+            "ingest"
+        );
+        assert_eq!(
+            kind_of("/arrow.flight.protocol.FlightService/Handshake"),
+            "handshake"
+        );
+        assert_eq!(
+            kind_of("/arrow.flight.protocol.FlightService/GetSchema"),
+            "metadata"
+        );
+        assert_eq!(kind_of("/ohlcv.admin.v1.AdminService/GetStatus"), "admin");
+        assert_eq!(kind_of("/grpc.health.v1.Health/Check"), "health");
+    }
+}
