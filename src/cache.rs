@@ -463,6 +463,16 @@ impl BarCache {
             .collect()
     }
 
+    /// Series the cache knows of: with unbuilt trades or cached bars.
+    pub fn known_series(&self) -> std::collections::BTreeSet<(String, String)> {
+        let mut series: std::collections::BTreeSet<(String, String)> =
+            self.read().live.series().cloned().collect();
+        for (key, _) in self.inner.entries.iter() {
+            series.insert((key.exchange.clone(), key.symbol.clone()));
+        }
+        series
+    }
+
     /// The newest trade time the cache has seen committed or read.
     pub fn newest_trade(&self) -> Option<i64> {
         self.read().live.newest()

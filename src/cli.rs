@@ -120,7 +120,11 @@ pub enum Command {
     /// Call the admin service of a running server.
     Admin {
         /// The server, e.g. http://127.0.0.1:50051 (https:// when it has TLS).
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "OHLCVCTL_SERVER",
+            default_value = "http://127.0.0.1:50051"
+        )]
         server: String,
         /// User with the admin role, when the server has users configured.
         #[arg(long)]

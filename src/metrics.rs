@@ -113,13 +113,14 @@ impl Metrics {
                 &registry,
                 "ohlcv_job_runs_total",
                 "Job attempts by job, timeframe and outcome (succeeded, failed, timed_out, cancelled)",
-                &["job", "timeframe", "outcome"],
+                // Not `job`: Prometheus owns that label (the scrape job).
+                &["job_name", "timeframe", "outcome"],
             ),
             job_duration: histogram(
                 &registry,
                 "ohlcv_job_duration_seconds",
                 "Duration of job attempts",
-                &["job", "timeframe"],
+                &["job_name", "timeframe"],
                 0.005,
             ),
             trades_read: counter(

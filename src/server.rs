@@ -15,6 +15,8 @@
 //! | `keys` | primary/foreign key metadata |
 //! | `error` | the one mapping of errors to gRPC status codes |
 //! | `system` | the `system` schema (`job_runs`, `jobs`, `validation_results`, `retention_runs`) |
+//! | `telemetry` | `/metrics`, `/healthz`, `/readyz` over HTTP; the gRPC request layer (metrics, ids, spans) |
+//! | `status` | the HTML status page (jobs, failures, validation, a candlestick chart) |
 //! | `types` | XDBC type info |
 //! | `demo` | the synthetic live feed of `serve --demo` |
 
@@ -30,6 +32,7 @@ pub mod keys;
 pub mod prepared;
 pub mod query;
 pub mod sql;
+pub mod status;
 pub mod system;
 pub mod telemetry;
 pub mod types;
@@ -259,11 +262,17 @@ pub async fn serve(
             .set(options.clock.now_us() / 1_000_000);
         tasks.spawn(telemetry::serve(
             listener,
-            telemetry::Probe {
-                storage: writer.storage().clone(),
-                cache: cache.clone(),
-                clock: Arc::clone(&options.clock),
-                scheduler_alive,
+            status::Pages {
+                probe: telemetry::Probe {
+                    storage: writer.storage().clone(),
+                    cache: cache.clone(),
+                    clock: Arc::clone(&options.clock),
+                    scheduler_alive,
+                },
+                auth: Arc::clone(&options.auth),
+                scheduler: handle.clone(),
+                history: history.clone(),
+                reports: reports.clone(),
             },
             cancel.clone(),
         ));

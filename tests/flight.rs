@@ -328,6 +328,7 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0", "--demo"])
+        .env("OHLCV_TELEMETRY__LISTEN", "\"127.0.0.1:0\"")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

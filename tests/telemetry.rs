@@ -1,7 +1,7 @@
 //! Operations tooling against the real server: `/metrics` scraped over HTTP after a build and
 //! some queries, `/healthz` and `/readyz`, the request id on gRPC responses, the alert rules
-//! checked and unit-tested by `promtool`, and a real Prometheus scraping the server and
-//! loading the rules.
+//! checked and unit-tested by `promtool`, and a real Prometheus scraping the server, loading
+//! the rules and answering every query of the Grafana dashboard.
 
 mod common;
 
@@ -35,6 +35,22 @@ fn tool(name: &str) -> Option<&str> {
     found.then_some(name)
 }
 
+/// Waits until the telemetry endpoint on `port` answers (it is bound while the server starts,
+/// after the Flight port the test server waits for).
+async fn wait_up(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "telemetry never came up on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The value of the first sample of `metric` whose labels include every one of `labels`.
 fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
@@ -53,6 +69,7 @@ async fn metrics_health_and_request_ids_over_http() {
     let mut opts = options();
     opts.telemetry_listen = format!("127.0.0.1:{port}");
     let server = Server::start_with(&d, opts).await;
+    wait_up(port).await;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
 
@@ -105,7 +122,7 @@ async fn metrics_health_and_request_ids_over_http() {
         &text,
         "ohlcv_job_runs_total",
         &[
-            r#"job="build""#,
+            r#"job_name="build""#,
             r#"timeframe="1m""#,
             r#"outcome="succeeded""#,
         ],
@@ -115,7 +132,7 @@ async fn metrics_health_and_request_ids_over_http() {
         sample(
             &text,
             "ohlcv_job_duration_seconds_count",
-            &[r#"job="build""#]
+            &[r#"job_name="build""#]
         ) >= Some(1.0),
         "{text}"
     );
@@ -182,12 +199,425 @@ fn alert_rules_pass_promtool() {
     }
 }
 
-/// A real Prometheus scrapes the server with the repository's alert rules loaded, and its
-/// query API returns the build lag.
+/// A Prometheus of the distribution, scraping every second with the repository's rules.
+struct Prometheus {
+    child: std::process::Child,
+    api: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(binary: &str, targets: &[u16]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
+        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 rule_files:\n  - {rules}\n\
+                 scrape_configs:\n  - job_name: ohlcv\n    static_configs:\n      \
+                 - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let web = free_port();
+        let child = Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Prometheus {
+            child,
+            api: format!("http://127.0.0.1:{web}/api/v1"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// The result vector of an instant query (empty while Prometheus is not up yet).
+    async fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let Ok(answer) = self
+            .http
+            .get(format!("{}/query", self.api))
+            .query(&[("query", expr)])
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        let body: serde_json::Value = answer.json().await.unwrap_or_default();
+        if body["status"] == "error" {
+            panic!("{expr}: {body}");
+        }
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `expr` returns data, and returns it.
+    async fn until_data(&self, expr: &str, within: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let result = self.query(expr).await;
+            if !result.is_empty() {
+                return result;
+            }
+            if Instant::now() > deadline {
+                let targets = self.get("targets").await;
+                panic!("no data for {expr}; targets: {targets}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/{path}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The queries of the Grafana dashboard, with Grafana's variables as Prometheus takes them.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/dashboards/ohlcv-server.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            out.push(
+                target["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$instance", ".*"),
+            );
+        }
+    }
+    out
+}
+
+/// Every metric the alert rules read (alert names are CamelCase and runbook anchors have no
+/// underscore, so every `ohlcv_` word is a metric).
+fn alert_metrics() -> std::collections::BTreeSet<String> {
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/alerts.yml"
+    ))
+    .unwrap();
+    let mut metrics: std::collections::BTreeSet<String> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("ohlcv_"))
+        .map(str::to_string)
+        .collect();
+    if rules.contains("up{") {
+        metrics.insert("up".to_string());
+    }
+    metrics
+}
+
+/// A real Prometheus scrapes two servers (one ingesting, building, validating and serving
+/// queries; one whose `[source]` is missing, so its builds fail after their retries) with the
+/// repository's rules loaded: every query of the Grafana dashboard and every metric the rules
+/// read returns data, the build-failure alert fires, and the build lag rises while the
+/// scheduler is paused. (Both servers share this process's metrics registry; in production
+/// each process is one server.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scrapes_the_server_and_loads_the_rules() {
+async fn prometheus_sees_every_dashboard_query_and_the_alerts_fire() {
     let Some(prometheus) = tool("prometheus") else {
         eprintln!("skipping: prometheus is not installed");
+        return;
+    };
+    use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption};
+    use common::trades::{trade, trade_batch};
+    use futures::TryStreamExt;
+
+    // A: ingest, builds, validation, queries.
+    let d = deployment_with_bars().await;
+    let clock = ohlcv_server::clock::ManualClock::at(common::T0 + 3 * common::DAY);
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut opts = options();
+    opts.clock = std::sync::Arc::new(clock.clone());
+    opts.telemetry_listen = format!("127.0.0.1:{port_a}");
+    let a = Server::start_with(&d, opts).await;
+    let mut client = FlightSqlServiceClient::new(a.channel().await);
+    let fresh: Vec<_> = (0..50)
+        .map(|i| {
+            trade(
+                "kraken",
+                "ETH-USD",
+                &format!("p{i}"),
+                common::T0 + 3 * common::DAY - 600_000_000 + i * 1_000_000,
+                50.0,
+                1.0,
+            )
+        })
+        .collect();
+    let ingest = CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: 0,
+            if_exists: TableExistsOption::Append as i32,
+        }),
+        table: "trades".to_string(),
+        schema: None,
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: Default::default(),
+    };
+    client
+        .execute_ingest(ingest, futures::stream::iter([Ok(trade_batch(&fresh))]))
+        .await
+        .unwrap();
+    let mut admin = AdminServiceClient::new(a.channel().await);
+    admin
+        .trigger_build(TriggerBuildRequest {
+            timeframes: vec!["1m".into(), "5m".into(), "1h".into()],
+        })
+        .await
+        .unwrap();
+    admin
+        .validate(ohlcv_server::admin::proto::ValidateRequest {
+            timeframes: vec!["1m".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let info = client
+        .execute(
+            "select * from candles('kraken', 'BTC-USD', '1m', '2024-01-01', '2024-01-02')".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut stream = client
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    while stream.try_next().await.unwrap().is_some() {}
+
+    // B: builds that fail after their retries.
+    let dir_b = tempfile::tempdir().unwrap();
+    let config_b = ohlcv_server::config::Config {
+        data_dir: dir_b.path().to_path_buf(),
+        source: Some(ohlcv_server::storage::SourceConfig {
+            namespace: Some("lake".into()),
+            table: "gone".into(),
+            exchange: None,
+            strict: false,
+            columns: Default::default(),
+        }),
+        ..Default::default()
+    };
+    let writer_b = common::writer_for(&config_b).await;
+    let d_b = common::Deployment {
+        dir: dir_b,
+        config: config_b,
+        writer: writer_b,
+    };
+    let mut opts_b = options();
+    opts_b.telemetry_listen = format!("127.0.0.1:{port_b}");
+    opts_b.retry.backoff_base = Duration::from_millis(10);
+    let b = Server::start_with(&d_b, opts_b).await;
+    wait_up(port_a).await;
+    wait_up(port_b).await;
+    let prom = Prometheus::start(prometheus, &[port_a, port_b]);
+    // Scraped once before the failures, so that they show as an increase.
+    prom.until_data(
+        r#"ohlcv_job_runs_total{job_name="build",timeframe="1m",outcome="failed"}"#,
+        Duration::from_secs(60),
+    )
+    .await;
+    AdminServiceClient::new(b.channel().await)
+        .trigger_build(TriggerBuildRequest {
+            timeframes: vec!["1m".into()],
+        })
+        .await
+        .expect_err("the build of a missing source fails");
+
+    for expr in dashboard_queries() {
+        prom.until_data(&expr, Duration::from_secs(60)).await;
+    }
+    let metrics = alert_metrics();
+    assert!(metrics.len() >= 7, "{metrics:?}");
+    for metric in &metrics {
+        prom.until_data(&format!("count({metric})"), Duration::from_secs(30))
+            .await;
+    }
+
+    // The failure alert fires (it has no `for`).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = prom.get("alerts").await;
+        let firing = alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["labels"]["alertname"] == "OhlcvBuildFailing" && a["state"] == "firing");
+        if firing {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "OhlcvBuildFailing never fired: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rules = prom.get("rules").await;
+    assert_eq!(
+        rules["data"]["groups"][0]["rules"]
+            .as_array()
+            .map_or(0, Vec::len),
+        7,
+        "{rules}"
+    );
+
+    // Paused schedules and ten minutes later: the 1m build lag has grown by ten minutes.
+    admin
+        .pause_schedules(ohlcv_server::admin::proto::PauseSchedulesRequest {})
+        .await
+        .unwrap();
+    let lag = |result: Vec<serde_json::Value>| -> f64 {
+        result[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    let query = r#"ohlcv_build_lag_seconds{timeframe="1m"}"#;
+    let before = lag(prom.until_data(query, Duration::from_secs(10)).await);
+    clock.advance(600_000_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = lag(prom.until_data(query, Duration::from_secs(10)).await);
+        if now >= before + 600.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag stayed at {now} (was {before})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(prom);
+    a.shutdown_and_wait().await;
+    b.shutdown_and_wait().await;
+}
+
+/// The status page: jobs, failures, validation and a candlestick chart, asking for a user
+/// when users are configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_jobs_and_candles_to_known_users() {
+    let d = deployment_with_bars().await;
+    let port = free_port();
+    let mut opts = common::server::options_with_users();
+    opts.telemetry_listen = format!("127.0.0.1:{port}");
+    let server = Server::start_with(&d, opts).await;
+    wait_up(port).await;
+    let admin = ohlcv_server::admin::client::connect(
+        &format!("http://{}", server.addr),
+        Some("ada"),
+        Some("ada-pw"),
+    )
+    .await
+    .unwrap();
+    let mut admin = admin;
+    admin
+        .trigger_build(TriggerBuildRequest {
+            timeframes: vec!["1m".into(), "1h".into()],
+        })
+        .await
+        .unwrap();
+    admin
+        .validate(ohlcv_server::admin::proto::ValidateRequest {
+            timeframes: vec!["1m".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let url = format!(
+        "http://127.0.0.1:{port}/status?exchange=kraken&symbol=BTC-USD&timeframe=1h&bars=80"
+    );
+    let anonymous = http.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("www-authenticate"));
+    let wrong = http
+        .get(&url)
+        .basic_auth("rita", Some("nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let page = http
+        .get(&url)
+        .basic_auth("rita", Some("rita-pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    for expected in [
+        "Build lag",
+        "Jobs",
+        "build 1m",
+        "succeeded",
+        "Last validation",
+        "ohlc_bounds",
+        "<svg",
+        "value=\"kraken\"",
+    ] {
+        assert!(
+            html.contains(expected),
+            "{expected} missing from the page:\n{html}"
+        );
+    }
+    // No request leaves the page: no script, no external resource.
+    assert!(!html.contains("<script"), "{html}");
+    assert!(
+        !html.contains("src=") && !html.contains("href=") && !html.contains("url("),
+        "{html}"
+    );
+    // The one hour of bars, 80 hourly windows back from the server's clock (T0 + 3 days).
+    assert_eq!(html.matches("<rect x=").count(), 1, "{html}");
+    server.shutdown_and_wait().await;
+}
+
+/// The status page in a real browser (headless Chromium, every host but the server unresolvable):
+/// it renders the jobs and a chart with one candle per hourly window of the loaded hour's
+/// 1m bars rolled up to 5m, and a screenshot is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_in_headless_chromium() {
+    let Some(chromium) = tool("chromium") else {
+        eprintln!("skipping: chromium is not installed");
         return;
     };
     let d = deployment_with_bars().await;
@@ -195,78 +625,68 @@ async fn prometheus_scrapes_the_server_and_loads_the_rules() {
     let mut opts = options();
     opts.telemetry_listen = format!("127.0.0.1:{port}");
     let server = Server::start_with(&d, opts).await;
+    wait_up(port).await;
     AdminServiceClient::new(server.channel().await)
         .trigger_build(TriggerBuildRequest {
             timeframes: vec!["1m".into()],
         })
         .await
         .unwrap();
-
+    // The deployment holds one hour of trades from T0; the server's clock is T0 + 3 days, so
+    // 1,000 5m windows back reach it: twelve candles.
+    let url = format!(
+        "http://127.0.0.1:{port}/status?exchange=kraken&symbol=BTC-USD&timeframe=5m&bars=1000"
+    );
     let dir = tempfile::tempdir().unwrap();
-    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - {rules}\n\
-             scrape_configs:\n  - job_name: ohlcv\n    static_configs:\n      \
-             - targets: ['127.0.0.1:{port}']\n"
-        ),
-    )
-    .unwrap();
-    let web = free_port();
-    let mut child = Command::new(prometheus)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let http = reqwest::Client::new();
-    let api = format!("http://127.0.0.1:{web}/api/v1");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let lag = loop {
-        let answer = http
-            .get(format!("{api}/query"))
-            .query(&[(
-                "query",
-                r#"ohlcv_build_lag_seconds{job="ohlcv",timeframe="1m"}"#,
-            )])
-            .send()
-            .await;
-        if let Ok(answer) = answer {
-            let body: serde_json::Value = answer.json().await.unwrap_or_default();
-            if let Some(value) = body["data"]["result"][0]["value"][1].as_str() {
-                break value.parse::<f64>().unwrap();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never scraped the build lag"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let shot = dir.path().join("status.png");
+    let chromium = chromium.to_string();
+    let profile = dir.path().join("profile");
+    let run = move |extra: Vec<String>| {
+        Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                "--window-size=1280,2400",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .output()
+            .unwrap()
     };
-    assert!(lag >= 0.0);
-    let rules: serde_json::Value = http
-        .get(format!("{api}/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let (dom_url, shot_arg, shot_url) =
+        (url.clone(), format!("--screenshot={}", shot.display()), url);
+    let dom = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(vec!["--dump-dom".into(), dom_url])
+    })
+    .await
+    .unwrap();
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let html = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(html.contains("build 1m"), "{html}");
+    assert!(html.contains("<svg"), "{html}");
+    assert_eq!(html.matches("<rect x=").count(), 12, "{html}");
+    let shot_run = tokio::task::spawn_blocking(move || run(vec![shot_arg, shot_url]))
         .await
         .unwrap();
-    let loaded = rules["data"]["groups"][0]["rules"]
-        .as_array()
-        .map_or(0, Vec::len);
-    assert_eq!(loaded, 7, "{rules}");
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(
+        shot_run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot_run.stderr)
+    );
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
     server.shutdown_and_wait().await;
 }

@@ -26,6 +26,11 @@ impl LiveTrades {
         self.floor
     }
 
+    /// The series that have unbuilt trades.
+    pub fn series(&self) -> impl Iterator<Item = &(String, String)> {
+        self.series.keys()
+    }
+
     /// The newest trade time seen, if any trade was.
     pub fn newest(&self) -> Option<i64> {
         self.newest

@@ -198,6 +198,31 @@ impl Auth {
         authorization: Option<&str>,
         address: Option<IpAddr>,
     ) -> Result<String, Error> {
+        let identity = self.verify(authorization, address)?;
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let now = self.clock.now_us();
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        sessions.retain(|_, s| s.expires_us > now);
+        sessions.insert(
+            token.clone(),
+            Session {
+                identity,
+                expires_us: now + self.ttl_us,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Checks `Basic` credentials from `address` (with the same back-off and constant-time
+    /// failure as the handshake) and names who they belong to, without issuing a token: the
+    /// status page asks on every request, as browsers do.
+    pub fn verify(
+        &self,
+        authorization: Option<&str>,
+        address: Option<IpAddr>,
+    ) -> Result<Identity, Error> {
         let (user, password) = authorization
             .and_then(|h| h.strip_prefix("Basic "))
             // RFC 7617 pads; the Go ADBC driver does not.
@@ -236,23 +261,10 @@ impl Auth {
             }
         };
         self.throttle.succeeded(&keys);
-        let mut bytes = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let now = self.clock.now_us();
-        let mut sessions = self.sessions.lock().expect("sessions lock");
-        sessions.retain(|_, s| s.expires_us > now);
-        sessions.insert(
-            token.clone(),
-            Session {
-                identity: Identity {
-                    user,
-                    role: config.role,
-                },
-                expires_us: now + self.ttl_us,
-            },
-        );
-        Ok(token)
+        Ok(Identity {
+            user,
+            role: config.role,
+        })
     }
 
     /// Forgets the tokens of `user` (of everyone when `None`); returns how many went.

@@ -1,6 +1,6 @@
 //! What operations tooling plugs into: `GET /metrics` (Prometheus text format), `GET /healthz`
-//! (the process answers) and `GET /readyz` (the catalog answers and the scheduler runs) on
-//! `[telemetry] listen`, and the gRPC layer that counts and times every request, tags it with
+//! (the process answers), `GET /readyz` (the catalog answers and the scheduler runs) and the
+//! status page (`status.rs`) on `[telemetry] listen`, and the gRPC layer that counts and times every request, tags it with
 //! a request id (returned as `x-request-id`) and traces it in a span.
 
 use std::net::SocketAddr;
@@ -32,16 +32,32 @@ pub struct Probe {
     pub scheduler_alive: Arc<AtomicBool>,
 }
 
-/// Serves the telemetry endpoint on `listener` until `cancel` fires.
-pub async fn serve(listener: tokio::net::TcpListener, probe: Probe, cancel: CancellationToken) {
+/// Serves the telemetry endpoint (and the status page) on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    pages: super::status::Pages,
+    cancel: CancellationToken,
+) {
     let app = axum::Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(probe);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
+        .with_state(pages.probe.clone())
+        .merge(
+            axum::Router::new()
+                .route(
+                    "/",
+                    get(|| async { axum::response::Redirect::to("/status") }),
+                )
+                .route("/status", get(super::status::page))
+                .with_state(pages),
+        );
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { cancel.cancelled().await })
+    .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "the telemetry endpoint stopped");
     }
