@@ -393,7 +393,23 @@ async fn serve(config: &Config, listen: &str, demo: bool, insecure: bool) -> any
              pass --insecure"
         );
     }
-    let writer = open_writer(config, "serve").await?;
+    // On a catalog several hosts share, a second server serves as a read replica of the one
+    // holding the writer lock, and takes over when that one stops; on the embedded catalog
+    // one server owns the data dir.
+    let shared = config.catalog.rest.is_some() || config.catalog_url().starts_with("postgres");
+    let purpose = format!("serve at {addr}");
+    let lock = if shared {
+        WriterLock::acquire_or_standby(config, &purpose).await?
+    } else {
+        WriterLock::acquire_for(config, &purpose).await?
+    };
+    let storage = Storage::open(config)
+        .await
+        .with_context(|| format!("opening the catalog at {}", config.catalog_url()))?;
+    let writer = TableWriter::new(storage, lock);
+    if let Some(builder) = writer.other_builder().await {
+        tracing::info!(%builder, "serving as a read replica; taking over when the builder stops");
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;

@@ -46,6 +46,11 @@ impl RunLog for History {
 #[async_trait]
 pub trait JobRunner: Send + Sync {
     async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String>;
+
+    /// Who runs the jobs when it is not this process (a read replica); `None` here.
+    async fn builder_elsewhere(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The production runner: the builder over our tables.
@@ -59,6 +64,10 @@ pub struct BuilderJobs {
 
 #[async_trait]
 impl JobRunner for BuilderJobs {
+    async fn builder_elsewhere(&self) -> Option<String> {
+        self.writer.builder_elsewhere().await
+    }
+
     async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String> {
         let result = match job {
             JobKind::Build(tf) => {
@@ -366,6 +375,12 @@ impl Scheduler {
                 due[i] = self.schedules[i].next_after(now);
                 if !self.paused.load(Ordering::SeqCst) {
                     let job = self.schedules[i].job;
+                    // A read replica runs no schedule: the builder does (until this server
+                    // takes the writer lock over).
+                    if let Some(builder) = self.runner.builder_elsewhere().await {
+                        tracing::debug!(%job, %builder, "read replica: the builder runs this job");
+                        continue;
+                    }
                     if self.execute(job, &cancel).await.is_none() {
                         return;
                     }

@@ -195,6 +195,7 @@ pub async fn serve(
         tasks.spawn(crate::cache::follow::follow(
             cache.clone(),
             std::time::Duration::from_millis(options.cache.trades_poll_ms),
+            writer.clone(),
             cancel.clone(),
         ));
     }
@@ -242,7 +243,9 @@ pub async fn serve(
             }
         });
     }
-    if options.demo && !writer.storage().owns(TableKind::Trades) {
+    if options.demo && writer.other_builder().await.is_some() {
+        tracing::warn!("--demo: this server is a read replica; the builder feeds the demo");
+    } else if options.demo && !writer.storage().owns(TableKind::Trades) {
         tracing::warn!("--demo feeds market.trades, but trades come from [source]: no demo feed");
     } else if options.demo {
         tasks.spawn(demo::feed(

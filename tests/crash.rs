@@ -37,6 +37,28 @@ fn run(args: &[&str], dir: &Path) {
     );
 }
 
+/// Runs `ohlcv-server <args>` once per delay and SIGKILLs it after that delay if it is still
+/// running, pausing `after_kill` after each kill; returns how many runs were killed.
+async fn kill_builds(args: &[&str], delays_ms: &[u64], after_kill: Duration) -> usize {
+    let mut killed = 0;
+    for &delay_ms in delays_ms {
+        let mut child = bin()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+            tokio::time::sleep(after_kill).await;
+        }
+        child.wait().unwrap();
+    }
+    killed
+}
+
 fn local(dir: &Path) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
@@ -88,23 +110,8 @@ async fn killed_builds_leave_tables_equal_to_a_clean_build() {
 
     let crashed = work.path().join("crashed");
     run(&["load", file_arg], &crashed);
-    let mut killed = 0;
-    for delay_ms in [40, 150, 400, 900, 1800, 3000] {
-        let mut child = bin()
-            .arg("--data-dir")
-            .arg(&crashed)
-            .arg("build")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            killed += 1;
-        }
-        child.wait().unwrap();
-    }
+    let data_dir = ["--data-dir", crashed.to_str().unwrap(), "build"];
+    let killed = kill_builds(&data_dir, &[40, 150, 400, 900, 1800, 3000], Duration::ZERO).await;
     assert!(
         killed >= 3,
         "the builds finished too fast to be interrupted ({killed} kills)"
@@ -294,24 +301,14 @@ async fn killed_builds_on_s3_leave_tables_equal_to_a_clean_build() {
         );
     };
     with_config(&["load", file_arg]);
-    let mut killed = 0;
-    for delay_ms in [300, 1200, 2500, 4000, 6000] {
-        let mut child = bin()
-            .arg("--config")
-            .arg(&config_file)
-            .arg("build")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL: the lease is not released
-            killed += 1;
-            tokio::time::sleep(Duration::from_millis(3_200)).await;
-        }
-        child.wait().unwrap();
-    }
+    // A killed build does not release its lease: the next one waits it out.
+    let args = ["--config", config_file.to_str().unwrap(), "build"];
+    let killed = kill_builds(
+        &args,
+        &[300, 1200, 2500, 4000, 6000],
+        Duration::from_millis(3_200),
+    )
+    .await;
     assert!(
         killed >= 2,
         "the builds finished too fast to be interrupted ({killed} kills)"

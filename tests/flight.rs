@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch};
@@ -324,25 +322,7 @@ async fn first_error(client: &mut FlightSqlServiceClient<Channel>, sql: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_demo_shows_candles_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--demo"])
-        .env("OHLCV_TELEMETRY__LISTEN", "\"127.0.0.1:0\"")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect(&line)
-        .to_string();
+    let (child, addr) = common::server::spawn_demo(dir.path(), None);
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -360,13 +340,7 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(candles > 1000, "a day of demo candles, got {candles}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+    common::server::terminate(child);
 }
 
 async fn admin_status(

@@ -4,8 +4,9 @@
 //! `127.0.0.1:50052`), which the test picks free; `ohlcv-server admin` finds the server through
 //! `OHLCVCTL_SERVER`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
@@ -28,14 +29,6 @@ fn commands(markdown: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn shell(command: &str, dir: &std::path::Path, telemetry: u16, server: &str) {
@@ -96,35 +89,8 @@ async fn every_runbook_command_runs_against_a_real_server() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let telemetry = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
-        .args([
-            "--data-dir",
-            "data",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--demo",
-        ])
-        .env(
-            "OHLCV_TELEMETRY__LISTEN",
-            format!("\"127.0.0.1:{telemetry}\""),
-        )
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect(&line)
-        .to_string();
+    let telemetry = common::free_port();
+    let (child, addr) = common::server::spawn_demo(dir.path(), Some(telemetry));
     let server = format!("http://{addr}");
     let channel = Channel::from_shared(server.clone())
         .unwrap()
@@ -166,12 +132,7 @@ async fn every_runbook_command_runs_against_a_real_server() {
         }
     }
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    common::server::terminate(child);
     for (info, command) in &commands {
         if info == "sh offline" {
             shell(command, dir.path(), telemetry, &server);

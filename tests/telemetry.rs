@@ -13,14 +13,6 @@ use common::server::{deployment_with_bars, options, Server};
 use ohlcv_server::admin::proto::admin_service_client::AdminServiceClient;
 use ohlcv_server::admin::proto::TriggerBuildRequest;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `name` on the PATH, or `None` outside CI (where it must be installed: `.ci/run`).
 fn tool(name: &str) -> Option<&str> {
     let found = Command::new(name)
@@ -65,7 +57,7 @@ fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_request_ids_over_http() {
     let d = deployment_with_bars().await;
-    let port = free_port();
+    let port = common::free_port();
     let mut opts = options();
     opts.telemetry_listen = format!("127.0.0.1:{port}");
     let server = Server::start_with(&d, opts).await;
@@ -223,7 +215,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let web = free_port();
+        let web = common::free_port();
         let child = Command::new(binary)
             .arg(format!(
                 "--config.file={}",
@@ -358,14 +350,13 @@ async fn prometheus_sees_every_dashboard_query_and_the_alerts_fire() {
         eprintln!("skipping: prometheus is not installed");
         return;
     };
-    use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption};
     use common::trades::{trade, trade_batch};
     use futures::TryStreamExt;
 
     // A: ingest, builds, validation, queries.
     let d = deployment_with_bars().await;
     let clock = ohlcv_server::clock::ManualClock::at(common::T0 + 3 * common::DAY);
-    let (port_a, port_b) = (free_port(), free_port());
+    let (port_a, port_b) = (common::free_port(), common::free_port());
     let mut opts = options();
     opts.clock = std::sync::Arc::new(clock.clone());
     opts.telemetry_listen = format!("127.0.0.1:{port_a}");
@@ -383,20 +374,7 @@ async fn prometheus_sees_every_dashboard_query_and_the_alerts_fire() {
             )
         })
         .collect();
-    let ingest = CommandStatementIngest {
-        table_definition_options: Some(TableDefinitionOptions {
-            if_not_exist: 0,
-            if_exists: TableExistsOption::Append as i32,
-        }),
-        table: "trades".to_string(),
-        schema: None,
-        catalog: None,
-        temporary: false,
-        transaction_id: None,
-        options: Default::default(),
-    };
-    client
-        .execute_ingest(ingest, futures::stream::iter([Ok(trade_batch(&fresh))]))
+    common::server::ingest_trades(&mut client, trade_batch(&fresh))
         .await
         .unwrap();
     let mut admin = AdminServiceClient::new(a.channel().await);
@@ -535,7 +513,7 @@ async fn prometheus_sees_every_dashboard_query_and_the_alerts_fire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_jobs_and_candles_to_known_users() {
     let d = deployment_with_bars().await;
-    let port = free_port();
+    let port = common::free_port();
     let mut opts = common::server::options_with_users();
     opts.telemetry_listen = format!("127.0.0.1:{port}");
     let server = Server::start_with(&d, opts).await;
@@ -621,7 +599,7 @@ async fn the_status_page_renders_in_headless_chromium() {
         return;
     };
     let d = deployment_with_bars().await;
-    let port = free_port();
+    let port = common::free_port();
     let mut opts = options();
     opts.telemetry_listen = format!("127.0.0.1:{port}");
     let server = Server::start_with(&d, opts).await;

@@ -50,6 +50,9 @@ impl AdminApi {
     }
 
     async fn run(&self, job: JobKind) -> Result<JobRun, Error> {
+        if let Some(builder) = self.writer().builder_elsewhere().await {
+            return Err(crate::storage::Error::ReadReplica { builder }.into());
+        }
         self.scheduler.trigger(job).await.ok_or(Error::ShuttingDown)
     }
 }

@@ -4,13 +4,20 @@
 //! the one the buffer holds, the buffer is read again from the table (only trades at or after
 //! the live floor, the last few minutes, so this is cheap), and the next candle query shows
 //! those trades as live bars.
+//!
+//! A read replica (another server holds the writer lock) sees none of the builder's commits
+//! either: it polls the bar tables the same way, and a table at a new snapshot takes that
+//! snapshot's watermark and drops the cached bars of its timeframe, so every answer is the
+//! tables at one snapshot, at most one poll interval behind.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{BarCache, Result};
-use crate::storage::{TableKind, TimeRange};
+use super::{index, BarCache, Result};
+use crate::build::state::{prop_i64, CUTOFF};
+use crate::storage::{TableKind, TableWriter, TimeRange};
+use crate::timeframe::Timeframe;
 use crate::trades::read_trades_at;
 
 impl BarCache {
@@ -48,10 +55,50 @@ impl BarCache {
     }
 }
 
-/// Polls the trades table every `every` until cancelled (see [`BarCache::follow_trades`]).
-pub async fn follow(cache: BarCache, every: Duration, cancel: CancellationToken) {
+impl BarCache {
+    /// Moves each bar table's state to its current snapshot when another process committed to
+    /// it; returns the timeframes that moved.
+    pub async fn follow_bars(&self) -> Result<Vec<Timeframe>> {
+        let mut moved = Vec::new();
+        for tf in Timeframe::ALL {
+            let seen = self.read().tables[index(tf)];
+            let table = self.inner.storage.table(TableKind::Bars(tf)).await?;
+            let current = table.metadata().current_snapshot_id;
+            if current == seen.snapshot {
+                continue;
+            }
+            {
+                let mut state = self.write();
+                if state.tables[index(tf)] != seen {
+                    continue; // our own commit moved it meanwhile
+                }
+                let slot = &mut state.tables[index(tf)];
+                slot.snapshot = current;
+                slot.cutoff = prop_i64(&table.metadata().properties, CUTOFF).or(slot.cutoff);
+                if matches!(tf, Timeframe::M1 | Timeframe::M5) {
+                    let floor = self.live_floor(&state.tables);
+                    state.live.raise_floor(floor)?;
+                }
+                state.generation += 1;
+            }
+            self.invalidate(Some(tf), None, None);
+            moved.push(tf);
+        }
+        Ok(moved)
+    }
+}
+
+/// Polls the trades table every `every` until cancelled (see [`BarCache::follow_trades`]),
+/// and the bar tables too while `writer` is a read replica's.
+pub async fn follow(
+    cache: BarCache,
+    every: Duration,
+    writer: TableWriter,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_replica = writer.other_builder().await.is_some();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -62,6 +109,19 @@ pub async fn follow(cache: BarCache, every: Duration, cancel: CancellationToken)
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "checking the trades table for new commits failed")
+            }
+        }
+        // A replica tries to take the lock on every tick (failover within one interval of
+        // its release); after taking it, one more look catches the old builder's last commits.
+        let replica = writer.builder_elsewhere().await.is_some();
+        let just_took_over = std::mem::replace(&mut was_replica, replica) && !replica;
+        if replica || just_took_over {
+            match cache.follow_bars().await {
+                Ok(moved) if !moved.is_empty() => {
+                    tracing::debug!(?moved, "bar tables moved by the builder")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "checking the bar tables failed"),
             }
         }
     }

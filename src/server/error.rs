@@ -116,7 +116,9 @@ fn storage_status(e: crate::storage::Error) -> Status {
             Status::aborted(e.to_string())
         }
         S::CommitUnknown { .. } => Status::unavailable(e.to_string()),
-        S::Unsupported { .. } | S::NotOwned { .. } => Status::failed_precondition(e.to_string()),
+        S::Unsupported { .. } | S::NotOwned { .. } | S::ReadReplica { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         other => Status::internal(other.to_string()),
     }
 }

@@ -407,6 +407,9 @@ impl FlightSqlService for OhlcvFlightSql {
             self.engine.catalog_name(),
             self.engine.namespace(),
         )?;
+        if let Some(builder) = self.writer.builder_elsewhere().await {
+            return Err(Error::from(crate::storage::Error::ReadReplica { builder }).into());
+        }
         let now = self.clock.now_us();
         Ok(ingest::ingest_stream(
             &self.writer,

@@ -38,6 +38,10 @@ pub enum Error {
     #[error("table {0} does not exist")]
     TableNotFound(String),
 
+    /// This server is a read replica: another one holds the writer lock and does every write.
+    #[error("this server is a read replica; writes go to the builder, {builder}")]
+    ReadReplica { builder: String },
+
     /// Another process holds the single-writer lock; `holder` says who.
     #[error("another writer holds the lock on {resource}: {holder}")]
     Locked { resource: String, holder: String },

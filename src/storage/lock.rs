@@ -28,9 +28,24 @@ pub struct WriterLock {
 
 #[derive(Debug)]
 enum Held {
-    File { file: File, path: PathBuf },
+    File {
+        file: File,
+        path: PathBuf,
+    },
     Postgres(PgLock),
     Lease(super::lease::Lease),
+    /// A read replica's: the lock another server holds, taken when it becomes free.
+    Standby(Box<Standby>),
+}
+
+/// Waiting for a lock another process holds (see [`WriterLock::standby`]).
+#[derive(Debug)]
+struct Standby {
+    config: crate::config::Config,
+    purpose: String,
+    taken: tokio::sync::Mutex<Option<Box<WriterLock>>>,
+    /// Who held the lock when this process last tried to take it.
+    holder: std::sync::Mutex<String>,
 }
 
 /// A session advisory lock and what it takes to check and take it again.
@@ -47,6 +62,39 @@ struct PgLock {
 const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl WriterLock {
+    /// The lock of `config`'s catalog if it is free, else a standby that takes it once its
+    /// holder lets go (a read replica becoming the builder): [`Self::ensure_held`] tries.
+    pub async fn acquire_or_standby(
+        config: &crate::config::Config,
+        purpose: &str,
+    ) -> Result<WriterLock> {
+        match Self::acquire_for(config, purpose).await {
+            Err(Error::Locked { holder, .. }) => Ok(WriterLock {
+                held: Held::Standby(Box::new(Standby {
+                    config: config.clone(),
+                    purpose: purpose.to_string(),
+                    taken: tokio::sync::Mutex::new(None),
+                    holder: std::sync::Mutex::new(holder),
+                })),
+            }),
+            other => other,
+        }
+    }
+
+    /// `None` when this process holds the lock; else who does (as last seen).
+    pub async fn standby_for(&self) -> Option<String> {
+        match &self.held {
+            Held::Standby(standby) if standby.taken.lock().await.is_none() => Some(
+                standby
+                    .holder
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Takes the lock that guards `config`'s catalog: in the catalog database when it is
     /// PostgreSQL, else a lease in an S3 warehouse, else a file lock in the data dir.
     pub async fn acquire_for(config: &crate::config::Config, purpose: &str) -> Result<WriterLock> {
@@ -96,6 +144,7 @@ impl WriterLock {
         let lock = match &self.held {
             Held::Postgres(lock) => lock,
             Held::Lease(lease) => return lease.ensure_held().await,
+            Held::Standby(standby) => return standby.ensure_held().await,
             // flock is held by our open descriptor until the process exits.
             Held::File { .. } => return Ok(()),
         };
@@ -228,7 +277,7 @@ impl WriterLock {
     pub fn path(&self) -> Option<&Path> {
         match &self.held {
             Held::File { path, .. } => Some(path),
-            Held::Postgres(_) | Held::Lease(_) => None,
+            Held::Postgres(_) | Held::Lease(_) | Held::Standby(_) => None,
         }
     }
 }
@@ -251,6 +300,28 @@ fn lock_key(catalog: &str) -> i64 {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     }
     hash as i64
+}
+
+impl Standby {
+    /// Checks the lock once taken; until then tries to take it, failing with its holder.
+    async fn ensure_held(&self) -> Result<()> {
+        let mut taken = self.taken.lock().await;
+        if let Some(lock) = taken.as_ref() {
+            return Box::pin(lock.ensure_held()).await;
+        }
+        match Box::pin(WriterLock::acquire_for(&self.config, &self.purpose)).await {
+            Ok(lock) => {
+                tracing::warn!(previous = %self.holder.lock().unwrap_or_else(|p| p.into_inner()), "took the writer lock: this server is the builder now");
+                *taken = Some(Box::new(lock));
+                Ok(())
+            }
+            Err(Error::Locked { resource, holder }) => {
+                *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = holder.clone();
+                Err(Error::Locked { resource, holder })
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Who a lock names as its holder.

@@ -48,6 +48,21 @@ impl TableWriter {
 
     /// Sets the observer of this writer's commits, replacing any earlier one (a restarted
     /// server in the same process brings a new cache).
+    /// `None` when this process is the writer; else who is (a read replica's view), after
+    /// trying once to take the lock.
+    pub async fn builder_elsewhere(&self) -> Option<String> {
+        self.lock.standby_for().await?;
+        match self.lock.ensure_held().await {
+            Ok(()) => None,
+            Err(_) => self.lock.standby_for().await,
+        }
+    }
+
+    /// Who holds the writer lock when it is not this process (no attempt to take it).
+    pub async fn other_builder(&self) -> Option<String> {
+        self.lock.standby_for().await
+    }
+
     pub fn observe(&self, observer: Arc<dyn CommitObserver>) {
         *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }

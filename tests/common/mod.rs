@@ -30,6 +30,15 @@ pub struct Deployment {
     pub writer: TableWriter,
 }
 
+/// A TCP port of 127.0.0.1 free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `TEST_POSTGRES_URL`, or `None` outside CI when it is not set (`.ci/run` sets it).
 pub fn postgres_url() -> Option<String> {
     match std::env::var("TEST_POSTGRES_URL") {

@@ -23,11 +23,7 @@ pub struct Seaweed {
 /// A port that is free, and whose gRPC twin (+10000, SeaweedFS's convention) is free too.
 fn free_port() -> u16 {
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
             return port;
         }

@@ -141,3 +141,70 @@ pub async fn deployment_with_bars() -> Deployment {
     }
     d
 }
+
+/// `ohlcv-server serve --demo` as a process in `dir` (data dir `dir/data`), its telemetry on
+/// `telemetry` (or any free port), and the address its Flight SQL listens on.
+pub fn spawn_demo(dir: &std::path::Path, telemetry: Option<u16>) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let listen = telemetry.map_or("127.0.0.1:0".to_string(), |p| format!("127.0.0.1:{p}"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
+        .args([
+            "--data-dir",
+            "data",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--demo",
+        ])
+        .env("OHLCV_TELEMETRY__LISTEN", format!("\"{listen}\""))
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect(&line)
+        .to_string();
+    (child, addr)
+}
+
+/// Stops a server process with SIGTERM and checks that it exits cleanly.
+pub fn terminate(mut child: std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+}
+
+/// Appends `batch` to `trades` through Flight SQL bulk ingest (what ADBC's `adbc_ingest` sends).
+pub async fn ingest_trades(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
+    batch: arrow::array::RecordBatch,
+) -> Result<i64, arrow_flight::error::FlightError> {
+    use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption};
+    let command = CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: 0,
+            if_exists: TableExistsOption::Append as i32,
+        }),
+        table: "trades".to_string(),
+        schema: None,
+        catalog: None,
+        temporary: false,
+        transaction_id: None,
+        options: Default::default(),
+    };
+    client
+        .execute_ingest(command, futures::stream::iter([Ok(batch)]))
+        .await
+}

@@ -1,0 +1,158 @@
+//! Two servers on one lake (a PostgreSQL catalog, a shared warehouse): the first holds the
+//! writer lock and builds; the second serves as a read replica that follows the builder's
+//! commits, refuses writes naming the builder, and takes the lock over when the builder stops,
+//! then ingests and builds on, with the tables equal to a reference of every trade.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use common::server::{ingest_trades, options, Server};
+use common::trades::{trade, trade_batch, Trade};
+use common::*;
+use futures::TryStreamExt;
+use ohlcv_server::admin::proto::admin_service_client::AdminServiceClient;
+use ohlcv_server::admin::proto::TriggerBuildRequest;
+use ohlcv_server::config::Config;
+use ohlcv_server::storage::{Storage, TableWriter, WriterLock};
+use ohlcv_server::timeframe::Timeframe;
+use tonic::transport::Channel;
+
+fn minute_of_trades(first: i64, minute: i64) -> Vec<Trade> {
+    (0..30)
+        .map(|i| {
+            trade(
+                "kraken",
+                "BTC-USD",
+                &(first + i).to_string(),
+                T0 + minute * MIN + i * 2_000_000,
+                100.0 + ((first + i) % 17) as f64,
+                0.5,
+            )
+        })
+        .collect()
+}
+
+async fn count(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> i64 {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let stream = client
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+async fn build_all(server: &Server) {
+    AdminServiceClient::new(server.channel().await)
+        .trigger_build(TriggerBuildRequest {
+            timeframes: Timeframe::ALL.iter().map(|t| t.to_string()).collect(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let lake = tempfile::tempdir().unwrap();
+    let config = |dir: &std::path::Path| {
+        let mut c = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        c.catalog.url = Some(url.clone());
+        c.catalog.warehouse = Some(lake.path().join("warehouse").display().to_string());
+        c
+    };
+    let name = format!("ohlcv_cluster_{}", uuid::Uuid::new_v4().simple());
+    let opts = || {
+        let mut o = options();
+        o.cache.trades_poll_ms = 200;
+        o
+    };
+
+    // The builder.
+    let dir_a = tempfile::tempdir().unwrap();
+    let mut config_a = config(dir_a.path());
+    config_a.catalog.name = name.clone();
+    let a = Deployment {
+        writer: writer_for(&config_a).await,
+        config: config_a,
+        dir: dir_a,
+    };
+    let server_a = Server::start_with(&a, opts()).await;
+
+    // The replica: the lock is held, so it waits for it.
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut config_b = config(dir_b.path());
+    config_b.catalog.name = name;
+    let lock = WriterLock::acquire_or_standby(&config_b, "serve b")
+        .await
+        .unwrap();
+    let b = Deployment {
+        writer: TableWriter::new(Storage::open(&config_b).await.unwrap(), lock),
+        config: config_b,
+        dir: dir_b,
+    };
+    let builder = b.writer.other_builder().await.expect("a replica");
+    assert!(builder.contains("(test on"), "{builder}");
+    let server_b = Server::start_with(&b, opts()).await;
+
+    let mut on_a = FlightSqlServiceClient::new(server_a.channel().await);
+    let mut on_b = FlightSqlServiceClient::new(server_b.channel().await);
+    let mut all = minute_of_trades(0, 0);
+    ingest_trades(&mut on_a, trade_batch(&all)).await.unwrap();
+    build_all(&server_a).await;
+    let built = count(&mut on_a, "select count(*) from ohlcv_1m").await;
+    assert!(built > 0);
+
+    // The replica sees the builder's commits within a few poll intervals.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&mut on_b, "select count(*) from ohlcv_1m").await != built {
+        assert!(Instant::now() < deadline, "the replica never saw the build");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sql = "select sum(trade_count) from candles('kraken', 'BTC-USD', '1h', '2024-01-01', '2024-01-02')";
+    assert_eq!(count(&mut on_b, sql).await, count(&mut on_a, sql).await);
+
+    // Writes on the replica are refused, naming the builder.
+    let err = ingest_trades(&mut on_b, trade_batch(&minute_of_trades(100, 1)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("read replica") && err.contains("(test on"),
+        "{err}"
+    );
+    let err = AdminServiceClient::new(server_b.channel().await)
+        .trigger_build(TriggerBuildRequest {
+            timeframes: vec!["1m".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+
+    // The builder stops (its lock goes with its catalog session): the replica takes over.
+    server_a.shutdown_and_wait().await;
+    drop(on_a);
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.writer.other_builder().await.is_some() {
+        assert!(Instant::now() < deadline, "the replica never took the lock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let more = minute_of_trades(200, 2);
+    ingest_trades(&mut on_b, trade_batch(&more)).await.unwrap();
+    all.extend(more);
+    build_all(&server_b).await;
+    b.assert_bars_equal_trades(&all, &Timeframe::ALL, "after the failover")
+        .await;
+    server_b.shutdown_and_wait().await;
+}
