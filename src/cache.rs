@@ -176,6 +176,9 @@ struct Inner {
     counters: Arc<stats::Counters>,
     queried: Mutex<HashMap<Key, u64>>,
     popular: Option<Popular>,
+    /// When the bar tables were last found at the snapshots the cache holds (a read
+    /// replica's follower); 0 before.
+    synced_at: std::sync::atomic::AtomicI64,
 }
 
 impl BarCache {
@@ -223,6 +226,7 @@ impl BarCache {
                     generation: 0,
                 }),
                 counters,
+                synced_at: std::sync::atomic::AtomicI64::new(0),
                 queried: Mutex::new(HashMap::new()),
                 popular,
             }),
@@ -471,6 +475,15 @@ impl BarCache {
             series.insert((key.exchange.clone(), key.symbol.clone()));
         }
         series
+    }
+
+    /// When a follower last found every bar table at the snapshot the cache holds.
+    pub fn synced_at(&self) -> Option<i64> {
+        let at = self
+            .inner
+            .synced_at
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (at != 0).then_some(at)
     }
 
     /// The newest trade time the cache has seen committed or read.

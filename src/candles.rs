@@ -46,6 +46,9 @@ pub struct Request {
     pub start: i64,
     pub end: i64,
     pub fill: Fill,
+    /// Only the latest this many candles of `[start, end)` (chart libraries' "count back"
+    /// from `end`).
+    pub last: Option<u64>,
 }
 
 impl Request {

@@ -44,6 +44,7 @@ pub struct Config {
     /// `[s3]`: how to reach an S3-compatible warehouse.
     pub s3: crate::storage::S3Config,
     pub telemetry: TelemetryConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// `[cache]`: the hot candle cache.
@@ -254,6 +255,15 @@ impl BuildConfig {
     }
 }
 
+/// `[cluster]`: the servers on one lake.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Flight locations of every server (`grpc+tcp://host:50051`, `grpc+tls://...`) named in
+    /// each query's endpoint, rotated per query, so that clients spread their DoGets.
+    pub endpoints: Vec<String>,
+}
+
 /// `[telemetry]`: the metrics and health endpoint, and the log format.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -304,6 +314,7 @@ impl Default for Config {
             source: None,
             s3: crate::storage::S3Config::default(),
             telemetry: TelemetryConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -412,10 +412,32 @@ impl Scheduler {
         loop {
             attempt += 1;
             let started = self.clock.now_us();
+            let span = tracing::info_span!(
+                "job",
+                job = job.name(),
+                timeframe = job.timeframe().map(|t| t.to_string()).unwrap_or_default(),
+                attempt,
+                status = tracing::field::Empty,
+                snapshot_before = tracing::field::Empty,
+                snapshot_after = tracing::field::Empty,
+                source_snapshot = tracing::field::Empty,
+            );
+            let run = tracing::Instrument::instrument(self.runner.run(job, started), span.clone());
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => None,
-                r = tokio::time::timeout(self.policy.timeout, self.runner.run(job, started)) => Some(r),
+                r = tokio::time::timeout(self.policy.timeout, run) => Some(r),
             };
+            if let Some(Ok(Ok(report))) = &outcome {
+                for (field, value) in [
+                    ("snapshot_before", report.snapshot_before),
+                    ("snapshot_after", report.snapshot_after),
+                    ("source_snapshot", report.source_snapshot),
+                ] {
+                    if let Some(id) = value {
+                        span.record(field, id);
+                    }
+                }
+            }
             let (status, report, error) = match outcome {
                 None => (
                     "cancelled",
@@ -445,9 +467,10 @@ impl Scheduler {
                 tracing::error!(job = %job, error = %e, "could not record job run");
             }
             history::observe(&run);
+            span.record("status", run.status.as_str());
             match status {
                 "succeeded" => {
-                    tracing::info!(job = %job, attempt, new = run.report.new, revised = run.report.revised, "job succeeded");
+                    tracing::info!(parent: &span, job = %job, attempt, new = run.report.new, revised = run.report.revised, "job succeeded");
                     return Some(run);
                 }
                 "cancelled" => return None,
@@ -469,7 +492,7 @@ impl Scheduler {
                 }
                 _ => {
                     let wait = self.policy.backoff(attempt);
-                    tracing::warn!(job = %job, attempt, error = ?run.error, retry_in = ?wait, "job failed; retrying");
+                    tracing::warn!(parent: &span, job = %job, attempt, error = ?run.error, retry_in = ?wait, "job failed; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => return None,
                         _ = tokio::time::sleep(wait) => {}

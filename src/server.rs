@@ -14,6 +14,7 @@
 //! | `auth` | users, roles, handshake tokens and the layer that checks them |
 //! | `keys` | primary/foreign key metadata |
 //! | `error` | the one mapping of errors to gRPC status codes |
+//! | `cluster` | heartbeats of the servers on one lake (`system.cluster`) |
 //! | `system` | the `system` schema (`job_runs`, `jobs`, `validation_results`, `retention_runs`) |
 //! | `telemetry` | `/metrics`, `/healthz`, `/readyz` over HTTP; the gRPC request layer (metrics, ids, spans) |
 //! | `status` | the HTML status page (jobs, failures, validation, a candlestick chart) |
@@ -23,6 +24,7 @@
 pub mod answers;
 pub mod auth;
 pub mod checked;
+pub mod cluster;
 pub mod demo;
 pub mod direct;
 pub mod error;
@@ -89,6 +91,8 @@ pub struct ServeOptions {
     /// `[telemetry] listen`: where `/metrics`, `/healthz` and `/readyz` are served; empty
     /// for none.
     pub telemetry_listen: String,
+    /// `[cluster] endpoints`: the Flight locations named in query endpoints.
+    pub endpoints: Vec<String>,
 }
 
 impl ServeOptions {
@@ -164,6 +168,7 @@ impl ServeOptions {
             limits: config.ingest,
             clock,
             telemetry_listen: config.telemetry.listen.clone(),
+            endpoints: config.cluster.endpoints.clone(),
         })
     }
 }
@@ -255,6 +260,7 @@ pub async fn serve(
             cancel.clone(),
         ));
     }
+    let members = cluster::Members::open(writer.storage().pool()).await?;
     if let Some(listener) = telemetry::bind(&options.telemetry_listen)
         .await
         .map_err(|e| Error::InvalidRequest(format!("telemetry endpoint: {e}")))?
@@ -276,27 +282,44 @@ pub async fn serve(
                 scheduler: handle.clone(),
                 history: history.clone(),
                 reports: reports.clone(),
+                members: members.clone(),
             },
             cancel.clone(),
         ));
     }
     tasks.close();
 
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let beating = tokio::spawn(cluster::heartbeat(
+        members.clone(),
+        address,
+        writer.clone(),
+        cache.clone(),
+        Arc::clone(&options.clock),
+        cancel.clone(),
+    ));
     let engine = QueryEngine::new(
         writer.storage().clone(),
         handle.clone(),
         history.clone(),
         reports,
         cache.clone(),
+        members,
         options.memory_limit_bytes,
     )?;
-    let flight = FlightServiceServer::new(checked::CheckedCommands(OhlcvFlightSql::new(
-        engine,
-        writer.clone(),
-        Arc::clone(&options.auth),
-        Arc::clone(&options.clock),
-        options.limits,
-    )))
+    let flight = FlightServiceServer::new(checked::CheckedCommands(
+        OhlcvFlightSql::new(
+            engine,
+            writer.clone(),
+            Arc::clone(&options.auth),
+            Arc::clone(&options.clock),
+            options.limits,
+        )
+        .with_locations(options.endpoints.clone()),
+    ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let admin = AdminServiceServer::new(AdminApi::new(
         jobs,
@@ -339,6 +362,7 @@ pub async fn serve(
         .await;
     cancel.cancel();
     tasks.wait().await;
+    let _ = beating.await;
     served.map_err(|e| Error::Internal(format!("transport: {e}")))
 }
 

@@ -575,8 +575,51 @@ async fn rollups_gap_fill_and_prepared_candles() {
         &reference_from(&trades, 4 * HOUR, 0),
     );
 
+    // The latest N candles before a time (chart libraries' count back): the tail of the
+    // whole range, across the series' gaps (one trade every 37 minutes: 50 1m candles span
+    // more than a day, found by widening the range), and exactly N windows with gap fill.
+    for (tf, n) in [("1m", 50usize), ("15m", 20), ("4h", 7)] {
+        let whole = candles_of(
+            &sql(
+                &mut client,
+                &format!(
+                    "select * from candles('kraken', 'BTC-USD', '{tf}', '{}', '{}')",
+                    iso(from),
+                    iso(T0)
+                ),
+            )
+            .await,
+        );
+        let latest = candles_of(
+            &sql(
+                &mut client,
+                &format!(
+                    "select * from candles('kraken', 'BTC-USD', '{tf}', '1970-01-01', '{}', last => {n})",
+                    iso(T0)
+                ),
+            )
+            .await,
+        );
+        let tail: BTreeMap<Key, Candle> = whole.into_iter().rev().take(n).collect();
+        assert_eq!(latest.len(), n, "{tf}");
+        assert_eq!(latest, tail, "{tf}: the latest {n}");
+    }
+    let filled = candles_of(
+        &sql(
+            &mut client,
+            &format!(
+                "select * from candles('kraken', 'BTC-USD', '1m', '1970-01-01', '{}', fill => 'previous', last => 30)",
+                iso(T0)
+            ),
+        )
+        .await,
+    );
+    assert_eq!(filled.len(), 30);
+    assert_eq!(filled.keys().next_back().unwrap().2, T0 - MIN);
+
     // Bad arguments are the caller's error.
     for bad in [
+        "select * from candles('kraken', 'BTC-USD', '1m', '2024-01-01', '2024-01-02', last => 0)",
         "select * from candles('kraken', 'BTC-USD', '7x', '2024-01-01', '2024-01-02')",
         "select * from candles('kraken', 'BTC-USD', '1m', '2024-01-02', '2024-01-01')",
         "select * from candles('kraken', 'BTC-USD', '1m', '2024-01-01', '2024-01-02', tz => 'Mars/Olympus')",

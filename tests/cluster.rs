@@ -122,6 +122,67 @@ async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
     let sql = "select sum(trade_count) from candles('kraken', 'BTC-USD', '1h', '2024-01-01', '2024-01-02')";
     assert_eq!(count(&mut on_b, sql).await, count(&mut on_a, sql).await);
 
+    // Both servers list both, with their roles.
+    let roles = "select role from system.cluster where alive order by role";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = on_b.execute(roles.to_string(), None).await.unwrap();
+        let stream = on_b
+            .do_get(info.endpoint[0].ticket.clone().unwrap())
+            .await
+            .unwrap();
+        let batches: Vec<_> = stream.try_collect().await.unwrap();
+        let listed: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if listed == ["builder", "replica"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "system.cluster lists {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // With [cluster] endpoints, queries name both servers, rotated, and a ticket from one
+    // is served by the other.
+    server_b.shutdown_and_wait().await;
+    let mut spreading = opts();
+    spreading.endpoints = vec![
+        format!("grpc+tcp://{}", server_a.addr),
+        "grpc+tcp://replica.example:50051".to_string(),
+    ];
+    let server_b = Server::start_with(&b, spreading).await;
+    let mut on_b = FlightSqlServiceClient::new(server_b.channel().await);
+    let first = on_b.execute(sql.to_string(), None).await.unwrap();
+    let second = on_b.execute(sql.to_string(), None).await.unwrap();
+    let uris = |info: &arrow_flight::FlightInfo| -> Vec<String> {
+        info.endpoint[0]
+            .location
+            .iter()
+            .map(|l| l.uri.clone())
+            .collect()
+    };
+    assert_eq!(uris(&first).len(), 2);
+    assert_eq!(
+        uris(&second),
+        uris(&first).into_iter().rev().collect::<Vec<_>>()
+    );
+    let stream = on_a
+        .do_get(first.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let from_a: Vec<_> = stream.try_collect().await.unwrap();
+    assert_eq!(
+        from_a[0].column(0).as_primitive::<Int64Type>().value(0),
+        count(&mut on_b, sql).await
+    );
+
     // Writes on the replica are refused, naming the builder.
     let err = ingest_trades(&mut on_b, trade_batch(&minute_of_trades(100, 1)))
         .await

@@ -104,6 +104,7 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
             "ohlcv_5m",
             "trades",
             "cache_stats",
+            "cluster",
             "job_runs",
             "jobs",
             "retention_runs",
@@ -341,6 +342,20 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
     }
     assert!(candles > 1000, "a day of demo candles, got {candles}");
     common::server::terminate(child);
+    // JSON logs, one object per line; the builder's lines carry their job span.
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "job succeeded"
+                && l["span"]["name"] == "job"
+                && l["span"]["timeframe"].is_string()),
+        "{log}"
+    );
 }
 
 async fn admin_status(

@@ -84,6 +84,10 @@ impl BarCache {
             self.invalidate(Some(tf), None, None);
             moved.push(tf);
         }
+        self.inner.synced_at.store(
+            self.inner.clock.now_us(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(moved)
     }
 }

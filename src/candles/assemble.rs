@@ -11,7 +11,7 @@ use arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use futures::future::BoxFuture;
 
-use super::{schema, Fill, Request, Result};
+use super::{schema, Fill, Request, Result, Windows};
 use crate::bars::{compute_bars, rollup, rollup_by};
 use crate::cache::{BarCache, View};
 use crate::storage::files::time_column;
@@ -19,6 +19,10 @@ use crate::storage::{TableKind, TimeRange};
 use crate::timeframe::Timeframe;
 
 const DAY_US: i64 = 86_400_000_000;
+
+/// Times the range of a `last` request may double while looking for that many candles
+/// before a series' gaps (4096 times the first guess).
+const LAST_DOUBLINGS: u32 = 12;
 
 /// The candles `request` asks for, at one consistent view of the tables and trades.
 pub async fn candles(cache: &BarCache, request: &Request) -> Result<RecordBatch> {
@@ -29,6 +33,40 @@ pub async fn candles(cache: &BarCache, request: &Request) -> Result<RecordBatch>
 /// The candles `request` asks for, as `view` (of the request's series) sees the tables and
 /// trades. Without `fill` the answer depends on nothing else; with it, also on the time.
 pub async fn candles_in(cache: &BarCache, view: &View, request: &Request) -> Result<RecordBatch> {
+    let Some(n) = request.last else {
+        return range(cache, view, request).await;
+    };
+    // The latest `n` candles before `end`: `n` windows back when the series has no gaps (and
+    // always with gap fill), else a range doubled until it holds `n` or reaches `start`.
+    let (first_window, _) = request.windows.window(request.end.saturating_sub(1));
+    let width = request.end.saturating_sub(first_window).max(1);
+    let mut back = (n as i64).saturating_mul(width);
+    let mut doublings = 0;
+    loop {
+        let start = request.end.saturating_sub(back).max(request.start);
+        let batch = range(
+            cache,
+            view,
+            &Request {
+                start,
+                last: None,
+                ..request.clone()
+            },
+        )
+        .await?;
+        let rows = batch.num_rows();
+        // Gap fill and calendar windows cost per window: their `n` windows are the answer.
+        let widen = request.fill == Fill::None && matches!(request.windows, Windows::Fixed { .. });
+        if rows >= n as usize || start == request.start || doublings == LAST_DOUBLINGS || !widen {
+            let keep = rows.min(n as usize);
+            return Ok(batch.slice(rows - keep, keep));
+        }
+        back = back.saturating_mul(2);
+        doublings += 1;
+    }
+}
+
+async fn range(cache: &BarCache, view: &View, request: &Request) -> Result<RecordBatch> {
     let w = &request.windows;
     let (lo, hi) = request.span();
     if lo >= hi {

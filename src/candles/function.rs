@@ -51,7 +51,7 @@ pub fn to_datafusion(e: Error) -> DataFusionError {
 }
 
 const USAGE: &str = "candles(exchange, symbol, timeframe, start, end [, fill => 'previous'] \
-                     [, tz => 'Area/City'])";
+                     [, tz => 'Area/City'] [, last => N])";
 
 impl TableFunctionImpl for CandlesFunction {
     fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
@@ -108,7 +108,7 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
     );
     let start = timestamp(&values[3], "start")?;
     let end = timestamp(&values[4], "end")?;
-    let (mut fill, mut tz) = (Fill::None, None);
+    let (mut fill, mut tz, mut last) = (Fill::None, None, None);
     for (i, _) in values.iter().enumerate().skip(5) {
         let option = text(i, "option 'name=value'")?;
         let (name, value) = option.split_once('=').ok_or_else(|| {
@@ -119,6 +119,20 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
         match (name.trim(), value.trim()) {
             ("fill", "previous") => fill = Fill::Previous,
             ("fill", "none") => fill = Fill::None,
+            ("last", n) => {
+                let count: u64 = n.parse().ok().filter(|&c| c > 0).ok_or_else(|| {
+                    DataFusionError::Plan(format!(
+                        "candles option last must be a positive count, got '{n}'"
+                    ))
+                })?;
+                if count > max_windows {
+                    return Err(DataFusionError::ResourcesExhausted(format!(
+                        "candles: last => {count} exceeds the limit of {max_windows} candles \
+                         per request ([cache] max_candle_windows)"
+                    )));
+                }
+                last = Some(count);
+            }
             ("tz", zone) => {
                 tz =
                     Some(zone.parse::<chrono_tz::Tz>().map_err(|_| {
@@ -142,7 +156,7 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
     // Gap fill makes a candle of every window, and time-zone windows are found by walking the
     // calendar: both cost memory and time per window, so their number is bounded before any
     // is made (one request for 1m candles since year 1 would otherwise take gigabytes).
-    if fill == Fill::Previous || matches!(windows, Windows::Local { .. }) {
+    if (fill == Fill::Previous || matches!(windows, Windows::Local { .. })) && last.is_none() {
         let n = windows.count_at_most(start, end);
         if n > max_windows {
             return Err(DataFusionError::ResourcesExhausted(format!(
@@ -160,6 +174,7 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
         start,
         end,
         fill,
+        last,
     })
 }
 

@@ -361,6 +361,7 @@ where
             .and_then(|v| v.to_str().ok());
         match self.auth.authenticate(header) {
             Ok(identity) => {
+                tracing::Span::current().record("user", identity.user.as_str());
                 request.extensions_mut().insert(identity);
                 futures::future::Either::Left(self.inner.call(request))
             }

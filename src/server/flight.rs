@@ -54,9 +54,35 @@ pub struct OhlcvFlightSql {
     xdbc_types: Arc<XdbcTypeInfoData>,
     answers: Answers,
     limits: crate::trades::Limits,
+    /// Flight locations of the servers on this lake (`[cluster] endpoints`), named in the
+    /// query endpoints so that clients spread their DoGets; a ticket is valid on any of them.
+    locations: Arc<(Vec<String>, std::sync::atomic::AtomicUsize)>,
 }
 
 impl OhlcvFlightSql {
+    /// Names `locations` in every query's endpoint, rotated from one query to the next.
+    pub fn with_locations(mut self, locations: Vec<String>) -> OhlcvFlightSql {
+        self.locations = Arc::new((locations, std::sync::atomic::AtomicUsize::new(0)));
+        self
+    }
+
+    fn spread(&self, mut info: Response<FlightInfo>) -> Response<FlightInfo> {
+        let (locations, next) = &*self.locations;
+        if locations.is_empty() {
+            return info;
+        }
+        let start = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % locations.len();
+        let rotated: Vec<arrow_flight::Location> = locations[start..]
+            .iter()
+            .chain(&locations[..start])
+            .map(|uri| arrow_flight::Location { uri: uri.clone() })
+            .collect();
+        for endpoint in &mut info.get_mut().endpoint {
+            endpoint.location = rotated.clone();
+        }
+        info
+    }
+
     pub fn new(
         engine: QueryEngine,
         writer: TableWriter,
@@ -88,6 +114,7 @@ impl OhlcvFlightSql {
             sql_info: Arc::new(info.build().expect("static SqlInfo")),
             xdbc_types: Arc::new(super::types::xdbc_types()),
             limits,
+            locations: Arc::new((Vec::new(), std::sync::atomic::AtomicUsize::new(0))),
         }
     }
 
@@ -265,6 +292,7 @@ impl FlightSqlService for OhlcvFlightSql {
             ticket.as_any().encode_to_vec(),
             request.into_inner(),
         )
+        .map(|info| self.spread(info))
     }
 
     async fn do_get_statement(
@@ -374,6 +402,7 @@ impl FlightSqlService for OhlcvFlightSql {
             query.as_any().encode_to_vec(),
             request.into_inner(),
         )
+        .map(|info| self.spread(info))
     }
 
     async fn do_get_prepared_statement(

@@ -59,6 +59,7 @@ impl QueryEngine {
         history: History,
         reports: Reports,
         cache: BarCache,
+        members: super::cluster::Members,
         memory_limit: usize,
     ) -> Result<QueryEngine> {
         let runtime = RuntimeEnvBuilder::new()
@@ -81,6 +82,7 @@ impl QueryEngine {
                 reports,
                 scheduler,
                 cache.clone(),
+                members,
             )),
         )?;
         ctx.register_catalog(storage.catalog_name(), Arc::new(catalog));

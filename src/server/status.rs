@@ -1,7 +1,7 @@
 //! `GET /status` on the telemetry port: one self-contained HTML page (no script, no font, no
 //! request to anywhere else) for people who would rather look than read: the jobs with their
 //! schedules, last runs, success rates and each timeframe's lag; recent failures with their
-//! errors; the last validation results; and a candlestick chart of any series and timeframe,
+//! errors; the last validation results; the servers on the lake; and a candlestick chart of any series and timeframe,
 //! drawn as SVG on the server, live bars marked. Read-only; when users are configured it asks
 //! for one (HTTP Basic, any role), with the handshake's back-off.
 
@@ -29,6 +29,7 @@ pub struct Pages {
     pub scheduler: SchedulerHandle,
     pub history: History,
     pub reports: Reports,
+    pub members: super::cluster::Members,
 }
 
 /// Chart parameters: `?exchange=&symbol=&timeframe=1m&bars=120`.
@@ -126,6 +127,29 @@ async fn render(pages: &Pages, chart: ChartQuery) -> Result<String, String> {
             "<tr><td>trades</td><td>newest {}</td><td>{}</td></tr>",
             time(newest),
             duration(now - newest)
+        );
+    }
+    out.push_str("</table>");
+
+    let members = pages.members.list(now).await.map_err(|e| e.to_string())?;
+    out.push_str(
+        "<h2>Servers</h2><table><tr><th>address</th><th>role</th><th>snapshot lag</th>\
+         <th>last heartbeat</th></tr>",
+    );
+    for m in &members {
+        let alive = now - m.heartbeat_at <= super::cluster::ALIVE_US;
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{} ms</td><td>{}</td></tr>",
+            esc(&m.address),
+            if alive { "ok" } else { "bad" },
+            if alive {
+                esc(&m.role)
+            } else {
+                format!("{} (gone)", esc(&m.role))
+            },
+            m.lag_ms,
+            time(m.heartbeat_at)
         );
     }
     out.push_str("</table>");
@@ -265,6 +289,7 @@ async fn chart_section(pages: &Pages, chart: ChartQuery, now: i64, out: &mut Str
         start: end - width * bars as i64,
         end,
         fill: Fill::None,
+        last: None,
     };
     match crate::candles::candles(&pages.probe.cache, &request).await {
         Ok(batch) if batch.num_rows() > 0 => out.push_str(&svg(&batch)),

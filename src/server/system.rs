@@ -22,12 +22,13 @@ use crate::scheduler::{History, JobRun, JobState, SchedulerHandle};
 /// Rows of a history-like system table a query can see (the newest).
 const HISTORY_LIMIT: i64 = 100_000;
 
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "job_runs",
     "jobs",
     "validation_results",
     "retention_runs",
     "cache_stats",
+    "cluster",
 ];
 
 /// Every system table with its schema.
@@ -38,7 +39,52 @@ pub fn tables() -> Vec<(&'static str, SchemaRef)> {
         ("validation_results", validation_results_schema()),
         ("retention_runs", retention_runs_schema()),
         ("cache_stats", cache_stats_schema()),
+        ("cluster", cluster_schema()),
     ]
+}
+
+/// Schema of `system.cluster`: one row per server heard of in the last hour.
+pub fn cluster_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("server_id", DataType::Utf8, false),
+        Field::new("address", DataType::Utf8, false),
+        Field::new("role", DataType::Utf8, false),
+        Field::new("alive", DataType::Boolean, false),
+        Field::new("snapshot_lag_ms", DataType::Int64, false),
+        Field::new("last_heartbeat", ts_type(), false),
+        Field::new("started_at", ts_type(), false),
+    ]))
+}
+
+fn cluster_batch(
+    members: &[super::cluster::Member],
+    now_us: i64,
+) -> Result<RecordBatch, ArrowError> {
+    let ts = |values: Vec<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+    };
+    RecordBatch::try_new(
+        cluster_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                members.iter().map(|m| m.server_id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                members.iter().map(|m| m.address.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                members.iter().map(|m| m.role.as_str()),
+            )),
+            Arc::new(arrow::array::BooleanArray::from_iter(members.iter().map(
+                |m| Some(now_us - m.heartbeat_at <= super::cluster::ALIVE_US),
+            ))),
+            Arc::new(arrow::array::Int64Array::from_iter_values(
+                members.iter().map(|m| m.lag_ms),
+            )),
+            ts(members.iter().map(|m| m.heartbeat_at).collect()),
+            ts(members.iter().map(|m| m.started_at).collect()),
+        ],
+    )
 }
 
 /// Schema of `system.cache_stats`: one row, the hot cache now.
@@ -346,6 +392,7 @@ pub struct SystemSchema {
     reports: Reports,
     scheduler: SchedulerHandle,
     cache: BarCache,
+    members: super::cluster::Members,
 }
 
 impl std::fmt::Debug for SystemSchema {
@@ -360,12 +407,14 @@ impl SystemSchema {
         reports: Reports,
         scheduler: SchedulerHandle,
         cache: BarCache,
+        members: super::cluster::Members,
     ) -> SystemSchema {
         SystemSchema {
             history,
             reports,
             scheduler,
             cache,
+            members,
         }
     }
 }
@@ -407,6 +456,11 @@ impl SchemaProvider for SystemSchema {
                 cache_stats_schema(),
                 cache_stats_batch(&self.cache.stats())?,
             ),
+            "cluster" => {
+                let now = self.scheduler.now_us();
+                let members = self.members.list(now).await.map_err(external)?;
+                (cluster_schema(), cluster_batch(&members, now)?)
+            }
             "jobs" => {
                 let jobs = self.scheduler.jobs(history).await.map_err(external)?;
                 (

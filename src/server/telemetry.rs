@@ -180,9 +180,19 @@ where
             .filter(|v| v.len() <= 64)
             .map(str::to_string)
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let span = tracing::info_span!("request", method = %path, request_id = %request_id, code = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "request",
+            method = %path,
+            request_id = %request_id,
+            user = tracing::field::Empty,
+            code = tracing::field::Empty
+        );
         let started = Instant::now();
-        let future = self.inner.call(request);
+        // Called inside the span: the auth layer below records the user in it.
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
         Box::pin(
             async move {
                 let mut response = future.await?;

@@ -47,6 +47,7 @@ pub fn options() -> ServeOptions {
         clock,
         // Off: a test that scrapes turns it on at a port of its own.
         telemetry_listen: String::new(),
+        endpoints: Vec::new(),
     }
 }
 
@@ -143,7 +144,8 @@ pub async fn deployment_with_bars() -> Deployment {
 }
 
 /// `ohlcv-server serve --demo` as a process in `dir` (data dir `dir/data`), its telemetry on
-/// `telemetry` (or any free port), and the address its Flight SQL listens on.
+/// `telemetry` (or any free port), its logs in `dir/server.log` as JSON, and the address its
+/// Flight SQL listens on.
 pub fn spawn_demo(dir: &std::path::Path, telemetry: Option<u16>) -> (std::process::Child, String) {
     use std::io::BufRead;
     let listen = telemetry.map_or("127.0.0.1:0".to_string(), |p| format!("127.0.0.1:{p}"));
@@ -157,9 +159,10 @@ pub fn spawn_demo(dir: &std::path::Path, telemetry: Option<u16>) -> (std::proces
             "--demo",
         ])
         .env("OHLCV_TELEMETRY__LISTEN", format!("\"{listen}\""))
+        .env("OHLCV_TELEMETRY__LOG_FORMAT", "\"json\"")
         .current_dir(dir)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
