@@ -16,6 +16,8 @@
 //!   time zones) and stock SQL routed through the cache.
 //! - [`server`]: Flight SQL service, query engine (bare `candles(...)` statements answered
 //!   without planning, their answers kept per cache generation), `serve` wiring, demo feed.
+//! - [`jobs`]: every job (build, backfill, compaction, retention, validation), the runner
+//!   that does them over our tables, and how an attempt ended.
 //! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
 //! - [`trades`]: trade input: normalising and validating batches, loading files, generating
 //!   synthetic trades.
@@ -33,6 +35,7 @@ pub mod candles;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod jobs;
 pub mod metrics;
 pub mod quality;
 pub mod scheduler;

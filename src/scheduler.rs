@@ -19,15 +19,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alert, Alerts};
-use crate::build::retention::RetentionPolicy;
-use crate::build::{BuildReport, BuildSettings};
+use crate::build::BuildReport;
 use crate::clock::Clock;
-use crate::quality::{self, Reports, RetentionRun, Scope};
-use crate::storage::TableWriter;
-use crate::timeframe::Timeframe;
 
+pub use crate::jobs::{check_json, BuilderJobs, JobKind, JobRunner, Outcome};
 pub use history::{History, JobRun};
-pub use schedule::{default_schedules, JobKind, Schedule};
+pub use schedule::{default_schedules, Schedule};
 
 /// Where attempts are recorded: the history table in production.
 #[async_trait]
@@ -42,146 +39,6 @@ impl RunLog for History {
     }
 }
 
-/// Runs one job to completion (or error, as text for the history).
-#[async_trait]
-pub trait JobRunner: Send + Sync {
-    async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String>;
-
-    /// Who runs the jobs when it is not this process (a read replica); `None` here.
-    async fn builder_elsewhere(&self) -> Option<String> {
-        None
-    }
-}
-
-/// The production runner: the builder over our tables.
-pub struct BuilderJobs {
-    pub writer: TableWriter,
-    pub settings: BuildSettings,
-    pub retention: RetentionPolicy,
-    pub reports: Reports,
-    pub alerts: Alerts,
-}
-
-#[async_trait]
-impl JobRunner for BuilderJobs {
-    async fn builder_elsewhere(&self) -> Option<String> {
-        self.writer.builder_elsewhere().await
-    }
-
-    async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String> {
-        let result = match job {
-            JobKind::Build(tf) => {
-                crate::build::build(&self.writer, tf, now_us, self.settings).await
-            }
-            JobKind::Backfill(tf, range) => {
-                let report = crate::build::backfill(&self.writer, tf, range, now_us).await;
-                if report.is_ok() {
-                    // A backfill rewrote history: check it at once.
-                    self.validate(&[tf], Scope::Range(range), now_us)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                report
-            }
-            JobKind::Compact(kind) => {
-                crate::build::compact_closed(&self.writer, kind, now_us, self.settings).await
-            }
-            JobKind::Retention => self
-                .retention(false, now_us)
-                .await
-                .map(|actions| BuildReport {
-                    files_removed: actions.iter().map(|a| a.files_dropped).sum(),
-                    ..BuildReport::default()
-                }),
-            JobKind::Validate => self
-                .validate(&Timeframe::ALL, Scope::Changed, now_us)
-                .await
-                .map(|_| BuildReport::default()),
-        };
-        result.map_err(|e| e.to_string())
-    }
-}
-
-impl BuilderJobs {
-    /// Runs validation, and raises an alert when a check fails.
-    pub async fn validate(
-        &self,
-        timeframes: &[Timeframe],
-        scope: Scope,
-        now_us: i64,
-    ) -> crate::build::Result<Vec<quality::CheckResult>> {
-        let results = quality::validate(
-            self.writer.storage(),
-            &self.reports,
-            timeframes,
-            scope,
-            now_us,
-        )
-        .await?;
-        let failed: Vec<&quality::CheckResult> = results.iter().filter(|r| !r.passed()).collect();
-        if !failed.is_empty() {
-            let summary = failed
-                .iter()
-                .map(|r| format!("{} {}: {} violations", r.timeframe, r.check, r.violations))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let details = serde_json::Value::Array(failed.iter().map(|r| check_json(r)).collect());
-            self.alerts.raise(Alert::new(
-                "validation_failed",
-                now_us,
-                format!("validation failed: {summary}"),
-                details,
-            ));
-        }
-        Ok(results)
-    }
-
-    /// Applies (or plans, on a dry run) retention and records the run.
-    pub async fn retention(
-        &self,
-        dry_run: bool,
-        now_us: i64,
-    ) -> crate::build::Result<Vec<crate::build::retention::RetentionAction>> {
-        use crate::build::retention;
-        let actions = if dry_run {
-            retention::plan(&self.writer, &self.retention, now_us).await?
-        } else {
-            retention::apply(&self.writer, &self.retention, now_us).await?
-        };
-        let run_id = uuid::Uuid::new_v4().to_string();
-        for action in &actions {
-            let run = RetentionRun {
-                run_id: run_id.clone(),
-                run_at: now_us,
-                dry_run,
-                action: action.clone(),
-            };
-            self.reports.record_retention(&run).await?;
-            if !dry_run {
-                crate::metrics::metrics()
-                    .retention_partitions
-                    .with_label_values(&[action.table.as_str()])
-                    .inc_by(action.partitions.len() as u64);
-            }
-        }
-        Ok(actions)
-    }
-}
-
-/// A check result as the webhook and the admin API show it.
-pub fn check_json(r: &quality::CheckResult) -> serde_json::Value {
-    serde_json::json!({
-        "run_id": r.run_id,
-        "timeframe": r.timeframe,
-        "check": r.check,
-        "status": r.status,
-        "violations": r.violations,
-        "range_start_us": r.range_start,
-        "range_end_us": r.range_end,
-        "samples": r.samples.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-    })
-}
-
 /// Retry and timeout policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -190,6 +47,9 @@ pub struct RetryPolicy {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub timeout: Duration,
+    /// At shutdown, how long a running job may go on to reach its commit before it is
+    /// dropped (its effect is one atomic commit: it lands whole or not at all).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -199,6 +59,7 @@ impl Default for RetryPolicy {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(60),
             timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -276,7 +137,10 @@ impl SchedulerHandle {
             let tf = job.timeframe().map(|t| t.to_string());
             let mine = |r: &&JobRun| r.job == job.name() && r.timeframe == tf;
             let recent: Vec<&JobRun> = runs.iter().filter(mine).collect();
-            let succeeded = recent.iter().filter(|r| r.status == "succeeded").count();
+            let succeeded = recent
+                .iter()
+                .filter(|r| r.status == Outcome::Succeeded)
+                .count();
             let last_run = match recent.iter().max_by_key(|r| (r.started_at, r.attempt)) {
                 Some(r) => Some((*r).clone()),
                 None => history.last(job.name(), tf.as_deref()).await?,
@@ -356,8 +220,9 @@ impl Scheduler {
         self
     }
 
-    /// Runs due jobs until `cancel` fires. A job running at that moment is dropped at its next
-    /// await point: every job's effect is one atomic commit, so it either landed or not.
+    /// Runs due jobs until `cancel` fires. A job running at that moment may finish within
+    /// `shutdown_grace`; past it, it is dropped at its next await point: every job's effect is
+    /// one atomic commit, so it either landed or not.
     pub async fn run(mut self, cancel: CancellationToken) {
         let now = self.clock.now_us();
         let mut due: Vec<i64> = self
@@ -423,9 +288,15 @@ impl Scheduler {
                 source_snapshot = tracing::field::Empty,
             );
             let run = tracing::Instrument::instrument(self.runner.run(job, started), span.clone());
+            let timed = tokio::time::timeout(self.policy.timeout, run);
+            tokio::pin!(timed);
             let outcome = tokio::select! {
-                _ = cancel.cancelled() => None,
-                r = tokio::time::timeout(self.policy.timeout, run) => Some(r),
+                r = &mut timed => Some(r),
+                _ = cancel.cancelled() => {
+                    // Shutdown: the job may still reach its commit within the grace.
+                    tracing::info!(parent: &span, grace = ?self.policy.shutdown_grace, "shutting down: letting the running job finish");
+                    tokio::time::timeout(self.policy.shutdown_grace, &mut timed).await.ok()
+                }
             };
             if let Some(Ok(Ok(report))) = &outcome {
                 for (field, value) in [
@@ -440,14 +311,14 @@ impl Scheduler {
             }
             let (status, report, error) = match outcome {
                 None => (
-                    "cancelled",
+                    Outcome::Cancelled,
                     BuildReport::default(),
                     Some("server shutting down".to_string()),
                 ),
-                Some(Ok(Ok(report))) => ("succeeded", report, None),
-                Some(Ok(Err(e))) => ("failed", BuildReport::default(), Some(e)),
+                Some(Ok(Ok(report))) => (Outcome::Succeeded, report, None),
+                Some(Ok(Err(e))) => (Outcome::Failed, BuildReport::default(), Some(e)),
                 Some(Err(_)) => (
-                    "timed_out",
+                    Outcome::TimedOut,
                     BuildReport::default(),
                     Some(format!("no result after {:?}", self.policy.timeout)),
                 ),
@@ -459,7 +330,7 @@ impl Scheduler {
                 attempt: attempt as i32,
                 started_at: started,
                 finished_at: self.clock.now_us(),
-                status: status.to_string(),
+                status,
                 report,
                 error,
             };
@@ -469,11 +340,11 @@ impl Scheduler {
             history::observe(&run);
             span.record("status", run.status.as_str());
             match status {
-                "succeeded" => {
+                Outcome::Succeeded => {
                     tracing::info!(parent: &span, job = %job, attempt, new = run.report.new, revised = run.report.revised, "job succeeded");
                     return Some(run);
                 }
-                "cancelled" => return None,
+                Outcome::Cancelled => return None,
                 _ if attempt > self.policy.max_retries => {
                     self.alerts.raise(Alert::new(
                         "job_failed",
@@ -484,7 +355,7 @@ impl Scheduler {
                             "timeframe": run.timeframe,
                             "run_id": run.run_id,
                             "attempts": attempt,
-                            "status": run.status,
+                            "status": run.status.as_str(),
                             "error": run.error,
                         }),
                     ));

@@ -260,7 +260,8 @@ pub async fn serve(
             cancel.clone(),
         ));
     }
-    let members = cluster::Members::open(writer.storage().pool()).await?;
+    let members =
+        cluster::Members::open(writer.storage().pool(), writer.storage().catalog_name()).await?;
     if let Some(listener) = telemetry::bind(&options.telemetry_listen)
         .await
         .map_err(|e| Error::InvalidRequest(format!("telemetry endpoint: {e}")))?

@@ -217,6 +217,7 @@ async fn a_job_failing_after_its_retries_alerts_and_a_hanging_webhook_blocks_not
         backoff_base: Duration::from_millis(1),
         backoff_max: Duration::from_millis(1),
         timeout: Duration::from_secs(10),
+        ..RetryPolicy::default()
     };
     let (scheduler, handle) = Scheduler::new(
         Arc::new(Failing),

@@ -2,7 +2,7 @@
 //! where another pipeline (pyiceberg) owns the trades table. pyiceberg creates it with other
 //! names, types and an hourly partition spec, appends in several commits, deletes and evolves
 //! it; our builder keeps the five tables, which live in the same catalog and bucket, equal to
-//! a reference computed from the rows pyiceberg wrote, and pyiceberg reads them back. The
+//! a reference computed from the rows pyiceberg wrote, and pyiceberg and DuckDB read them back. The
 //! writer lease in the bucket refuses a second writer, naming the holder.
 
 mod common;
@@ -33,15 +33,14 @@ async fn deployment(weed: &Seaweed, dir: &std::path::Path, price_column: &str) -
     }
 }
 
-/// What pyiceberg reads of our table of `tf`, against what we wrote.
+/// What pyiceberg and DuckDB read of our tables through the REST catalog, against what we
+/// wrote.
 async fn assert_pyiceberg_reads_ours(lake: &Lake, d: &Deployment) {
     for tf in Timeframe::ALL {
         let ours = d.bars(tf).await.len();
-        assert_eq!(
-            lake.count(&format!("ohlcv.ohlcv_{tf}")),
-            ours,
-            "pyiceberg reads ohlcv_{tf} from the REST catalog"
-        );
+        let table = format!("ohlcv.ohlcv_{tf}");
+        assert_eq!(lake.count(&table), ours, "pyiceberg reads {table}");
+        assert_eq!(lake.duckdb_count(&table), ours, "DuckDB reads {table}");
     }
 }
 

@@ -142,6 +142,7 @@ async fn failures_retry_with_backoff_and_timeouts_count_as_failures() {
         backoff_base: Duration::from_secs(2),
         backoff_max: Duration::from_secs(60),
         timeout: Duration::from_secs(30),
+        ..RetryPolicy::default()
     };
     let (cancel, task, _) = start(Arc::clone(&runner), Arc::clone(&log), policy);
     tokio::time::sleep(Duration::from_secs(200)).await;
@@ -169,6 +170,40 @@ async fn failures_retry_with_backoff_and_timeouts_count_as_failures() {
         .collect();
     assert_eq!(d1.len(), 3, "first attempt and two retries");
     assert!(d1.iter().all(|r| r.status == "timed_out"));
+}
+
+/// Shutdown lets the running job finish within the grace (its run is recorded as it ended),
+/// and drops a job still running past the grace (recorded as cancelled).
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_the_running_job_within_its_grace() {
+    for hang in [false, true] {
+        let runner = Arc::new(Recorder::default());
+        if hang {
+            *runner.hang.lock().unwrap() = Some(JobKind::Build(Timeframe::M1));
+        }
+        let log = Arc::new(MemLog::default());
+        let (cancel, task, _) = start(
+            Arc::clone(&runner),
+            Arc::clone(&log),
+            RetryPolicy::default(),
+        );
+        while runner.running.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stopping = tokio::time::Instant::now();
+        cancel.cancel();
+        task.await.unwrap();
+        let took = stopping.elapsed();
+        let last = log.0.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(last.job, "build");
+        if hang {
+            assert_eq!(last.status, "cancelled");
+            assert_eq!(took, RetryPolicy::default().shutdown_grace);
+        } else {
+            assert_eq!(last.status, "succeeded");
+            assert!(took <= Duration::from_secs(2), "{took:?}");
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -89,7 +89,7 @@ fn run_message(run: &JobRun) -> proto::JobRun {
     let r = &run.report;
     proto::JobRun {
         run_id: run.run_id.clone(),
-        status: run.status.clone(),
+        status: run.status.to_string(),
         attempt: run.attempt,
         started_at_us: run.started_at,
         finished_at_us: run.finished_at,
@@ -110,7 +110,7 @@ fn run_message(run: &JobRun) -> proto::JobRun {
 
 /// A failed job is a failed RPC: the caller should not have to read a status field to notice.
 fn succeeded(run: JobRun) -> Result<JobRun, Error> {
-    if run.status == "succeeded" {
+    if run.status == crate::jobs::Outcome::Succeeded {
         Ok(run)
     } else {
         Err(Error::Internal(format!(

@@ -15,8 +15,7 @@ pub struct JobRun {
     pub attempt: i32,
     pub started_at: i64,
     pub finished_at: i64,
-    /// `succeeded`, `failed`, `timed_out` or `cancelled`.
-    pub status: String,
+    pub status: crate::jobs::Outcome,
     pub report: BuildReport,
     pub error: Option<String>,
 }
@@ -111,7 +110,7 @@ impl History {
         .bind(run.attempt)
         .bind(run.started_at)
         .bind(run.finished_at)
-        .bind(&run.status)
+        .bind(run.status.as_str())
         .bind(r.trades_read as i64)
         .bind(r.bars_written as i64)
         .bind(r.new as i64)
@@ -173,7 +172,7 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
         attempt: row.try_get(3)?,
         started_at: row.try_get(4)?,
         finished_at: row.try_get(5)?,
-        status: row.try_get(6)?,
+        status: crate::jobs::Outcome::parse(&row.try_get::<String, _>(6)?),
         report: BuildReport {
             timeframe: timeframe.and_then(|t| t.parse().ok()),
             trades_read: n(7)?,

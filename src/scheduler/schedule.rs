@@ -1,57 +1,8 @@
 //! When jobs are due: fixed intervals with offsets, so jobs of different timeframes are
 //! staggered instead of all firing on the minute.
 
-use std::fmt;
-
-use crate::storage::{TableKind, TimeRange};
+use crate::jobs::JobKind;
 use crate::timeframe::Timeframe;
-
-/// A unit of work the scheduler runs, one at a time (the single writer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobKind {
-    /// Build everything pending of a timeframe.
-    Build(Timeframe),
-    /// Rebuild a range of a timeframe from its source.
-    Backfill(Timeframe, TimeRange),
-    /// Merge the files of the table's closed partitions.
-    Compact(TableKind),
-    /// Drop partitions past each table's retention.
-    Retention,
-    /// Check the bar invariants of every timeframe over what changed since the last run.
-    Validate,
-}
-
-impl JobKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            JobKind::Build(_) => "build",
-            JobKind::Backfill(..) => "backfill",
-            JobKind::Compact(_) => "compact",
-            JobKind::Retention => "retention",
-            JobKind::Validate => "validate",
-        }
-    }
-
-    pub fn timeframe(&self) -> Option<Timeframe> {
-        match self {
-            JobKind::Build(tf) | JobKind::Backfill(tf, _) => Some(*tf),
-            JobKind::Compact(TableKind::Bars(tf)) => Some(*tf),
-            JobKind::Compact(TableKind::Trades) | JobKind::Retention | JobKind::Validate => None,
-        }
-    }
-}
-
-impl fmt::Display for JobKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JobKind::Build(tf) => write!(f, "build {tf}"),
-            JobKind::Backfill(tf, r) => write!(f, "backfill {tf} {:?}..{:?}", r.start, r.end),
-            JobKind::Compact(kind) => write!(f, "compact {}", kind.name()),
-            JobKind::Retention => f.write_str("retention"),
-            JobKind::Validate => f.write_str("validate"),
-        }
-    }
-}
 
 /// A job due every `every_us`, at `offset_us` past each multiple of it (UTC epoch aligned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,16 +29,19 @@ pub struct Member {
     pub started_at: i64,
 }
 
-/// Handle on the heartbeat table.
+/// Handle on the heartbeat table, for the servers of one catalog (one lake: a database may
+/// hold several catalogs).
 #[derive(Clone)]
 pub struct Members {
     pool: AnyPool,
+    catalog: String,
 }
 
 impl Members {
-    pub async fn open(pool: AnyPool) -> Result<Members> {
+    pub async fn open(pool: AnyPool, catalog: &str) -> Result<Members> {
         sqlx::query(
-            "create table if not exists ohlcv_cluster (
+            "create table if not exists ohlcv_cluster_members (
+                catalog varchar(256) not null,
                 server_id varchar(64) primary key,
                 address varchar(256) not null,
                 role varchar(16) not null,
@@ -48,16 +51,20 @@ impl Members {
         )
         .execute(&pool)
         .await?;
-        Ok(Members { pool })
+        Ok(Members {
+            pool,
+            catalog: catalog.to_string(),
+        })
     }
 
     pub async fn beat(&self, m: &Member) -> Result<()> {
         sqlx::query(
-            "insert into ohlcv_cluster (server_id, address, role, lag_ms, heartbeat_at, \
-             started_at) values ($1, $2, $3, $4, $5, $6) on conflict (server_id) do update set \
-             address = excluded.address, role = excluded.role, lag_ms = excluded.lag_ms, \
-             heartbeat_at = excluded.heartbeat_at",
+            "insert into ohlcv_cluster_members (catalog, server_id, address, role, lag_ms, \
+             heartbeat_at, started_at) values ($1, $2, $3, $4, $5, $6, $7) on conflict \
+             (server_id) do update set address = excluded.address, role = excluded.role, \
+             lag_ms = excluded.lag_ms, heartbeat_at = excluded.heartbeat_at",
         )
+        .bind(&self.catalog)
         .bind(&m.server_id)
         .bind(&m.address)
         .bind(&m.role)
@@ -73,8 +80,10 @@ impl Members {
     pub async fn list(&self, now_us: i64) -> Result<Vec<Member>> {
         let rows = sqlx::query(
             "select server_id, address, role, lag_ms, heartbeat_at, started_at \
-             from ohlcv_cluster where heartbeat_at >= $1 order by heartbeat_at desc",
+             from ohlcv_cluster_members where catalog = $1 and heartbeat_at >= $2 \
+             order by heartbeat_at desc",
         )
+        .bind(&self.catalog)
         .bind(now_us - 3_600_000_000)
         .fetch_all(&self.pool)
         .await?;

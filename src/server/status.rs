@@ -190,7 +190,7 @@ async fn render(pages: &Pages, chart: ChartQuery) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
-        .filter(|r| r.status != "succeeded")
+        .filter(|r| r.status != crate::jobs::Outcome::Succeeded)
         .take(20)
         .collect();
     out.push_str("<h2>Recent failures</h2>");
@@ -208,7 +208,7 @@ async fn render(pages: &Pages, chart: ChartQuery) -> Result<String, String> {
                 esc(&r.job),
                 esc(r.timeframe.as_deref().unwrap_or("")),
                 r.attempt,
-                esc(&r.status),
+                r.status,
                 esc(r.error.as_deref().unwrap_or(""))
             );
         }

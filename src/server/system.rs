@@ -303,7 +303,7 @@ fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError
                 .iter()
                 .map(|j| j.last_run.as_ref().map(|r| r.started_at))
                 .collect()),
-            last(|r| Some(r.status.clone())),
+            last(|r| Some(r.status.to_string())),
             last(|r| r.error.clone()),
             Arc::new(
                 jobs.iter()
@@ -367,7 +367,7 @@ fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, ArrowError> {
             Arc::new(Int32Array::from_iter_values(runs.iter().map(|r| r.attempt))),
             t(|r| r.started_at),
             t(|r| r.finished_at),
-            s(|r| Some(&r.status)),
+            s(|r| Some(r.status.as_str())),
             n(|r| r.report.trades_read),
             n(|r| r.report.bars_written),
             n(|r| r.report.new),

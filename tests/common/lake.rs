@@ -61,13 +61,22 @@ impl Lake {
 
     /// Rows pyiceberg reads from `table` (`namespace.name`).
     pub fn count(&self, table: &str) -> usize {
+        self.count_with("count", table)
+    }
+
+    /// Rows DuckDB's iceberg extension reads from `table` through the REST catalog.
+    pub fn duckdb_count(&self, table: &str) -> usize {
+        self.count_with("duckdb-count", table)
+    }
+
+    fn count_with(&self, op: &str, table: &str) -> usize {
         let out = Command::new("python3")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/python/lake_writer.py"
             ))
             .arg(&self.dir)
-            .args(["count", table])
+            .args([op, table])
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();

@@ -18,6 +18,7 @@ usage: lake_writer.py DATA_DIR OP [JSON]
   count TABLE         print the number of rows pyiceberg reads from TABLE (`namespace.name`)
   duckdb-delete JSON  {"id": [...]}: DuckDB deletes those trades through the REST catalog
                       (OAuth2), writing position delete files (merge-on-read) as Spark would
+  duckdb-count TABLE  print the number of rows DuckDB reads from TABLE through the REST catalog
 """
 
 import datetime
@@ -124,7 +125,8 @@ def evolve(table):
         update.add_field("trade_time", DayTransform(), "trade_day")
 
 
-def duckdb_delete(ids):
+def duckdb_rest():
+    """DuckDB attached to the REST catalog as `lk`, its S3 files reachable."""
     import duckdb
     import duckdb_ext
 
@@ -146,19 +148,31 @@ def duckdb_delete(ids):
     )
     warehouse = os.environ.get("LAKE_WAREHOUSE", "s3://warehouse").removeprefix("s3://")
     con.execute(f"ATTACH '{warehouse}' AS lk (TYPE iceberg, ENDPOINT '{uri}', SECRET ice)")
+    return con
+
+
+def duckdb_delete(ids):
+    con = duckdb_rest()
     listed = ", ".join(str(int(i)) for i in ids)
     con.execute(f"DELETE FROM lk.lake.gold_crypto_trades WHERE id IN ({listed})")
 
 
 def main():
     data_dir, op = sys.argv[1], sys.argv[2]
-    rows = json.load(open(sys.argv[3])) if len(sys.argv) > 3 and op != "count" else {}
+    rows = (
+        json.load(open(sys.argv[3]))
+        if len(sys.argv) > 3 and op not in ("count", "duckdb-count")
+        else {}
+    )
     cat = catalog(data_dir)
     if op == "create":
         create(cat)
         return
     if op == "count":
         print(cat.load_table(sys.argv[3]).scan().to_arrow().num_rows)
+        return
+    if op == "duckdb-count":
+        print(duckdb_rest().execute(f"select count(*) from lk.{sys.argv[3]}").fetchone()[0])
         return
     if op == "duckdb-delete":
         duckdb_delete(rows["id"])
