@@ -200,3 +200,50 @@ async fn a_v1_source_table_without_statistics_is_read_whole_and_right() {
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "v1, no statistics: after a delete")
         .await;
 }
+
+/// Partition specs of every transform, one after another in the same table (identity and
+/// bucket, truncate and month, year, besides the first hourly one): each commit's files are
+/// written with the spec of the moment, and the bars stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_under_every_partition_transform_is_read_whole_and_right() {
+    if !python_ok() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    drop(deployment(&dir, "px").await);
+    let lake = Lake::sqlite(dir.path());
+    lake.run("create", None);
+    let d = deployment(&dir, "px").await;
+    let mut all = lake_trades(1, "BTCUSDT", T0, 90, 300);
+    lake.run("append", Some(rows_json(&all, "px")));
+    for (i, spec) in ["identity-bucket", "truncate-month", "year"]
+        .iter()
+        .enumerate()
+    {
+        lake.respec(spec);
+        let more = lake_trades(
+            1000 * (i as i64 + 1),
+            if i % 2 == 0 { "ETHUSDT" } else { "BTCUSDT" },
+            T0 + (i as i64 + 1) * 7 * 60 * MIN,
+            53,
+            200,
+        );
+        lake.run("append", Some(rows_json(&more, "px")));
+        all.extend(more);
+        d.build_all(NOW).await;
+        d.assert_bars_equal_trades(&all, &Timeframe::ALL, &format!("after a {spec} spec"))
+            .await;
+    }
+    // A delete rewrites files of every spec.
+    let doomed: Vec<i64> = all
+        .iter()
+        .filter(|t| t.id.ends_with('9'))
+        .map(|t| t.id.parse().unwrap())
+        .collect();
+    lake.run("delete", Some(json!({ "id": doomed })));
+    all.retain(|t| !doomed.contains(&t.id.parse().unwrap()));
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after a delete across specs")
+        .await;
+}

@@ -17,7 +17,7 @@ use iceberg_rust::spec::snapshot::Operation;
 use iceberg_rust::table::Table;
 
 use crate::storage::files::read_position_deletes;
-use crate::storage::manifest::read_entries;
+use crate::storage::manifest::{read_entries, read_manifest_list};
 use crate::storage::{Error, Layout, Listing, LiveFile, Result, TableKind, TimeRange};
 
 /// Files added and removed by the row-changing snapshots after the consumed one.
@@ -70,8 +70,7 @@ pub async fn since(
             continue;
         }
         let id = *snapshot.snapshot_id();
-        let own: Vec<_> = table
-            .manifests(None, Some(id))
+        let own: Vec<_> = read_manifest_list(&table.object_store(), &kind.name(), metadata, id)
             .await?
             .into_iter()
             .filter(|m| m.added_snapshot_id == id)

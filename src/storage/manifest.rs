@@ -14,7 +14,7 @@ use apache_avro::types::Value as AvroValue;
 use apache_avro::Reader as AvroReader;
 use futures::stream::{self, StreamExt};
 use iceberg_rust::spec::manifest::{ManifestEntry, ManifestEntryV1, ManifestEntryV2, Status};
-use iceberg_rust::spec::manifest_list::ManifestListEntry;
+use iceberg_rust::spec::manifest_list::{ManifestListEntry, ManifestListEntryEnum};
 use iceberg_rust::spec::table_metadata::TableMetadata;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -55,6 +55,60 @@ pub async fn read_entries(
         for entry in decode(table, metadata, manifest, bytes.to_vec())? {
             out.push((manifest.manifest_path.clone(), entry));
         }
+    }
+    Ok(out)
+}
+
+/// The manifests of snapshot `snapshot_id`, read from its manifest list.
+///
+/// iceberg-rust 0.10 (`Table::manifests`) decodes every manifest's partition summary with the
+/// types of the table's *default* spec, which fails (or misreads bounds) for manifests written
+/// under an earlier spec of another shape (`identity(pair)` bounds read as a `year` int). Here
+/// the summaries of manifests written with another spec are dropped: they only prune, and
+/// pruning goes by file statistics instead.
+pub async fn read_manifest_list(
+    store: &Arc<dyn ObjectStore>,
+    table: &str,
+    metadata: &TableMetadata,
+    snapshot_id: i64,
+) -> Result<Vec<ManifestListEntry>> {
+    let snapshot = metadata.snapshots.get(&snapshot_id).ok_or_else(|| {
+        Error::Catalog(format!(
+            "snapshot {snapshot_id} is not in the history of {table}"
+        ))
+    })?;
+    let path = snapshot.manifest_list().clone();
+    let bytes = store
+        .get(&super::warehouse::key(&path))
+        .await
+        .map_err(|e| unreadable(table, &path, e))?
+        .bytes()
+        .await
+        .map_err(|e| unreadable(table, &path, e))?;
+    let reader =
+        AvroReader::new(Cursor::new(bytes.to_vec())).map_err(|e| unreadable(table, &path, e))?;
+    let mut out = Vec::new();
+    for value in reader {
+        let mut value = value.map_err(|e| unreadable(table, &path, e))?;
+        if let AvroValue::Record(fields) = &mut value {
+            let spec = fields.iter().find_map(|(n, v)| match (n.as_str(), v) {
+                ("partition_spec_id", AvroValue::Int(id)) => Some(*id),
+                _ => None,
+            });
+            if spec != Some(metadata.default_spec_id) {
+                for (name, v) in fields.iter_mut() {
+                    if name == "partitions" {
+                        *v = AvroValue::Union(0, Box::new(AvroValue::Null));
+                    }
+                }
+            }
+        }
+        let entry: ManifestListEntryEnum =
+            apache_avro::from_value(&value).map_err(|e| unreadable(table, &path, e))?;
+        out.push(
+            ManifestListEntry::try_from_enum(entry, metadata)
+                .map_err(|e| unreadable(table, &path, e))?,
+        );
     }
     Ok(out)
 }

@@ -208,7 +208,9 @@ impl Listing {
                 kind.name()
             )));
         }
-        let manifests = table.manifests(None, Some(id)).await?;
+        let manifests =
+            super::manifest::read_manifest_list(&table.object_store(), &kind.name(), metadata, id)
+                .await?;
         let wanted: Vec<ManifestListEntry> = manifests
             .iter()
             .filter(|m| !own_partitions || manifest_may_overlap(m, kind, &range))

@@ -59,6 +59,11 @@ impl Lake {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Moves the table to the partition spec `name` (see `SPECS` in lake_writer.py).
+    pub fn respec(&self, name: &str) {
+        self.count_with_output("respec", name);
+    }
+
     /// Rows pyiceberg reads from `table` (`namespace.name`).
     pub fn count(&self, table: &str) -> usize {
         self.count_with("count", table)
@@ -70,6 +75,10 @@ impl Lake {
     }
 
     fn count_with(&self, op: &str, table: &str) -> usize {
+        self.count_with_output(op, table).parse().unwrap()
+    }
+
+    fn count_with_output(&self, op: &str, table: &str) -> String {
         let out = Command::new("python3")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -85,7 +94,7 @@ impl Lake {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 

@@ -13,6 +13,8 @@ usage: lake_writer.py DATA_DIR OP [JSON]
                        "pair": [...], "is_buyer_maker": [...]}, in the table's current names
   delete JSON         {"id": [...]}
   unpartition         drop the hourly partition field (new files are unpartitioned)
+  respec NAME         replace the partition spec by one of SPECS (identity and bucket,
+                      truncate and month, year): every later file is written with it
   evolve              rename px -> price_usd, add column venue, partition by day(trade_time)
   replace             drop the table and create it again, empty (as `create`)
   count TABLE         print the number of rows pyiceberg reads from TABLE (`namespace.name`)
@@ -33,7 +35,28 @@ from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.expressions import In
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.transforms import DayTransform, HourTransform
+from pyiceberg.transforms import (
+    BucketTransform,
+    DayTransform,
+    HourTransform,
+    IdentityTransform,
+    MonthTransform,
+    TruncateTransform,
+    YearTransform,
+)
+
+# Partition specs another team might use, by name (source column, transform, field name).
+SPECS = {
+    "identity-bucket": [
+        ("pair", IdentityTransform(), "pair"),
+        ("id", BucketTransform(8), "id_bucket"),
+    ],
+    "truncate-month": [
+        ("pair", TruncateTransform(3), "pair_trunc"),
+        ("trade_time", MonthTransform(), "trade_month"),
+    ],
+    "year": [("trade_time", YearTransform(), "trade_year")],
+}
 from pyiceberg.types import (
     BooleanType,
     DecimalType,
@@ -161,7 +184,7 @@ def main():
     data_dir, op = sys.argv[1], sys.argv[2]
     rows = (
         json.load(open(sys.argv[3]))
-        if len(sys.argv) > 3 and op not in ("count", "duckdb-count")
+        if len(sys.argv) > 3 and op not in ("count", "duckdb-count", "respec")
         else {}
     )
     cat = catalog(data_dir)
@@ -186,6 +209,14 @@ def main():
         append(table, rows)
     elif op == "delete":
         table.delete(In("id", rows["id"]))
+    elif op == "respec":
+        name = sys.argv[3]
+        with table.update_spec() as update:
+            for field in table.spec().fields:
+                update.remove_field(field.name)
+        with table.update_spec() as update:
+            for column, transform, field in SPECS[name]:
+                update.add_field(column, transform, field)
     elif op == "unpartition":
         with table.update_spec() as update:
             update.remove_field("trade_hour")
