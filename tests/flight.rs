@@ -356,6 +356,17 @@ async fn serve_demo_shows_candles_and_stops_on_sigterm() {
                 && l["span"]["timeframe"].is_string()),
         "{log}"
     );
+    // Query streams log their row count in the request's span.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "rows streamed"
+                && l["fields"]["rows"].as_u64() == Some(1)
+                && l["span"]["method"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("/DoGet"))),
+        "{log}"
+    );
 }
 
 async fn admin_status(

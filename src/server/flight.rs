@@ -160,15 +160,33 @@ impl OhlcvFlightSql {
             }
         };
         let schema = Arc::new(df.schema().as_arrow().clone());
+        // The request's span (see `telemetry`) ends with the response headers; the rows are
+        // counted as they stream and logged in it when the stream ends.
+        let span = tracing::Span::current();
+        let rows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&rows);
         let batches = df
             .execute_stream()
             .await
             .map_err(|e| Status::from(Error::from(e)))?
+            .inspect_ok(move |b| {
+                counted.fetch_add(b.num_rows(), std::sync::atomic::Ordering::Relaxed);
+            })
             .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(Error::from(e).into())));
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(batches)
-            .map_err(Status::from);
+        let finished = futures::StreamExt::filter_map(
+            futures::stream::once(async move {
+                let rows = rows.load(std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(parent: &span, rows, "rows streamed");
+            }),
+            |()| async { None::<Result<FlightData, Status>> },
+        );
+        let stream = futures::StreamExt::chain(
+            FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(batches)
+                .map_err(Status::from),
+            finished,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
