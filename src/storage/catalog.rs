@@ -113,10 +113,6 @@ impl Storage {
         &self.inner.namespace
     }
 
-    pub fn warehouse(&self) -> &Warehouse {
-        &self.inner.warehouse
-    }
-
     /// Object store holding every table file; [`Self::path`] names a file in it.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.inner.store)

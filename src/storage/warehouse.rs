@@ -3,8 +3,9 @@
 //!
 //! Iceberg metadata names files by URL (`s3://bucket/key`, `file:///path`) or by bare absolute
 //! path (what we write on a local warehouse). The object store is scoped to one bucket (or the
-//! filesystem root), so every location is turned into a key of that store by [`Warehouse::path`],
-//! which refuses a file of another bucket instead of reading the wrong object.
+//! filesystem root): data and metadata files are read by their key in it ([`key`], which drops
+//! the bucket, so every table must live in the warehouse's bucket); [`Warehouse::path`], for the
+//! lease, also checks the bucket.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,10 +115,6 @@ impl Warehouse {
         format!("{}/{namespace}/{name}", self.location())
     }
 
-    pub fn is_local(&self) -> bool {
-        matches!(self, Warehouse::Local(_))
-    }
-
     /// Creates the directory of a local warehouse.
     pub fn prepare(&self) -> Result<()> {
         if let Warehouse::Local(dir) = self {
@@ -172,14 +169,6 @@ impl Warehouse {
                 }
                 Ok(ObjectPath::from(key))
             }
-        }
-    }
-
-    /// `location` of a key listed by [`Self::store`], as table metadata names it.
-    pub fn location_of(&self, path: &ObjectPath) -> String {
-        match self {
-            Warehouse::Local(_) => format!("/{path}"),
-            Warehouse::S3 { bucket, .. } => format!("s3://{bucket}/{path}"),
         }
     }
 
@@ -256,10 +245,6 @@ mod tests {
         assert!(other.contains("bucket 'other'"), "{other}");
         assert!(w.path("/tmp/x").is_err());
         assert_eq!(
-            w.location_of(&ObjectPath::from("ohlcv/a")),
-            "s3://lake/ohlcv/a"
-        );
-        assert_eq!(
             w.lease_location().unwrap(),
             "s3://lake/ohlcv/_ohlcv/writer.lease"
         );
@@ -270,10 +255,6 @@ mod tests {
         let w = Warehouse::parse("/var/lake", &S3Config::default()).unwrap();
         assert_eq!(w.path("file:///var/lake/a").unwrap().as_ref(), "var/lake/a");
         assert_eq!(w.path("/var/lake/a").unwrap().as_ref(), "var/lake/a");
-        assert_eq!(
-            w.location_of(&ObjectPath::from("var/lake/a")),
-            "/var/lake/a"
-        );
         assert!(w.path("s3://b/a").is_err());
         assert!(Warehouse::parse("gs://b", &S3Config::default()).is_err());
     }
