@@ -9,11 +9,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AlertsConfig;
+/// `[alerts]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Where alerts are POSTed as JSON; unset means alerts are only logged and counted.
+    pub webhook_url: Option<String>,
+    /// Further attempts after a failed delivery, with doubling waits from one second.
+    pub webhook_retries: u32,
+    pub webhook_timeout_secs: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: None,
+            webhook_retries: 3,
+            webhook_timeout_secs: 5,
+        }
+    }
+}
 
 /// Alerts waiting for delivery at most.
 const QUEUE: usize = 256;

@@ -396,7 +396,7 @@ async fn serve(config: &Config, listen: &str, demo: bool, insecure: bool) -> any
     // On a catalog several hosts share, a second server serves as a read replica of the one
     // holding the writer lock, and takes over when that one stops; on the embedded catalog
     // one server owns the data dir.
-    let shared = config.catalog.rest.is_some() || config.catalog_url().starts_with("postgres");
+    let shared = config.storage().shared();
     let purpose = format!("serve at {addr}");
     let lock = if shared {
         WriterLock::acquire_or_standby(config, &purpose).await?

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::alerts::AlertsConfig;
+pub use crate::storage::settings::{CatalogConfig, StorageConfig};
+
 /// Prefix of environment variables that override the file.
 pub const ENV_PREFIX: &str = "OHLCV_";
 
@@ -108,26 +111,6 @@ impl CacheSection {
                 .insert(tf, (*hours > 0).then(|| *hours as i64 * 3_600_000_000));
         }
         Ok(c)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertsConfig {
-    /// Where alerts are POSTed as JSON; unset means alerts are only logged and counted.
-    pub webhook_url: Option<String>,
-    /// Further attempts after a failed delivery, with doubling waits from one second.
-    pub webhook_retries: u32,
-    pub webhook_timeout_secs: u64,
-}
-
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        AlertsConfig {
-            webhook_url: None,
-            webhook_retries: 3,
-            webhook_timeout_secs: 5,
-        }
     }
 }
 
@@ -283,21 +266,6 @@ impl Default for TelemetryConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CatalogConfig {
-    /// SQL catalog URL (`sqlite://…` or `postgres://…`); unset means SQLite under the data dir.
-    pub url: Option<String>,
-    /// Catalog name other engines must use to find our tables.
-    pub name: String,
-    pub namespace: String,
-    /// Where our tables' files go: a directory or `s3://bucket/prefix` (see `[s3]`); unset
-    /// means `<data_dir>/warehouse`.
-    pub warehouse: Option<String>,
-    /// `[catalog.rest]`: an Iceberg REST catalog instead of the SQL catalog at `url`.
-    pub rest: Option<crate::storage::RestConfig>,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -315,18 +283,6 @@ impl Default for Config {
             s3: crate::storage::S3Config::default(),
             telemetry: TelemetryConfig::default(),
             cluster: ClusterConfig::default(),
-        }
-    }
-}
-
-impl Default for CatalogConfig {
-    fn default() -> Self {
-        CatalogConfig {
-            url: None,
-            name: "ohlcv".to_string(),
-            namespace: "market".to_string(),
-            warehouse: None,
-            rest: None,
         }
     }
 }
@@ -383,24 +339,29 @@ impl Config {
         absolute(&self.data_dir)
     }
 
-    pub fn catalog_url(&self) -> String {
-        match &self.catalog.url {
-            Some(url) => url.clone(),
-            None => format!(
-                "sqlite://{}?mode=rwc",
-                self.data_dir_abs().join("catalog.db").display()
-            ),
+    /// The settings storage opens the catalog and takes the writer lock with.
+    pub fn storage(&self) -> StorageConfig {
+        StorageConfig {
+            data_dir: self.data_dir_abs(),
+            catalog: self.catalog.clone(),
+            s3: self.s3.clone(),
+            source: self.source.clone(),
         }
+    }
+
+    pub fn catalog_url(&self) -> String {
+        self.storage().catalog_url()
     }
 
     /// Where our tables' files go.
     pub fn warehouse(&self) -> Result<crate::storage::Warehouse, crate::storage::Error> {
-        match &self.catalog.warehouse {
-            Some(location) => crate::storage::Warehouse::parse(location, &self.s3),
-            None => Ok(crate::storage::Warehouse::Local(
-                self.data_dir_abs().join("warehouse"),
-            )),
-        }
+        self.storage().warehouse()
+    }
+}
+
+impl From<&Config> for StorageConfig {
+    fn from(config: &Config) -> StorageConfig {
+        config.storage()
     }
 }
 

@@ -1,7 +1,6 @@
 //! ohlcv-server: builds OHLCV candles from an Iceberg trades table and serves them.
 //!
 //! Where things live:
-//! - [`config`]: TOML + `OHLCV_*` environment configuration.
 //! - [`timeframe`]: the stored timeframes and window alignment.
 //! - [`storage`]: Iceberg catalog, our own commit path, writer lock, maintenance, DataFusion
 //!   access.
@@ -14,6 +13,9 @@
 //!   and the unbuilt trades for live bars.
 //! - [`candles`]: the `candles(...)` table function (any timeframe, live bars, gap fill,
 //!   time zones) and stock SQL routed through the cache.
+//! - [`config`]: TOML + `OHLCV_*` environment configuration: composes the settings type
+//!   each layer below owns (`storage::CatalogConfig`, `cache::CacheConfig`,
+//!   `alerts::AlertsConfig`, ...); only `server` and `cli` read it.
 //! - [`server`]: Flight SQL service, query engine (bare `candles(...)` statements answered
 //!   without planning, their answers kept per cache generation), `serve` wiring, demo feed.
 //! - [`jobs`]: every job (build, backfill, compaction, retention, validation), the runner

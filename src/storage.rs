@@ -2,6 +2,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | `settings` | `[catalog]` and what opening storage reads (`StorageConfig`) |
 //! | `catalog` | the catalog (SQL or REST), the `Storage` handle, table creation |
 //! | `rest` | the Iceberg REST catalog client and its authentication |
 //! | `warehouse` | where files live (directory or S3 bucket) and the object store |
@@ -32,6 +33,7 @@ pub mod provider;
 pub mod read;
 pub mod rest;
 pub mod schema;
+pub mod settings;
 pub mod snapshot;
 pub mod source;
 pub mod warehouse;
@@ -46,6 +48,7 @@ pub use observe::{CommitObserver, Committed, Content};
 pub use provider::{MarketSchema, SnapshotTable};
 pub use rest::RestConfig;
 pub use schema::TableKind;
+pub use settings::{CatalogConfig, StorageConfig};
 pub use snapshot::{Layout, Listing, LiveFile, TimeRange};
 pub use source::{ColumnMap, SourceConfig};
 pub use warehouse::{S3Config, Warehouse};

@@ -16,10 +16,10 @@ use sqlx::AnyPool;
 use super::error::{Error, Result};
 use super::rest::Rest;
 use super::schema::TableKind;
+use super::settings::StorageConfig;
 use super::snapshot::Layout;
 use super::source::SourceConfig;
 use super::warehouse::Warehouse;
-use crate::config::Config;
 
 /// Longest a table load may take (a catalog read plus the metadata file): a hung catalog
 /// fails the job or query instead of holding it.
@@ -54,11 +54,11 @@ struct Inner {
 
 impl Storage {
     /// Connects to the catalog and creates the namespace and every table that is missing.
-    pub async fn open(config: &Config) -> Result<Storage> {
+    pub async fn open(config: impl Into<StorageConfig>) -> Result<Storage> {
+        let config = &config.into();
         let warehouse = config.warehouse()?;
         warehouse.prepare()?;
-        std::fs::create_dir_all(config.data_dir_abs())
-            .map_err(|e| Error::io(config.data_dir_abs(), e))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
         sqlx::any::install_default_drivers();
         let (catalog, backend, state): (Arc<dyn Catalog>, _, _) = match &config.catalog.rest {
             Some(rest) => {
@@ -66,7 +66,7 @@ impl Storage {
                 let catalog = Arc::new(rest.catalog(warehouse.iceberg_store()));
                 let url = format!(
                     "sqlite://{}?mode=rwc",
-                    config.data_dir_abs().join("state.db").display()
+                    config.data_dir.join("state.db").display()
                 );
                 (catalog, Backend::Rest(Box::new(rest)), connect(&url).await?)
             }

@@ -41,7 +41,7 @@ enum Held {
 /// Waiting for a lock another process holds (see [`WriterLock::standby`]).
 #[derive(Debug)]
 struct Standby {
-    config: crate::config::Config,
+    config: super::StorageConfig,
     purpose: String,
     taken: tokio::sync::Mutex<Option<Box<WriterLock>>>,
     /// Who held the lock when this process last tried to take it.
@@ -65,10 +65,11 @@ impl WriterLock {
     /// The lock of `config`'s catalog if it is free, else a standby that takes it once its
     /// holder lets go (a read replica becoming the builder): [`Self::ensure_held`] tries.
     pub async fn acquire_or_standby(
-        config: &crate::config::Config,
+        config: impl Into<super::StorageConfig>,
         purpose: &str,
     ) -> Result<WriterLock> {
-        match Self::acquire_for(config, purpose).await {
+        let config = config.into();
+        match Self::acquire_for(&config, purpose).await {
             Err(Error::Locked { holder, .. }) => Ok(WriterLock {
                 held: Held::Standby(Box::new(Standby {
                     config: config.clone(),
@@ -97,7 +98,11 @@ impl WriterLock {
 
     /// Takes the lock that guards `config`'s catalog: in the catalog database when it is
     /// PostgreSQL, else a lease in an S3 warehouse, else a file lock in the data dir.
-    pub async fn acquire_for(config: &crate::config::Config, purpose: &str) -> Result<WriterLock> {
+    pub async fn acquire_for(
+        config: impl Into<super::StorageConfig>,
+        purpose: &str,
+    ) -> Result<WriterLock> {
+        let config = &config.into();
         let url = config.catalog_url();
         if config.catalog.rest.is_none() && url.starts_with("postgres") {
             return Self::acquire_in_postgres(&url, &config.catalog.name, purpose).await;
@@ -118,7 +123,7 @@ impl WriterLock {
                     held: Held::Lease(lease),
                 })
             }
-            None => Self::acquire(&config.data_dir_abs(), purpose),
+            None => Self::acquire(&config.data_dir, purpose),
         }
     }
 
