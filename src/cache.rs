@@ -35,6 +35,7 @@ use crate::build::state::{prop_i64, CUTOFF};
 use crate::clock::Clock;
 use crate::storage::files::{conform, partition_range};
 use crate::storage::read::read_files;
+use crate::storage::series::Series;
 use crate::storage::{
     CommitObserver, Committed, Content, Listing, LiveFile, Storage, TableKind, TimeRange,
 };
@@ -303,7 +304,7 @@ impl BarCache {
         let from = self.horizon_start(tf);
         if !self.inner.config.enabled || range.start.unwrap_or(i64::MIN) < from {
             stats::Counters::add(&self.inner.counters.table_reads);
-            let rows = self.read_series(&key, snapshot, range).await?;
+            let rows = self.read_series(&key, snapshot, range, None).await?;
             return Entry::new(snapshot, i64::MIN, &rows)
                 .map(|e| e.rows)
                 .map_err(Into::into);
@@ -316,12 +317,46 @@ impl BarCache {
         }
         stats::Counters::add(&self.inner.counters.misses);
         let rows = self
-            .read_series(&key, snapshot, TimeRange::new(Some(from), None))
+            .read_series(&key, snapshot, TimeRange::new(Some(from), None), None)
             .await?;
         let entry = Arc::new(Entry::new(snapshot, from, &rows)?);
         let answer = entry.slice(range);
         self.insert_if_current(key, entry);
         Ok(answer)
+    }
+
+    /// The latest `n` stored bars of one series in `range` (ascending), as [`Self::bars`] would
+    /// hold them. The hot entry has every bar from the horizon on, so when it has `n` of them
+    /// in range they are the latest `n` and the table is not read; else the table is.
+    pub async fn latest_bars(
+        &self,
+        view: &View,
+        tf: Timeframe,
+        exchange: &str,
+        symbol: &str,
+        range: TimeRange,
+        n: usize,
+    ) -> Result<RecordBatch> {
+        let from = self.horizon_start(tf);
+        let tail = |rows: RecordBatch| {
+            rows.slice(rows.num_rows().saturating_sub(n), rows.num_rows().min(n))
+        };
+        if self.inner.config.enabled && range.start.unwrap_or(i64::MIN) < from {
+            let hot = TimeRange::new(Some(from), range.end);
+            let rows = self.bars(view, tf, exchange, symbol, hot).await?;
+            if rows.num_rows() >= n {
+                return Ok(tail(rows));
+            }
+        }
+        // Older than the horizon: the newest files first, until n rows are found.
+        let key = Key::new(tf, exchange, symbol);
+        stats::Counters::add(&self.inner.counters.table_reads);
+        let rows = self
+            .read_series(&key, view.table(tf).snapshot, range, Some(n))
+            .await?;
+        Ok(tail(
+            Entry::new(view.table(tf).snapshot, i64::MIN, &rows)?.rows,
+        ))
     }
 
     /// Caches `entry` unless its table has moved on since it was read (the commit observed in
@@ -359,18 +394,34 @@ impl BarCache {
         }
     }
 
-    /// One series' rows in `range` at `snapshot`, read from the table.
+    /// One series' rows in `range` at `snapshot`, read from the table (only the pages that
+    /// may hold the series), or its latest `n` rows in `range`.
     async fn read_series(
         &self,
         key: &Key,
         snapshot: Option<i64>,
         range: TimeRange,
+        latest: Option<usize>,
     ) -> Result<Vec<RecordBatch>> {
-        let mut by = self.read_all(key.timeframe, snapshot, range).await?;
-        Ok(by
-            .remove(&(key.exchange.clone(), key.symbol.clone()))
-            .into_iter()
-            .collect())
+        if snapshot.is_none() {
+            return Ok(Vec::new());
+        }
+        let kind = TableKind::Bars(key.timeframe);
+        let table = self.inner.storage.table(kind).await?;
+        let listing = Listing::read(&table, kind, snapshot, range).await?;
+        let files: Vec<&LiveFile> = listing.files.iter().collect();
+        let series = Series {
+            exchange: &key.exchange,
+            symbol: &key.symbol,
+            range,
+        };
+        let storage = &self.inner.storage;
+        Ok(match latest {
+            Some(n) => {
+                crate::storage::series::read_latest(storage, kind, &files, series, n).await?
+            }
+            None => crate::storage::series::read_series(storage, kind, &files, series).await?,
+        })
     }
 
     /// Every series' rows in `range` at `snapshot`.

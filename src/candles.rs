@@ -6,6 +6,8 @@
 //! | `assemble` | stored + live bars, rollup, finality, gap fill |
 //! | `function` | the DataFusion table function and its arguments |
 //! | `routing` | stock SQL on `market.ohlcv_*` answered from the cache |
+//! | `shape` | which statements are candle reads (candles(), stock tables; folded constants, projection, order, limit) |
+//! | `serve` | a recognised read's answer from the cache's view |
 //!
 //! Candles of a timeframe are the bars of the coarsest stored timeframe that tiles it, rolled
 //! up. Windows a table has persisted come from the cache (inside the hot horizon) or the
@@ -16,6 +18,8 @@
 pub mod assemble;
 pub mod function;
 pub mod routing;
+pub mod serve;
+pub mod shape;
 pub mod windows;
 
 use std::sync::{Arc, OnceLock};

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub skipped_rows: IntCounterVec,
     pub commits: IntCounterVec,
     pub queries: IntCounterVec,
+    pub statements: IntCounterVec,
     pub query_duration: HistogramVec,
     pub ingest_rows: IntCounter,
     pub ingest_bytes: IntCounter,
@@ -164,6 +165,13 @@ impl Metrics {
                 "ohlcv_requests_total",
                 "gRPC requests by kind (query, metadata, ingest, handshake, admin, health) and code",
                 &["kind", "code"],
+            ),
+            statements: counter(
+                &registry,
+                "ohlcv_statements_total",
+                "SQL statements by how they were answered: candle_read (from the cache, no plan; \
+                 repeats of a statement seen before count too) or plan (DataFusion)",
+                &["path"],
             ),
             query_duration: histogram(
                 &registry,

@@ -5,7 +5,6 @@
 //! |---|---|
 //! | `query` | statements to run: DataFusion plans over our catalog (read only, one shared memory pool) or direct candle requests |
 //! | `answers` | hot candle statements: their requests and encoded answers per cache generation |
-//! | `direct` | `SELECT * FROM candles(...)` recognised without planning |
 //! | `sql` | statement rewrites before planning: bound parameters, named arguments |
 //! | `flight` | the `FlightSqlService`: statements, prepared statements, metadata, ingest |
 //! | `checked` | commands and tickets decoded before the Flight SQL dispatch (malformed: `InvalidArgument`) |
@@ -26,7 +25,6 @@ pub mod auth;
 pub mod checked;
 pub mod cluster;
 pub mod demo;
-pub mod direct;
 pub mod error;
 pub mod flight;
 pub mod ingest;

@@ -18,6 +18,7 @@
 //! | `lock` | the single-writer lock (file lock, PostgreSQL advisory lock, or `lease`) |
 //! | `lease` | the writer lease in an S3 warehouse, taken and renewed by conditional writes |
 //! | `read` | rows of a time range, for the engine's own reads |
+//! | `series` | one series' rows of a bar table, only the pages that may hold it |
 //! | `provider` | DataFusion `TableProvider` / `SchemaProvider` |
 
 pub mod catalog;
@@ -33,6 +34,7 @@ pub mod provider;
 pub mod read;
 pub mod rest;
 pub mod schema;
+pub mod series;
 pub mod settings;
 pub mod snapshot;
 pub mod source;

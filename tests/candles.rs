@@ -166,6 +166,111 @@ fn trades_between(from: i64, to: i64) -> Vec<Trade> {
     out
 }
 
+/// Runs `select` (which the server answers without a plan) and the same statement with a
+/// `true` conjunct the fast path does not recognise (so DataFusion plans it), and asserts the
+/// two answers are equal, row for row and column for column. `where` may be empty.
+async fn assert_fast_equals_planned(
+    client: &mut FlightSqlServiceClient<Channel>,
+    select: &str,
+    filter: &str,
+    tail: &str,
+) -> usize {
+    let fast = format!("{select} {filter} {tail}");
+    let planned = if filter.is_empty() {
+        format!("{select} where true {tail}")
+    } else {
+        format!(
+            "{select} {} and true {tail}",
+            filter.replacen("where", "where (", 1) + ")"
+        )
+    };
+    let (fast_rows, planned_rows) = (sql(client, &fast).await, sql(client, &planned).await);
+    let count = |rows: &[RecordBatch]| rows.iter().map(RecordBatch::num_rows).sum::<usize>();
+    if count(&planned_rows) == 0 {
+        assert_eq!(count(&fast_rows), 0, "{fast}: no rows");
+        return 0;
+    }
+    let concat = |rows: &[RecordBatch]| {
+        let schema = rows[0].schema();
+        arrow::compute::concat_batches(&schema, rows).unwrap()
+    };
+    let (a, b) = (concat(&fast_rows), concat(&planned_rows));
+    let names = |b: &RecordBatch| -> Vec<String> {
+        b.schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    };
+    assert_eq!(names(&a), names(&b), "{fast}: columns");
+    assert_eq!(a.columns(), b.columns(), "{fast}: rows");
+    a.num_rows()
+}
+
+/// Every fast shape of one series (stock tables and `candles()`, projections, ranges, newest
+/// first, limits) equals what DataFusion's plan answers.
+async fn assert_shapes_equal_plans(
+    client: &mut FlightSqlServiceClient<Channel>,
+    symbol: &str,
+    from: i64,
+    to: i64,
+) {
+    let series = format!("where exchange = 'kraken' and symbol = '{symbol}'");
+    for tf in Timeframe::ALL {
+        let table = format!("ohlcv_{tf}");
+        let (from, to) = (iso(tf.window_start(from)), iso(to));
+        let mut rows = 0;
+        for (select, filter, tail) in [
+            (
+                format!("select * from {table}"),
+                series.clone(),
+                "order by window_start",
+            ),
+            (
+                format!("select * from market.{table}"),
+                series.clone(),
+                "order by window_start desc limit 5",
+            ),
+            (
+                format!("select window_start, close as c, volume from {table}"),
+                format!("{series} and window_start >= '{from}' and window_start < '{to}'"),
+                "order by window_start desc",
+            ),
+            (
+                format!("select * from {table}"),
+                format!("{series} and window_start > '{from}' and window_start <= now()"),
+                "order by window_start limit 3",
+            ),
+            (
+                format!("select symbol, window_start, high from {table}"),
+                format!("{series} and window_start between cast('{from}' as timestamp) and '{to}'"),
+                "order by window_start",
+            ),
+            (
+                format!("select * from {table}"),
+                format!("{series} and window_start >= now() - interval '100000 days'"),
+                "order by window_start desc limit 100000",
+            ),
+            (
+                format!("select * from candles('kraken', '{symbol}', '{tf}', '{from}', '{to}')"),
+                String::new(),
+                "order by window_start desc limit 4",
+            ),
+            (
+                format!(
+                    "select window_start, open, is_final from candles('kraken', '{symbol}', \
+                     '{tf}', now() - interval '100000 days', now() + interval '1 day')"
+                ),
+                String::new(),
+                "order by window_start",
+            ),
+        ] {
+            rows += assert_fast_equals_planned(client, &select, &filter, tail).await;
+        }
+        assert!(rows > 0, "{tf}: the shapes found bars");
+    }
+}
+
 /// The same series through the cache (stock SQL on the server) and straight from the table.
 async fn assert_cache_equals_table(
     d: &Deployment,
@@ -187,6 +292,7 @@ async fn assert_cache_equals_table(
         assert!(!direct.is_empty(), "{what} {tf}: the table has bars");
         assert_eq!(served, direct, "{what}: {tf} served equals the table");
     }
+    assert_shapes_equal_plans(client, "BTC-USD", from, from + 10 * DAY).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,6 +429,8 @@ async fn live_bars_equal_what_the_next_build_persists() {
         );
         before.insert(tf, c);
     }
+    // Every fast shape, live bars included, equals DataFusion's plan.
+    assert_shapes_equal_plans(&mut client, "ETH-USD", from, now + HOUR).await;
     // The 1m live bars are exactly the trades' bars.
     let eth: Vec<Trade> = trades_between(from, now - 2 * MIN)
         .into_iter()

@@ -19,7 +19,7 @@ use moka::sync::Cache;
 use prost::bytes::Bytes;
 
 use crate::cache::BarCache;
-use crate::candles::{Fill, Request};
+use crate::candles::shape::Shape;
 
 /// How a statement reached us; the bytes are its SQL or its prepared handle (SQL and bound
 /// parameters).
@@ -37,7 +37,7 @@ type Encoded = Cache<(Statement, u64), Arc<[FlightData]>>;
 
 #[derive(Clone)]
 pub struct Answers {
-    requests: Option<Cache<Statement, Arc<Request>>>,
+    shapes: Option<Cache<Statement, Arc<Shape>>>,
     encoded: Option<Encoded>,
 }
 
@@ -46,11 +46,11 @@ impl Answers {
         let config = cache.config();
         if !config.enabled {
             return Answers {
-                requests: None,
+                shapes: None,
                 encoded: None,
             };
         }
-        let requests = Cache::builder()
+        let shapes = Cache::builder()
             .max_capacity(10_000)
             .time_to_idle(Duration::from_secs(600))
             .build();
@@ -64,25 +64,25 @@ impl Answers {
             .time_to_idle(Duration::from_secs(120))
             .build();
         Answers {
-            requests: Some(requests),
+            shapes: Some(shapes),
             encoded: Some(encoded),
         }
     }
 
-    /// The request a statement answered directly stands for, if it was seen before.
-    pub fn request(&self, statement: &Statement) -> Option<Arc<Request>> {
-        self.requests.as_ref()?.get(statement)
+    /// The candle read a statement was recognised as, if it was seen before.
+    pub fn shape(&self, statement: &Statement) -> Option<Arc<Shape>> {
+        self.shapes.as_ref()?.get(statement)
     }
 
-    pub fn remember_request(&self, statement: Statement, request: Arc<Request>) {
-        if let Some(requests) = &self.requests {
-            requests.insert(statement, request);
+    pub fn remember_shape(&self, statement: Statement, shape: Arc<Shape>) {
+        if let Some(shapes) = &self.shapes {
+            shapes.insert(statement, shape);
         }
     }
 
-    /// Whether the answer to `request` may be kept: it depends on the view alone.
-    pub fn keeps(&self, request: &Request) -> bool {
-        self.encoded.is_some() && request.fill == Fill::None
+    /// Whether answers are kept at all.
+    pub fn enabled(&self) -> bool {
+        self.encoded.is_some()
     }
 
     /// The answer computed at `generation`, if kept.
@@ -90,7 +90,8 @@ impl Answers {
         self.encoded.as_ref()?.get(&(statement.clone(), generation))
     }
 
-    /// Keeps `data` as the answer at `generation` (of a request this [`Answers::keeps`]).
+    /// Keeps `data` as the answer at `generation` (of a read whose answer depends on the view
+    /// alone: `Shape::keeps`).
     pub fn remember_answer(&self, statement: Statement, generation: u64, data: Arc<[FlightData]>) {
         let Some(encoded) = &self.encoded else {
             return;

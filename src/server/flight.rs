@@ -35,7 +35,7 @@ use super::error::Error;
 use super::prepared::{self, Handle};
 use super::query::{Query, QueryEngine};
 use super::{ingest, keys};
-use crate::candles::Request as CandleRequest;
+use crate::candles::shape::Shape;
 use crate::clock::Clock;
 use crate::storage::{TableKind, TableWriter};
 
@@ -118,10 +118,14 @@ impl OhlcvFlightSql {
         }
     }
 
-    /// `statement` ready to run. One answered directly before is not parsed again.
+    /// `statement` ready to run. A candle read seen before is not parsed again.
     async fn query(&self, statement: &Statement) -> Result<Query, Status> {
-        if let Some(request) = self.answers.request(statement) {
-            return Ok(Query::Candles(request));
+        if let Some(shape) = self.answers.shape(statement) {
+            crate::metrics::metrics()
+                .statements
+                .with_label_values(&["candle_read"])
+                .inc();
+            return Ok(Query::Candles(shape));
         }
         let query = match statement {
             Statement::Sql(sql) => {
@@ -135,10 +139,18 @@ impl OhlcvFlightSql {
                 self.engine.query(&handle.sql, params.as_deref()).await?
             }
         };
-        if let Query::Candles(request) = &query {
-            self.answers
-                .remember_request(statement.clone(), Arc::clone(request));
-        }
+        let path = match &query {
+            Query::Candles(shape) => {
+                self.answers
+                    .remember_shape(statement.clone(), Arc::clone(shape));
+                "candle_read"
+            }
+            Query::Plan(_) => "plan",
+        };
+        crate::metrics::metrics()
+            .statements
+            .with_label_values(&[path])
+            .inc();
         Ok(query)
     }
 
@@ -152,8 +164,8 @@ impl OhlcvFlightSql {
     ) -> Result<Response<DataStream>, Status> {
         let df = match query {
             Query::Plan(df) => *df,
-            Query::Candles(request) => {
-                let data = self.candles(statement, &request).await?;
+            Query::Candles(shape) => {
+                let data = self.candles(statement, &shape).await?;
                 let stream =
                     futures::stream::iter((0..data.len()).map(move |i| Ok(data[i].clone())));
                 return Ok(Response::new(Box::pin(stream)));
@@ -190,29 +202,34 @@ impl OhlcvFlightSql {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    /// The Flight messages answering a direct candle statement at the current generation.
+    /// The Flight messages answering a candle read, kept per cache generation when its answer
+    /// depends on the tables alone.
     async fn candles(
         &self,
         statement: &Statement,
-        request: &CandleRequest,
+        shape: &Shape,
     ) -> Result<Arc<[FlightData]>, Status> {
         let cache = self.engine.cache();
-        let view = cache.view(&request.exchange, &request.symbol);
-        let keep = self.answers.keeps(request);
+        let read = shape
+            .resolve(cache.config().max_windows)
+            .map_err(Error::from)?;
+        let (exchange, symbol) = crate::candles::serve::series(&read);
+        let view = cache.view(exchange, symbol);
+        let keep = self.answers.enabled() && shape.keeps(&read);
         if keep {
             let kept = self.answers.answer(statement, view.generation);
-            if let Some(base) = request.base() {
-                cache.note_answer(kept.is_some(), base, &request.exchange, &request.symbol);
+            if let Some(tf) = read.base() {
+                cache.note_answer(kept.is_some(), tf, exchange, symbol);
             }
             if let Some(data) = kept {
                 return Ok(data);
             }
         }
-        let batch = crate::candles::candles_in(cache, &view, request)
+        let batch = crate::candles::serve::answer(cache, &view, shape, &read)
             .await
             .map_err(Error::from)?;
         let data: Vec<FlightData> = FlightDataEncoderBuilder::new()
-            .with_schema(crate::candles::schema())
+            .with_schema(Arc::clone(&shape.schema))
             .build(futures::stream::once(async { Ok(batch) }))
             .try_collect()
             .await?;
@@ -252,15 +269,16 @@ fn info_for(
     Ok(Response::new(info))
 }
 
-/// The FlightInfo of a statement. The candles schema is encoded once, not per request.
+/// The FlightInfo of a statement. The schema of `candles()` is encoded once, not per request.
 fn query_info(
     query: &Query,
     ticket: Vec<u8>,
     descriptor: FlightDescriptor,
 ) -> Result<Response<FlightInfo>, Status> {
-    let Query::Candles(_) = query else {
-        return info_for(&query.schema(), ticket, descriptor);
-    };
+    let schema = query.schema();
+    if !Arc::ptr_eq(&schema, &crate::candles::schema()) {
+        return info_for(&schema, ticket, descriptor);
+    }
     static CANDLES: OnceLock<Result<FlightInfo, String>> = OnceLock::new();
     let template = CANDLES.get_or_init(|| {
         FlightInfo::new()

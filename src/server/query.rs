@@ -18,22 +18,23 @@ use datafusion::sql::parser::Statement;
 use super::error::{Error, Result};
 use super::system::SystemSchema;
 use crate::cache::BarCache;
-use crate::candles::{CandlesFunction, MarketTables, Request};
+use crate::candles::shape::Shape;
+use crate::candles::{CandlesFunction, MarketTables};
 use crate::quality::Reports;
 use crate::scheduler::{History, SchedulerHandle};
 use crate::storage::Storage;
 
 /// A statement ready to run.
 pub enum Query {
-    /// `SELECT * FROM candles(...)`, computed without a plan (see `direct`).
-    Candles(Arc<Request>),
+    /// A candle read, answered from the cache without a plan (see `candles::shape`).
+    Candles(Arc<Shape>),
     Plan(Box<DataFrame>),
 }
 
 impl Query {
     pub fn schema(&self) -> SchemaRef {
         match self {
-            Query::Candles(_) => crate::candles::schema(),
+            Query::Candles(shape) => Arc::clone(&shape.schema),
             Query::Plan(df) => Arc::new(df.schema().as_arrow().clone()),
         }
     }
@@ -124,8 +125,7 @@ impl QueryEngine {
         Ok((self.plan_statement(statement).await?, placeholders))
     }
 
-    /// `sql` with `params` bound, ready to run: the bare candles statement directly, anything
-    /// else planned. A statement with placeholders needs its parameters.
+    /// `sql` with `params` bound, ready to run: candle reads directly, anything else planned. A statement with placeholders needs its parameters.
     pub async fn query(&self, sql: &str, params: Option<&[ScalarValue]>) -> Result<Query> {
         let mut statement = self.parse(sql)?;
         if let Statement::Statement(s) = &mut statement {
@@ -138,11 +138,16 @@ impl QueryEngine {
                 }
             }
             super::sql::rewrite(s, params)?;
-            if let Some(args) = super::direct::candles_args(s) {
-                return Ok(Query::Candles(Arc::new(crate::candles::function::request(
-                    &args,
-                    self.cache.config().max_windows,
-                )?)));
+            let shape = crate::candles::shape::recognise(
+                s,
+                &self.base,
+                self.catalog_name(),
+                self.namespace(),
+            );
+            if let Some(shape) = shape {
+                // Arguments a candle read refuses are refused here, before any DoGet.
+                shape.resolve(self.cache.config().max_windows)?;
+                return Ok(Query::Candles(Arc::new(shape)));
             }
         }
         Ok(Query::Plan(Box::new(self.plan_statement(statement).await?)))

@@ -178,7 +178,7 @@ pub async fn write_data_files(
 }
 
 /// Sorts rows by the table's order and encodes them as one Parquet file.
-fn encode(kind: TableKind, rows: &RecordBatch) -> Result<(Vec<u8>, ParquetMetaData)> {
+pub(crate) fn encode(kind: TableKind, rows: &RecordBatch) -> Result<(Vec<u8>, ParquetMetaData)> {
     let sorted = sort_rows(kind, rows)?;
     let mut bytes = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut bytes, sorted.schema(), Some(writer_props(kind)?))?;
@@ -253,6 +253,9 @@ fn with_partition(file: DataFile, kind: TableKind, partition: i32) -> Result<Dat
     Ok(builder.build()?)
 }
 
+/// Rows per data page at most.
+const PAGE_ROWS: usize = 4096;
+
 fn writer_props(kind: TableKind) -> Result<WriterProperties> {
     let schema = kind.arrow_schema()?;
     let sorting = kind
@@ -267,6 +270,9 @@ fn writer_props(kind: TableKind) -> Result<WriterProperties> {
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Pages of a few thousand rows: a series (1,440 1m bars a day) then spans one or two
+        // pages of a file holding hundreds, and a read of it skips the rest (`series`).
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_sorting_columns(Some(sorting))
         .build())
 }
@@ -360,7 +366,7 @@ pub fn without_deleted(batch: RecordBatch, offset: usize, deleted: &[u64]) -> Re
 }
 
 /// The columns of `batch` (one file's rows) rearranged into the table's schema.
-fn conform_columns(
+pub(crate) fn conform_columns(
     table: &str,
     target: &SchemaRef,
     path: &str,
