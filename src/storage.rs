@@ -9,7 +9,8 @@
 //! | `schema` | table schemas, partitioning, sort orders |
 //! | `files` | the partitioned Parquet writer and data-file reader |
 //! | `manifest` | manifest entries read strictly, with the spec's inheritance rules |
-//! | `snapshot` | live files of a snapshot, pruning |
+//! | `snapshot` | live files of a snapshot, pruning, row-level deletes attached |
+//! | `equality` | equality delete files: their keys, where they apply, applying them |
 //! | `source` | the trades table of another pipeline (`[source]`): which, and its columns |
 //! | `commit` | our atomic commit (manifests, manifest list, catalog update) |
 //! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
@@ -23,6 +24,7 @@
 
 pub mod catalog;
 pub mod commit;
+pub mod equality;
 pub mod error;
 pub mod files;
 pub mod lease;

@@ -8,6 +8,7 @@
 mod common;
 
 use common::lake::*;
+use common::trades::Trade;
 use common::*;
 use ohlcv_server::build::{self, BuildSettings};
 use ohlcv_server::config::Config;
@@ -70,6 +71,33 @@ async fn bars_from_another_pipelines_table_follow_its_appends_deletes_and_evolut
     all.retain(|t| !doomed.contains(&t.id.parse().unwrap()));
     d.build_all(NOW).await;
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after their delete")
+        .await;
+
+    // Equality deletes (Flink's upserts): by id, each in the trade's hour partition. One names
+    // a trade of another hour (a delete applies to its own partition only), and a trade
+    // appended afterwards with a deleted id stays (a delete applies to older files only).
+    let gone: Vec<Trade> = all
+        .iter()
+        .filter(|t| t.id.ends_with('7'))
+        .cloned()
+        .collect();
+    let spared = all.iter().find(|t| t.id.ends_with('8')).unwrap().clone();
+    let mut ids: Vec<i64> = gone.iter().map(|t| t.id.parse().unwrap()).collect();
+    let mut hours: Vec<i64> = gone.iter().map(|t| t.ts.div_euclid(60 * MIN)).collect();
+    ids.push(spared.id.parse().unwrap());
+    hours.push(spared.ts.div_euclid(60 * MIN) + 1);
+    lake.run("eq-delete", Some(json!({ "id": ids, "hour": hours })));
+    all.retain(|t| !t.id.ends_with('7'));
+    assert!(gone.len() > 10 && !gone.iter().any(|t| t.id == spared.id));
+    let mut again = gone[0].clone();
+    again.price = 111.0;
+    lake.run(
+        "append",
+        Some(rows_json(std::slice::from_ref(&again), "px")),
+    );
+    all.push(again);
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after their equality deletes")
         .await;
 
     // They rename px, add a column and partition by day; old files are read by field id.

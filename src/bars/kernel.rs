@@ -63,6 +63,26 @@ pub fn compute_bars_us(batches: &[RecordBatch], tf_us: i64, built_at: i64) -> Re
 }
 
 /// Threads worth using for `rows` trades: small inputs (live bars of one series) stay on one.
+/// `work` on each part, one scoped thread per part; a single part runs on the calling thread
+/// (a candle query's live bars are a few hundred trades: a thread per query cost more than
+/// the bars).
+fn on_threads<I: Send, T: Send>(parts: Vec<I>, work: impl Fn(I) -> T + Sync) -> Vec<T> {
+    if parts.len() <= 1 {
+        return parts.into_iter().map(work).collect();
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || work(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("kernel thread"))
+            .collect()
+    })
+}
+
 fn threads(rows: usize) -> usize {
     if rows < 1 << 16 {
         return 1;
@@ -231,24 +251,15 @@ impl<'a> Trades<'a> {
             floats(b, "quantity")?;
         }
         let chunk = batches.len().div_ceil(threads(total)).max(1);
-        let decoded: Vec<Decoded<'a>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = batches
-                .chunks(chunk)
-                .zip(offsets.chunks(chunk))
-                .map(|(bs, offs)| {
-                    scope.spawn(move || {
-                        bs.iter()
-                            .zip(offs)
-                            .map(|(b, o)| decode_batch(b, *o))
-                            .collect::<Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("decode thread"))
-                .collect::<Result<Vec<Vec<_>>>>()
-        })?
+        let parts: Vec<_> = batches.chunks(chunk).zip(offsets.chunks(chunk)).collect();
+        let decoded: Vec<Decoded<'a>> = on_threads(parts, |(bs, offs)| {
+            bs.iter()
+                .zip(offs)
+                .map(|(b, o)| decode_batch(b, *o))
+                .collect::<Result<Vec<_>>>()
+        })
+        .into_iter()
+        .collect::<Result<Vec<Vec<_>>>>()?
         .into_iter()
         .flatten()
         .collect();
@@ -352,29 +363,16 @@ impl<'a> Trades<'a> {
                 from = s + 1;
             }
         }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = ranges
-                .into_iter()
-                .map(|range| {
-                    scope.spawn(move || {
-                        let mut out = Vec::new();
-                        for s in range {
-                            self.aggregate_series(
-                                s as u32,
-                                starts[s]..starts[s + 1],
-                                tf_us,
-                                &mut out,
-                            );
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("aggregate thread"))
-                .collect()
+        on_threads(ranges, |range| {
+            let mut out = Vec::new();
+            for s in range {
+                self.aggregate_series(s as u32, starts[s]..starts[s + 1], tf_us, &mut out);
+            }
+            out
         })
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     fn aggregate_series(

@@ -10,7 +10,9 @@
 //!
 //! A position delete file added (or dropped) by a snapshot changes rows of the data files it
 //! names: those files count as removed, so every window they touch is recomputed from the
-//! table as it is now, deletes applied.
+//! table as it is now, deletes applied. An equality delete file names no files: every live
+//! data file in its scope (older, same partition or every partition; see `storage::equality`)
+//! counts as removed.
 
 use iceberg_rust::spec::manifest::{Content as FileContent, Status};
 use iceberg_rust::spec::snapshot::Operation;
@@ -18,6 +20,7 @@ use iceberg_rust::table::Table;
 
 use crate::storage::files::read_position_deletes;
 use crate::storage::manifest::{read_entries, read_manifest_list};
+use crate::storage::snapshot::equality_scope;
 use crate::storage::{Error, Layout, Listing, LiveFile, Result, TableKind, TimeRange};
 
 /// Files added and removed by the row-changing snapshots after the consumed one.
@@ -65,6 +68,7 @@ pub async fn since(
     }
     let mut changes = Changes::default();
     let mut delete_files = Vec::new();
+    let mut scopes = Vec::new();
     for snapshot in chain.into_iter().rev() {
         if snapshot.summary().operation == Operation::Replace {
             continue;
@@ -75,12 +79,17 @@ pub async fn since(
             .into_iter()
             .filter(|m| m.added_snapshot_id == id)
             .collect();
+        let specs: std::collections::HashMap<String, i32> = own
+            .iter()
+            .map(|m| (m.manifest_path.clone(), m.partition_spec_id))
+            .collect();
         for (manifest_path, entry) in
             read_entries(&table.object_store(), &kind.name(), metadata, &own).await?
         {
             if *entry.snapshot_id() != Some(id) {
                 continue;
             }
+            let spec_id = specs.get(&manifest_path).copied().unwrap_or_default();
             match entry.data_file().content() {
                 FileContent::Data => {}
                 FileContent::PositionDeletes if !own_partitions => {
@@ -89,11 +98,17 @@ pub async fn since(
                     }
                     continue;
                 }
+                FileContent::EqualityDeletes if !own_partitions => {
+                    if *entry.status() != Status::Existing {
+                        scopes.push(equality_scope(metadata, spec_id, &entry));
+                    }
+                    continue;
+                }
                 _ => {
                     return Err(Error::Unsupported {
                         table: kind.name(),
                         file: entry.data_file().file_path().clone(),
-                        feature: "row-level deletes by equality (an equality delete file)"
+                        feature: "a delete file in a table of ours (no writer of ours makes one)"
                             .to_string(),
                     })
                 }
@@ -104,6 +119,8 @@ pub async fn since(
                 time_field,
                 own_partitions,
                 deleted: None,
+                equality: Vec::new(),
+                spec_id,
             };
             match file.entry.status() {
                 Status::Added => changes.added.push(file),
@@ -116,6 +133,26 @@ pub async fn since(
         changes
             .removed
             .extend(files_named_by(table, kind, layout, &delete_files).await?);
+    }
+    if !scopes.is_empty() {
+        let listing = Listing::read_laid_out(table, kind, layout, None, TimeRange::ALL).await?;
+        changes.removed.extend(
+            listing
+                .files
+                .into_iter()
+                .filter(|f| {
+                    let seq = f.entry.sequence_number().unwrap_or(0);
+                    let partition = f.entry.data_file().partition();
+                    scopes
+                        .iter()
+                        .any(|s| s.applies_to(seq, f.spec_id, partition))
+                })
+                .map(|mut f| {
+                    f.deleted = None;
+                    f.equality.clear();
+                    f
+                }),
+        );
     }
     Ok(SourceChanges::Known(changes))
 }
@@ -142,6 +179,7 @@ async fn files_named_by(
         .filter(|f| named.contains(crate::storage::warehouse::key(f.path()).as_ref()))
         .map(|mut f| {
             f.deleted = None;
+            f.equality.clear();
             f
         })
         .collect())

@@ -84,9 +84,7 @@ impl TableFunctionImpl for CandlesFunction {
 /// most `max_windows` windows (`[cache] max_candle_windows`).
 pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
     arity(args)?;
-    let simplifier = ExprSimplifier::new(
-        SimplifyContext::default().with_query_execution_start_time(Some(chrono::Utc::now())),
-    );
+    let simplifier = simplifier();
     let values: Vec<ScalarValue> = args
         .iter()
         .enumerate()
@@ -176,6 +174,17 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
         fill,
         last,
     })
+}
+
+/// A simplifier whose `now()` is the time of this call. The context's default configuration
+/// is built once: building it took longer than folding a candle query's arguments.
+pub(crate) fn simplifier() -> ExprSimplifier {
+    static BASE: std::sync::OnceLock<SimplifyContext> = std::sync::OnceLock::new();
+    ExprSimplifier::new(
+        BASE.get_or_init(SimplifyContext::default)
+            .clone()
+            .with_query_execution_start_time(Some(chrono::Utc::now())),
+    )
 }
 
 fn arity(args: &[Expr]) -> DfResult<()> {

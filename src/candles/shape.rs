@@ -29,7 +29,7 @@ use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::simplify::SimplifyContext;
-use datafusion::logical_expr::{Expr as DfExpr, Volatility};
+use datafusion::logical_expr::Expr as DfExpr;
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, ExprWithAlias, FunctionArg, FunctionArgExpr, Ident, LimitClause,
@@ -75,9 +75,6 @@ pub struct Shape {
     /// `ORDER BY window_start DESC`.
     pub descending: bool,
     pub limit: Option<usize>,
-    /// Folds to the same constants whenever it runs (no `now()`): its answer depends on the
-    /// tables alone, so it may be kept per cache generation.
-    pub constant: bool,
 }
 
 /// What a shape asks for at one moment: its constants folded.
@@ -93,6 +90,32 @@ pub enum Read {
 }
 
 impl Read {
+    /// The windows the answer covers, as `[first, last)` window starts: two reads of one shape
+    /// with the same windows at one cache generation have the same answer, however their
+    /// `now()` moved (`window_start >= now() - interval '1 hour'` asks for the same bars
+    /// for a minute).
+    pub fn windows(&self) -> (i64, i64) {
+        match self {
+            Read::Candles(request) => request.span(),
+            Read::Bars {
+                timeframe, range, ..
+            } => {
+                let ceil = |t: i64| {
+                    let start = timeframe.window_start(t);
+                    if start == t {
+                        t
+                    } else {
+                        start.saturating_add(timeframe.micros())
+                    }
+                };
+                (
+                    range.start.map_or(i64::MIN, ceil),
+                    range.end.map_or(i64::MAX, ceil),
+                )
+            }
+        }
+    }
+
     /// The stored timeframe the answer comes from (`None`: no window in range).
     pub fn base(&self) -> Option<Timeframe> {
         match self {
@@ -121,7 +144,7 @@ impl Shape {
                 symbol,
                 bounds,
             } => {
-                let simplifier = simplifier();
+                let simplifier = super::function::simplifier();
                 // Compared as the string column compares them: cast to text.
                 let text = |e: &DfExpr| -> DfResult<Option<String>> {
                     let v = fold(&simplifier, e)?.cast_to(&DataType::Utf8)?;
@@ -162,26 +185,19 @@ impl Shape {
         }
     }
 
-    /// Whether the answer may be kept for a cache generation: constant, and not gap-filled
-    /// (gap fill runs up to now).
+    /// Whether the answer may be kept for a cache generation and the read's windows: it
+    /// depends on nothing else unless it is gap-filled (gap fill runs up to now).
     pub fn keeps(&self, read: &Read) -> bool {
-        self.constant
-            && match read {
-                Read::Candles(request) => request.fill == Fill::None,
-                Read::Bars { .. } => true,
-            }
+        match read {
+            Read::Candles(request) => request.fill == Fill::None,
+            Read::Bars { .. } => true,
+        }
     }
 }
 
 /// `window_start`'s type in every bar table.
 fn window_start_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
-fn simplifier() -> ExprSimplifier {
-    ExprSimplifier::new(
-        SimplifyContext::default().with_query_execution_start_time(Some(chrono::Utc::now())),
-    )
 }
 
 fn fold(simplifier: &ExprSimplifier, e: &DfExpr) -> DfResult<ScalarValue> {
@@ -297,15 +313,6 @@ pub fn recognise(
         }) if limit_by.is_empty() => Some(count(n)?),
         Some(_) => return None,
     };
-    let constant = match &source {
-        Source::Function(args) => args.iter().all(stable),
-        Source::Table {
-            exchange,
-            symbol,
-            bounds,
-            ..
-        } => stable(exchange) && stable(symbol) && bounds.iter().all(|(_, e)| stable(e)),
-    };
     // Whatever else the statement says (DISTINCT, GROUP BY, a CTE, OFFSET, hints...) is left
     // in its text once the parts read above are taken out.
     let mut rest = Query::clone(query);
@@ -324,7 +331,6 @@ pub fn recognise(
         schema,
         descending,
         limit,
-        constant,
     })
 }
 
@@ -406,15 +412,6 @@ fn count(e: &Expr) -> Option<usize> {
         datafusion::sql::sqlparser::ast::Value::Number(n, _) => n.parse().ok(),
         _ => None,
     }
-}
-
-/// No `now()` or other function whose value changes between runs.
-fn stable(e: &DfExpr) -> bool {
-    !e.exists(|e| {
-        Ok(matches!(e, DfExpr::ScalarFunction(f)
-            if f.func.signature().volatility != Volatility::Immutable))
-    })
-    .unwrap_or(true)
 }
 
 /// The series and time range a `WHERE` clause names: only `AND`s of the comparisons below.
@@ -592,22 +589,21 @@ mod tests {
              and window_start >= '1970-01-01'",
         )
         .unwrap();
-        assert!(s.constant);
         let Read::Bars { range, .. } = s.resolve(1000).unwrap() else {
             panic!("a table read");
         };
         assert_eq!(range, TimeRange::new(Some(60_000_001), Some(180_000_001)));
-        let moving = shape(
-            "select * from ohlcv_1m where exchange = 'a' and symbol = 'b' and window_start >= \
-             now() - interval '1 hour'",
-        )
-        .unwrap();
-        assert!(!moving.constant);
+        // Bounds inside one window ask for the same windows.
+        assert_eq!(read_windows(&s), (120_000_000, 240_000_000));
         let none = shape("select * from ohlcv_1m where exchange = null and symbol = 'b'").unwrap();
         let Read::Bars { range, .. } = none.resolve(1000).unwrap() else {
             panic!("a table read");
         };
         assert!(range.start > range.end);
+    }
+
+    fn read_windows(s: &Shape) -> (i64, i64) {
+        s.resolve(1000).unwrap().windows()
     }
 
     #[test]

@@ -32,8 +32,9 @@ pub enum Statement {
 /// One answer larger than this is not kept: it would push out many hot small ones.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
-/// A statement's Flight messages, keyed by the cache generation they were computed at.
-type Encoded = Cache<(Statement, u64), Arc<[FlightData]>>;
+/// A statement's Flight messages, keyed by the cache generation they were computed at and the
+/// windows they cover.
+type Encoded = Cache<(Statement, u64, (i64, i64)), Arc<[FlightData]>>;
 
 #[derive(Clone)]
 pub struct Answers {
@@ -56,9 +57,11 @@ impl Answers {
             .build();
         let encoded = Cache::builder()
             .max_capacity(config.answer_bytes())
-            .weigher(|_: &(Statement, u64), data: &Arc<[FlightData]>| {
-                weight(data).try_into().unwrap_or(u32::MAX)
-            })
+            .weigher(
+                |_: &(Statement, u64, (i64, i64)), data: &Arc<[FlightData]>| {
+                    weight(data).try_into().unwrap_or(u32::MAX)
+                },
+            )
             // A generation lasts until the next commit; this only bounds how long a replaced
             // answer takes memory that a current one could use.
             .time_to_idle(Duration::from_secs(120))
@@ -85,19 +88,32 @@ impl Answers {
         self.encoded.is_some()
     }
 
-    /// The answer computed at `generation`, if kept.
-    pub fn answer(&self, statement: &Statement, generation: u64) -> Option<Arc<[FlightData]>> {
-        self.encoded.as_ref()?.get(&(statement.clone(), generation))
+    /// The answer computed at `generation` for `windows`, if kept.
+    pub fn answer(
+        &self,
+        statement: &Statement,
+        generation: u64,
+        windows: (i64, i64),
+    ) -> Option<Arc<[FlightData]>> {
+        self.encoded
+            .as_ref()?
+            .get(&(statement.clone(), generation, windows))
     }
 
     /// Keeps `data` as the answer at `generation` (of a read whose answer depends on the view
     /// alone: `Shape::keeps`).
-    pub fn remember_answer(&self, statement: Statement, generation: u64, data: Arc<[FlightData]>) {
+    pub fn remember_answer(
+        &self,
+        statement: Statement,
+        generation: u64,
+        windows: (i64, i64),
+        data: Arc<[FlightData]>,
+    ) {
         let Some(encoded) = &self.encoded else {
             return;
         };
         if weight(&data) <= MAX_ANSWER_BYTES {
-            encoded.insert((statement, generation), data);
+            encoded.insert((statement, generation, windows), data);
         }
     }
 }

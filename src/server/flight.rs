@@ -217,7 +217,9 @@ impl OhlcvFlightSql {
         let view = cache.view(exchange, symbol);
         let keep = self.answers.enabled() && shape.keeps(&read);
         if keep {
-            let kept = self.answers.answer(statement, view.generation);
+            let kept = self
+                .answers
+                .answer(statement, view.generation, read.windows());
             if let Some(tf) = read.base() {
                 cache.note_answer(kept.is_some(), tf, exchange, symbol);
             }
@@ -235,8 +237,12 @@ impl OhlcvFlightSql {
             .await?;
         let data: Arc<[FlightData]> = data.into();
         if keep {
-            self.answers
-                .remember_answer(statement.clone(), view.generation, Arc::clone(&data));
+            self.answers.remember_answer(
+                statement.clone(),
+                view.generation,
+                read.windows(),
+                Arc::clone(&data),
+            );
         }
         Ok(data)
     }

@@ -4,19 +4,21 @@
 //! read at all, then files whose time-column bounds miss the range are dropped. Both use our
 //! own partition arithmetic, so `timestamptz` bounds are compared as plain UTC microseconds.
 //!
-//! Position delete files (row-level deletes of Spark, Flink, DuckDB) are applied to the tables
-//! of other pipelines: each live data file carries the positions deleted in it at the listed
-//! snapshot. Equality deletes, and delete files in our own tables (which no writer of ours
-//! produces), are refused by name.
+//! Row-level deletes are applied to the tables of other pipelines: each live data file carries
+//! the positions deleted in it by position delete files (Spark, DuckDB) and the equality
+//! delete files (Flink, Spark upserts) that apply to it (`equality`), at the listed snapshot.
+//! Delete files in our own tables (which no writer of ours produces) are refused by name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use iceberg_rust::spec::manifest::{Content as FileContent, FileFormat, ManifestEntry, Status};
 use iceberg_rust::spec::manifest_list::{Content, ManifestListEntry};
+use iceberg_rust::spec::table_metadata::TableMetadata;
 use iceberg_rust::spec::values::Value;
 use iceberg_rust::table::Table;
 
+use super::equality::{EqualityDelete, Scope};
 use super::error::{Error, Result};
 use super::files::partition_range;
 use super::manifest::read_entries;
@@ -59,6 +61,10 @@ pub struct LiveFile {
     /// Row positions deleted from this file by position delete files, sorted; `None` when
     /// none apply.
     pub deleted: Option<Arc<Vec<u64>>>,
+    /// Equality delete files that apply to this file's rows.
+    pub equality: Vec<Arc<super::equality::EqualityDelete>>,
+    /// The partition spec the file was written with.
+    pub spec_id: i32,
 }
 
 impl LiveFile {
@@ -218,14 +224,30 @@ impl Listing {
             .collect();
         let mut files = Vec::new();
         let mut deletes = Vec::new();
+        let mut equality = Vec::new();
         let store = table.object_store();
+        let specs: HashMap<&str, i32> = wanted
+            .iter()
+            .map(|m| (m.manifest_path.as_str(), m.partition_spec_id))
+            .collect();
         for (manifest_path, entry) in read_entries(&store, &kind.name(), metadata, &wanted).await? {
             if *entry.status() == Status::Deleted {
                 continue;
             }
-            if *entry.data_file().content() == FileContent::PositionDeletes && !own_partitions {
-                deletes.push(entry);
-                continue;
+            let spec_id = specs
+                .get(manifest_path.as_str())
+                .copied()
+                .unwrap_or_default();
+            match entry.data_file().content() {
+                FileContent::PositionDeletes if !own_partitions => {
+                    deletes.push(entry);
+                    continue;
+                }
+                FileContent::EqualityDeletes if !own_partitions => {
+                    equality.push((spec_id, entry));
+                    continue;
+                }
+                _ => {}
             }
             refuse_unreadable(&kind.name(), &entry)?;
             let file = LiveFile {
@@ -234,6 +256,8 @@ impl Listing {
                 time_field,
                 own_partitions,
                 deleted: None,
+                equality: Vec::new(),
+                spec_id,
             };
             if file.may_overlap(kind, &range) {
                 files.push(file);
@@ -241,6 +265,9 @@ impl Listing {
         }
         if !deletes.is_empty() {
             apply_position_deletes(&store, &kind.name(), &deletes, &mut files).await?;
+        }
+        if !equality.is_empty() {
+            apply_equality_deletes(table, &kind.name(), &equality, &mut files).await?;
         }
         Ok(Listing {
             snapshot_id,
@@ -305,6 +332,54 @@ async fn apply_position_deletes(
             deleted.sort_unstable();
             deleted.dedup();
             file.deleted = Some(Arc::new(deleted));
+        }
+    }
+    Ok(())
+}
+
+/// Where the equality delete `entry` (of spec `spec_id`) applies.
+pub fn equality_scope(metadata: &TableMetadata, spec_id: i32, entry: &ManifestEntry) -> Scope {
+    let unpartitioned = metadata
+        .partition_specs
+        .get(&spec_id)
+        .is_none_or(|s| s.fields().is_empty());
+    Scope {
+        sequence: entry.sequence_number().unwrap_or(0),
+        partition: (!unpartitioned).then(|| (spec_id, entry.data_file().partition().clone())),
+    }
+}
+
+/// Gives each data file the equality delete files that apply to it.
+async fn apply_equality_deletes(
+    table: &Table,
+    name: &str,
+    deletes: &[(i32, ManifestEntry)],
+    files: &mut [LiveFile],
+) -> Result<()> {
+    let metadata = table.metadata();
+    let fields: arrow::datatypes::Fields = metadata.current_schema(None)?.fields().try_into()?;
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let store = table.object_store();
+    for (spec_id, entry) in deletes {
+        let scope = equality_scope(metadata, *spec_id, entry);
+        let applies: Vec<usize> = files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                scope.applies_to(
+                    f.entry.sequence_number().unwrap_or(0),
+                    f.spec_id,
+                    f.entry.data_file().partition(),
+                )
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if applies.is_empty() {
+            continue;
+        }
+        let delete = Arc::new(EqualityDelete::load(&store, name, &schema, entry, scope).await?);
+        for i in applies {
+            files[i].equality.push(Arc::clone(&delete));
         }
     }
     Ok(())

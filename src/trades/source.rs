@@ -134,6 +134,7 @@ pub async fn read_trades(
                 Some(deleted) => without_deleted(batch, offset, deleted)?,
                 None => batch,
             };
+            let batch = crate::storage::equality::without_equal(batch, &file.equality)?;
             let checked = map_batch(source, &batch, offset, read_at)
                 .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
             offset += rows_in_file;

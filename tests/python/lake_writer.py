@@ -18,6 +18,10 @@ usage: lake_writer.py DATA_DIR OP [JSON]
   evolve              rename px -> price_usd, add column venue, partition by day(trade_time)
   replace             drop the table and create it again, empty (as `create`)
   count TABLE         print the number of rows pyiceberg reads from TABLE (`namespace.name`)
+  eq-delete JSON      {"id": [...], "hour": [...]}: an equality delete file on `id` per hour
+                      partition (the table must be partitioned by hour(trade_time)), committed
+                      in a delete manifest as Flink's upserts do (pyiceberg itself writes
+                      none: its manifest writer is told to write delete content)
   duckdb-delete JSON  {"id": [...]}: DuckDB deletes those trades through the REST catalog
                       (OAuth2), writing position delete files (merge-on-read) as Spark would
   duckdb-count TABLE  print the number of rows DuckDB reads from TABLE through the REST catalog
@@ -174,6 +178,72 @@ def duckdb_rest():
     return con
 
 
+def eq_delete(table, rows):
+    import io
+    import uuid
+
+    import pyarrow.parquet as pq
+    from pyiceberg.manifest import (
+        DataFile,
+        DataFileContent,
+        FileFormat,
+        ManifestContent,
+        ManifestWriterV2,
+    )
+    from pyiceberg.table.snapshots import Operation
+    from pyiceberg.table.update.snapshot import _FastAppendFiles
+    from pyiceberg.typedef import Record
+
+    class DeleteManifestWriter(ManifestWriterV2):
+        def content(self):
+            return ManifestContent.DELETES
+
+        @property
+        def _meta(self):
+            return {**super()._meta, "content": "deletes"}
+
+    id_field = table.schema().find_field("id")
+    spec = table.spec()
+    by_hour = {}
+    for trade_id, hour in zip(rows["id"], rows["hour"]):
+        by_hour.setdefault(hour, []).append(trade_id)
+    with table.transaction() as tx:
+        producer = _FastAppendFiles(operation=Operation.OVERWRITE, transaction=tx, io=table.io)
+
+        def writer(spec, producer=producer):
+            return DeleteManifestWriter(
+                spec,
+                producer.schema(),
+                producer.new_manifest_output(),
+                producer._snapshot_id,
+                producer._compression,
+            )
+
+        producer.new_manifest_writer = writer
+        field = pa.field(
+            "id", pa.int64(), nullable=True,
+            metadata={b"PARQUET:field_id": str(id_field.field_id).encode()},
+        )
+        for hour, ids in sorted(by_hour.items()):
+            buf = io.BytesIO()
+            pq.write_table(pa.table([pa.array(ids, pa.int64())], schema=pa.schema([field])), buf)
+            path = f"{table.location()}/data/eq-delete-{uuid.uuid4()}.parquet"
+            with table.io.new_output(path).create() as out:
+                out.write(buf.getvalue())
+            data_file = DataFile.from_args(
+                content=DataFileContent.EQUALITY_DELETES,
+                file_path=path,
+                file_format=FileFormat.PARQUET,
+                partition=Record(hour),
+                record_count=len(ids),
+                file_size_in_bytes=len(buf.getvalue()),
+                equality_ids=[id_field.field_id],
+            )
+            data_file.spec_id = spec.spec_id
+            producer.append_data_file(data_file)
+        producer.commit()
+
+
 def duckdb_delete(ids):
     con = duckdb_rest()
     listed = ", ".join(str(int(i)) for i in ids)
@@ -209,6 +279,8 @@ def main():
         append(table, rows)
     elif op == "delete":
         table.delete(In("id", rows["id"]))
+    elif op == "eq-delete":
+        eq_delete(table, rows)
     elif op == "respec":
         name = sys.argv[3]
         with table.update_spec() as update:
