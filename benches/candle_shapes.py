@@ -31,7 +31,7 @@ import adbc_driver_flightsql.dbapi as flightsql
 import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from candles_adbc import cpu_seconds, lean, run, serve  # noqa: E402
+from candles_adbc import build_recent, lean, serve  # noqa: E402
 
 PG_TYPES = {
     "string": "text",
@@ -117,13 +117,7 @@ def main():
     load_binary = os.path.join(os.path.dirname(binary), "candles-load")
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "data")
-        trades = os.path.join(tmp, "trades.parquet")
-        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=12)
-        run(binary, data, "generate", "--output", trades, "--trades", "216000", "--symbols", "10",
-            "--exchanges", "2", "--rate", "5", "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        run(binary, data, "load", trades)
-        run(binary, data, "build")
+        data = build_recent(binary, tmp)
         proc, uri = serve(binary, data, cache=True)
         try:
             bars = copy_to_postgres(uri, args.pg)

@@ -130,8 +130,8 @@ def lean(load_binary, uri, sql, clients, seconds, server):
     return result
 
 
-def flight_latency(uri, sql, n, warmup):
-    """`sql` through raw `pyarrow.flight` (GetFlightInfo + DoGet), no ADBC driver: p50 of each."""
+def flight_command(sql):
+    """A Flight SQL CommandStatementQuery descriptor, encoded by hand (no driver involved)."""
     import pyarrow.flight as fl
 
     def varint(n):
@@ -146,8 +146,26 @@ def flight_latency(uri, sql, n, warmup):
         return bytes([tag]) + varint(len(data)) + data
 
     url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
-    command = field(0x0A, url) + field(0x12, field(0x0A, sql.encode()))
-    descriptor = fl.FlightDescriptor.for_command(command)
+    return fl.FlightDescriptor.for_command(field(0x0A, url) + field(0x12, field(0x0A, sql.encode())))
+
+
+def build_recent(binary, tmp):
+    """A data dir of 12 hours of recent trades (10 symbols x 2 exchanges), loaded and built."""
+    data = os.path.join(tmp, "data")
+    trades = os.path.join(tmp, "trades.parquet")
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=12)
+    run(binary, data, "generate", "--output", trades, "--trades", "216000", "--symbols", "10",
+        "--exchanges", "2", "--rate", "5", "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    run(binary, data, "load", trades)
+    run(binary, data, "build")
+    return data
+
+
+def flight_latency(uri, sql, n, warmup):
+    """`sql` through raw `pyarrow.flight` (GetFlightInfo + DoGet), no ADBC driver: p50 of each."""
+    import pyarrow.flight as fl
+
+    descriptor = flight_command(sql)
     client = fl.FlightClient(uri)
     info_t, get_t = [], []
     for i in range(warmup + n):
@@ -208,14 +226,7 @@ def main():
     load_binary = os.path.join(os.path.dirname(binary), "candles-load")
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "data")
-        trades = os.path.join(tmp, "trades.parquet")
-        start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=12)
-        run(binary, data, "generate", "--output", trades, "--trades", "216000", "--symbols", "10",
-            "--exchanges", "2", "--rate", "5", "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"))
-        run(binary, data, "load", trades)
-        run(binary, data, "build")
-
+        data = build_recent(binary, tmp)
         proc, uri = serve(binary, data, cache=True)
         try:
             sql = query_for(uri)

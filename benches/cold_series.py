@@ -24,33 +24,16 @@ import time
 import pyarrow.flight as fl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from candles_adbc import run, serve  # noqa: E402
+from candles_adbc import flight_command, run, serve  # noqa: E402
 
 SYMBOLS = 20
 EXCHANGES = 10
 
 
-def command(sql):
-    """A Flight SQL CommandStatementQuery, encoded by hand (no ADBC driver in the timing)."""
-    def varint(n):
-        out = b""
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out += bytes([byte | (0x80 if n else 0)])
-            if not n:
-                return out
-
-    def field(tag, data):
-        return bytes([tag]) + varint(len(data)) + data
-
-    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
-    return fl.FlightDescriptor.for_command(field(0x0A, url) + field(0x12, field(0x0A, sql.encode())))
-
-
 def once(client, sql):
     """One query (GetFlightInfo + DoGet): its latency in ms and its rows."""
     t = time.perf_counter()
-    info = client.get_flight_info(command(sql))
+    info = client.get_flight_info(flight_command(sql))
     table = client.do_get(info.endpoints[0].ticket).read_all()
     return (time.perf_counter() - t) * 1e3, table.num_rows
 

@@ -147,7 +147,6 @@ pub async fn deployment_with_bars() -> Deployment {
 /// `telemetry` (or any free port), its logs in `dir/server.log` as JSON, and the address its
 /// Flight SQL listens on.
 pub fn spawn_demo(dir: &std::path::Path, telemetry: Option<u16>) -> (std::process::Child, String) {
-    use std::io::BufRead;
     let listen = telemetry.map_or("127.0.0.1:0".to_string(), |p| format!("127.0.0.1:{p}"));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
         .args([
@@ -165,17 +164,22 @@ pub fn spawn_demo(dir: &std::path::Path, telemetry: Option<u16>) -> (std::proces
         .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
         .spawn()
         .unwrap();
+    let addr = listening_address(&mut child);
+    (child, addr)
+}
+
+/// The Flight SQL address a `serve` process prints first ("listening on ADDR ...").
+pub fn listening_address(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .trim()
+    line.trim()
         .strip_prefix("listening on ")
         .and_then(|rest| rest.split_whitespace().next())
-        .expect(&line)
-        .to_string();
-    (child, addr)
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string()
 }
 
 /// Stops a server process with SIGTERM and checks that it exits cleanly.

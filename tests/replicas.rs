@@ -1,0 +1,305 @@
+//! Three server processes on one lake (a PostgreSQL catalog, the warehouse on SeaweedFS's S3):
+//! one builds, two serve as read replicas. Trades are ingested continuously into whichever
+//! server builds while clients query all three; the builder is killed with SIGKILL mid-ingest;
+//! a replica takes the lock over within the documented bound (a few poll intervals) and
+//! ingest and builds go on there. Checked: every server's answers only grow (each is the
+//! tables at some snapshot, never a mix going back), the replicas catch up with the builder,
+//! no acknowledged trade is lost or stored twice, and the five tables equal a reference
+//! computed from every stored trade (a clean rebuild).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use common::seaweed::{Seaweed, STATE_BUCKET};
+use common::server::{ingest_trades, listening_address};
+use common::trades::{trade, trade_batch, Trade};
+use common::*;
+use futures::TryStreamExt;
+use ohlcv_server::admin::proto::admin_service_client::AdminServiceClient;
+use ohlcv_server::admin::proto::TriggerBuildRequest;
+use ohlcv_server::config::Config;
+use ohlcv_server::timeframe::Timeframe;
+use tonic::transport::{Channel, Endpoint};
+
+/// How often replicas poll the catalog and try the lock (`[cache] trades_poll_ms`).
+const POLL_MS: u64 = 300;
+
+struct Process {
+    child: Child,
+    addr: String,
+}
+
+/// `ohlcv-server serve` on the shared lake, its data dir (local state only) in `dir`.
+fn spawn(dir: &Path, config: &Path) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
+        .args(["--config"])
+        .arg(config)
+        .args(["--data-dir"])
+        .arg(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OHLCV_TELEMETRY__LISTEN", "\"\"")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = listening_address(&mut child);
+    Process { child, addr }
+}
+
+async fn connect(addr: &str) -> Option<FlightSqlServiceClient<Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .ok()?;
+    Some(FlightSqlServiceClient::new(channel))
+}
+
+async fn admin(addr: &str) -> AdminServiceClient<Channel> {
+    AdminServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap_or_else(|e| panic!("{addr} does not answer: {e}"))
+}
+
+async fn client(addr: &str) -> FlightSqlServiceClient<Channel> {
+    connect(addr)
+        .await
+        .unwrap_or_else(|| panic!("{addr} does not answer"))
+}
+
+async fn number(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Option<i64> {
+    let info = client.execute(sql.to_string(), None).await.ok()?;
+    let stream = client.do_get(info.endpoint[0].ticket.clone()?).await.ok()?;
+    let batches: Vec<_> = stream.try_collect().await.ok()?;
+    let column = batches.first()?.column(0).as_primitive::<Int64Type>();
+    Some(if column.is_null(0) {
+        0
+    } else {
+        column.value(0)
+    })
+}
+
+/// Trades of one batch: 40 trades of two series in minute `minute` after T0.
+fn batch_of(n: i64) -> Vec<Trade> {
+    (0..40)
+        .map(|i| {
+            let id = n * 40 + i;
+            trade(
+                "kraken",
+                if i % 2 == 0 { "BTC-USD" } else { "ETH-USD" },
+                &id.to_string(),
+                T0 + n * MIN + i * 1_000_000,
+                100.0 + (id % 23) as f64,
+                0.5 + (i % 3) as f64,
+            )
+        })
+        .collect()
+}
+
+const TRADED: &str = "select sum(trade_count) from ohlcv_1m";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_one_builder_failover_under_ingest() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let Some(seaweed) = Seaweed::start() else {
+        eprintln!("skipping: SeaweedFS (weed) is not installed");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    seaweed.configure(&mut config);
+    config.catalog.rest = None;
+    config.catalog.url = Some(url);
+    config.catalog.name = format!("replicas_{}", uuid::Uuid::new_v4().simple());
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    config.catalog.warehouse = Some(format!("s3://{STATE_BUCKET}/{prefix}"));
+    config.cache.trades_poll_ms = POLL_MS;
+    let config_path = root.path().join("ohlcv.toml");
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut servers: Vec<Option<Process>> = Vec::new();
+    for dir in &dirs {
+        servers.push(Some(spawn(dir.path(), &config_path)));
+        // The first one takes the lock before the others look.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let addrs: Vec<String> = servers.iter().flatten().map(|p| p.addr.clone()).collect();
+
+    let mut acked: Vec<Trade> = Vec::new();
+    let mut unacked: Vec<Trade> = Vec::new();
+    let mut seen = [0i64; 3];
+    let mut builder = 0usize;
+    let mut killed_at: Option<Instant> = None;
+    let mut failover = None;
+    for n in 0..60 {
+        // Ingest one batch into the builder; replicas refuse with the builder's name.
+        let batch = batch_of(n);
+        let sent = match connect(&addrs[builder]).await {
+            Some(mut on) if n == 25 => {
+                // SIGKILL of the builder while a batch is on its way in: its outcome is
+                // whatever the reply says (an error if the reply was lost).
+                assert!(
+                    seen.iter().all(|s| *s > 0),
+                    "every server followed the builds: {seen:?}"
+                );
+                let rows = trade_batch(&batch);
+                let sending = tokio::spawn(async move { ingest_trades(&mut on, rows).await });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let mut dead = servers[builder].take().unwrap();
+                dead.child.kill().unwrap();
+                dead.child.wait().unwrap();
+                killed_at = Some(Instant::now());
+                sending.await.unwrap().map_err(|e| e.to_string())
+            }
+            Some(mut on) => {
+                let sent = ingest_trades(&mut on, trade_batch(&batch)).await;
+                if sent.is_ok() && n % 5 == 4 {
+                    admin(&addrs[builder])
+                        .await
+                        .trigger_build(TriggerBuildRequest {
+                            timeframes: vec!["1m".into()],
+                        })
+                        .await
+                        .unwrap();
+                }
+                sent.map_err(|e| e.to_string())
+            }
+            None => Err("the builder is gone".to_string()),
+        };
+        match sent {
+            Ok(_) => acked.extend(batch),
+            Err(e) => {
+                assert!(killed_at.is_some(), "ingest refused with no failover: {e}");
+                unacked.extend(batch);
+            }
+        }
+        // Every live server answers, and its answers only grow.
+        for (i, addr) in addrs.iter().enumerate() {
+            if servers[i].is_none() {
+                continue;
+            }
+            let got = number(&mut client(addr).await, TRADED)
+                .await
+                .unwrap_or_else(|| panic!("server {i} did not answer"));
+            assert!(
+                got >= seen[i],
+                "server {i} went back from {} to {got}",
+                seen[i]
+            );
+            seen[i] = got;
+        }
+        if let (Some(at), None) = (killed_at, failover) {
+            // Who builds now: the replica that accepts a write.
+            for (i, addr) in addrs.iter().enumerate() {
+                if servers[i].is_none() {
+                    continue;
+                }
+                let accepted = admin(addr)
+                    .await
+                    .trigger_build(TriggerBuildRequest {
+                        timeframes: vec!["1m".into()],
+                    })
+                    .await;
+                if accepted.is_ok() {
+                    builder = i;
+                    failover = Some(at.elapsed());
+                    break;
+                }
+            }
+            assert!(
+                at.elapsed() < Duration::from_secs(20),
+                "no replica took the lock within 20 s"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failover = failover.expect("a replica took over");
+    eprintln!(
+        "failover to server {builder} in {failover:?}; {} trades acknowledged, {} not",
+        acked.len(),
+        unacked.len()
+    );
+    assert!(
+        failover < Duration::from_millis(10 * POLL_MS + 5_000),
+        "failover took {failover:?}"
+    );
+
+    // Everything built on the new builder; both survivors converge on the same answer.
+    admin(&addrs[builder])
+        .await
+        .trigger_build(TriggerBuildRequest {
+            timeframes: Timeframe::ALL.iter().map(|t| t.to_string()).collect(),
+        })
+        .await
+        .unwrap();
+    let want = number(&mut client(&addrs[builder]).await, TRADED)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(20 * POLL_MS + 10_000);
+    for (i, addr) in addrs.iter().enumerate() {
+        if servers[i].is_none() {
+            continue;
+        }
+        loop {
+            let got = number(&mut client(addr).await, TRADED).await.unwrap();
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {i} stuck at {got}, builder at {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+    }
+    for p in servers.iter_mut().flatten() {
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+
+    // No acknowledged trade lost, none stored twice; the tables equal a clean rebuild of what
+    // is stored (a batch whose reply the kill swallowed may have landed).
+    let data = tempfile::tempdir().unwrap();
+    let mut check = config.clone();
+    check.data_dir = data.path().to_path_buf();
+    let d = Deployment {
+        writer: writer_for(&check).await,
+        config: check,
+        dir: data,
+    };
+    let ids: Vec<String> = d
+        .sql("select trade_id from ohlcv.market.trades")
+        .await
+        .iter()
+        .flat_map(|b| {
+            let ids = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            ids.as_string::<i32>()
+                .iter()
+                .map(|s| s.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let stored: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(stored.len(), ids.len(), "a trade was stored twice");
+    for t in &acked {
+        assert!(stored.contains(&t.id), "acknowledged trade {} lost", t.id);
+    }
+    let all: Vec<Trade> = acked
+        .into_iter()
+        .chain(unacked.into_iter().filter(|t| stored.contains(&t.id)))
+        .collect();
+    assert_eq!(all.len(), ids.len(), "a stored trade nobody sent");
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after failover")
+        .await;
+    drop(seaweed);
+}
