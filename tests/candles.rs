@@ -686,14 +686,21 @@ async fn rollups_gap_fill_and_prepared_candles() {
     // The latest N candles before a time (chart libraries' count back): the tail of the
     // whole range, across the series' gaps (one trade every 37 minutes: 50 1m candles span
     // more than a day, found by widening the range), and exactly N windows with gap fill.
-    for (tf, n) in [("1m", 50usize), ("15m", 20), ("4h", 7)] {
+    // An end just after a window boundary (`now()` a few ms into a minute) counts back the
+    // same: the range widens by windows, not by the end's offset into its window.
+    let just_after = chrono::DateTime::from_timestamp_micros(T0 + 3_000)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    for ((tf, n), end) in [("1m", 50usize), ("15m", 20), ("4h", 7)]
+        .into_iter()
+        .flat_map(|c| [(c, iso(T0)), (c, just_after.clone())])
+    {
         let whole = candles_of(
             &sql(
                 &mut client,
                 &format!(
-                    "select * from candles('kraken', 'BTC-USD', '{tf}', '{}', '{}')",
+                    "select * from candles('kraken', 'BTC-USD', '{tf}', '{}', '{end}')",
                     iso(from),
-                    iso(T0)
                 ),
             )
             .await,
@@ -702,15 +709,14 @@ async fn rollups_gap_fill_and_prepared_candles() {
             &sql(
                 &mut client,
                 &format!(
-                    "select * from candles('kraken', 'BTC-USD', '{tf}', '1970-01-01', '{}', last => {n})",
-                    iso(T0)
+                    "select * from candles('kraken', 'BTC-USD', '{tf}', '1970-01-01', '{end}', last => {n})",
                 ),
             )
             .await,
         );
         let tail: BTreeMap<Key, Candle> = whole.into_iter().rev().take(n).collect();
-        assert_eq!(latest.len(), n, "{tf}");
-        assert_eq!(latest, tail, "{tf}: the latest {n}");
+        assert_eq!(latest.len(), n, "{tf} before {end}");
+        assert_eq!(latest, tail, "{tf}: the latest {n} before {end}");
     }
     let filled = candles_of(
         &sql(

@@ -38,8 +38,9 @@ pub async fn candles_in(cache: &BarCache, view: &View, request: &Request) -> Res
     };
     // The latest `n` candles before `end`: `n` windows back when the series has no gaps (and
     // always with gap fill), else a range doubled until it holds `n` or reaches `start`.
-    let (first_window, _) = request.windows.window(request.end.saturating_sub(1));
-    let width = request.end.saturating_sub(first_window).max(1);
+    // Widened by whole windows: `end` may be a few microseconds into its window (`now()`).
+    let (window_start, window_end) = request.windows.window(request.end.saturating_sub(1));
+    let width = window_end.saturating_sub(window_start).max(1);
     let mut back = (n as i64).saturating_mul(width);
     let mut doublings = 0;
     loop {
