@@ -184,7 +184,21 @@ async fn assert_fast_equals_planned(
             filter.replacen("where", "where (", 1) + ")"
         )
     };
-    let (fast_rows, planned_rows) = (sql(client, &fast).await, sql(client, &planned).await);
+    // The server runs in this process: its counter shows the fast statement was answered as
+    // a candle read (other tests only add to it, so a miss here cannot pass unnoticed alone).
+    let reads = || {
+        ohlcv_server::metrics::metrics()
+            .statements
+            .with_label_values(&["candle_read"])
+            .get()
+    };
+    let before = reads();
+    let fast_rows = sql(client, &fast).await;
+    assert!(
+        reads() >= before + 2,
+        "{fast}: not answered as a candle read"
+    );
+    let planned_rows = sql(client, &planned).await;
     let count = |rows: &[RecordBatch]| rows.iter().map(RecordBatch::num_rows).sum::<usize>();
     if count(&planned_rows) == 0 {
         assert_eq!(count(&fast_rows), 0, "{fast}: no rows");
