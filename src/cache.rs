@@ -136,8 +136,9 @@ pub struct View {
     pub live_trades: Vec<RecordBatch>,
     /// Trades before this are not in `live_trades`.
     pub live_floor: i64,
-    /// Changes with every commit the cache observes: two views of one generation see the
-    /// same tables and trades, so an answer computed from one holds for the other.
+    /// The series' generation: changes with every commit the cache observes that may change
+    /// this series' bars or unbuilt trades, so two views of one series at one generation give
+    /// the same answer (a commit of other series leaves kept answers valid).
     pub generation: u64,
 }
 
@@ -159,7 +160,43 @@ struct State {
     live: LiveTrades,
     /// The trades snapshot `live` holds; `None` until one was read or committed.
     trades_snapshot: Option<i64>,
-    generation: u64,
+    generations: Generations,
+}
+
+/// Which generation each series' data is at. Every change the cache observes takes the next
+/// number; a change confined to known series (an append, an upsert of bars) stamps those
+/// series, any other (partitions replaced, a reload) stamps all of them at once.
+#[derive(Default)]
+struct Generations {
+    last: u64,
+    /// The last change whose series are not known: every series is at least here.
+    all: u64,
+    /// Series stamped since `all`.
+    series: HashMap<(String, String), u64>,
+}
+
+impl Generations {
+    fn of(&self, exchange: &str, symbol: &str) -> u64 {
+        let own = self
+            .series
+            .get(&(exchange.to_string(), symbol.to_string()))
+            .copied()
+            .unwrap_or(0);
+        own.max(self.all)
+    }
+
+    fn touch_all(&mut self) {
+        self.last += 1;
+        self.all = self.last;
+        self.series.clear();
+    }
+
+    fn touch<'k>(&mut self, series: impl IntoIterator<Item = &'k (String, String)>) {
+        self.last += 1;
+        for key in series {
+            self.series.insert(key.clone(), self.last);
+        }
+    }
 }
 
 /// Cheap handle to the cache.
@@ -224,7 +261,7 @@ impl BarCache {
                     tables,
                     live: LiveTrades::default(),
                     trades_snapshot: None,
-                    generation: 0,
+                    generations: Generations::default(),
                 }),
                 counters,
                 synced_at: std::sync::atomic::AtomicI64::new(0),
@@ -266,7 +303,7 @@ impl BarCache {
             tables: state.tables,
             live_trades: state.live.trades(exchange, symbol),
             live_floor: state.live.floor(),
-            generation: state.generation,
+            generation: state.generations.of(exchange, symbol),
         }
     }
 
@@ -561,21 +598,26 @@ impl BarCache {
 
     fn apply(&self, c: &Committed<'_>) -> Result<()> {
         let mut state = self.write();
-        state.generation += 1;
         let tf = match c.kind {
             TableKind::Trades => {
                 if matches!(c.content, Content::Changed) {
                     // Rows not handed over (an ingest too large to keep): the follower sees a
-                    // snapshot it has not loaded and reads the table.
+                    // snapshot it has not loaded and reads the table (and moves every
+                    // series' generation then).
                     return Ok(());
                 }
                 state.trades_snapshot = c.after;
                 match c.content {
-                    Content::Append(batches) => state.live.add(batches)?,
-                    Content::Replace { partitions, .. } => {
-                        state.live.drop_ranges(&ranges(c.kind, partitions))?
+                    Content::Append(batches) => {
+                        let gained = state.live.add(batches)?;
+                        state.generations.touch(&gained);
                     }
-                    _ => {}
+                    Content::Replace { partitions, .. } => {
+                        state.live.drop_ranges(&ranges(c.kind, partitions))?;
+                        state.generations.touch_all();
+                    }
+                    Content::None | Content::Rewrite => {}
+                    Content::Upsert(_) | Content::Changed => state.generations.touch_all(),
                 }
                 return Ok(());
             }
@@ -588,13 +630,17 @@ impl BarCache {
         table.snapshot = c.after;
         if matches!(tf, Timeframe::M1 | Timeframe::M5) {
             let floor = self.live_floor(&state.tables);
-            state.live.raise_floor(floor)?;
+            let lost = state.live.raise_floor(floor)?;
+            // Normally the series whose trades were just built (in `rows` below); trades
+            // that aged past the hot horizon unbuilt change their series' live bars too.
+            state.generations.touch(&lost);
         }
         if c.before == c.after {
             return Ok(());
         }
         let (rows, replaced) = match c.content {
             Content::Changed => {
+                state.generations.touch_all();
                 self.invalidate(Some(tf), None, None);
                 return Ok(());
             }
@@ -609,6 +655,14 @@ impl BarCache {
             Some(rows) => entry::by_series(rows)?,
             None => HashMap::new(),
         };
+        // Replaced partitions may have lost bars of series that have no rows in them; a
+        // compaction (no rows) changes no bar. The new cutoff moves windows of the series in
+        // `rows` from live to stored bars, equal by construction.
+        if replaced.is_some() {
+            state.generations.touch_all();
+        } else if rows.is_some() {
+            state.generations.touch(series.keys());
+        }
         let from = self.horizon_start(tf);
         let cached: Vec<(Arc<Key>, Arc<Entry>)> = self
             .inner

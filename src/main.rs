@@ -4,6 +4,12 @@ use clap::Parser;
 use ohlcv_server::cli::{run, Cli};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc keeps freed memory for reuse instead of handing large blocks back to the kernel:
+// with the system allocator 44 % of a 10 M-trade bar computation was the kernel faulting in
+// and zeroing fresh pages, and allocation was a visible share of every candle query.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -525,6 +525,33 @@ async fn live_bars_equal_what_the_next_build_persists() {
     );
     let first_plain = candles_of(&sql(&mut plain, &recent).await);
     assert_eq!(first_plain, first);
+    // A commit of other series (a trade of another symbol, and of the same symbol on
+    // another exchange) leaves the kept answer valid: it is still used, and still right.
+    for (exchange, symbol) in [("kraken", "BTC-USD"), ("binance", "ETH-USD")] {
+        load(
+            &d,
+            &[trade(
+                exchange,
+                symbol,
+                &format!("other-{exchange}"),
+                later - 30_000_000,
+                99.0,
+                2.0,
+            )],
+        )
+        .await;
+        let hits = cache_stat(&mut plain, "answer_hits").await;
+        assert_eq!(
+            run_prepared().await,
+            first,
+            "a commit of {exchange}/{symbol} does not change this series"
+        );
+        assert_eq!(
+            cache_stat(&mut plain, "answer_hits").await,
+            hits + 1,
+            "the kept answer survived a commit of {exchange}/{symbol}"
+        );
+    }
     for round in 1..=3 {
         let t = later - 20_000_000 + round;
         load(

@@ -4,7 +4,7 @@
 use std::hash::{BuildHasherDefault, Hasher};
 
 use arrow::array::{Array, AsArray, LargeStringArray, RecordBatch, StringArray, StringViewArray};
-use arrow::datatypes::{DataType, Int64Type, UInt64Type};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, UInt64Type};
 
 use super::error::{Error, Result};
 
@@ -57,10 +57,38 @@ pub enum Strings<'a> {
     Large(&'a LargeStringArray),
     View(&'a StringViewArray),
     Dict {
-        keys: Vec<usize>,
+        keys: DictKeys<'a>,
         values: Box<Strings<'a>>,
         nulls: Option<&'a arrow::buffer::NullBuffer>,
     },
+}
+
+/// A dictionary's keys: borrowed when they are `Int32` (what our Parquet reads ask for), so a
+/// 10 M-row column costs no copy; other key types are widened once.
+pub enum DictKeys<'a> {
+    I32(&'a [i32]),
+    Other(Vec<usize>),
+}
+
+impl DictKeys<'_> {
+    #[inline]
+    pub fn get(&self, row: usize) -> usize {
+        match self {
+            DictKeys::I32(k) => k[row] as usize,
+            DictKeys::Other(k) => k[row],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            DictKeys::I32(k) => k.len(),
+            DictKeys::Other(k) => k.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl<'a> Strings<'a> {
@@ -71,8 +99,17 @@ impl<'a> Strings<'a> {
             DataType::Utf8View => Strings::View(array.as_string_view()),
             DataType::Dictionary(_, _) => {
                 let dict = array.as_any_dictionary();
+                // Null slots may hold any key: borrow the keys only when all are in range (as
+                // `normalized_keys` guarantees for the copy).
+                let len = dict.values().len();
+                let keys = match array.as_dictionary_opt::<Int32Type>() {
+                    Some(d) if d.keys().values().iter().all(|&k| (k as u32 as usize) < len) => {
+                        DictKeys::I32(d.keys().values())
+                    }
+                    _ => DictKeys::Other(dict.normalized_keys()),
+                };
                 Strings::Dict {
-                    keys: dict.normalized_keys(),
+                    keys,
                     values: Box::new(Strings::new(dict.values().as_ref(), name)?),
                     nulls: array.nulls(),
                 }
@@ -91,7 +128,29 @@ impl<'a> Strings<'a> {
             Strings::Plain(a) => a.value(row),
             Strings::Large(a) => a.value(row),
             Strings::View(a) => a.value(row),
-            Strings::Dict { keys, values, .. } => values.value(keys[row]),
+            Strings::Dict { keys, values, .. } => values.value(keys.get(row)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Strings::Plain(a) => a.len(),
+            Strings::Large(a) => a.len(),
+            Strings::View(a) => a.len(),
+            Strings::Dict { keys, .. } => keys.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn nulls(&self) -> Option<&'a arrow::buffer::NullBuffer> {
+        match self {
+            Strings::Plain(a) => Array::nulls(*a),
+            Strings::Large(a) => Array::nulls(*a),
+            Strings::View(a) => Array::nulls(*a),
+            Strings::Dict { nulls, .. } => *nulls,
         }
     }
 
@@ -165,6 +224,14 @@ impl<'a> TradeIds<'a> {
             TradeIds::Text(s) => std::borrow::Cow::Borrowed(s.value(row)),
             TradeIds::Signed(a) => std::borrow::Cow::Owned(a.value(row).to_string()),
             TradeIds::Unsigned(a) => std::borrow::Cow::Owned(a.value(row).to_string()),
+        }
+    }
+
+    pub fn null_count(&self) -> usize {
+        match self {
+            TradeIds::Text(s) => s.null_count(),
+            TradeIds::Signed(a) => a.null_count(),
+            TradeIds::Unsigned(a) => a.null_count(),
         }
     }
 

@@ -33,9 +33,44 @@ use crate::timeframe::Timeframe;
 /// Fixed-point scale of the sums: exact for every double with magnitude up to 2^63.
 const SCALE: f64 = 18_446_744_073_709_551_616.0; // 2^64
 
+/// `(x * 2^64) as i128`, without the compiler's call to `__fixdfti` (3 % of a build's CPU):
+/// scaling by a power of two is exact, so shifting the mantissa by the exponent gives the
+/// same truncated, saturating value (NaN is 0, as with `as`).
 #[inline]
 pub(crate) fn fix(x: f64) -> i128 {
-    (x * SCALE) as i128
+    let bits = x.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let fraction = bits & ((1u64 << 52) - 1);
+    let negative = bits >> 63 == 1;
+    if biased == 0x7ff {
+        return match (fraction != 0, negative) {
+            (true, _) => 0,
+            (false, false) => i128::MAX,
+            (false, true) => i128::MIN,
+        };
+    }
+    let (mantissa, exponent) = if biased == 0 {
+        (fraction, 1)
+    } else {
+        (fraction | (1u64 << 52), biased)
+    };
+    // x * 2^64 = mantissa * 2^(exponent - 1075 + 64)
+    let shift = exponent - 1011;
+    let magnitude = if shift >= 75 {
+        // At least 2^127: saturates (-2^127 itself is i128::MIN).
+        return if negative { i128::MIN } else { i128::MAX };
+    } else if shift >= 0 {
+        (mantissa as i128) << shift
+    } else if shift > -64 {
+        (mantissa >> -shift) as i128
+    } else {
+        0
+    };
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
 }
 
 #[inline]
@@ -83,6 +118,34 @@ fn on_threads<I: Send, T: Send>(parts: Vec<I>, work: impl Fn(I) -> T + Sync) -> 
     })
 }
 
+/// Contiguous ranges of series with about equal row counts, at most `parts` of them
+/// (`starts`: where each series' rows start, plus the end).
+fn balanced(starts: &[usize], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let n_series = starts.len() - 1;
+    let total = starts[n_series];
+    let per_part = total.div_ceil(parts.max(1)).max(1);
+    let mut ranges = Vec::new();
+    let mut from = 0;
+    for s in 0..n_series {
+        if starts[s + 1] - starts[from] >= per_part || s + 1 == n_series {
+            ranges.push(from..s + 1);
+            from = s + 1;
+        }
+    }
+    ranges
+}
+
+/// `v` cut into consecutive mutable pieces of the given lengths.
+fn pieces<'v, T>(mut v: &'v mut [T], lens: &[usize]) -> Vec<&'v mut [T]> {
+    let mut out = Vec::with_capacity(lens.len());
+    for &len in lens {
+        let (head, tail) = std::mem::take(&mut v).split_at_mut(len);
+        out.push(head);
+        v = tail;
+    }
+    out
+}
+
 fn threads(rows: usize) -> usize {
     if rows < 1 << 16 {
         return 1;
@@ -114,7 +177,6 @@ struct Decoded<'a> {
     ids: TradeIds<'a>,
     pairs: Vec<(String, String)>,
     local: Vec<u32>,
-    id: Vec<u64>,
     buy: Vec<bool>,
 }
 
@@ -139,7 +201,8 @@ fn decode_batch<'a>(batch: &'a RecordBatch, offset: usize) -> Result<Decoded<'a>
         }
     }
     let n = batch.num_rows();
-    if let Some(row) = (0..n).find(|&r| ids.is_null(r)) {
+    if ids.null_count() > 0 {
+        let row = (0..n).find(|&r| ids.is_null(r)).unwrap_or(0);
         return Err(Error::Input(format!(
             "trade_id is NULL at row {}",
             offset + row
@@ -173,14 +236,18 @@ fn decode_batch<'a>(batch: &'a RecordBatch, offset: usize) -> Result<Decoded<'a>
                 ..
             },
         ) => {
-            let mut map: FxHashMap<(usize, usize), u32> = FxHashMap::default();
-            for (e, s) in ek.iter().zip(sk) {
-                let next = map.len() as u32;
-                let id = *map.entry((*e, *s)).or_insert_with(|| {
-                    pairs.push((ev.value(*e).to_string(), sv.value(*s).to_string()));
-                    next
-                });
-                local.push(id);
+            // Both dictionaries are tiny (venues, instruments): a dense table of key pairs
+            // replaces a hash lookup per row.
+            let width = sv.len().max(1);
+            let mut table = vec![u32::MAX; ev.len().max(1) * width];
+            for row in 0..n {
+                let (e, s) = (ek.get(row), sk.get(row));
+                let slot = &mut table[e * width + s];
+                if *slot == u32::MAX {
+                    *slot = pairs.len() as u32;
+                    pairs.push((ev.value(e).to_string(), sv.value(s).to_string()));
+                }
+                local.push(*slot);
             }
         }
         _ => {
@@ -196,23 +263,38 @@ fn decode_batch<'a>(batch: &'a RecordBatch, offset: usize) -> Result<Decoded<'a>
             }
         }
     }
-    let id = (0..n).map(|r| ids.number(r)).collect();
     let buy = match batch.column_by_name("side") {
         None => vec![false; n],
-        Some(side) => {
-            let side = Strings::new(side.as_ref(), "side")?;
-            (0..n)
-                .map(|r| !side.is_null(r) && side.value(r).eq_ignore_ascii_case("buy"))
-                .collect()
-        }
+        Some(side) => buy_flags(&Strings::new(side.as_ref(), "side")?),
     };
     Ok(Decoded {
         ids,
         pairs,
         local,
-        id,
         buy,
     })
+}
+
+/// Whether each row's side is "buy" (any case); NULL is not. A dictionary's few values are
+/// compared once, not per row.
+fn buy_flags(side: &Strings) -> Vec<bool> {
+    let mut buy: Vec<bool> = match side {
+        Strings::Dict { keys, values, .. } => {
+            let is_buy: Vec<bool> = (0..values.len())
+                .map(|v| values.value(v).eq_ignore_ascii_case("buy"))
+                .collect();
+            (0..keys.len()).map(|r| is_buy[keys.get(r)]).collect()
+        }
+        _ => (0..side.len())
+            .map(|r| side.value(r).eq_ignore_ascii_case("buy"))
+            .collect(),
+    };
+    if let Some(nulls) = side.nulls().filter(|n| n.null_count() > 0) {
+        for (r, b) in buy.iter_mut().enumerate() {
+            *b &= nulls.is_valid(r);
+        }
+    }
+    buy
 }
 
 fn micros(batch: &RecordBatch) -> Result<&[i64]> {
@@ -293,31 +375,68 @@ impl<'a> Trades<'a> {
         for i in 0..keys.len() {
             starts[i + 1] += starts[i];
         }
-        let mut next = starts.clone();
         let mut ts = vec![0i64; total];
         let mut price = vec![0f64; total];
         let mut qty = vec![0f64; total];
         let mut id = vec![0u64; total];
         let mut buy = vec![false; total];
         let mut row = vec![0u32; total];
-        let mut ids = Vec::with_capacity(decoded.len());
-        for ((b, d), (remap, offset)) in
-            batches.iter().zip(decoded).zip(remaps.iter().zip(&offsets))
-        {
-            let (bts, bprice, bqty) = (micros(b)?, floats(b, "price")?, floats(b, "quantity")?);
-            for (r, l) in d.local.iter().enumerate() {
-                let slot = &mut next[remap[*l as usize] as usize];
-                let p = *slot;
-                *slot += 1;
-                ts[p] = bts[r];
-                price[p] = bprice[r];
-                qty[p] = bqty[r];
-                id[p] = d.id[r];
-                buy[p] = d.buy[r];
-                row[p] = (offset + r) as u32;
-            }
-            ids.push(d.ids);
-        }
+        // Each core moves the rows of its own series ranges into its own slices of the
+        // columns (each scans every row's series id, cheap next to moving six columns).
+        let ranges = balanced(&starts, threads(total));
+        let lens: Vec<usize> = ranges
+            .iter()
+            .map(|r| starts[r.end] - starts[r.start])
+            .collect();
+        let parts: Vec<_> = ranges
+            .into_iter()
+            .zip(pieces(&mut ts, &lens))
+            .zip(pieces(&mut price, &lens))
+            .zip(pieces(&mut qty, &lens))
+            .zip(pieces(&mut id, &lens))
+            .zip(pieces(&mut buy, &lens))
+            .zip(pieces(&mut row, &lens))
+            .collect();
+        let (decoded_ref, remaps, starts_ref) = (&decoded, &remaps, &starts);
+        on_threads(
+            parts,
+            |((((((series, ts), price), qty), id), buy), row)| -> Result<()> {
+                let base = starts_ref[series.start];
+                let mut next: Vec<usize> = starts_ref[series.clone()]
+                    .iter()
+                    .map(|s| s - base)
+                    .collect();
+                for ((b, d), (remap, offset)) in batches
+                    .iter()
+                    .zip(decoded_ref)
+                    .zip(remaps.iter().zip(&offsets))
+                {
+                    let (bts, bprice, bqty) =
+                        (micros(b)?, floats(b, "price")?, floats(b, "quantity")?);
+                    for (r, l) in d.local.iter().enumerate() {
+                        let s = remap[*l as usize] as usize;
+                        if !series.contains(&s) {
+                            continue;
+                        }
+                        let slot = &mut next[s - series.start];
+                        let p = *slot;
+                        *slot += 1;
+                        ts[p] = bts[r];
+                        price[p] = bprice[r];
+                        qty[p] = bqty[r];
+                        // Parsed here, on the core that moves the row: no column of
+                        // parsed ids to allocate and fill first.
+                        id[p] = d.ids.number(r);
+                        buy[p] = d.buy[r];
+                        row[p] = (offset + r) as u32;
+                    }
+                }
+                Ok(())
+            },
+        )
+        .into_iter()
+        .collect::<Result<()>>()?;
+        let ids = decoded.into_iter().map(|d| d.ids).collect();
         Ok(Trades {
             ids,
             offsets,
@@ -352,17 +471,7 @@ impl<'a> Trades<'a> {
 
     fn aggregate(&self, tf_us: i64) -> Vec<Bar> {
         let starts = &self.starts;
-        let n_series = self.series_keys.len();
-        // Contiguous series ranges of about equal row counts, one per core.
-        let per_thread = self.ts.len().div_ceil(threads(self.ts.len())).max(1);
-        let mut ranges = Vec::new();
-        let mut from = 0;
-        for s in 0..n_series {
-            if starts[s + 1] - starts[from] >= per_thread || s + 1 == n_series {
-                ranges.push(from..s + 1);
-                from = s + 1;
-            }
-        }
+        let ranges = balanced(starts, threads(self.ts.len()));
         on_threads(ranges, |range| {
             let mut out = Vec::new();
             for s in range {
@@ -474,42 +583,9 @@ impl<'a> Trades<'a> {
     /// Which positions of a series survive deduplication (`None`: all of them), indexed from
     /// `rows.start`.
     fn dedupe(&self, rows: std::ops::Range<usize>) -> Option<Vec<bool>> {
-        let mut dup_numbers: FxHashSet<u64> = FxHashSet::default();
+        let numbers = DupNumbers::find(&self.id[rows.clone()]);
         let mut dup_texts: FxHashSet<Cow<'a, str>> = FxHashSet::default();
-        let ids = &self.id[rows.clone()];
-        let (mut lo, mut hi, mut numeric) = (u64::MAX, 0u64, 0usize);
-        for &id in ids {
-            if id != TEXT_ID {
-                lo = lo.min(id);
-                hi = hi.max(id);
-                numeric += 1;
-            }
-        }
-        if numeric > 0 {
-            let span = hi - lo + 1;
-            if span <= 64 * numeric as u64 + 65_536 {
-                let mut bits = vec![0u64; span.div_ceil(64) as usize];
-                for &id in ids {
-                    if id != TEXT_ID {
-                        let bit = id - lo;
-                        let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
-                        if bits[word] & mask != 0 {
-                            dup_numbers.insert(id);
-                        }
-                        bits[word] |= mask;
-                    }
-                }
-            } else {
-                let mut seen: FxHashSet<u64> = FxHashSet::default();
-                seen.reserve(numeric);
-                for &id in ids {
-                    if id != TEXT_ID && !seen.insert(id) {
-                        dup_numbers.insert(id);
-                    }
-                }
-            }
-        }
-        if numeric < ids.len() {
+        if numbers.text_rows {
             let mut seen: FxHashSet<Cow<'a, str>> = FxHashSet::default();
             for p in rows.clone() {
                 if self.id[p] == TEXT_ID {
@@ -522,37 +598,41 @@ impl<'a> Trades<'a> {
                 }
             }
         }
-        if dup_numbers.is_empty() && dup_texts.is_empty() {
+        if !numbers.any && dup_texts.is_empty() {
             return None;
         }
-        // Among the copies of each duplicated id, keep the smallest by content.
-        let key = |p: usize| -> Option<Cow<'a, str>> {
+        // Among the copies of each duplicated id, keep the smallest by content. Numeric and
+        // text ids never collide: text ids are exactly the non-canonical ones.
+        let mut best_number: FxHashMap<u64, usize> = FxHashMap::default();
+        let mut best_text: FxHashMap<Cow<'a, str>, usize> = FxHashMap::default();
+        let better = |best: Option<&usize>, p: usize| {
+            best.is_none_or(|&q| self.content_cmp(p, q) == Ordering::Less)
+        };
+        for p in rows.clone() {
             let id = self.id[p];
             if id != TEXT_ID {
-                dup_numbers
-                    .contains(&id)
-                    .then(|| Cow::Owned(id.to_string()))
-            } else {
+                if numbers.contains(id) && better(best_number.get(&id), p) {
+                    best_number.insert(id, p);
+                }
+            } else if !dup_texts.is_empty() {
                 let text = self.id_text(self.row[p]);
-                dup_texts.contains(&text).then_some(text)
-            }
-        };
-        let mut best: FxHashMap<Cow<'a, str>, usize> = FxHashMap::default();
-        for p in rows.clone() {
-            if let Some(k) = key(p) {
-                let better = match best.get(&k) {
-                    None => true,
-                    Some(&q) => self.content_cmp(p, q) == Ordering::Less,
-                };
-                if better {
-                    best.insert(k, p);
+                if dup_texts.contains(&text) && better(best_text.get(&text), p) {
+                    best_text.insert(text, p);
                 }
             }
         }
         let mut keep = vec![true; rows.len()];
         for p in rows.clone() {
-            if let Some(k) = key(p) {
-                keep[p - rows.start] = best[&k] == p;
+            let id = self.id[p];
+            if id != TEXT_ID {
+                if numbers.contains(id) {
+                    keep[p - rows.start] = best_number[&id] == p;
+                }
+            } else if !dup_texts.is_empty() {
+                let text = self.id_text(self.row[p]);
+                if let Some(&q) = best_text.get(&text) {
+                    keep[p - rows.start] = q == p;
+                }
             }
         }
         Some(keep)
@@ -602,6 +682,78 @@ impl<'a> Trades<'a> {
             TableKind::Bars(Timeframe::M1).arrow_schema()?,
             columns,
         )?)
+    }
+}
+
+/// The numeric trade ids of one series seen more than once: a bitmap over their span when it
+/// is dense (exchange ids usually are), else a hash set; tested once per row.
+struct DupNumbers {
+    lo: u64,
+    bits: Option<Vec<u64>>,
+    set: FxHashSet<u64>,
+    /// Any numeric id repeats.
+    any: bool,
+    /// Some ids are text (not canonical numbers).
+    text_rows: bool,
+}
+
+impl DupNumbers {
+    fn find(ids: &[u64]) -> DupNumbers {
+        let (mut lo, mut hi, mut numeric) = (u64::MAX, 0u64, 0usize);
+        for &id in ids {
+            if id != TEXT_ID {
+                lo = lo.min(id);
+                hi = hi.max(id);
+                numeric += 1;
+            }
+        }
+        let mut found = DupNumbers {
+            lo,
+            bits: None,
+            set: FxHashSet::default(),
+            any: false,
+            text_rows: numeric < ids.len(),
+        };
+        if numeric == 0 {
+            return found;
+        }
+        let span = hi - lo + 1;
+        if span <= 64 * numeric as u64 + 65_536 {
+            let words = span.div_ceil(64) as usize;
+            let (mut seen, mut dup) = (vec![0u64; words], vec![0u64; words]);
+            for &id in ids {
+                if id != TEXT_ID {
+                    let bit = id - lo;
+                    let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+                    dup[word] |= seen[word] & mask;
+                    seen[word] |= mask;
+                }
+            }
+            found.any = dup.iter().any(|w| *w != 0);
+            found.bits = Some(dup);
+        } else {
+            let mut seen: FxHashSet<u64> = FxHashSet::default();
+            seen.reserve(numeric);
+            for &id in ids {
+                if id != TEXT_ID && !seen.insert(id) {
+                    found.set.insert(id);
+                }
+            }
+            found.any = !found.set.is_empty();
+        }
+        found
+    }
+
+    /// Whether numeric `id` (one of the ids given to `find`) repeats.
+    #[inline]
+    fn contains(&self, id: u64) -> bool {
+        match &self.bits {
+            Some(bits) => {
+                let bit = id - self.lo;
+                bits[(bit / 64) as usize] & (1u64 << (bit % 64)) != 0
+            }
+            None => self.set.contains(&id),
+        }
     }
 }
 
@@ -676,6 +828,51 @@ struct Bar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fix_equals_the_cast_it_replaces() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            5e-324,
+            f64::EPSILON,
+            0.1,
+            123_456.789,
+            2f64.powi(62),
+            2f64.powi(63),
+            -2f64.powi(63),
+            2f64.powi(63) * (1.0 - f64::EPSILON),
+            -2f64.powi(63) * (1.0 - f64::EPSILON),
+            1e300,
+            -1e300,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            2f64.powi(-64),
+            2f64.powi(-65),
+            -(2f64.powi(-64)) * 1.5,
+        ];
+        // A spread of magnitudes and mantissas, deterministic.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let x = f64::from_bits(state);
+            if x.is_finite() && x.abs() < 1e30 && x.abs() > 1e-30 {
+                values.push(x);
+            }
+            values.push((state >> 11) as f64 / (1u64 << 40) as f64);
+        }
+        for x in values {
+            assert_eq!(fix(x), (x * SCALE) as i128, "{x:e}");
+        }
+    }
 
     type T<'a> = (&'a str, &'a str, &'a str, i64, f64, f64, Option<&'a str>);
 

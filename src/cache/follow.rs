@@ -50,7 +50,7 @@ impl BarCache {
         state.live = live;
         state.trades_snapshot = current;
         // Kept candle answers are keyed by generation: none may outlive this.
-        state.generation += 1;
+        state.generations.touch_all();
         Ok(true)
     }
 }
@@ -79,7 +79,7 @@ impl BarCache {
                     let floor = self.live_floor(&state.tables);
                     state.live.raise_floor(floor)?;
                 }
-                state.generation += 1;
+                state.generations.touch_all();
             }
             self.invalidate(Some(tf), None, None);
             moved.push(tf);

@@ -45,40 +45,50 @@ impl LiveTrades {
         }
     }
 
-    /// Keeps the trades of `batches` at or after the floor.
-    pub fn add(&mut self, batches: &[RecordBatch]) -> Result<()> {
+    /// Keeps the trades of `batches` at or after the floor; returns the series that gained
+    /// trades.
+    pub fn add(&mut self, batches: &[RecordBatch]) -> Result<Vec<(String, String)>> {
         let all = conform(TableKind::Trades, batches)?;
         if let Some(max) = arrow::compute::max(time_column(TableKind::Trades, &all)?) {
             self.newest = Some(self.newest.map_or(max, |n| n.max(max)));
         }
         let all = at_or_after(&all, self.floor)?;
         if all.num_rows() == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut gained = Vec::new();
         for (key, rows) in by_series(&all)? {
-            self.series.entry(key).or_default().push(rows);
+            self.series.entry(key.clone()).or_default().push(rows);
+            gained.push(key);
         }
-        Ok(())
+        Ok(gained)
     }
 
-    /// Raises (never lowers) the floor and forgets the trades below it.
-    pub fn raise_floor(&mut self, floor: i64) -> Result<()> {
+    /// Raises (never lowers) the floor and forgets the trades below it; returns the series
+    /// that lost trades.
+    pub fn raise_floor(&mut self, floor: i64) -> Result<Vec<(String, String)>> {
+        let mut lost = Vec::new();
         if floor <= self.floor {
-            return Ok(());
+            return Ok(lost);
         }
         self.floor = floor;
-        for batches in self.series.values_mut() {
+        for (key, batches) in self.series.iter_mut() {
             let mut kept = Vec::with_capacity(batches.len());
+            let mut dropped = false;
             for b in batches.iter() {
-                let b = at_or_after(b, floor)?;
-                if b.num_rows() > 0 {
-                    kept.push(b);
+                let after = at_or_after(b, floor)?;
+                dropped |= after.num_rows() < b.num_rows();
+                if after.num_rows() > 0 {
+                    kept.push(after);
                 }
+            }
+            if dropped {
+                lost.push(key.clone());
             }
             *batches = kept;
         }
         self.series.retain(|_, b| !b.is_empty());
-        Ok(())
+        Ok(lost)
     }
 
     /// Forgets the trades in `ranges` (their partitions were dropped).

@@ -1,12 +1,13 @@
 //! Hot candle statements, remembered: what a statement asks for, and its encoded answer per
-//! cache generation.
+//! generation of its series.
 //!
 //! A chart or bot sends the same statement (or prepared handle) again and again, and between
-//! two commits the answer cannot change. So a statement the server answers directly is
-//! analysed once, and its Flight messages are kept for the generation of the cache's view
-//! they were computed at: a commit moves the generation on and the old answers are never
-//! looked up again (they age out). Only answers that depend on nothing but the view are kept:
-//! gap-filled candles also depend on the time.
+//! two commits that touch its series the answer cannot change. So a statement the server
+//! answers directly is analysed once, and its Flight messages are kept for the series'
+//! generation in the cache's view they were computed at (`cache::View::generation`): a commit
+//! that may change the series moves it on and the old answers are never looked up again (they
+//! age out); commits of other series leave it. Only answers that depend on nothing but the
+//! view are kept: gap-filled candles also depend on the time.
 //!
 //! Off with the bar cache (`[cache] enabled = false`), so that setting measures and serves
 //! plain table reads.
