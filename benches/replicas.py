@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -62,7 +63,9 @@ def spread_load(load_binary, servers, sql, clients, seconds):
 
 def replica_lag(builder_uri, replica_uris, n):
     """Seconds from an acknowledged ingest on the builder to each replica's candles showing
-    it: one list per replica."""
+    it: one list per replica. The replicas are polled in turn every few ms, and the ingests
+    are spaced by a random pause, so they land at every phase of the replicas' poll."""
+    rng = random.Random(7)
     lags = [[] for _ in replica_uris]
     conns = [flightsql.connect(u) for u in replica_uris]
     with flightsql.connect(builder_uri) as writer:
@@ -80,17 +83,19 @@ def replica_lag(builder_uri, replica_uris, n):
             writer.commit()
             acked = time.perf_counter()
             sql = candles_sql("lagx", symbol, 5)
-            for r, conn in enumerate(conns):
-                while True:
-                    with conn.cursor() as cur:
+            waiting = set(range(len(conns)))
+            while waiting:
+                for r in sorted(waiting):
+                    with conns[r].cursor() as cur:
                         cur.execute(sql)
-                        if cur.fetch_arrow_table().num_rows > 0:
-                            break
-                    if time.perf_counter() - acked > 30:
-                        raise RuntimeError(f"replica {r} did not see trade {i} within 30 s")
-                    time.sleep(0.005)
-                lags[r].append(time.perf_counter() - acked)
-            time.sleep(0.2)
+                        seen = cur.fetch_arrow_table().num_rows > 0
+                    if seen:
+                        lags[r].append(time.perf_counter() - acked)
+                        waiting.discard(r)
+                if time.perf_counter() - acked > 30:
+                    raise RuntimeError(f"replicas {sorted(waiting)} did not see trade {i} in 30 s")
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 1.5))
     for c in conns:
         c.close()
     return lags

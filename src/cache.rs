@@ -81,7 +81,7 @@ impl Default for CacheConfig {
                 (Timeframe::D1, None),
             ]),
             warm_series: 100,
-            trades_poll_ms: 2000,
+            trades_poll_ms: 1000,
             max_windows: 100_000,
         }
     }
