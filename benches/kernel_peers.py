@@ -40,101 +40,71 @@ SUMS = ["volume", "quote_volume", "vwap", "buy_volume"]
 
 # --- engines (run inside the venv, one process per engine and file) -------------------------
 
+def bars_sql(bucket, first, last):
+    """The bars of a `deduped` relation (exchange, symbol, trade_id, ts, price, quantity,
+    buy), in one engine's dialect: its time bucket and its first/last-by-order aggregates."""
+    return f"""
+        SELECT exchange, symbol, {bucket} AS window_start,
+               {first} AS open, max(price) AS high, min(price) AS low, {last} AS close,
+               sum(quantity) AS volume, sum(price * quantity) AS quote_volume,
+               sum(price * quantity) / sum(quantity) AS vwap, count(*) AS trade_count,
+               sum(CASE WHEN buy THEN quantity ELSE 0 END) AS buy_volume,
+               min(ts) AS first_trade_ts, max(ts) AS last_trade_ts
+        FROM deduped GROUP BY exchange, symbol, {bucket}"""
+
+
+DUCK_BARS = bars_sql("time_bucket(INTERVAL 1 MINUTE, ts)",
+                     "arg_min(price, (ts, trade_id))", "arg_max(price, (ts, trade_id))")
+FUSION_BARS = bars_sql("date_bin(INTERVAL '1 minute', ts)",
+                       "first_value(price ORDER BY ts, trade_id)",
+                       "last_value(price ORDER BY ts, trade_id)")
+ORDER = "ts, price, quantity, side = 'buy'"
+COPIES = "exchange, symbol, trade_id, ts, price, quantity, side = 'buy' AS buy"
+
+# Each: how `deduped` is made from the file ({src}); the bars query follows it.
 DUCKDB = {
     # Dedupe with a window function: the textbook formulation.
-    "qualify": """
+    "qualify": f"""
         WITH deduped AS (
-          SELECT exchange, symbol, trade_id, ts, price, quantity, side = 'buy' AS buy
-          FROM read_parquet('{path}')
+          SELECT {COPIES} FROM {{src}}
           QUALIFY row_number() OVER (PARTITION BY exchange, symbol, trade_id
-                                     ORDER BY ts, price, quantity, side = 'buy') = 1)
-        SELECT exchange, symbol, time_bucket(INTERVAL 1 MINUTE, ts) AS window_start,
-               arg_min(price, (ts, trade_id)) AS open, max(price) AS high, min(price) AS low,
-               arg_max(price, (ts, trade_id)) AS close, sum(quantity) AS volume,
-               sum(price * quantity) AS quote_volume,
-               sum(price * quantity) / sum(quantity) AS vwap, count(*) AS trade_count,
-               sum(CASE WHEN buy THEN quantity ELSE 0 END) AS buy_volume,
-               min(ts) AS first_trade_ts, max(ts) AS last_trade_ts
-        FROM deduped GROUP BY ALL""",
+                                     ORDER BY {ORDER}) = 1)""",
     # Dedupe with a hash aggregate: the smallest copy is min() of a struct in key order.
     "group-by": """
-        WITH deduped AS (
+        WITH smallest AS (
           SELECT exchange, symbol, trade_id,
-                 min({{'ts': ts, 'price': price, 'quantity': quantity,
-                       'buy': side = 'buy'}}) AS t
-          FROM read_parquet('{path}') GROUP BY exchange, symbol, trade_id)
-        SELECT exchange, symbol, time_bucket(INTERVAL 1 MINUTE, t.ts) AS window_start,
-               arg_min(t.price, (t.ts, trade_id)) AS open, max(t.price) AS high,
-               min(t.price) AS low, arg_max(t.price, (t.ts, trade_id)) AS close,
-               sum(t.quantity) AS volume, sum(t.price * t.quantity) AS quote_volume,
-               sum(t.price * t.quantity) / sum(t.quantity) AS vwap, count(*) AS trade_count,
-               sum(CASE WHEN t.buy THEN t.quantity ELSE 0 END) AS buy_volume,
-               min(t.ts) AS first_trade_ts, max(t.ts) AS last_trade_ts
-        FROM deduped GROUP BY ALL""",
+                 min({'ts': ts, 'price': price, 'quantity': quantity, 'buy': side = 'buy'}) AS t
+          FROM {src} GROUP BY exchange, symbol, trade_id),
+        deduped AS (
+          SELECT exchange, symbol, trade_id, t.ts AS ts, t.price AS price,
+                 t.quantity AS quantity, t.buy AS buy FROM smallest)""",
     # Dedupe with DISTINCT ON over the same order.
-    "distinct-on": """
+    "distinct-on": f"""
         WITH deduped AS (
-          SELECT DISTINCT ON (exchange, symbol, trade_id)
-                 exchange, symbol, trade_id, ts, price, quantity, side = 'buy' AS buy
-          FROM read_parquet('{path}')
-          ORDER BY exchange, symbol, trade_id, ts, price, quantity, side = 'buy')
-        SELECT exchange, symbol, time_bucket(INTERVAL 1 MINUTE, ts) AS window_start,
-               arg_min(price, (ts, trade_id)) AS open, max(price) AS high, min(price) AS low,
-               arg_max(price, (ts, trade_id)) AS close, sum(quantity) AS volume,
-               sum(price * quantity) AS quote_volume,
-               sum(price * quantity) / sum(quantity) AS vwap, count(*) AS trade_count,
-               sum(CASE WHEN buy THEN quantity ELSE 0 END) AS buy_volume,
-               min(ts) AS first_trade_ts, max(ts) AS last_trade_ts
-        FROM deduped GROUP BY ALL""",
+          SELECT DISTINCT ON (exchange, symbol, trade_id) {COPIES} FROM {{src}}
+          ORDER BY exchange, symbol, trade_id, {ORDER})""",
 }
 
 DATAFUSION = {
-    "row-number": """
+    "row-number": f"""
         WITH ranked AS (
-          SELECT exchange, symbol, trade_id, ts, price, quantity, side = 'buy' AS buy,
-                 row_number() OVER (PARTITION BY exchange, symbol, trade_id
-                                    ORDER BY ts, price, quantity, side = 'buy') AS rn
-          FROM trades)
-        SELECT exchange, symbol, date_bin(INTERVAL '1 minute', ts) AS window_start,
-               first_value(price ORDER BY ts, trade_id) AS open, max(price) AS high,
-               min(price) AS low, last_value(price ORDER BY ts, trade_id) AS close,
-               sum(quantity) AS volume, sum(price * quantity) AS quote_volume,
-               sum(price * quantity) / sum(quantity) AS vwap, count(*) AS trade_count,
-               sum(CASE WHEN buy THEN quantity ELSE 0 END) AS buy_volume,
-               min(ts) AS first_trade_ts, max(ts) AS last_trade_ts
-        FROM ranked WHERE rn = 1
-        GROUP BY exchange, symbol, date_bin(INTERVAL '1 minute', ts)""",
-    "distinct-on": """
+          SELECT {COPIES}, row_number() OVER (PARTITION BY exchange, symbol, trade_id
+                                              ORDER BY {ORDER}) AS rn
+          FROM {{src}}),
+        deduped AS (SELECT * FROM ranked WHERE rn = 1)""",
+    "distinct-on": f"""
         WITH deduped AS (
-          SELECT DISTINCT ON (exchange, symbol, trade_id)
-                 exchange, symbol, trade_id, ts, price, quantity, side = 'buy' AS buy
-          FROM trades
-          ORDER BY exchange, symbol, trade_id, ts, price, quantity, side = 'buy')
-        SELECT exchange, symbol, date_bin(INTERVAL '1 minute', ts) AS window_start,
-               first_value(price ORDER BY ts, trade_id) AS open, max(price) AS high,
-               min(price) AS low, last_value(price ORDER BY ts, trade_id) AS close,
-               sum(quantity) AS volume, sum(price * quantity) AS quote_volume,
-               sum(price * quantity) / sum(quantity) AS vwap, count(*) AS trade_count,
-               sum(CASE WHEN buy THEN quantity ELSE 0 END) AS buy_volume,
-               min(ts) AS first_trade_ts, max(ts) AS last_trade_ts
-        FROM deduped GROUP BY exchange, symbol, date_bin(INTERVAL '1 minute', ts)""",
+          SELECT DISTINCT ON (exchange, symbol, trade_id) {COPIES} FROM {{src}}
+          ORDER BY exchange, symbol, trade_id, {ORDER})""",
     # (min() of a named_struct, DuckDB's fastest, ran out of 24 GB at 10 M trades.)
-    "first-value": """
+    "first-value": f"""
         WITH deduped AS (
           SELECT exchange, symbol, trade_id,
-                 first_value(ts ORDER BY ts, price, quantity, side = 'buy') AS ts,
-                 first_value(price ORDER BY ts, price, quantity, side = 'buy') AS price,
-                 first_value(quantity ORDER BY ts, price, quantity, side = 'buy') AS quantity,
-                 first_value(side = 'buy' ORDER BY ts, price, quantity, side = 'buy') AS buy
-          FROM trades GROUP BY exchange, symbol, trade_id)
-        SELECT exchange, symbol, date_bin(INTERVAL '1 minute', ts) AS window_start,
-               first_value(price ORDER BY ts, trade_id) AS open, max(price) AS high,
-               min(price) AS low, last_value(price ORDER BY ts, trade_id) AS close,
-               sum(quantity) AS volume, sum(price * quantity) AS quote_volume,
-               sum(price * quantity) / sum(quantity) AS vwap, count(*) AS trade_count,
-               sum(CASE WHEN buy THEN quantity ELSE 0 END) AS buy_volume,
-               min(ts) AS first_trade_ts, max(ts) AS last_trade_ts
-        FROM deduped GROUP BY exchange, symbol, date_bin(INTERVAL '1 minute', ts)""",
+                 first_value(ts ORDER BY {ORDER}) AS ts,
+                 first_value(price ORDER BY {ORDER}) AS price,
+                 first_value(quantity ORDER BY {ORDER}) AS quantity,
+                 first_value(side = 'buy' ORDER BY {ORDER}) AS buy
+          FROM {{src}} GROUP BY exchange, symbol, trade_id)""",
 }
 
 
@@ -190,14 +160,14 @@ def run_engine(engine, how, path, runs, out):
 
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
-        sql = DUCKDB[how].format(path=path)
+        sql = DUCKDB[how].replace("{src}", f"read_parquet('{path}')") + DUCK_BARS
         run = lambda: con.execute(sql).to_arrow_table()  # noqa: E731
     elif engine == "datafusion":
         import datafusion
 
         ctx = datafusion.SessionContext()
         ctx.register_parquet("trades", path)
-        sql = DATAFUSION[how]
+        sql = DATAFUSION[how].replace("{src}", "trades") + FUSION_BARS
         run = lambda: ctx.sql(sql).to_arrow_table()  # noqa: E731
     elif engine == "polars":
         import polars as pl
