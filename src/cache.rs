@@ -702,6 +702,8 @@ impl CommitObserver for BarCache {
         if let Err(e) = self.apply(commit) {
             // Never serve what may be stale: forget the table's entries, they reload on demand.
             tracing::error!(table = %commit.kind.name(), error = %e, "cache refresh failed; dropping its entries");
+            // Which series changed is not known either: no kept answer may outlive this.
+            self.write().generations.touch_all();
             if let TableKind::Bars(tf) = commit.kind {
                 self.invalidate(Some(tf), None, None);
             }
