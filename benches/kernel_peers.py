@@ -4,13 +4,15 @@ Every engine computes 1m bars with our semantics (docs/ARCHITECTURE.md, "Bars") 
 trades Parquet file written by `ohlcv-server generate`: duplicates of `(exchange, symbol,
 trade_id)` collapse to the copy smallest by `(ts, price, quantity, side = 'buy')`; open and
 close are the first and last trade by `(ts, trade_id)` (ids compare as text); the sums, counts
-and first/last trade times of the window. Each peer runs every formulation we know of for it
-and is credited with its fastest; all results must equal ours (keys, open/high/low/close,
-counts and trade times exactly, sums to 1e-9 relative) or the bench fails before printing.
+and first/last trade times of the window. On the first (smallest) file each peer runs every
+formulation below (but the ones in HEAVY, unless --all-formulations), and on larger files its
+fastest one there; it is credited with its fastest. All results must equal ours (keys,
+open/high/low/close, counts and trade times exactly, sums to 1e-9 relative) or the bench fails
+before printing.
 
 The floor is reading the six columns the kernel needs into Arrow with pyarrow (all cores).
 Each engine runs in its own process (its peak RSS is read with wait4), `--runs` times on a warm
-page cache; the median is reported.
+page cache; the median is reported. Ours runs once uncounted first (see `ours`).
 
 usage:
   cargo build --release
