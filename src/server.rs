@@ -13,6 +13,7 @@
 //! | `auth` | users, roles, handshake tokens and the layer that checks them |
 //! | `keys` | primary/foreign key metadata |
 //! | `error` | the one mapping of errors to gRPC status codes |
+//! | `health` | gRPC health, NOT_SERVING once the scheduler has died |
 //! | `cluster` | heartbeats of the servers on one lake (`system.cluster`) |
 //! | `system` | the `system` schema (`job_runs`, `jobs`, `validation_results`, `retention_runs`) |
 //! | `telemetry` | `/metrics`, `/healthz`, `/readyz` over HTTP; the gRPC request layer (metrics, ids, spans) |
@@ -27,6 +28,7 @@ pub mod cluster;
 pub mod demo;
 pub mod error;
 pub mod flight;
+pub mod health;
 pub mod ingest;
 pub mod keys;
 pub mod prepared;
@@ -220,32 +222,14 @@ pub async fn serve(
         options.retry,
         Arc::new(history.clone()),
     );
-    // A scheduler that ends before shutdown (a panic in a job) leaves the server unable to
-    // build: readiness and gRPC health say so.
     let scheduler_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (health, health_service) = tonic_health::server::health_reporter();
-    {
-        let alive = Arc::clone(&scheduler_alive);
-        let health = health.clone();
-        let cancel = cancel.clone();
-        let run = tokio::spawn(scheduler.with_alerts(alerts).run(cancel.clone()));
-        tasks.spawn(async move {
-            let ended = run.await;
-            if !cancel.is_cancelled() {
-                alive.store(false, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!(
-                    ?ended,
-                    "the scheduler stopped: no more builds; health is NOT_SERVING"
-                );
-                health
-                    .set_not_serving::<FlightServiceServer<OhlcvFlightSql>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-            }
-        });
-    }
+    tasks.spawn(health::watch_scheduler(
+        scheduler.with_alerts(alerts).run(cancel.clone()),
+        health.clone(),
+        Arc::clone(&scheduler_alive),
+        cancel.clone(),
+    ));
     if options.demo && writer.other_builder().await.is_some() {
         tracing::warn!("--demo: this server is a read replica; the builder feeds the demo");
     } else if options.demo && !writer.storage().owns(TableKind::Trades) {
@@ -327,9 +311,7 @@ pub async fn serve(
         cache,
         Arc::clone(&options.auth),
     ));
-    health
-        .set_serving::<FlightServiceServer<OhlcvFlightSql>>()
-        .await;
+    health.set_serving::<health::FlightService>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
 
     let mut builder = tonic::transport::Server::builder();
@@ -352,9 +334,7 @@ pub async fn serve(
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: no new requests, finishing open streams");
-                health
-                    .set_not_serving::<FlightServiceServer<OhlcvFlightSql>>()
-                    .await;
+                health.set_not_serving::<health::FlightService>().await;
                 stop.cancel();
             },
         )

@@ -281,3 +281,93 @@ async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
     assert_eq!(recent[0].report.snapshot_after, run.report.snapshot_after);
     assert!(recent[0].report.snapshot_after.is_some());
 }
+
+/// A job runner whose every job panics.
+struct Panicking;
+
+#[async_trait]
+impl JobRunner for Panicking {
+    async fn run(&self, _job: JobKind, _now_us: i64) -> Result<BuildReport, String> {
+        panic!("injected: a job that panics")
+    }
+}
+
+/// gRPC health of a real health service, over a real connection.
+async fn health_of(port: u16, service: &str) -> i32 {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn a_scheduler_that_dies_turns_grpc_health_not_serving_and_shutdown_does_not() {
+    use ohlcv_server::server::health::{watch_scheduler, FlightService};
+    use std::sync::atomic::AtomicBool;
+    use tonic::server::NamedService;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let (health, service) = tonic_health::server::health_reporter();
+    health.set_serving::<FlightService>().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let flight = FlightService::NAME;
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    let scheduler = |runner: Arc<dyn JobRunner>| {
+        let clock = Arc::new(TokioClock::starting_at(T0));
+        let log = Arc::new(MemLog::default());
+        Scheduler::new(runner, clock, Vec::new(), RetryPolicy::default(), log)
+    };
+
+    // Shutdown ends the scheduler too: that is not a death.
+    let (stopping, _handle) = scheduler(Arc::new(Recorder::default()));
+    let alive = Arc::new(AtomicBool::new(true));
+    let cancel = CancellationToken::new();
+    let watch = tokio::spawn(watch_scheduler(
+        stopping.run(cancel.clone()),
+        health.clone(),
+        Arc::clone(&alive),
+        cancel.clone(),
+    ));
+    cancel.cancel();
+    watch.await.unwrap();
+    assert!(alive.load(Ordering::Relaxed));
+    assert_eq!(health_of(port, flight).await, serving);
+    assert_eq!(health_of(port, "").await, serving);
+
+    // A job that panics kills the scheduler: health turns NOT_SERVING.
+    let (dying, handle) = scheduler(Arc::new(Panicking));
+    let cancel = CancellationToken::new();
+    let watch = tokio::spawn(watch_scheduler(
+        dying.run(cancel.clone()),
+        health.clone(),
+        Arc::clone(&alive),
+        cancel.clone(),
+    ));
+    assert!(
+        handle.trigger(JobKind::Validate).await.is_none(),
+        "a panicked job has no run to report"
+    );
+    tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("the watcher sees the scheduler end")
+        .unwrap();
+    assert!(!alive.load(Ordering::Relaxed), "readiness reads this flag");
+    assert_eq!(health_of(port, flight).await, not_serving);
+    assert_eq!(health_of(port, "").await, not_serving);
+}
