@@ -1,7 +1,7 @@
 //! The lake as it is in production: a real S3 store and Iceberg REST catalog (SeaweedFS, SigV4)
 //! where another pipeline (pyiceberg) owns the trades table. pyiceberg creates it with other
-//! names, types and an hourly partition spec, appends in several commits, deletes and evolves
-//! it; our builder keeps the five tables, which live in the same catalog and bucket, equal to
+//! names, types and an hourly partition spec, appends in several commits, deletes, overwrites
+//! (corrections), compacts and evolves it; our builder keeps the five tables, which live in the same catalog and bucket, equal to
 //! a reference computed from the rows pyiceberg wrote, and pyiceberg and DuckDB read them back. The
 //! writer lease in the bucket refuses a second writer, naming the holder.
 
@@ -95,6 +95,37 @@ async fn bars_from_a_foreign_table_on_s3_behind_a_rest_catalog() {
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after their delete")
         .await;
 
+    // Their corrections: one overwrite snapshot replaces some trades with new prices and sizes.
+    let mut corrected: Vec<_> = all
+        .iter()
+        .filter(|t| t.id.ends_with('1'))
+        .take(60)
+        .cloned()
+        .collect();
+    for t in &mut corrected {
+        t.price = (t.price * 1.01 * 100.0).round() / 100.0;
+        t.qty += 0.5;
+    }
+    lake.run("overwrite", Some(rows_json(&corrected, "px")));
+    for t in &mut all {
+        if let Some(c) = corrected.iter().find(|c| c.id == t.id) {
+            *t = c.clone();
+        }
+    }
+    let reports = d.build_all(NOW).await;
+    assert!(reports[0].revised > 0, "{:?}", reports[0]);
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after their overwrite")
+        .await;
+
+    // Their compaction (a `replace` snapshot: the same rows in new files) changes no bar.
+    lake.run("compact", None);
+    for report in d.build_all(NOW).await {
+        assert_eq!(report.trades_read, 0, "{report:?}");
+        assert_eq!(report.bars_written, 0, "{report:?}");
+    }
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "S3: after their compaction")
+        .await;
+
     // They stop partitioning (DuckDB deletes only from unpartitioned tables) and append more:
     // one table, two specs.
     lake.run("unpartition", None);
@@ -158,4 +189,78 @@ async fn bars_from_a_foreign_table_on_s3_behind_a_rest_catalog() {
     drop(d);
     let next = WriterLock::acquire_for(&config, "build").await;
     assert!(next.is_ok(), "{:?}", next.err());
+}
+
+/// The trades live in another bucket than our warehouse, behind a SQL catalog (as when a
+/// raw-data bucket and an analytics bucket share one catalog): their data files are read
+/// from their own bucket, with the same credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bars_from_a_source_in_another_bucket_than_the_warehouse() {
+    if !python_ok() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let Some(weed) = Seaweed::start() else {
+        eprintln!("skipping: SeaweedFS (weed) is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake {
+        dir: dir.path().to_path_buf(),
+        env: weed.sql_python_env("s3://raw-trades/lake"),
+    };
+    lake.run("create", None);
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        source: Some(source("px")),
+        ..Config::default()
+    };
+    config.catalog.namespace = "ohlcv".to_string();
+    config.catalog.warehouse = Some("s3://ohlcv-state/bars".to_string());
+    weed.configure_s3(&mut config);
+    let writer = writer_for(&config).await;
+    let d = Deployment {
+        dir: tempfile::tempdir().unwrap(),
+        config,
+        writer,
+    };
+
+    let mut all = lake_trades(1, "BTCUSDT", T0, 90, 600);
+    lake.run("append", Some(rows_json(&all, "px")));
+    let eth = lake_trades(5000, "ETHUSDT", T0 + DAY / 3, 60, 400);
+    lake.run("append", Some(rows_json(&eth, "px")));
+    all.extend(eth);
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "another bucket: after two appends")
+        .await;
+
+    let doomed: Vec<i64> = all
+        .iter()
+        .filter(|t| t.id.ends_with('4'))
+        .map(|t| t.id.parse().unwrap())
+        .collect();
+    lake.run("delete", Some(json!({ "id": doomed })));
+    all.retain(|t| !doomed.contains(&t.id.parse().unwrap()));
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "another bucket: after their delete")
+        .await;
+
+    // Our tables are in the warehouse's bucket, where pyiceberg reads them.
+    for tf in Timeframe::ALL {
+        let table = d.storage().table(TableKind::Bars(tf)).await.unwrap();
+        assert!(
+            table
+                .metadata()
+                .location
+                .starts_with("s3://ohlcv-state/bars/"),
+            "{}",
+            table.metadata().location
+        );
+        let ours = d.bars(tf).await.len();
+        assert_eq!(
+            lake.count(&format!("ohlcv.ohlcv_{tf}")),
+            ours,
+            "pyiceberg reads {tf}"
+        );
+    }
 }

@@ -3,8 +3,9 @@
 //!
 //! Iceberg metadata names files by URL (`s3://bucket/key`, `file:///path`) or by bare absolute
 //! path (what we write on a local warehouse). The object store is scoped to one bucket (or the
-//! filesystem root): data and metadata files are read by their key in it ([`key`], which drops
-//! the bucket, so every table must live in the warehouse's bucket); [`Warehouse::path`], for the
+//! filesystem root): our tables' files are read by their key in it ([`key`], which drops the
+//! bucket); a `[source]` in another bucket is read through its table's own store, which the
+//! catalog scopes to the bucket of its metadata ([`bucket`]). [`Warehouse::path`], for the
 //! lease, also checks the bucket.
 
 use std::path::PathBuf;
@@ -192,6 +193,14 @@ pub fn key(location: &str) -> ObjectPath {
     ObjectPath::from(iceberg_rust::spec::util::strip_prefix(location))
 }
 
+/// The bucket of an `s3://` (or `s3a://`) location; `None` for local files.
+pub fn bucket(location: &str) -> Option<&str> {
+    let rest = location
+        .strip_prefix("s3://")
+        .or_else(|| location.strip_prefix("s3a://"))?;
+    Some(rest.split_once('/').map_or(rest, |(bucket, _)| bucket))
+}
+
 fn s3_builder(config: &S3Config) -> AmazonS3Builder {
     let mut builder = AmazonS3Builder::from_env()
         .with_client_options(
@@ -244,6 +253,9 @@ mod tests {
         let other = w.path("s3://other/x.parquet").unwrap_err().to_string();
         assert!(other.contains("bucket 'other'"), "{other}");
         assert!(w.path("/tmp/x").is_err());
+        assert_eq!(bucket("s3://raw/lake/t/a.parquet"), Some("raw"));
+        assert_eq!(bucket("s3a://raw"), Some("raw"));
+        assert_eq!(bucket("/tmp/x"), None);
         assert_eq!(
             w.lease_location().unwrap(),
             "s3://lake/ohlcv/_ohlcv/writer.lease"

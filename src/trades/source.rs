@@ -21,6 +21,7 @@ use super::normalize::{normalize_skipping, Checked};
 use crate::storage::files::{read_data_file_as, without_deleted};
 use crate::storage::read::read_files;
 pub use crate::storage::source::{ColumnMap, SourceConfig};
+use crate::storage::warehouse::bucket;
 use crate::storage::{Listing, LiveFile, Storage, TableKind, TimeRange};
 use iceberg_rust::table::Table;
 
@@ -123,10 +124,21 @@ pub async fn read_trades(
         .try_into()
         .map_err(crate::storage::Error::from)?;
     let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let store = storage.store();
+    // The source may live in another bucket than our warehouse: the table's own store reaches
+    // the bucket of its metadata, with the same credentials.
+    let store = table.object_store();
+    let location = table.metadata().location.clone();
     let mut out = Vec::new();
     let mut skipped = Skipped::default();
     for file in files {
+        if bucket(file.path()) != bucket(&location) {
+            return Err(crate::storage::Error::Unsupported {
+                table: name,
+                file: file.path().to_string(),
+                feature: format!("a data file in another bucket than the table ({location})"),
+            }
+            .into());
+        }
         let mut offset = 0;
         for batch in read_data_file_as(&store, &name, &schema, file.path()).await? {
             let rows_in_file = batch.num_rows();

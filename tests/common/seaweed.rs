@@ -149,6 +149,28 @@ impl Seaweed {
         ]
     }
 
+    /// Environment for `tests/python/lake_writer.py` on the SQLite catalog of its data dir,
+    /// keeping that catalog's tables in `warehouse` (`s3://bucket/prefix`) on this store.
+    pub fn sql_python_env(&self, warehouse: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("LAKE_SQL_WAREHOUSE", warehouse.to_string()),
+            ("LAKE_S3_ENDPOINT", self.s3.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+        ]
+    }
+
+    /// `[s3]` of a server whose tables are on this store.
+    pub fn configure_s3(&self, config: &mut ohlcv_server::config::Config) {
+        config.s3 = ohlcv_server::storage::S3Config {
+            endpoint: Some(self.s3.clone()),
+            access_key_id: Some(ACCESS_KEY.to_string()),
+            secret_access_key: Some(SECRET_KEY.to_string()),
+            lease: Some(format!("s3://{STATE_BUCKET}/ohlcv/writer.lease")),
+            ..Default::default()
+        };
+    }
+
     /// `[catalog]` (REST, SigV4) and `[s3]` of a server on this lake.
     pub fn configure(&self, config: &mut ohlcv_server::config::Config) {
         config.catalog.warehouse = Some(format!("s3://{TABLE_BUCKET}"));
@@ -159,13 +181,7 @@ impl Seaweed {
             signing_name: Some("s3tables".to_string()),
             ..Default::default()
         });
-        config.s3 = ohlcv_server::storage::S3Config {
-            endpoint: Some(self.s3.clone()),
-            access_key_id: Some(ACCESS_KEY.to_string()),
-            secret_access_key: Some(SECRET_KEY.to_string()),
-            lease: Some(format!("s3://{STATE_BUCKET}/ohlcv/writer.lease")),
-            ..Default::default()
-        };
+        self.configure_s3(config);
     }
 }
 

@@ -5,6 +5,8 @@ schema and partition evolution.
 usage: lake_writer.py DATA_DIR OP [JSON]
   The catalog is the SQLite catalog of DATA_DIR, or, when LAKE_REST_URI is set, that Iceberg
   REST catalog (SigV4, keys from AWS_*) with its files on the S3 endpoint LAKE_S3_ENDPOINT.
+  With LAKE_SQL_WAREHOUSE (s3://bucket/prefix) the SQLite catalog keeps its tables there, on
+  LAKE_S3_ENDPOINT (the bucket is created when missing).
   create              (LAKE_TABLE_PROPERTIES: JSON table properties, e.g. format-version 1,
                       write.metadata.metrics.default none for files without statistics)
                       lake.gold_crypto_trades: trade_time timestamp (no zone), px decimal(18,8),
@@ -12,6 +14,8 @@ usage: lake_writer.py DATA_DIR OP [JSON]
   append JSON         {"trade_time": [us...], "px": [...], "qty": [...], "id": [...],
                        "pair": [...], "is_buyer_maker": [...]}, in the table's current names
   delete JSON         {"id": [...]}
+  overwrite JSON      rows as for append: the trades with these ids are replaced by them
+  compact             every live file rewritten with the same rows (a `replace` snapshot)
   unpartition         drop the hourly partition field (new files are unpartitioned)
   respec NAME         replace the partition spec by one of SPECS (identity and bucket,
                       truncate and month, year): every later file is written with it
@@ -94,11 +98,40 @@ def catalog(data_dir):
             },
         )
     warnings.simplefilter("ignore")  # pyiceberg warns about the SQL catalog's v0 schema
+    s3_warehouse = os.environ.get("LAKE_SQL_WAREHOUSE")
+    if s3_warehouse:
+        return SqlCatalog(
+            "ohlcv",
+            uri=f"sqlite:///{data_dir}/catalog.db",
+            warehouse=s3_warehouse,
+            **{
+                "s3.endpoint": os.environ["LAKE_S3_ENDPOINT"],
+                "s3.access-key-id": os.environ["AWS_ACCESS_KEY_ID"],
+                "s3.secret-access-key": os.environ["AWS_SECRET_ACCESS_KEY"],
+                "s3.region": "us-east-1",
+            },
+        )
     return SqlCatalog(
         "ohlcv",
         uri=f"sqlite:///{data_dir}/catalog.db",
         warehouse=f"file://{data_dir}/warehouse",
     )
+
+
+def ensure_bucket(location):
+    """Creates the bucket of an s3:// location if it does not exist, as an operator would."""
+    import boto3
+
+    bucket = location.removeprefix("s3://").split("/", 1)[0]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=os.environ["LAKE_S3_ENDPOINT"],
+        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    if bucket not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=bucket)
 
 
 def create(cat):
@@ -122,6 +155,45 @@ def create(cat):
 
 
 def append(table, rows):
+    table.append(arrow_rows(table, rows))
+
+
+def overwrite(table, rows):
+    """Corrections as one `overwrite` snapshot: the trades with these ids are replaced by
+    these rows (pyiceberg rewrites the files holding the old ones and adds the new)."""
+    table.overwrite(arrow_rows(table, rows), overwrite_filter=In("id", rows["id"]))
+
+
+def compact(table):
+    """Rewrites every live data file into new files holding the same rows, committed as a
+    `replace` snapshot, as Spark's rewrite_data_files does: no row changes."""
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
+    from pyiceberg.table.snapshots import Operation, Summary
+    from pyiceberg.table.update.snapshot import _OverwriteFiles
+
+    class Rewrite(_OverwriteFiles):
+        # pyiceberg computes summaries for append/overwrite/delete only: compute the totals
+        # as an overwrite's, then name the operation what it is.
+        def _summary(self, snapshot_properties):
+            summary = super()._summary(snapshot_properties)
+            return Summary(operation=Operation.REPLACE, **summary._additional_properties)
+
+    old = [task.file for task in table.scan().plan_files()]
+    assert all(not task.delete_files for task in table.scan().plan_files()), "deletes attached"
+    rows = table.scan().to_arrow()
+    with table.transaction() as tx:
+        producer = Rewrite(operation=Operation.OVERWRITE, transaction=tx, io=table.io)
+        for data_file in old:
+            producer.delete_data_file(data_file)
+        for data_file in _dataframe_to_data_files(
+            table_metadata=tx.table_metadata, df=rows, io=table.io,
+            write_uuid=producer.commit_uuid,
+        ):
+            producer.append_data_file(data_file)
+        producer.commit()
+
+
+def arrow_rows(table, rows):
     schema = table.schema().as_arrow()
     columns = {}
     for field in schema:
@@ -139,7 +211,7 @@ def append(table, rows):
             )
         else:
             columns[field.name] = pa.array(values, field.type)
-    table.append(pa.table(columns, schema=schema))
+    return pa.table(columns, schema=schema)
 
 
 def evolve(table):
@@ -259,6 +331,8 @@ def main():
     )
     cat = catalog(data_dir)
     if op == "create":
+        if os.environ.get("LAKE_SQL_WAREHOUSE"):
+            ensure_bucket(os.environ["LAKE_SQL_WAREHOUSE"])
         create(cat)
         return
     if op == "count":
@@ -279,6 +353,10 @@ def main():
         append(table, rows)
     elif op == "delete":
         table.delete(In("id", rows["id"]))
+    elif op == "overwrite":
+        overwrite(table, rows)
+    elif op == "compact":
+        compact(table)
     elif op == "eq-delete":
         eq_delete(table, rows)
     elif op == "respec":
