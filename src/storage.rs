@@ -15,6 +15,7 @@
 //! | `commit` | our atomic commit (manifests, manifest list, catalog update) |
 //! | `writer` | `TableWriter`: append, upsert, partition replace, compaction, properties |
 //! | `observe` | commit notifications for in-memory copies (cache, live trades) |
+//! | `notify` | commits announced to other servers on a PostgreSQL catalog (LISTEN/NOTIFY) |
 //! | `maintenance` | snapshot expiry and the orphan-file sweep |
 //! | `lock` | the single-writer lock (file lock, PostgreSQL advisory lock, or `lease`) |
 //! | `lease` | the writer lease in an S3 warehouse, taken and renewed by conditional writes |
@@ -31,6 +32,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod manifest;
+pub mod notify;
 pub mod observe;
 pub mod provider;
 pub mod read;

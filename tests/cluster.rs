@@ -55,44 +55,30 @@ async fn build_all(server: &Server) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
-    let Some(url) = postgres_url() else {
-        eprintln!("skipping: TEST_POSTGRES_URL is not set");
-        return;
-    };
+/// Two deployments on one new catalog in `url`'s database and one shared warehouse: the first
+/// holds the writer lock, the second stands by for it (a read replica).
+async fn lake_of_two(url: &str) -> (tempfile::TempDir, Deployment, Deployment) {
     let lake = tempfile::tempdir().unwrap();
+    let name = format!("ohlcv_cluster_{}", uuid::Uuid::new_v4().simple());
     let config = |dir: &std::path::Path| {
         let mut c = Config {
             data_dir: dir.to_path_buf(),
             ..Config::default()
         };
-        c.catalog.url = Some(url.clone());
+        c.catalog.url = Some(url.to_string());
+        c.catalog.name = name.clone();
         c.catalog.warehouse = Some(lake.path().join("warehouse").display().to_string());
         c
     };
-    let name = format!("ohlcv_cluster_{}", uuid::Uuid::new_v4().simple());
-    let opts = || {
-        let mut o = options();
-        o.cache.trades_poll_ms = 200;
-        o
-    };
-
-    // The builder.
     let dir_a = tempfile::tempdir().unwrap();
-    let mut config_a = config(dir_a.path());
-    config_a.catalog.name = name.clone();
+    let config_a = config(dir_a.path());
     let a = Deployment {
         writer: writer_for(&config_a).await,
         config: config_a,
         dir: dir_a,
     };
-    let server_a = Server::start_with(&a, opts()).await;
-
-    // The replica: the lock is held, so it waits for it.
     let dir_b = tempfile::tempdir().unwrap();
-    let mut config_b = config(dir_b.path());
-    config_b.catalog.name = name;
+    let config_b = config(dir_b.path());
     let lock = WriterLock::acquire_or_standby(&config_b, "serve b")
         .await
         .unwrap();
@@ -101,6 +87,78 @@ async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
         config: config_b,
         dir: dir_b,
     };
+    (lake, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_postgresql_follows_announced_commits_long_before_its_poll() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let (_lake, a, b) = lake_of_two(&url).await;
+    let server_a = Server::start_with(&a, options()).await;
+    // The replica polls once at start, then not for a minute: only announcements move it.
+    let mut slow = options();
+    slow.cache.trades_poll_ms = 60_000;
+    let server_b = Server::start_with(&b, slow).await;
+    let mut on_a = FlightSqlServiceClient::new(server_a.channel().await);
+    let mut on_b = FlightSqlServiceClient::new(server_b.channel().await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    ingest_trades(&mut on_a, trade_batch(&minute_of_trades(0, 0)))
+        .await
+        .unwrap();
+    build_all(&server_a).await;
+    // candles() is served from the replica's cache, which only a look at the tables moves
+    // (planned SQL reads the catalog's current snapshot on every query).
+    let sql = "select sum(trade_count) from candles('kraken', 'BTC-USD', '1m', '2024-01-01', '2024-01-05')";
+    let built = count(&mut on_a, sql).await;
+    assert_eq!(built, 30);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&mut on_b, sql).await != built {
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not follow the announced build"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Unbuilt trades too (two minutes before the servers' now, inside the grace): the
+    // builder's ingest is announced, and the replica's live bars show them.
+    ingest_trades(
+        &mut on_a,
+        trade_batch(&minute_of_trades(100, 3 * 24 * 60 - 2)),
+    )
+    .await
+    .unwrap();
+    let expected = count(&mut on_a, sql).await;
+    assert_eq!(expected, 60);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&mut on_b, sql).await != expected {
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not follow the announced ingest"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server_b.shutdown_and_wait().await;
+    server_a.shutdown_and_wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let (_lake, a, b) = lake_of_two(&url).await;
+    let opts = || {
+        let mut o = options();
+        o.cache.trades_poll_ms = 200;
+        o
+    };
+    let server_a = Server::start_with(&a, opts()).await;
     let builder = b.writer.other_builder().await.expect("a replica");
     assert!(builder.contains("(test on"), "{builder}");
     let server_b = Server::start_with(&b, opts()).await;

@@ -8,7 +8,8 @@
 //! A read replica (another server holds the writer lock) sees none of the builder's commits
 //! either: it polls the bar tables the same way, and a table at a new snapshot takes that
 //! snapshot's watermark and drops the cached bars of its timeframe, so every answer is the
-//! tables at one snapshot, at most one poll interval behind.
+//! tables at one snapshot, at most one poll interval behind. On a PostgreSQL catalog the
+//! builder announces each commit (`storage::notify`), and the replica looks at once.
 
 use std::time::Duration;
 
@@ -93,7 +94,8 @@ impl BarCache {
 }
 
 /// Polls the trades table every `every` until cancelled (see [`BarCache::follow_trades`]),
-/// and the bar tables too while `writer` is a read replica's.
+/// and the bar tables too while `writer` is a read replica's. On a PostgreSQL catalog it also
+/// looks at once when the builder announces a commit (see `storage::notify`).
 pub async fn follow(
     cache: BarCache,
     every: Duration,
@@ -103,30 +105,47 @@ pub async fn follow(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_replica = writer.other_builder().await.is_some();
+    let (tx, mut announced) = tokio::sync::mpsc::channel(16);
+    let listening = match writer.storage().listen_commits().await {
+        Ok(Some(feed)) => Some(tokio::spawn(feed.forward(tx, cancel.clone()))),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for commit announcements; polling only");
+            None
+        }
+    };
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
+            Some(table) = announced.recv() => tracing::debug!(%table, "a commit was announced"),
         }
-        match cache.follow_trades().await {
-            Ok(true) => tracing::debug!("live trades reloaded after another engine's commit"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "checking the trades table for new commits failed")
-            }
+        follow_once(&cache, &writer, &mut was_replica).await;
+    }
+    if let Some(listening) = listening {
+        let _ = listening.await;
+    }
+}
+
+async fn follow_once(cache: &BarCache, writer: &TableWriter, was_replica: &mut bool) {
+    match cache.follow_trades().await {
+        Ok(true) => tracing::debug!("live trades reloaded after another engine's commit"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "checking the trades table for new commits failed")
         }
-        // A replica tries to take the lock on every tick (failover within one interval of
-        // its release); after taking it, one more look catches the old builder's last commits.
-        let replica = writer.builder_elsewhere().await.is_some();
-        let just_took_over = std::mem::replace(&mut was_replica, replica) && !replica;
-        if replica || just_took_over {
-            match cache.follow_bars().await {
-                Ok(moved) if !moved.is_empty() => {
-                    tracing::debug!(?moved, "bar tables moved by the builder")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "checking the bar tables failed"),
+    }
+    // A replica tries to take the lock on every look (failover within one interval of its
+    // release); after taking it, one more look catches the old builder's last commits.
+    let replica = writer.builder_elsewhere().await.is_some();
+    let just_took_over = std::mem::replace(was_replica, replica) && !replica;
+    if replica || just_took_over {
+        match cache.follow_bars().await {
+            Ok(moved) if !moved.is_empty() => {
+                tracing::debug!(?moved, "bar tables moved by the builder")
             }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "checking the bar tables failed"),
         }
     }
 }

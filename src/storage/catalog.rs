@@ -50,6 +50,8 @@ struct Inner {
     warehouse: Warehouse,
     /// The trades table of another pipeline, when the server builds from one.
     source: Option<SourceConfig>,
+    /// The catalog database, when it is PostgreSQL (commits are announced there).
+    postgres_url: Option<String>,
 }
 
 impl Storage {
@@ -90,6 +92,8 @@ impl Storage {
                 namespace: config.catalog.namespace.clone(),
                 warehouse,
                 source: config.source.clone(),
+                postgres_url: Some(config.catalog_url())
+                    .filter(|url| config.catalog.rest.is_none() && url.starts_with("postgres")),
             }),
         };
         storage.ensure_tables().await?;
@@ -103,6 +107,11 @@ impl Storage {
     /// Connection pool on the database of the server's own state (job history, reports).
     pub fn pool(&self) -> AnyPool {
         self.inner.state.clone()
+    }
+
+    /// The catalog database's URL when the catalog is PostgreSQL.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.inner.postgres_url.as_deref()
     }
 
     pub fn catalog_name(&self) -> &str {

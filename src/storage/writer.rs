@@ -385,6 +385,9 @@ impl TableWriter {
         }
         let properties = change.properties.clone();
         let outcome = commit(&self.storage, kind, table, listing, change).await?;
+        if outcome.snapshot_id.is_some() {
+            self.storage.announce(kind);
+        }
         let observer = self
             .observer
             .read()
