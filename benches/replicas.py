@@ -12,7 +12,8 @@ run as read replicas. Measured in one run:
 - the replica lag: a trade is ingested into the builder through ADBC, then every replica is
   polled until its live candle shows it; the time from the builder's acknowledgement to the
   replica's answer, over `--trades` trades (the replicas poll the catalog every
-  `[cache] trades_poll_ms`, 1 s by default).
+  `[cache] trades_poll_ms`, 1 s by default, and on this PostgreSQL catalog also look at once
+  when the builder announces a commit with NOTIFY).
 
 usage:
   cargo build --release

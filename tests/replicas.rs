@@ -3,7 +3,9 @@
 //! server builds while clients query all three; the builder is killed with SIGKILL mid-ingest;
 //! a replica takes the lock over within the documented bound (a few poll intervals) and
 //! ingest and builds go on there. Checked: every server's answers only grow (each is the
-//! tables at some snapshot, never a mix going back), the replicas catch up with the builder,
+//! tables at some snapshot, never a mix going back), every cached `candles()` answer is whole
+//! batches and shows at least what was built two poll intervals before it was asked, the
+//! replicas catch up with the builder,
 //! no acknowledged trade is lost or stored twice, and the five tables equal a reference
 //! computed from every stored trade (a clean rebuild).
 
@@ -104,6 +106,13 @@ fn batch_of(n: i64) -> Vec<Trade> {
 
 const TRADED: &str = "select sum(trade_count) from ohlcv_1m";
 
+/// The same through `candles()`, which a server answers from its cache at the snapshots it
+/// follows (planned SQL reads the catalog's current snapshot on every query): one series,
+/// 20 trades per batch.
+const TRADED_BTC: &str =
+    "select sum(trade_count) from candles('kraken', 'BTC-USD', '1m', '2024-01-01', '2024-01-02')";
+const BTC_PER_BATCH: i64 = 20;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_one_builder_failover_under_ingest() {
     let Some(url) = postgres_url() else {
@@ -141,6 +150,10 @@ async fn three_servers_one_builder_failover_under_ingest() {
     let mut builder = 0usize;
     let mut killed_at: Option<Instant> = None;
     let mut failover = None;
+    // (when a build's commit had landed, BTC trades built by then): every answer must show
+    // at least what was built two poll intervals before it was asked.
+    let mut builds: Vec<(Instant, i64)> = Vec::new();
+    let btc_acked = |acked: &Vec<Trade>| acked.len() as i64 / 2;
     for n in 0..60 {
         // Ingest one batch into the builder; replicas refuse with the builder's name.
         let batch = batch_of(n);
@@ -171,6 +184,7 @@ async fn three_servers_one_builder_failover_under_ingest() {
                         })
                         .await
                         .unwrap();
+                    builds.push((Instant::now(), btc_acked(&acked) + BTC_PER_BATCH));
                 }
                 sent.map_err(|e| e.to_string())
             }
@@ -197,6 +211,26 @@ async fn three_servers_one_builder_failover_under_ingest() {
                 seen[i]
             );
             seen[i] = got;
+
+            // Its cached answer is the tables at one snapshot (whole batches) no older than
+            // two poll intervals.
+            let asked = Instant::now();
+            let btc = number(&mut client(addr).await, TRADED_BTC)
+                .await
+                .unwrap_or_else(|| panic!("server {i} did not answer candles()"));
+            let due = asked.checked_sub(Duration::from_millis(2 * POLL_MS));
+            let floor = builds
+                .iter()
+                .filter(|(at, _)| due.is_some_and(|due| *at <= due))
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(0);
+            let sent = (acked.len() + unacked.len()) as i64 / 2;
+            assert!(
+                btc % BTC_PER_BATCH == 0 && btc >= floor && btc <= sent,
+                "server {i} answered {btc} BTC trades: not whole batches between what was \
+                 built two poll intervals before ({floor}) and what was sent ({sent})"
+            );
         }
         if let (Some(at), None) = (killed_at, failover) {
             // Who builds now: the replica that accepts a write.
@@ -213,6 +247,7 @@ async fn three_servers_one_builder_failover_under_ingest() {
                 if accepted.is_ok() {
                     builder = i;
                     failover = Some(at.elapsed());
+                    builds.push((Instant::now(), btc_acked(&acked)));
                     break;
                 }
             }
