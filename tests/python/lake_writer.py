@@ -16,6 +16,7 @@ usage: lake_writer.py DATA_DIR OP [JSON]
   delete JSON         {"id": [...]}
   overwrite JSON      rows as for append: the trades with these ids are replaced by them
   compact             every live file rewritten with the same rows (a `replace` snapshot)
+  expire              every snapshot but the current one expired
   unpartition         drop the hourly partition field (new files are unpartitioned)
   respec NAME         replace the partition spec by one of SPECS (identity and bucket,
                       truncate and month, year): every later file is written with it
@@ -357,6 +358,10 @@ def main():
         overwrite(table, rows)
     elif op == "compact":
         compact(table)
+    elif op == "expire":
+        current = table.current_snapshot().snapshot_id
+        old = [s.snapshot_id for s in table.snapshots() if s.snapshot_id != current]
+        table.maintenance.expire_snapshots().by_ids(old).commit()
     elif op == "eq-delete":
         eq_delete(table, rows)
     elif op == "respec":
