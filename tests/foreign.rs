@@ -1,6 +1,6 @@
 //! Another engine writes to the lake: pyiceberg appends trades to `market.trades` (its own
 //! manifests, whose entries inherit snapshot ids and sequence numbers), deletes trades (files
-//! rewritten), and expires the snapshot the builder last consumed; after each step the five
+//! rewritten, then position delete files as Spark's merge-on-read writes them), and expires the snapshot the builder last consumed; after each step the five
 //! tables equal a reference computed from the trades that remain, including windows that lost
 //! every trade (their bars are deleted). pyiceberg appends a bad bar to `ohlcv_1m`, and
 //! validation reports it by key.
@@ -73,6 +73,36 @@ fn pyiceberg(d: &Deployment, table: &str, op: &str, rows: Value) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Trades pyiceberg reads from `market.trades` (row-level deletes applied).
+fn pyiceberg_count(d: &Deployment) -> usize {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/foreign_writer.py"
+        ))
+        .arg(&d.config.data_dir)
+        .args(["trades", "count"])
+        .envs(catalog_env(d))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Trades our SQL engine reads from `market.trades`.
+async fn trade_count(d: &Deployment) -> usize {
+    use arrow::array::AsArray;
+    let batches = d.sql("select count(*) from ohlcv.market.trades").await;
+    batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0) as usize
 }
 
 fn trades_json(trades: &[Trade]) -> Value {
@@ -204,7 +234,31 @@ async fn foreign_writer_steps(d: &Deployment) {
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after pyiceberg deletes")
         .await;
 
-    // A compaction rewrites files: no new trades, no revision.
+    // Row-level deletes (position delete files, merge-on-read, as Spark writes them): the
+    // trades are gone from the bars, SQL and pyiceberg, and a window left empty loses its bar.
+    let doomed: Vec<String> = all
+        .iter()
+        .filter(|t| {
+            let minute = (t.ts - T0).div_euclid(MIN);
+            (t.symbol == "BTC-USD" && minute == 200) || t.id.ends_with('3')
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    pyiceberg(d, "trades", "pos-delete", json!({ "trade_id": doomed }));
+    all.retain(|t| !doomed.contains(&t.id));
+    let reports = d.build_all(NOW).await;
+    assert!(
+        reports[0].deleted >= 1,
+        "the emptied minute: {:?}",
+        reports[0]
+    );
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after position deletes")
+        .await;
+    assert_eq!(trade_count(d).await, all.len(), "SQL skips deleted rows");
+    assert_eq!(pyiceberg_count(d), all.len(), "pyiceberg agrees");
+
+    // A compaction rewrites files (our compaction folds the deletes in): no new trades, no
+    // revision.
     let revised_before = revisions(d).await;
     let partitions: Vec<i32> = (0..2).map(|day| ((T0 + day * DAY) / DAY) as i32).collect();
     d.writer
@@ -214,6 +268,8 @@ async fn foreign_writer_steps(d: &Deployment) {
     let reports = d.build_all(NOW).await;
     assert_eq!(reports[0].bars_written, 0, "{:?}", reports[0]);
     assert_eq!(revisions(d).await, revised_before);
+    assert_eq!(trade_count(d).await, all.len(), "after compaction");
+    assert_eq!(pyiceberg_count(d), all.len(), "pyiceberg after compaction");
 
     // Another engine expires the snapshot the builder consumed, then appends: the changes
     // cannot be listed, so every persisted window is compared, and the result is still exact.

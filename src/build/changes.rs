@@ -20,7 +20,7 @@ use iceberg_rust::table::Table;
 
 use crate::storage::files::read_position_deletes;
 use crate::storage::manifest::{read_entries, read_manifest_list};
-use crate::storage::snapshot::equality_scope;
+use crate::storage::snapshot::{equality_scope, takes_row_deletes};
 use crate::storage::{Error, Layout, Listing, LiveFile, Result, TableKind, TimeRange};
 
 /// Files added and removed by the row-changing snapshots after the consumed one.
@@ -90,15 +90,16 @@ pub async fn since(
                 continue;
             }
             let spec_id = specs.get(&manifest_path).copied().unwrap_or_default();
+            let row_deletes = takes_row_deletes(kind, own_partitions);
             match entry.data_file().content() {
                 FileContent::Data => {}
-                FileContent::PositionDeletes if !own_partitions => {
+                FileContent::PositionDeletes if row_deletes => {
                     if *entry.status() != Status::Existing {
                         delete_files.push(entry.data_file().file_path().clone());
                     }
                     continue;
                 }
-                FileContent::EqualityDeletes if !own_partitions => {
+                FileContent::EqualityDeletes if row_deletes => {
                     if *entry.status() != Status::Existing {
                         scopes.push(equality_scope(metadata, spec_id, &entry));
                     }
@@ -108,7 +109,7 @@ pub async fn since(
                     return Err(Error::Unsupported {
                         table: kind.name(),
                         file: entry.data_file().file_path().clone(),
-                        feature: "a delete file in a table of ours (no writer of ours makes one)"
+                        feature: "a delete file in a bar table (only our builder writes them)"
                             .to_string(),
                     })
                 }

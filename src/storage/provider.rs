@@ -7,6 +7,7 @@
 //! and pages are skipped by their statistics and DataFusion re-checks every row.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{SchemaProvider, Session};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
@@ -24,6 +26,8 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::ExecutionPlan;
 use iceberg_rust::spec::util::strip_prefix;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetObjectReader};
 
 use super::catalog::Storage;
 use super::error::Result;
@@ -119,7 +123,13 @@ impl TableProvider for SnapshotTable {
             let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
             source = source.with_predicate(state.create_physical_expr(predicate, &df_schema)?);
         }
-        let groups = file_groups(&files, state.config().target_partitions());
+        let mut plans = HashMap::new();
+        for file in &files {
+            if let Some(plan) = skip_deleted(&self.store, &self.kind.name(), file).await? {
+                plans.insert(file.path(), Arc::new(plan));
+            }
+        }
+        let groups = file_groups(&files, &plans, state.config().target_partitions());
         let url = ObjectStoreUrl::parse(WAREHOUSE_URL)?;
         state
             .runtime_env()
@@ -133,8 +143,65 @@ impl TableProvider for SnapshotTable {
     }
 }
 
-/// Spreads files over `n` groups, largest first onto the lightest group.
-fn file_groups(files: &[&LiveFile], n: usize) -> Vec<FileGroup> {
+/// How DataFusion reads a file that position delete files cut rows from: every row group,
+/// with the deleted rows skipped (`None`: the file has no deletes). A file with equality
+/// deletes is refused by name: SQL cannot apply them yet (builds and candles do).
+async fn skip_deleted(
+    store: &Arc<dyn ObjectStore>,
+    table: &str,
+    file: &LiveFile,
+) -> DfResult<Option<ParquetAccessPlan>> {
+    if !file.equality.is_empty() {
+        return Err(DataFusionError::External(Box::new(
+            super::error::Error::Unsupported {
+                table: table.to_string(),
+                file: file.path().to_string(),
+                feature: "equality delete files in a SQL query (builds and candles apply them; \
+                          compacting the table's partition folds them in)"
+                    .to_string(),
+            },
+        )));
+    }
+    let Some(deleted) = &file.deleted else {
+        return Ok(None);
+    };
+    let mut reader =
+        ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(file.path()))
+            .with_file_size(file.size() as u64);
+    let metadata = reader.get_metadata(None).await?;
+    let mut plan = ParquetAccessPlan::new_all(metadata.num_row_groups());
+    let mut start = 0u64;
+    for (i, group) in metadata.row_groups().iter().enumerate() {
+        let end = start + group.num_rows() as u64;
+        let from = deleted.partition_point(|&p| p < start);
+        let to = deleted.partition_point(|&p| p < end);
+        if from < to {
+            let mut selectors = Vec::new();
+            let mut at = start;
+            for &p in &deleted[from..to] {
+                if p > at {
+                    selectors.push(RowSelector::select((p - at) as usize));
+                }
+                selectors.push(RowSelector::skip(1));
+                at = p + 1;
+            }
+            if end > at {
+                selectors.push(RowSelector::select((end - at) as usize));
+            }
+            plan.scan_selection(i, RowSelection::from(selectors));
+        }
+        start = end;
+    }
+    Ok(Some(plan))
+}
+
+/// Spreads files over `n` groups, largest first onto the lightest group; a file with an
+/// access plan in `plans` is read as it says.
+fn file_groups(
+    files: &[&LiveFile],
+    plans: &HashMap<&str, Arc<ParquetAccessPlan>>,
+    n: usize,
+) -> Vec<FileGroup> {
     let n = n.clamp(1, files.len().max(1));
     let mut sorted: Vec<&&LiveFile> = files.iter().collect();
     sorted.sort_by_key(|f| std::cmp::Reverse(f.size()));
@@ -147,9 +214,11 @@ fn file_groups(files: &[&LiveFile], n: usize) -> Vec<FileGroup> {
         lightest.0 += file.size();
         let path = strip_prefix(file.path());
         let path = path.trim_start_matches('/');
-        lightest
-            .1
-            .push(PartitionedFile::new(path.to_string(), file.size() as u64));
+        let mut partitioned = PartitionedFile::new(path.to_string(), file.size() as u64);
+        if let Some(plan) = plans.get(file.path()) {
+            partitioned = partitioned.with_extensions(Arc::clone(plan) as _);
+        }
+        lightest.1.push(partitioned);
     }
     groups
         .into_iter()

@@ -31,11 +31,14 @@ pub async fn read_files(
         )));
     }
     let store = storage.store();
-    let paths: Vec<String> = files.iter().map(|f| f.path().to_string()).collect();
-    let batches: Vec<Vec<RecordBatch>> = stream::iter(paths)
-        .map(|path| {
+    let files: Vec<LiveFile> = files.iter().map(|f| (*f).clone()).collect();
+    let batches: Vec<Vec<RecordBatch>> = stream::iter(files)
+        .map(|file| {
             let store = Arc::clone(&store);
-            async move { read_data_file(&store, kind, &path).await }
+            async move {
+                let batches = read_data_file(&store, kind, file.path()).await?;
+                without_row_deletes(&file, batches)
+            }
         })
         .buffered(READ_CONCURRENCY)
         .try_collect()
@@ -56,6 +59,26 @@ pub async fn read_files(
         if kept.num_rows() > 0 {
             out.push(kept);
         }
+    }
+    Ok(out)
+}
+
+/// One file's rows (in file order) without those its row-level deletes remove (see
+/// [`super::snapshot`]: only trades tables carry any).
+pub fn without_row_deletes(file: &LiveFile, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    if file.deleted.is_none() && file.equality.is_empty() {
+        return Ok(batches);
+    }
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let rows = batch.num_rows();
+        let batch = match &file.deleted {
+            Some(deleted) => super::files::without_deleted(batch, offset, deleted)?,
+            None => batch,
+        };
+        offset += rows;
+        out.push(super::equality::without_equal(batch, &file.equality)?);
     }
     Ok(out)
 }

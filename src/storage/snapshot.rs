@@ -4,10 +4,12 @@
 //! read at all, then files whose time-column bounds miss the range are dropped. Both use our
 //! own partition arithmetic, so `timestamptz` bounds are compared as plain UTC microseconds.
 //!
-//! Row-level deletes are applied to the tables of other pipelines: each live data file carries
-//! the positions deleted in it by position delete files (Spark, DuckDB) and the equality
-//! delete files (Flink, Spark upserts) that apply to it (`equality`), at the listed snapshot.
-//! Delete files in our own tables (which no writer of ours produces) are refused by name.
+//! Row-level deletes are applied to the trades, whoever owns the table (another pipeline's
+//! `[source]`, or our `market.trades`, which other engines may write to): each live data file
+//! carries the positions deleted in it by position delete files (Spark, DuckDB) and the
+//! equality delete files (Flink, Spark upserts) that apply to it (`equality`), at the listed
+//! snapshot. Delete files in our bar tables (which only our builder writes) are refused by
+//! name.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -238,12 +240,13 @@ impl Listing {
                 .get(manifest_path.as_str())
                 .copied()
                 .unwrap_or_default();
+            let row_deletes = takes_row_deletes(kind, own_partitions);
             match entry.data_file().content() {
-                FileContent::PositionDeletes if !own_partitions => {
+                FileContent::PositionDeletes if row_deletes => {
                     deletes.push(entry);
                     continue;
                 }
-                FileContent::EqualityDeletes if !own_partitions => {
+                FileContent::EqualityDeletes if row_deletes => {
                     equality.push((spec_id, entry));
                     continue;
                 }
@@ -385,6 +388,12 @@ async fn apply_equality_deletes(
     Ok(())
 }
 
+/// Whether row-level delete files of a table are applied: the trades (ours, which other
+/// engines write too, or a `[source]`), never our bar tables, which only our builder writes.
+pub fn takes_row_deletes(kind: TableKind, own_partitions: bool) -> bool {
+    !own_partitions || kind == TableKind::Trades
+}
+
 /// Refuses a live file whose rows this server cannot read correctly: skipping it, or reading
 /// a delete file's rows as trades, would be silent wrong data.
 fn refuse_unreadable(table: &str, entry: &ManifestEntry) -> Result<()> {
@@ -395,11 +404,11 @@ fn refuse_unreadable(table: &str, entry: &ManifestEntry) -> Result<()> {
             other => format!("data file format {other:?}"),
         },
         FileContent::PositionDeletes => {
-            "a position delete file in a table of ours (no writer of ours makes one)".to_string()
+            "a position delete file in a bar table (only our builder writes them)".to_string()
         }
-        FileContent::EqualityDeletes => "row-level deletes by equality (an equality delete \
-                                         file); position deletes are supported"
-            .to_string(),
+        FileContent::EqualityDeletes => {
+            "an equality delete file in a bar table (only our builder writes them)".to_string()
+        }
     };
     Err(Error::Unsupported {
         table: table.to_string(),

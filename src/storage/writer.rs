@@ -18,7 +18,7 @@ use super::files::{
 use super::lock::WriterLock;
 use super::observe::{CommitObserver, Committed, Content};
 use super::schema::TableKind;
-use super::snapshot::{Listing, TimeRange};
+use super::snapshot::{Listing, LiveFile, TimeRange};
 
 /// Handle for writing; cheap to clone, all clones share the lock and the commit queue.
 #[derive(Clone)]
@@ -334,33 +334,44 @@ impl TableWriter {
     }
 
     /// Rewrites the files of each partition listed in `partitions` into one sorted file
-    /// without changing a row (compaction). Partitions with a single file are left alone.
+    /// without changing a row (compaction). Rows that row-level deletes of other engines
+    /// removed (trades only) are left out, so the new file needs none. Partitions with a single
+    /// file and no deletes are left alone.
     pub async fn compact(&self, kind: TableKind, partitions: &[i32]) -> Result<CommitOutcome> {
         let _turn = self.turn(kind).await?;
         let table = self.storage.table(kind).await?;
         let listing = Listing::read(&table, kind, None, TimeRange::ALL).await?;
         let store = self.storage.store();
         let schema = kind.arrow_schema()?;
-        let mut by_partition: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+        let mut by_partition: BTreeMap<i32, Vec<&LiveFile>> = BTreeMap::new();
         for file in &listing.files {
             if let Some(p) = file.partition(kind).filter(|p| partitions.contains(p)) {
-                by_partition.entry(p).or_default().push(file.path());
+                by_partition.entry(p).or_default().push(file);
             }
         }
         let mut change = Change {
             rewrite_only: true,
             ..Change::default()
         };
-        for (partition, paths) in by_partition.into_iter().filter(|(_, p)| p.len() > 1) {
+        let worth_it = |files: &Vec<&LiveFile>| {
+            files.len() > 1
+                || files
+                    .iter()
+                    .any(|f| f.deleted.is_some() || !f.equality.is_empty())
+        };
+        for (partition, files) in by_partition.into_iter().filter(|(_, f)| worth_it(f)) {
             let mut batches = Vec::new();
-            for path in &paths {
-                batches.extend(read_data_file(&store, kind, path).await?);
+            for file in &files {
+                let rows = read_data_file(&store, kind, file.path()).await?;
+                batches.extend(super::read::without_row_deletes(file, rows)?);
             }
             let rows = concat_batches(&schema, &batches)?;
             change
                 .add
                 .push(write_partition_file(&store, &table, kind, partition, &rows).await?);
-            change.remove.extend(paths.iter().map(|p| p.to_string()));
+            change
+                .remove
+                .extend(files.iter().map(|f| f.path().to_string()));
         }
         self.commit_and_notify(kind, &table, &listing, change, Content::Rewrite)
             .await

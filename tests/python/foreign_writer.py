@@ -5,6 +5,10 @@ usage: foreign_writer.py DATA_DIR TABLE OP [ROWS_JSON]
   OP append:     ROWS_JSON is {"column": [values...]}; timestamps are UTC microseconds.
   OP delete:     ROWS_JSON is {"trade_id": [ids...]}: those trades are deleted (pyiceberg
                  rewrites the files holding them: an overwrite snapshot).
+  OP pos-delete: ROWS_JSON is {"trade_id": [ids...]}: those trades are deleted by position
+                 delete files (merge-on-read, as Spark writes them with
+                 write.delete.mode=merge-on-read), one per data file holding any, committed
+                 in a delete manifest (pyiceberg has no public writer of them).
   OP expire:     every snapshot but the current one is expired.
   OP count:      prints the number of rows pyiceberg reads (every referenced file opened).
 Each call is one pyiceberg commit on table market.TABLE of the SQLite catalog under DATA_DIR,
@@ -47,6 +51,80 @@ def rows_as_arrow(table, rows):
     return pa.table(columns, schema=schema)
 
 
+def position_delete(table, trade_ids):
+    import io
+    import uuid
+
+    import pyarrow.parquet as pq
+    from pyiceberg.manifest import (
+        DataFile,
+        DataFileContent,
+        FileFormat,
+        ManifestContent,
+        ManifestWriterV2,
+    )
+    from pyiceberg.table.snapshots import Operation
+    from pyiceberg.table.update.snapshot import _FastAppendFiles
+
+    class DeleteManifestWriter(ManifestWriterV2):
+        def content(self):
+            return ManifestContent.DELETES
+
+        @property
+        def _meta(self):
+            return {**super()._meta, "content": "deletes"}
+
+    doomed = set(trade_ids)
+    # The reserved field ids of a position delete file's columns (Iceberg spec).
+    schema = pa.schema([
+        pa.field("file_path", pa.string(), nullable=False,
+                 metadata={b"PARQUET:field_id": b"2147483546"}),
+        pa.field("pos", pa.int64(), nullable=False,
+                 metadata={b"PARQUET:field_id": b"2147483545"}),
+    ])
+    with table.transaction() as tx:
+        producer = _FastAppendFiles(operation=Operation.DELETE, transaction=tx, io=table.io)
+
+        def writer(spec, producer=producer):
+            return DeleteManifestWriter(
+                spec,
+                producer.schema(),
+                producer.new_manifest_output(),
+                producer._snapshot_id,
+                producer._compression,
+            )
+
+        producer.new_manifest_writer = writer
+        for task in table.scan().plan_files():
+            assert not task.delete_files, "one position delete per data file"
+            data = task.file
+            with table.io.new_input(data.file_path).open() as f:
+                ids = pq.read_table(f, columns=["trade_id"]).column("trade_id").to_pylist()
+            positions = [i for i, trade_id in enumerate(ids) if trade_id in doomed]
+            if not positions:
+                continue
+            buf = io.BytesIO()
+            pq.write_table(
+                pa.table([pa.array([data.file_path] * len(positions)), pa.array(positions)],
+                         schema=schema),
+                buf,
+            )
+            path = f"{table.location()}/data/pos-delete-{uuid.uuid4()}.parquet"
+            with table.io.new_output(path).create() as out:
+                out.write(buf.getvalue())
+            delete_file = DataFile.from_args(
+                content=DataFileContent.POSITION_DELETES,
+                file_path=path,
+                file_format=FileFormat.PARQUET,
+                partition=data.partition,
+                record_count=len(positions),
+                file_size_in_bytes=len(buf.getvalue()),
+            )
+            delete_file.spec_id = data.spec_id
+            producer.append_data_file(delete_file)
+        producer.commit()
+
+
 def main():
     data_dir, name, op = sys.argv[1], sys.argv[2], sys.argv[3]
     rows = json.load(open(sys.argv[4])) if len(sys.argv) > 4 else {}
@@ -58,6 +136,8 @@ def main():
     elif op == "count":
         print(table.scan().to_arrow().num_rows)
         return
+    elif op == "pos-delete":
+        position_delete(table, rows["trade_id"])
     elif op == "expire":
         current = table.current_snapshot().snapshot_id
         old = [s.snapshot_id for s in table.snapshots() if s.snapshot_id != current]
