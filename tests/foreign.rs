@@ -1,9 +1,10 @@
 //! Another engine writes to the lake: pyiceberg appends trades to `market.trades` (its own
 //! manifests, whose entries inherit snapshot ids and sequence numbers), deletes trades (files
-//! rewritten, then position delete files as Spark's merge-on-read writes them), and expires the snapshot the builder last consumed; after each step the five
-//! tables equal a reference computed from the trades that remain, including windows that lost
-//! every trade (their bars are deleted). pyiceberg appends a bad bar to `ohlcv_1m`, and
-//! validation reports it by key.
+//! rewritten), overwrites some with corrections, deletes more by position delete files (as
+//! Spark's merge-on-read writes them), and expires the snapshot the builder last consumed;
+//! after each step the five tables equal a reference computed from the trades that remain,
+//! including windows that lost every trade (their bars are deleted). pyiceberg appends a bad
+//! bar to `ohlcv_1m`, and validation reports it by key.
 
 mod common;
 
@@ -232,6 +233,28 @@ async fn foreign_writer_steps(d: &Deployment) {
         reports[3]
     );
     d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after pyiceberg deletes")
+        .await;
+
+    // Corrections in one overwrite snapshot: some trades replaced with new prices and sizes.
+    let mut corrected: Vec<Trade> = all
+        .iter()
+        .filter(|t| t.symbol == "BTC-USD" && t.id.ends_with('1'))
+        .take(50)
+        .cloned()
+        .collect();
+    for t in &mut corrected {
+        t.price = (t.price * 1.01 * 100.0).round() / 100.0;
+        t.qty += 0.5;
+    }
+    pyiceberg(d, "trades", "overwrite", trades_json(&corrected));
+    for t in &mut all {
+        if let Some(c) = corrected.iter().find(|c| c.id == t.id) {
+            *t = c.clone();
+        }
+    }
+    let reports = d.build_all(NOW).await;
+    assert!(reports[0].revised > 0, "{:?}", reports[0]);
+    d.assert_bars_equal_trades(&all, &Timeframe::ALL, "after pyiceberg's overwrite")
         .await;
 
     // Row-level deletes (position delete files, merge-on-read, as Spark writes them): the

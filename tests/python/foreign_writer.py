@@ -5,6 +5,8 @@ usage: foreign_writer.py DATA_DIR TABLE OP [ROWS_JSON]
   OP append:     ROWS_JSON is {"column": [values...]}; timestamps are UTC microseconds.
   OP delete:     ROWS_JSON is {"trade_id": [ids...]}: those trades are deleted (pyiceberg
                  rewrites the files holding them: an overwrite snapshot).
+  OP overwrite:  ROWS_JSON as for append: the trades with these ids are replaced by these rows
+                 (corrections; one overwrite snapshot).
   OP pos-delete: ROWS_JSON is {"trade_id": [ids...]}: those trades are deleted by position
                  delete files (merge-on-read, as Spark writes them with
                  write.delete.mode=merge-on-read), one per data file holding any, committed
@@ -133,6 +135,8 @@ def main():
         table.append(rows_as_arrow(table, rows))
     elif op == "delete":
         table.delete(In("trade_id", rows["trade_id"]))
+    elif op == "overwrite":
+        table.overwrite(rows_as_arrow(table, rows), overwrite_filter=In("trade_id", rows["trade_id"]))
     elif op == "count":
         print(table.scan().to_arrow().num_rows)
         return
