@@ -440,13 +440,16 @@ impl BarCache {
         range: TimeRange,
         latest: Option<usize>,
     ) -> Result<Vec<RecordBatch>> {
-        if snapshot.is_none() {
+        let Some(snapshot) = snapshot else {
             return Ok(Vec::new());
-        }
+        };
         let kind = TableKind::Bars(key.timeframe);
-        let table = self.inner.storage.table(kind).await?;
-        let listing = Listing::read(&table, kind, snapshot, range).await?;
-        let files: Vec<&LiveFile> = listing.files.iter().collect();
+        let listing = self.inner.storage.listing_at(kind, snapshot).await?;
+        let files: Vec<&LiveFile> = listing
+            .files
+            .iter()
+            .filter(|f| f.may_overlap(kind, &range))
+            .collect();
         let series = Series {
             exchange: &key.exchange,
             symbol: &key.symbol,

@@ -21,6 +21,7 @@
 //! | `lease` | the writer lease in an S3 warehouse, taken and renewed by conditional writes |
 //! | `read` | rows of a time range, for the engine's own reads |
 //! | `series` | one series' rows of a bar table, only the pages that may hold it |
+//! | `metacache` | listings per snapshot and Parquet footers, read once (they never change) |
 //! | `provider` | DataFusion `TableProvider` / `SchemaProvider` |
 
 pub mod catalog;
@@ -32,6 +33,7 @@ pub mod lease;
 pub mod lock;
 pub mod maintenance;
 pub mod manifest;
+pub mod metacache;
 pub mod notify;
 pub mod observe;
 pub mod provider;

@@ -52,6 +52,8 @@ struct Inner {
     source: Option<SourceConfig>,
     /// The catalog database, when it is PostgreSQL (commits are announced there).
     postgres_url: Option<String>,
+    /// Listings per snapshot and Parquet footers, which never change (`metacache`).
+    meta: super::metacache::MetaCache,
 }
 
 impl Storage {
@@ -94,6 +96,7 @@ impl Storage {
                 source: config.source.clone(),
                 postgres_url: Some(config.catalog_url())
                     .filter(|url| config.catalog.rest.is_none() && url.starts_with("postgres")),
+                meta: Default::default(),
             }),
         };
         storage.ensure_tables().await?;
@@ -107,6 +110,10 @@ impl Storage {
     /// Connection pool on the database of the server's own state (job history, reports).
     pub fn pool(&self) -> AnyPool {
         self.inner.state.clone()
+    }
+
+    pub(super) fn meta(&self) -> &super::metacache::MetaCache {
+        &self.inner.meta
     }
 
     /// The catalog database's URL when the catalog is PostgreSQL.

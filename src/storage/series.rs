@@ -16,7 +16,7 @@ use arrow::compute::kernels::cmp::eq;
 use arrow::datatypes::TimestampMicrosecondType;
 use futures::{stream, StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::file::metadata::ParquetMetaData;
@@ -49,7 +49,10 @@ pub async fn read_series(
     let batches: Vec<Vec<RecordBatch>> = stream::iter(paths)
         .map(|path| {
             let store = Arc::clone(&store);
-            async move { read_file(&store, kind, &path, series).await }
+            async move {
+                let footer = storage.footer(&store, &path).await?;
+                read_file(&store, kind, &path, footer, series).await
+            }
         })
         .buffered(READ_CONCURRENCY)
         .try_collect()
@@ -107,12 +110,11 @@ async fn read_file(
     store: &Arc<dyn ObjectStore>,
     kind: TableKind,
     path: &str,
+    footer: ArrowReaderMetadata,
     series: Series<'_>,
 ) -> Result<Vec<RecordBatch>> {
     let reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
-    let options = ArrowReaderOptions::new()
-        .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
-    let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, options).await?;
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
     let selection = select(builder.metadata(), &series);
     let builder = match selection {
         Some(selection) => builder.with_row_selection(selection),
@@ -314,6 +316,11 @@ mod pruning {
         (store, bars, metadata)
     }
 
+    fn page_index() -> parquet::arrow::arrow_reader::ArrowReaderOptions {
+        parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional)
+    }
+
     #[tokio::test]
     async fn one_series_reads_its_pages_and_exactly_its_rows() {
         let (store, bars, _) = day_file().await;
@@ -324,7 +331,11 @@ mod pruning {
             symbol: "ETH-USD",
             range,
         };
-        let got = read_file(&store, kind, "day.parquet", series)
+        let mut reader = ParquetObjectReader::new(Arc::clone(&store), "day.parquet".into());
+        let footer = ArrowReaderMetadata::load_async(&mut reader, page_index())
+            .await
+            .unwrap();
+        let got = read_file(&store, kind, "day.parquet", footer, series)
             .await
             .unwrap();
         let got = arrow::compute::concat_batches(&kind.arrow_schema().unwrap(), &got).unwrap();
@@ -334,13 +345,9 @@ mod pruning {
 
         // What the page index lets the reader skip.
         let reader = ParquetObjectReader::new(Arc::clone(&store), "day.parquet".into());
-        let builder = ParquetRecordBatchStreamBuilder::new_with_options(
-            reader,
-            ArrowReaderOptions::new()
-                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
-        )
-        .await
-        .unwrap();
+        let builder = ParquetRecordBatchStreamBuilder::new_with_options(reader, page_index())
+            .await
+            .unwrap();
         let selection = select(builder.metadata(), &series).expect("a page index");
         let selected = selection.row_count();
         assert!(
