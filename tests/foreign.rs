@@ -50,7 +50,7 @@ fn catalog_env(d: &Deployment) -> Vec<(&'static str, String)> {
 }
 
 /// One pyiceberg commit on `market.<table>` (see tests/python/foreign_writer.py).
-fn pyiceberg(d: &Deployment, table: &str, op: &str, rows: Value) {
+fn pyiceberg(d: &Deployment, table: &str, op: &str, rows: Value) -> String {
     let path = d
         .dir
         .path()
@@ -74,26 +74,12 @@ fn pyiceberg(d: &Deployment, table: &str, op: &str, rows: Value) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Trades pyiceberg reads from `market.trades` (row-level deletes applied).
 fn pyiceberg_count(d: &Deployment) -> usize {
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/foreign_writer.py"
-        ))
-        .arg(&d.config.data_dir)
-        .args(["trades", "count"])
-        .envs(catalog_env(d))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    pyiceberg(d, "trades", "count", json!({})).parse().unwrap()
 }
 
 /// Trades our SQL engine reads from `market.trades`.

@@ -58,23 +58,9 @@ def position_delete(table, trade_ids):
     import uuid
 
     import pyarrow.parquet as pq
-    from pyiceberg.manifest import (
-        DataFile,
-        DataFileContent,
-        FileFormat,
-        ManifestContent,
-        ManifestWriterV2,
-    )
+    from delete_files import delete_producer
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
     from pyiceberg.table.snapshots import Operation
-    from pyiceberg.table.update.snapshot import _FastAppendFiles
-
-    class DeleteManifestWriter(ManifestWriterV2):
-        def content(self):
-            return ManifestContent.DELETES
-
-        @property
-        def _meta(self):
-            return {**super()._meta, "content": "deletes"}
 
     doomed = set(trade_ids)
     # The reserved field ids of a position delete file's columns (Iceberg spec).
@@ -85,18 +71,7 @@ def position_delete(table, trade_ids):
                  metadata={b"PARQUET:field_id": b"2147483545"}),
     ])
     with table.transaction() as tx:
-        producer = _FastAppendFiles(operation=Operation.DELETE, transaction=tx, io=table.io)
-
-        def writer(spec, producer=producer):
-            return DeleteManifestWriter(
-                spec,
-                producer.schema(),
-                producer.new_manifest_output(),
-                producer._snapshot_id,
-                producer._compression,
-            )
-
-        producer.new_manifest_writer = writer
+        producer = delete_producer(table, tx, Operation.DELETE)
         for task in table.scan().plan_files():
             assert not task.delete_files, "one position delete per data file"
             data = task.file

@@ -256,24 +256,10 @@ def eq_delete(table, rows):
     import uuid
 
     import pyarrow.parquet as pq
-    from pyiceberg.manifest import (
-        DataFile,
-        DataFileContent,
-        FileFormat,
-        ManifestContent,
-        ManifestWriterV2,
-    )
+    from delete_files import delete_producer
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
     from pyiceberg.table.snapshots import Operation
-    from pyiceberg.table.update.snapshot import _FastAppendFiles
     from pyiceberg.typedef import Record
-
-    class DeleteManifestWriter(ManifestWriterV2):
-        def content(self):
-            return ManifestContent.DELETES
-
-        @property
-        def _meta(self):
-            return {**super()._meta, "content": "deletes"}
 
     id_field = table.schema().find_field("id")
     spec = table.spec()
@@ -281,18 +267,7 @@ def eq_delete(table, rows):
     for trade_id, hour in zip(rows["id"], rows["hour"]):
         by_hour.setdefault(hour, []).append(trade_id)
     with table.transaction() as tx:
-        producer = _FastAppendFiles(operation=Operation.OVERWRITE, transaction=tx, io=table.io)
-
-        def writer(spec, producer=producer):
-            return DeleteManifestWriter(
-                spec,
-                producer.schema(),
-                producer.new_manifest_output(),
-                producer._snapshot_id,
-                producer._compression,
-            )
-
-        producer.new_manifest_writer = writer
+        producer = delete_producer(table, tx, Operation.OVERWRITE)
         field = pa.field(
             "id", pa.int64(), nullable=True,
             metadata={b"PARQUET:field_id": str(id_field.field_id).encode()},
