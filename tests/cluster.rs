@@ -275,3 +275,92 @@ async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
         .await;
     server_b.shutdown_and_wait().await;
 }
+
+/// 30 trades of `symbol` on kraken in minute `minute` after T0, ids from `first`.
+fn minute_of(symbol: &str, first: i64, minute: i64) -> Vec<Trade> {
+    minute_of_trades(first, minute)
+        .into_iter()
+        .map(|mut t| {
+            t.symbol = symbol.to_string();
+            t
+        })
+        .collect()
+}
+
+/// `hits` and `misses` of the server's bar cache.
+async fn cache_counts(client: &mut FlightSqlServiceClient<Channel>) -> (i64, i64) {
+    (
+        count(client, "select hits from system.cache_stats").await,
+        count(client, "select misses from system.cache_stats").await,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_cached_series_a_builder_commit_did_not_change() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let (_lake, a, b) = lake_of_two(&url).await;
+    let server_a = Server::start_with(&a, options()).await;
+    let mut polling = options();
+    polling.cache.trades_poll_ms = 200;
+    let server_b = Server::start_with(&b, polling).await;
+    let mut on_a = FlightSqlServiceClient::new(server_a.channel().await);
+    let mut on_b = FlightSqlServiceClient::new(server_b.channel().await);
+    // Half an hour before the servers' now: built, and inside the 1m hot horizon.
+    let minute = 3 * 24 * 60 - 30;
+    let sum = |symbol: &str| {
+        format!(
+            "select sum(trade_count) from candles('kraken', '{symbol}', '1m', \
+             '2024-01-03T12:00:00Z', '2024-01-04T00:00:00Z')"
+        )
+    };
+    let until = |on: &mut FlightSqlServiceClient<Channel>, sql: String, want: i64| {
+        let mut on = on.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while count(&mut on, &sql).await != want {
+                assert!(Instant::now() < deadline, "never {want}: {sql}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    ingest_trades(&mut on_a, trade_batch(&minute_of("BTC-USD", 0, minute)))
+        .await
+        .unwrap();
+    build_all(&server_a).await;
+    until(&mut on_b, sum("BTC-USD"), 30).await;
+    let (_, misses) = cache_counts(&mut on_b).await;
+    assert_eq!(count(&mut on_b, &sum("BTC-USD")).await, 30);
+    assert_eq!(cache_counts(&mut on_b).await.1, misses, "BTC-USD is cached");
+
+    // The builder commits bars of another series (its upsert rewrites the file BTC-USD's bars
+    // are in): the replica moves BTC-USD's entry to the new snapshot instead of dropping it.
+    ingest_trades(
+        &mut on_a,
+        trade_batch(&minute_of("ETH-USD", 100, minute + 1)),
+    )
+    .await
+    .unwrap();
+    build_all(&server_a).await;
+    until(&mut on_b, sum("ETH-USD"), 30).await;
+    let (hits, misses) = cache_counts(&mut on_b).await;
+    assert_eq!(count(&mut on_b, &sum("BTC-USD")).await, 30);
+    let (hits_after, misses_after) = cache_counts(&mut on_b).await;
+    assert_eq!(misses_after, misses, "BTC-USD's entry survived the commit");
+    assert!(hits_after > hits);
+
+    // A commit that changes BTC-USD's bars drops its entry: the next answer is the new one.
+    ingest_trades(
+        &mut on_a,
+        trade_batch(&minute_of("BTC-USD", 200, minute + 2)),
+    )
+    .await
+    .unwrap();
+    build_all(&server_a).await;
+    until(&mut on_b, sum("BTC-USD"), 60).await;
+    server_b.shutdown_and_wait().await;
+    server_a.shutdown_and_wait().await;
+}

@@ -7,17 +7,26 @@
 //!
 //! A read replica (another server holds the writer lock) sees none of the builder's commits
 //! either: it polls the bar tables the same way, and a table at a new snapshot takes that
-//! snapshot's watermark and drops the cached bars of its timeframe, so every answer is the
-//! tables at one snapshot, at most one poll interval behind. On a PostgreSQL catalog the
+//! snapshot's watermark; its cached series move to the new snapshot unless the files added
+//! and removed since change their rows (those reload), so every answer is the tables at one
+//! snapshot, at most one poll interval behind. On a PostgreSQL catalog the
 //! builder announces each commit (`storage::notify`), and the replica looks at once.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{index, BarCache, Result};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+
+use super::{entry, index, BarCache, Result};
+use crate::build::changes::{self, SourceChanges};
 use crate::build::state::{prop_i64, CUTOFF};
-use crate::storage::{TableKind, TableWriter, TimeRange};
+use crate::storage::read::read_files;
+use crate::storage::{Layout, LiveFile, Storage, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
 use crate::trades::read_trades_at;
 
@@ -58,16 +67,31 @@ impl BarCache {
 
 impl BarCache {
     /// Moves each bar table's state to its current snapshot when another process committed to
-    /// it; returns the timeframes that moved.
+    /// it; returns the timeframes that moved. Cached series whose rows the snapshots in
+    /// between did not change are kept (retagged); the others are dropped and reload on
+    /// demand. When the change cannot be listed (history expired), every series is dropped.
     pub async fn follow_bars(&self) -> Result<Vec<Timeframe>> {
         let mut moved = Vec::new();
         for tf in Timeframe::ALL {
+            let kind = TableKind::Bars(tf);
             let seen = self.read().tables[index(tf)];
-            let table = self.inner.storage.table(TableKind::Bars(tf)).await?;
+            let table = self.inner.storage.table(kind).await?;
             let current = table.metadata().current_snapshot_id;
             if current == seen.snapshot {
                 continue;
             }
+            let changed = match seen.snapshot {
+                Some(before) => {
+                    match changed_series(&self.inner.storage, &table, kind, before).await {
+                        Ok(changed) => changed,
+                        Err(e) => {
+                            tracing::warn!(table = %kind.name(), error = %e, "diffing snapshots failed; dropping the timeframe's entries");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
             {
                 let mut state = self.write();
                 if state.tables[index(tf)] != seen {
@@ -78,11 +102,20 @@ impl BarCache {
                 slot.cutoff = prop_i64(&table.metadata().properties, CUTOFF).or(slot.cutoff);
                 if matches!(tf, Timeframe::M1 | Timeframe::M5) {
                     let floor = self.live_floor(&state.tables);
-                    state.live.raise_floor(floor)?;
+                    let lost = state.live.raise_floor(floor)?;
+                    state.generations.touch(&lost);
                 }
-                state.generations.touch_all();
+                match &changed {
+                    Some(series) => state.generations.touch(series),
+                    None => state.generations.touch_all(),
+                }
             }
-            self.invalidate(Some(tf), None, None);
+            match changed {
+                Some(series) => self.move_entries(tf, seen.snapshot, current, &series),
+                None => {
+                    self.invalidate(Some(tf), None, None);
+                }
+            }
             moved.push(tf);
         }
         self.inner.synced_at.store(
@@ -91,6 +124,84 @@ impl BarCache {
         );
         Ok(moved)
     }
+
+    /// Entries of `tf` at `before` move to `after`, except those of `changed` series (and any
+    /// not at `before`), which are dropped.
+    fn move_entries(
+        &self,
+        tf: Timeframe,
+        before: Option<i64>,
+        after: Option<i64>,
+        changed: &HashSet<(String, String)>,
+    ) {
+        let cached: Vec<_> = self
+            .inner
+            .entries
+            .iter()
+            .filter(|(k, _)| k.timeframe == tf)
+            .collect();
+        for (key, old) in cached {
+            let series = (key.exchange.clone(), key.symbol.clone());
+            if old.snapshot != before || changed.contains(&series) {
+                self.inner.entries.invalidate(&*key);
+            } else {
+                self.inner
+                    .entries
+                    .insert((*key).clone(), Arc::new(old.retagged(after)));
+            }
+        }
+    }
+}
+
+/// The series whose rows the snapshots of `kind` after `before` changed: the rows of the files
+/// they added and removed, compared series by series (a builder's upsert rewrites whole files,
+/// most of whose series are unchanged). `None` when the changes cannot be listed.
+async fn changed_series(
+    storage: &Storage,
+    table: &iceberg_rust::table::Table,
+    kind: TableKind,
+    before: i64,
+) -> Result<Option<HashSet<(String, String)>>> {
+    let changes = match changes::since(table, kind, Layout::Ours, before).await? {
+        SourceChanges::Known(changes) => changes,
+        SourceChanges::Unknown(_) => return Ok(None),
+    };
+    let added = rows_by_series(storage, kind, &changes.added).await?;
+    let removed = rows_by_series(storage, kind, &changes.removed).await?;
+    let mut changed = HashSet::new();
+    for series in added.keys().chain(removed.keys()) {
+        let same = match (added.get(series), removed.get(series)) {
+            (Some(a), Some(r)) => in_window_order(a)? == in_window_order(r)?,
+            _ => false,
+        };
+        if !same {
+            changed.insert(series.clone());
+        }
+    }
+    Ok(Some(changed))
+}
+
+/// The rows of `files`, by series.
+async fn rows_by_series(
+    storage: &Storage,
+    kind: TableKind,
+    files: &[LiveFile],
+) -> Result<std::collections::HashMap<(String, String), RecordBatch>> {
+    let files: Vec<&LiveFile> = files.iter().collect();
+    let batches = read_files(storage, kind, &files, TimeRange::ALL).await?;
+    Ok(entry::by_series(&concat_batches(
+        &kind.arrow_schema()?,
+        &batches,
+    )?)?)
+}
+
+/// One series' rows sorted by window start (files hold them in any order between them).
+fn in_window_order(rows: &RecordBatch) -> Result<RecordBatch> {
+    let starts = rows
+        .column_by_name("window_start")
+        .expect("bar tables have window_start");
+    let order = arrow::compute::sort_to_indices(starts, None, None)?;
+    Ok(arrow::compute::take_record_batch(rows, &order)?)
 }
 
 /// Polls the trades table every `every` until cancelled (see [`BarCache::follow_trades`]),
