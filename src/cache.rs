@@ -530,6 +530,15 @@ impl BarCache {
     }
 
     /// Drops the matching entries (`None` matches all); returns how many.
+    /// The cached entries of `tf`, taken out of the map (to be moved or dropped one by one).
+    fn entries_of(&self, tf: Timeframe) -> Vec<(Arc<Key>, Arc<Entry>)> {
+        self.inner
+            .entries
+            .iter()
+            .filter(|(k, _)| k.timeframe == tf)
+            .collect()
+    }
+
     pub fn invalidate(
         &self,
         timeframe: Option<Timeframe>,
@@ -667,13 +676,7 @@ impl BarCache {
             state.generations.touch(series.keys());
         }
         let from = self.horizon_start(tf);
-        let cached: Vec<(Arc<Key>, Arc<Entry>)> = self
-            .inner
-            .entries
-            .iter()
-            .filter(|(k, _)| k.timeframe == tf)
-            .collect();
-        for (key, old) in cached {
+        for (key, old) in self.entries_of(tf) {
             if old.snapshot != c.before {
                 self.inner.entries.invalidate(&*key);
                 continue;

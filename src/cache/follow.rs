@@ -134,13 +134,7 @@ impl BarCache {
         after: Option<i64>,
         changed: &HashSet<(String, String)>,
     ) {
-        let cached: Vec<_> = self
-            .inner
-            .entries
-            .iter()
-            .filter(|(k, _)| k.timeframe == tf)
-            .collect();
-        for (key, old) in cached {
+        for (key, old) in self.entries_of(tf) {
             let series = (key.exchange.clone(), key.symbol.clone());
             if old.snapshot != before || changed.contains(&series) {
                 self.inner.entries.invalidate(&*key);

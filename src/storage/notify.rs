@@ -19,24 +19,24 @@ use super::schema::TableKind;
 pub const CHANNEL: &str = "ohlcv_commits";
 
 impl Storage {
-    /// Announces a commit to `kind` to the servers listening on this catalog. Fire and forget:
-    /// a failed announcement only means replicas see the commit at their next poll.
-    pub(crate) fn announce(&self, kind: TableKind) {
+    /// Announces a commit to `kind` to the servers listening on this catalog. A failed or slow
+    /// announcement only means replicas see the commit at their next poll: it is given a
+    /// second at most, and never fails the commit.
+    pub(crate) async fn announce(&self, kind: TableKind) {
         if self.postgres_url().is_none() {
             return;
         }
-        let pool = self.pool();
         let payload = format!("{}/{}", self.catalog_name(), kind.name());
-        tokio::spawn(async move {
-            let sent = sqlx::query("select pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&payload)
-                .execute(&pool)
-                .await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, %payload, "announcing a commit failed");
-            }
-        });
+        let pool = self.pool();
+        let sent = sqlx::query("select pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(&payload)
+            .execute(&pool);
+        match tokio::time::timeout(std::time::Duration::from_secs(1), sent).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, %payload, "announcing a commit failed"),
+            Err(_) => tracing::debug!(%payload, "announcing a commit timed out"),
+        }
     }
 
     /// Listens for the commits other servers announce on this catalog; `None` when the

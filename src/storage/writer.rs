@@ -397,7 +397,7 @@ impl TableWriter {
         let properties = change.properties.clone();
         let outcome = commit(&self.storage, kind, table, listing, change).await?;
         if outcome.snapshot_id.is_some() {
-            self.storage.announce(kind);
+            self.storage.announce(kind).await;
         }
         let observer = self
             .observer
