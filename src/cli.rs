@@ -393,11 +393,17 @@ async fn serve(config: &Config, listen: &str, demo: bool, insecure: bool) -> any
              pass --insecure"
         );
     }
+    // Bound before the lock is taken, so the lock names the port a client can dial even
+    // with `--listen host:0`.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     // On a catalog several hosts share, a second server serves as a read replica of the one
     // holding the writer lock, and takes over when that one stops; on the embedded catalog
-    // one server owns the data dir.
+    // one server owns the data dir. The lock names where the holder serves, which a
+    // replica's refusal of writes passes on.
     let shared = config.storage().shared();
-    let purpose = format!("serve at {addr}");
+    let purpose = format!("serving {}", options.location(listener.local_addr()?));
     let lock = if shared {
         WriterLock::acquire_or_standby(config, &purpose).await?
     } else {
@@ -410,9 +416,6 @@ async fn serve(config: &Config, listen: &str, demo: bool, insecure: bool) -> any
     if let Some(builder) = writer.other_builder().await {
         tracing::info!(%builder, "serving as a read replica; taking over when the builder stops");
     }
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
     println!(
         "listening on {} ({}, {})",
         listener.local_addr()?,

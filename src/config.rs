@@ -245,6 +245,11 @@ pub struct ClusterConfig {
     /// Flight locations of every server (`grpc+tcp://host:50051`, `grpc+tls://...`) named in
     /// each query's endpoint, rotated per query, so that clients spread their DoGets.
     pub endpoints: Vec<String>,
+    /// The Flight location clients and the other servers reach this server at
+    /// (`grpc+tcp://ohlcv-1.internal:50051`), when it is not the listen address (a wildcard
+    /// listen address, NAT, a load balancer): a read replica's refusal of writes names the
+    /// builder by it, and `system.cluster` lists it. Empty: the address the server listens on.
+    pub advertise: String,
 }
 
 /// `[telemetry]`: the metrics and health endpoint, and the log format.

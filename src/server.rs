@@ -93,6 +93,23 @@ pub struct ServeOptions {
     pub telemetry_listen: String,
     /// `[cluster] endpoints`: the Flight locations named in query endpoints.
     pub endpoints: Vec<String>,
+    /// `[cluster] advertise`: this server's Flight location; empty for its listen address.
+    pub advertise: String,
+}
+
+/// A Flight location a client can dial: `grpc+tcp://host:port` or `grpc+tls://host:port`.
+fn check_location(setting: &str, location: &str) -> Result<()> {
+    let rest = ["grpc+tcp://", "grpc+tls://", "grpc://"]
+        .iter()
+        .find_map(|scheme| location.strip_prefix(scheme));
+    let authority = rest.map(|r| r.trim_end_matches('/')).unwrap_or_default();
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(Error::InvalidRequest(format!(
+            "{setting} '{location}' is not a Flight location: write grpc+tcp://host:port or \
+             grpc+tls://host:port"
+        ))),
+    }
 }
 
 impl ServeOptions {
@@ -151,6 +168,12 @@ impl ServeOptions {
                 });
             }
         }
+        for endpoint in &config.cluster.endpoints {
+            check_location("[cluster] endpoints", endpoint)?;
+        }
+        if !config.cluster.advertise.is_empty() {
+            check_location("[cluster] advertise", &config.cluster.advertise)?;
+        }
         Ok(ServeOptions {
             demo: false,
             auth: Arc::new(auth),
@@ -169,7 +192,21 @@ impl ServeOptions {
             clock,
             telemetry_listen: config.telemetry.listen.clone(),
             endpoints: config.cluster.endpoints.clone(),
+            advertise: config.cluster.advertise.clone(),
         })
+    }
+
+    /// The Flight location this server is reached at once it listens on `local`.
+    pub fn location(&self, local: std::net::SocketAddr) -> String {
+        if !self.advertise.is_empty() {
+            return self.advertise.clone();
+        }
+        let scheme = if self.tls.is_some() {
+            "grpc+tls"
+        } else {
+            "grpc+tcp"
+        };
+        format!("{scheme}://{local}")
     }
 }
 
@@ -184,6 +221,10 @@ pub async fn serve(
 ) -> Result<()> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let address = listener
+        .local_addr()
+        .map(|a| options.location(a))
+        .unwrap_or_default();
     let history = History::open(writer.storage().pool()).await?;
     let reports = Reports::open(writer.storage().pool()).await?;
     // The cache must see every commit: it observes the writer before any job can run.
@@ -272,10 +313,6 @@ pub async fn serve(
     }
     tasks.close();
 
-    let address = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let beating = tokio::spawn(cluster::heartbeat(
         members.clone(),
         address,
@@ -398,5 +435,33 @@ mod tests {
         config.quality.validate_every_mins = 0;
         config.quality.compact_every_mins = 0;
         assert_eq!(jobs(&config), [(JobKind::Retention, 1440)]);
+    }
+
+    #[test]
+    fn cluster_locations_are_checked_and_advertise_names_this_server() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let local: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let mut config = Config::default();
+        let options = ServeOptions::from_config(&config, Arc::clone(&clock)).unwrap();
+        assert_eq!(options.location(local), "grpc+tcp://0.0.0.0:50051");
+        config.cluster.advertise = "grpc+tcp://ohlcv-1.internal:50051".into();
+        config.cluster.endpoints = vec!["grpc+tls://[::1]:443".into()];
+        let options = ServeOptions::from_config(&config, Arc::clone(&clock)).unwrap();
+        assert_eq!(options.location(local), "grpc+tcp://ohlcv-1.internal:50051");
+        for bad in [
+            "ohlcv-1:50051",
+            "grpc+tcp://ohlcv-1",
+            "http://a:1",
+            "grpc+tcp://:1",
+        ] {
+            config.cluster.advertise = bad.into();
+            let Err(err) = ServeOptions::from_config(&config, Arc::clone(&clock)) else {
+                panic!("{bad} was taken");
+            };
+            assert!(
+                err.to_string().contains("[cluster] advertise"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

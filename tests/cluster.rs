@@ -160,7 +160,7 @@ async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
     };
     let server_a = Server::start_with(&a, opts()).await;
     let builder = b.writer.other_builder().await.expect("a replica");
-    assert!(builder.contains("(test on"), "{builder}");
+    assert!(builder.contains("ohlcv-server test pid"), "{builder}");
     let server_b = Server::start_with(&b, opts()).await;
 
     let mut on_a = FlightSqlServiceClient::new(server_a.channel().await);
@@ -247,7 +247,7 @@ async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("read replica") && err.contains("(test on"),
+        err.contains("read replica") && err.contains("ohlcv-server test pid"),
         "{err}"
     );
     let err = AdminServiceClient::new(server_b.channel().await)

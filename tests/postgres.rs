@@ -65,7 +65,7 @@ async fn postgres_catalog_writes_reads_and_locks() {
     assert!(matches!(err, Error::Locked { .. }), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains(&format!("ohlcv-server pid {}", std::process::id())),
+        msg.contains(&format!("ohlcv-server test pid {}", std::process::id())),
         "{msg}"
     );
 

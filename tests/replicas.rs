@@ -37,8 +37,15 @@ struct Process {
     addr: String,
 }
 
-/// `ohlcv-server serve` on the shared lake, its data dir (local state only) in `dir`.
-fn spawn(dir: &Path, config: &Path) -> Process {
+/// Where server `i` says it serves (`[cluster] advertise`): not its listen address, as behind
+/// a load balancer, so that a refusal naming it proves the setting is what is named.
+fn advertised(i: usize) -> String {
+    format!("grpc+tcp://server-{i}.ohlcv.test:50051")
+}
+
+/// `ohlcv-server serve` on the shared lake as server `i`, its data dir (local state only) in
+/// `dir`.
+fn spawn(i: usize, dir: &Path, config: &Path) -> Process {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
         .args(["--config"])
         .arg(config)
@@ -46,6 +53,7 @@ fn spawn(dir: &Path, config: &Path) -> Process {
         .arg(dir)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("OHLCV_TELEMETRY__LISTEN", "\"\"")
+        .env("OHLCV_CLUSTER__ADVERTISE", advertised(i))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("server.log")).unwrap())
         .spawn()
@@ -69,10 +77,51 @@ async fn admin(addr: &str) -> AdminServiceClient<Channel> {
         .unwrap_or_else(|e| panic!("{addr} does not answer: {e}"))
 }
 
+/// An admin write on the replica at `addr` is refused naming where server `builder` serves.
+async fn assert_refused_naming(addr: &str, builder: usize) {
+    let refused = admin(addr)
+        .await
+        .trigger_build(TriggerBuildRequest {
+            timeframes: vec!["1m".into()],
+        })
+        .await
+        .expect_err("a replica refuses writes");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(
+        refused.message().contains("read replica")
+            && refused.message().contains(&advertised(builder)),
+        "the refusal does not name {}: {refused}",
+        advertised(builder)
+    );
+}
+
 async fn client(addr: &str) -> FlightSqlServiceClient<Channel> {
     connect(addr)
         .await
         .unwrap_or_else(|| panic!("{addr} does not answer"))
+}
+
+async fn sorted_column(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<String> {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let stream = client
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    let mut values: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let column =
+                arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            column
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    values.sort();
+    values
 }
 
 async fn number(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Option<i64> {
@@ -137,12 +186,35 @@ async fn three_servers_one_builder_failover_under_ingest() {
 
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut servers: Vec<Option<Process>> = Vec::new();
-    for dir in &dirs {
-        servers.push(Some(spawn(dir.path(), &config_path)));
+    for (i, dir) in dirs.iter().enumerate() {
+        servers.push(Some(spawn(i, dir.path(), &config_path)));
         // The first one takes the lock before the others look.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let addrs: Vec<String> = servers.iter().flatten().map(|p| p.addr.clone()).collect();
+    // Replicas refuse writes naming where the builder says it serves; system.cluster lists
+    // every server by that location.
+    for replica in [1, 2] {
+        assert_refused_naming(&addrs[replica], 0).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = sorted_column(
+            &mut client(&addrs[2]).await,
+            "select address || ' ' || role from system.cluster",
+        )
+        .await;
+        let want = [
+            format!("{} builder", advertised(0)),
+            format!("{} replica", advertised(1)),
+            format!("{} replica", advertised(2)),
+        ];
+        if listed == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "system.cluster lists {listed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let mut acked: Vec<Trade> = Vec::new();
     let mut unacked: Vec<Trade> = Vec::new();
@@ -248,6 +320,9 @@ async fn three_servers_one_builder_failover_under_ingest() {
                     builder = i;
                     failover = Some(at.elapsed());
                     builds.push((Instant::now(), btc_acked(&acked)));
+                    // The other survivor now names the new builder.
+                    let other = (0..3).find(|&j| j != i && servers[j].is_some()).unwrap();
+                    assert_refused_naming(&addrs[other], i).await;
                     break;
                 }
             }

@@ -190,14 +190,19 @@ impl WriterLock {
         purpose: &str,
     ) -> Result<sqlx::PgConnection> {
         use sqlx::ConnectOptions;
+        // PostgreSQL keeps 63 bytes of an application name: the purpose (where the holder
+        // serves, which a replica's refusal passes on to clients) comes first.
         let name = format!(
-            "ohlcv-server pid {} ({purpose} on {})",
+            "ohlcv-server {purpose} pid {} on {}",
             std::process::id(),
             hostname()
         );
+        if format!("ohlcv-server {purpose}").len() > PG_NAME_BYTES {
+            tracing::warn!(%purpose, "PostgreSQL keeps {PG_NAME_BYTES} bytes of the lock holder's name: replicas will name this server cut short");
+        }
         let options: sqlx::postgres::PgConnectOptions = url.parse()?;
         let mut conn = options
-            .application_name(&name.chars().take(63).collect::<String>())
+            .application_name(&truncate_utf8(&name, PG_NAME_BYTES))
             .connect()
             .await?;
         let key = lock_key(catalog);
@@ -327,6 +332,17 @@ impl Standby {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What PostgreSQL keeps of an `application_name` (NAMEDATALEN - 1).
+const PG_NAME_BYTES: usize = 63;
+
+fn truncate_utf8(text: &str, bytes: usize) -> String {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// Who a lock names as its holder.

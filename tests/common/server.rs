@@ -48,6 +48,7 @@ pub fn options() -> ServeOptions {
         // Off: a test that scrapes turns it on at a port of its own.
         telemetry_listen: String::new(),
         endpoints: Vec::new(),
+        advertise: String::new(),
     }
 }
 
