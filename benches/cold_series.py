@@ -63,6 +63,8 @@ def main():
     ap.add_argument("--binary", default="target/release/ohlcv-server")
     ap.add_argument("--days", type=int, default=90)
     ap.add_argument("--rate", type=float, default=6.0)
+    ap.add_argument("--keep", help="data dir to prepare once and reuse in later runs "
+                    "(its bars end when it was prepared)")
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
     table = lambda e, s: (f"select * from ohlcv_1m where exchange = '{e}' and symbol = '{s}' "
@@ -70,11 +72,12 @@ def main():
     function = lambda e, s: (f"select * from candles('{e}', '{s}', '1m', "
                              "now() - interval '100 days', now(), last => 500)")
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.path.join(tmp, "data")
+        data = os.path.abspath(args.keep) if args.keep else os.path.join(tmp, "data")
+        reuse = args.keep and os.path.exists(os.path.join(data, "ready"))
         end = dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0)
         t0 = time.time()
         chunk = 10
-        for first in range(0, args.days, chunk):
+        for first in range(0, 0 if reuse else args.days, chunk):
             days = min(chunk, args.days - first)
             start = end - dt.timedelta(days=args.days - first)
             trades = os.path.join(tmp, f"trades-{first}.parquet")
@@ -84,7 +87,9 @@ def main():
                 "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"))
             run(binary, data, "load", trades)
             os.unlink(trades)
-        run(binary, data, "build")
+        if not reuse:
+            run(binary, data, "build")
+            open(os.path.join(data, "ready"), "w").close()
         prepared = time.time() - t0
         results = {}
         for cache in (False, True):

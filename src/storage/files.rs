@@ -28,6 +28,7 @@ use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, PARQUET_FIELD
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{ParquetMetaData, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use super::error::{Error, Result};
 use super::schema::TableKind;
@@ -267,14 +268,29 @@ fn writer_props(kind: TableKind) -> Result<WriterProperties> {
             nulls_first: true,
         })
         .collect();
-    Ok(WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+    // Bar tables are small and read a few pages at a time, where ZSTD's cost is setting up:
+    // parquet creates a compression and a decompression context per column chunk read, which
+    // took more time than decoding a cold series' pages. Snappy has no such setup, and every
+    // engine reads it. Trades are large and read whole: ZSTD's ratio pays there.
+    let compression = match kind {
+        TableKind::Trades => Compression::ZSTD(ZstdLevel::default()),
+        TableKind::Bars(_) => Compression::SNAPPY,
+    };
+    let props = WriterProperties::builder()
+        .set_compression(compression)
         .set_statistics_enabled(EnabledStatistics::Page)
         // Pages of a few thousand rows: a series (1,440 1m bars a day) then spans one or two
         // pages of a file holding hundreds, and a read of it skips the rest (`series`).
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_sorting_columns(Some(sorting))
-        .build())
+        .set_dictionary_enabled(false);
+    let props = kind
+        .dictionary_columns()
+        .iter()
+        .fold(props, |props, column| {
+            props.set_column_dictionary_enabled(ColumnPath::from(*column), true)
+        });
+    Ok(props.build())
 }
 
 /// Reads a whole data file (named as its manifest names it) back as batches of the table's
@@ -450,6 +466,36 @@ mod tests {
                 .unwrap()
                 .timestamp_micros()
         );
+    }
+
+    #[test]
+    fn bar_files_are_snappy_with_dictionaries_only_on_the_series_names() {
+        use parquet::basic::Encoding;
+        for kind in [
+            TableKind::Bars(crate::timeframe::Timeframe::M1),
+            TableKind::Trades,
+        ] {
+            let schema = kind.arrow_schema().unwrap();
+            let values = arrow::array::Int64Array::from_iter_values(0..1000);
+            let columns = schema
+                .fields()
+                .iter()
+                .map(|f| arrow::compute::cast(&values, f.data_type()).unwrap())
+                .collect();
+            let rows = RecordBatch::try_new(schema.clone(), columns).unwrap();
+            let (_, metadata) = encode(kind, &rows).unwrap();
+            for column in metadata.row_group(0).columns() {
+                let name = column.column_path().string();
+                let dictionary = column.encodings().any(|e| e == Encoding::RLE_DICTIONARY);
+                assert_eq!(
+                    dictionary,
+                    kind.dictionary_columns().contains(&name.as_str()),
+                    "{kind:?} {name}"
+                );
+                let snappy = column.compression() == Compression::SNAPPY;
+                assert_eq!(snappy, kind != TableKind::Trades, "{kind:?} {name}");
+            }
+        }
     }
 
     #[test]

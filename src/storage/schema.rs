@@ -92,6 +92,17 @@ impl TableKind {
         }
     }
 
+    /// Columns of few distinct values, written with a dictionary. Every other column is
+    /// written plain: a column of prices, volumes or timestamps fills its dictionary page to
+    /// the 1 MB limit before falling back, and that page is read and decompressed whole for
+    /// any page of its chunk, so one series' few pages would cost a megabyte per column.
+    pub fn dictionary_columns(self) -> &'static [&'static str] {
+        match self {
+            TableKind::Trades => &["exchange", "symbol", "side"],
+            TableKind::Bars(_) => &["exchange", "symbol"],
+        }
+    }
+
     /// Order of rows inside every data file we write.
     pub fn sort_columns(self) -> &'static [&'static str] {
         match self {
