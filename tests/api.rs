@@ -208,10 +208,11 @@ async fn ingest_validates_like_load_and_the_next_build_sees_it() {
     assert_eq!(err.code(), Code::AlreadyExists, "{}", err.message());
     assert_eq!(d.snapshot(TableKind::Trades).await, trades_before);
 
-    // An upload larger than one staging chunk (its first rows already written as files when
-    // the bad row arrives in its last batch): refused, nothing committed, no file left.
+    // An upload larger than one staging chunk (250,000 rows: its first 300,000 rows are
+    // being written as files when the bad row arrives in its last batch): refused, nothing
+    // committed, no file left.
     let files_before = parquet_files(d.dir.path());
-    let batches: Vec<RecordBatch> = (0..3)
+    let batches: Vec<RecordBatch> = (0..4)
         .map(|b| {
             let mut trades: Vec<Trade> = (0..100_000)
                 .map(|i| {
@@ -226,7 +227,7 @@ async fn ingest_validates_like_load_and_the_next_build_sees_it() {
                     )
                 })
                 .collect();
-            if b == 2 {
+            if b == 3 {
                 trades[99_999].qty = f64::NAN;
             }
             trade_batch(&trades)
@@ -241,7 +242,7 @@ async fn ingest_validates_like_load_and_the_next_build_sees_it() {
         .map_err(status_of)
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
-    assert!(err.message().contains("row 299999"), "{}", err.message());
+    assert!(err.message().contains("row 399999"), "{}", err.message());
     assert_eq!(d.snapshot(TableKind::Trades).await, trades_before);
     assert_eq!(
         parquet_files(d.dir.path()),

@@ -93,9 +93,11 @@ fn decode_error(e: arrow_flight::error::FlightError) -> Error {
 const CHUNK_ROWS: usize = 250_000;
 
 /// Ingests a DoPut as it arrives: each batch is validated, and every [`CHUNK_ROWS`] rows are
-/// written as files, so memory stays bounded whatever the upload's size. One commit at the
-/// end makes every row visible at once; a bad row (named by its position in the upload) or a
-/// broken stream discards the files written so far and commits nothing.
+/// written as files while the next chunk is received and validated (so at most two chunks
+/// are held, whatever the upload's size, and the client is not stalled while a chunk is
+/// sorted and encoded). One commit at the end makes every row visible at once; a bad row
+/// (named by its position in the upload) or a broken stream discards the files written so
+/// far and commits nothing.
 pub async fn ingest_stream(
     writer: &TableWriter,
     kind: TableKind,
@@ -103,34 +105,22 @@ pub async fn ingest_stream(
     ingested_at: i64,
     limits: &crate::trades::Limits,
 ) -> Result<i64> {
-    let mut batches = FlightRecordBatchStream::new_from_flight_data(stream.map_err(Into::into));
+    let mut upload = Upload {
+        batches: FlightRecordBatchStream::new_from_flight_data(stream.map_err(Into::into)),
+        offset: 0,
+        bytes: 0,
+        ingested_at,
+        limits,
+    };
     let mut staged = writer.stage(kind).await?;
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0;
-    let mut offset = 0;
-    let mut bytes = 0;
     let read = async {
-        while let Some(batch) = batches.try_next().await.map_err(decode_error)? {
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            pending.push(crate::trades::normalize_with(
-                &batch,
-                offset,
-                ingested_at,
-                Some(limits),
-            )?);
-            offset += batch.num_rows();
-            bytes += batch.get_array_memory_size();
-            pending_rows += batch.num_rows();
-            if pending_rows >= CHUNK_ROWS {
-                writer.stage_rows(&mut staged, &pending).await?;
-                pending.clear();
-                pending_rows = 0;
-            }
-        }
-        if !pending.is_empty() {
-            writer.stage_rows(&mut staged, &pending).await?;
+        let mut chunk = upload.next_chunk().await?;
+        while !chunk.is_empty() {
+            let (next, written) =
+                tokio::join!(upload.next_chunk(), writer.stage_rows(&mut staged, &chunk));
+            // A bad row further on names its position: it is the more useful error.
+            chunk = next?;
+            written?;
         }
         Ok::<_, Error>(())
     }
@@ -145,6 +135,46 @@ pub async fn ingest_stream(
     let added = writer.commit_staged(staged).await?.rows_added;
     let m = crate::metrics::metrics();
     m.ingest_rows.inc_by(added.max(0) as u64);
-    m.ingest_bytes.inc_by(bytes as u64);
+    m.ingest_bytes.inc_by(upload.bytes as u64);
     Ok(added)
+}
+
+/// The batches of one DoPut, validated as they are decoded.
+struct Upload<'a, S> {
+    batches: S,
+    /// Rows before the next batch, to name a bad row by its position in the upload.
+    offset: usize,
+    bytes: usize,
+    ingested_at: i64,
+    limits: &'a crate::trades::Limits,
+}
+
+impl<S> Upload<'_, S>
+where
+    S: futures::Stream<Item = std::result::Result<RecordBatch, arrow_flight::error::FlightError>>
+        + Unpin,
+{
+    /// The next [`CHUNK_ROWS`] or more validated rows; empty at the end of the upload.
+    async fn next_chunk(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut chunk = Vec::new();
+        let mut rows = 0;
+        while rows < CHUNK_ROWS {
+            let Some(batch) = self.batches.try_next().await.map_err(decode_error)? else {
+                break;
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            chunk.push(crate::trades::normalize_with(
+                &batch,
+                self.offset,
+                self.ingested_at,
+                Some(self.limits),
+            )?);
+            self.offset += batch.num_rows();
+            self.bytes += batch.get_array_memory_size();
+            rows += batch.num_rows();
+        }
+        Ok(chunk)
+    }
 }
