@@ -241,7 +241,7 @@ async fn a_writer_that_lost_its_lock_to_a_restart_never_commits_beside_another()
         .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("holds the lock"), "{text}");
-    assert!(text.contains("(test on"), "{text}");
+    assert!(text.contains("ohlcv-server test pid"), "{text}");
     assert_eq!(d.snapshot(m1).await, after_second, "nothing committed");
 
     // Once the second writer is gone, the first takes the lock again and carries on.

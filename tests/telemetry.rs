@@ -191,6 +191,8 @@ fn alert_rules_pass_promtool() {
     }
 }
 
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
+
 /// A Prometheus of the distribution, scraping every second with the repository's rules.
 struct Prometheus {
     child: std::process::Child,
@@ -201,20 +203,22 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(binary: &str, targets: &[u16]) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
         let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
-        std::fs::write(
-            dir.path().join("prometheus.yml"),
-            format!(
+        Prometheus::with_config(
+            binary,
+            &format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 rule_files:\n  - {rules}\n\
+                 rule_files:\n  - {RULES}\n\
                  scrape_configs:\n  - job_name: ohlcv\n    static_configs:\n      \
                  - targets: [{}]\n",
                 targets.join(", ")
             ),
         )
-        .unwrap();
+    }
+
+    fn with_config(binary: &str, config: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let web = common::free_port();
         let child = Command::new(binary)
             .arg(format!(
@@ -667,4 +671,192 @@ async fn the_status_page_renders_in_headless_chromium() {
         png.len()
     );
     server.shutdown_and_wait().await;
+}
+
+/// A YAML file of the repository as JSON (read by PyYAML: no YAML crate for one test).
+fn yaml(path: &str) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+            &format!("{}/{path}", env!("CARGO_MANIFEST_DIR")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn strings(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// deploy/docker-compose.yml cannot be brought up here (no Docker engine on this machine or in
+/// CI), so its services run as written without containers: the server with the compose's
+/// command and environment on the PostgreSQL catalog, Prometheus with deploy's config and
+/// rules. Replaced: host names by 127.0.0.1 and the test's database, `/data` by a temp dir,
+/// the ports by free ones, the scrape interval by 1 s, and a catalog name of its own (the
+/// database is shared with other tests). Checked as well: the names the services use for each
+/// other agree (catalog URL and the PostgreSQL service, published ports, Prometheus's target
+/// and rule path and their mounts, Grafana's data source and dashboard path and their mounts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_services_run_as_written() {
+    let Some(url) = common::postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let Some(binary) = tool("prometheus") else {
+        eprintln!("skipping: prometheus is not installed");
+        return;
+    };
+    let compose = yaml("deploy/docker-compose.yml");
+    let services = &compose["services"];
+    let server = &services["ohlcv"];
+    let env: Vec<(String, String)> = server["environment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect();
+    let setting = |name: &str| -> String {
+        let (_, v) = env.iter().find(|(k, _)| k == name).unwrap();
+        v.trim_matches('"').to_string()
+    };
+
+    // The services name each other consistently.
+    let pg = &services["postgres"]["environment"];
+    let catalog = format!(
+        "postgres://{}:{}@postgres:5432/{}",
+        pg["POSTGRES_USER"].as_str().unwrap(),
+        pg["POSTGRES_PASSWORD"].as_str().unwrap(),
+        pg["POSTGRES_DB"].as_str().unwrap()
+    );
+    assert_eq!(setting("OHLCV_CATALOG__URL"), catalog);
+    let command = strings(&server["command"]);
+    assert!(
+        command.contains(&"0.0.0.0:50051".to_string()),
+        "{command:?}"
+    );
+    assert_eq!(setting("OHLCV_TELEMETRY__LISTEN"), "0.0.0.0:50052");
+    assert_eq!(
+        strings(&server["ports"]),
+        ["127.0.0.1:50051:50051", "127.0.0.1:50052:50052"]
+    );
+    let scrape = yaml("deploy/prometheus/prometheus.yml");
+    assert_eq!(
+        strings(&scrape["scrape_configs"][0]["static_configs"][0]["targets"]),
+        ["ohlcv:50052"]
+    );
+    assert_eq!(
+        strings(&scrape["rule_files"]),
+        ["/etc/prometheus/alerts.yml"]
+    );
+    let mounts = strings(&services["prometheus"]["volumes"]);
+    assert!(mounts.contains(&"./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro".into()));
+    assert!(
+        mounts.contains(&"./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro".into())
+    );
+    let source = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+    assert_eq!(source["datasources"][0]["url"], "http://prometheus:9090");
+    assert!(strings(&services["prometheus"]["ports"]).contains(&"127.0.0.1:9090:9090".into()));
+    let dashboards = yaml("deploy/grafana/provisioning/dashboards/ohlcv.yml");
+    assert_eq!(
+        dashboards["providers"][0]["options"]["path"],
+        "/var/lib/grafana/dashboards"
+    );
+    let mounts = strings(&services["grafana"]["volumes"]);
+    assert!(mounts.contains(&"./grafana/dashboards:/var/lib/grafana/dashboards:ro".into()));
+    assert!(mounts.contains(&"./grafana/provisioning:/etc/grafana/provisioning:ro".into()));
+
+    // The server, as the compose file runs it.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let telemetry = common::free_port();
+    let here = |value: &str| {
+        value
+            .replace(&catalog, &url)
+            .replace("/data", &data.display().to_string())
+            .replace("0.0.0.0:50051", "127.0.0.1:0")
+            .replace("0.0.0.0:50052", &format!("127.0.0.1:{telemetry}"))
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
+        .args(command.iter().map(|a| here(a)))
+        .envs(env.iter().map(|(k, v)| (k.clone(), here(v))))
+        .env(
+            "OHLCV_CATALOG__NAME",
+            format!("compose_{}", uuid::Uuid::new_v4().simple()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = common::server::listening_address(&mut child);
+    wait_up(telemetry).await;
+
+    // Prometheus with deploy's config: it scrapes the server, loads every rule, and sees the
+    // demo trades committed.
+    let config = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/prometheus/prometheus.yml"
+    ))
+    .unwrap()
+    .replace("ohlcv:50052", &format!("127.0.0.1:{telemetry}"))
+    .replace("/etc/prometheus/alerts.yml", RULES)
+    .replace("15s", "1s");
+    let prometheus = Prometheus::with_config(binary, &config);
+    prometheus
+        .until_data("up{job=\"ohlcv\"} == 1", Duration::from_secs(60))
+        .await;
+    prometheus
+        .until_data(
+            "sum(ohlcv_commits_total{table=\"trades\"}) > 0",
+            Duration::from_secs(60),
+        )
+        .await;
+    let rules = prometheus.get("rules").await;
+    let loaded: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert!(loaded.len() >= 6, "{rules}");
+    for rule in loaded {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+
+    // Flight SQL answers on the compose's port with the demo's trades.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    let info = client
+        .execute("select count(*) from trades".to_string(), None)
+        .await
+        .unwrap();
+    let batches: Vec<arrow::array::RecordBatch> = futures::TryStreamExt::try_collect(
+        client
+            .do_get(info.endpoint[0].ticket.clone().unwrap())
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    use arrow::array::AsArray;
+    let trades = batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
+    assert!(trades > 0, "the demo feeds trades");
+    common::server::terminate(child);
 }
