@@ -37,12 +37,7 @@ fn minute_of_trades(first: i64, minute: i64) -> Vec<Trade> {
 }
 
 async fn count(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> i64 {
-    let info = client.execute(sql.to_string(), None).await.unwrap();
-    let stream = client
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    let batches = common::server::fetch(client, sql).await;
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 

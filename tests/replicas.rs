@@ -102,12 +102,7 @@ async fn client(addr: &str) -> FlightSqlServiceClient<Channel> {
 }
 
 async fn sorted_column(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<String> {
-    let info = client.execute(sql.to_string(), None).await.unwrap();
-    let stream = client
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap();
-    let batches: Vec<_> = stream.try_collect().await.unwrap();
+    let batches = common::server::fetch(client, sql).await;
     let mut values: Vec<String> = batches
         .iter()
         .flat_map(|b| {

@@ -840,18 +840,7 @@ async fn the_compose_services_run_as_written() {
         .await
         .unwrap();
     let mut client = FlightSqlServiceClient::new(channel);
-    let info = client
-        .execute("select count(*) from trades".to_string(), None)
-        .await
-        .unwrap();
-    let batches: Vec<arrow::array::RecordBatch> = futures::TryStreamExt::try_collect(
-        client
-            .do_get(info.endpoint[0].ticket.clone().unwrap())
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let batches = common::server::fetch(&mut client, "select count(*) from trades").await;
     use arrow::array::AsArray;
     let trades = batches[0]
         .column(0)

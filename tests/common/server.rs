@@ -216,3 +216,15 @@ pub async fn ingest_trades(
         .execute_ingest(command, futures::stream::iter([Ok(batch)]))
         .await
 }
+
+/// Every batch of one statement's answer (GetFlightInfo, then DoGet of its one endpoint).
+pub async fn fetch(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Vec<arrow::array::RecordBatch> {
+    use futures::TryStreamExt;
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let stream = client.do_get(ticket).await.unwrap();
+    stream.try_collect().await.unwrap()
+}
