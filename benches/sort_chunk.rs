@@ -1,7 +1,8 @@
 //! Sorting one ingest chunk (250,000 trades of 20 series, interleaved as a feed delivers them)
 //! into the table's order `(exchange, symbol, ts, trade_id)`: ours (`storage::files::sort_rows`,
 //! series ranked once, then an integer sort) against arrow's general `lexsort_to_indices` on
-//! the same columns (what it used before), both followed by the same `take`, in one run.
+//! the same columns (`storage::files::lexsort_rows`, what it used before), both followed by
+//! the same `take`, in one run.
 //!
 //! cargo bench --bench sort_chunk
 
@@ -9,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow::compute::{cast, lexsort_to_indices, take_record_batch, SortColumn};
-use ohlcv_server::storage::files::sort_rows;
+use arrow::compute::cast;
+use ohlcv_server::storage::files::{lexsort_rows, sort_rows};
 use ohlcv_server::storage::TableKind;
 
 const ROWS: i64 = 250_000;
@@ -77,17 +78,7 @@ fn main() {
     let kind = TableKind::Trades;
     let rows = chunk();
     let (ours, sorted) = median_ms(|| sort_rows(kind, &rows).unwrap());
-    let (arrow, want) = median_ms(|| {
-        let keys: Vec<SortColumn> = kind
-            .sort_columns()
-            .iter()
-            .map(|name| SortColumn {
-                values: Arc::clone(rows.column_by_name(name).unwrap()),
-                options: None,
-            })
-            .collect();
-        take_record_batch(&rows, &lexsort_to_indices(&keys, None).unwrap()).unwrap()
-    });
+    let (arrow, want) = median_ms(|| lexsort_rows(kind, &rows).unwrap());
     assert_eq!(sorted, want, "both sorts give the same rows");
     println!(
         "sort of {ROWS} interleaved trades of 20 series, median of 9: ours {ours:.1} ms, \
