@@ -92,6 +92,7 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let writer = d.writer.clone();
+        let plaintext = options.tls.is_none();
         let task = tokio::spawn(async move {
             server::serve(writer, listener, options, async {
                 let _ = rx.await;
@@ -99,11 +100,43 @@ impl Server {
             .await
             .unwrap()
         });
-        Server {
+        let server = Server {
             addr,
             stop: Some(tx),
             task,
+        };
+        if plaintext {
+            server.wait_serving().await;
         }
+        server
+    }
+
+    /// Waits until gRPC health reports Flight SQL serving, as an orchestrator's readiness probe
+    /// does: from then on the server observes every commit (writes through the shared writer
+    /// before that may be missed by its cache, which a real server never sees: it is the only
+    /// one committing through its writer).
+    async fn wait_serving(&self) {
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        for _ in 0..600 {
+            assert!(
+                !self.task.is_finished(),
+                "the server stopped while starting"
+            );
+            let mut health =
+                tonic_health::pb::health_client::HealthClient::new(self.channel().await);
+            let check = health.check(tonic_health::pb::HealthCheckRequest {
+                service: "arrow.flight.protocol.FlightService".into(),
+            });
+            if let Ok(Ok(reply)) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), check).await
+            {
+                if reply.into_inner().status == serving {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the server did not report serving");
     }
 
     pub async fn channel(&self) -> Channel {
