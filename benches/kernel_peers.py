@@ -222,14 +222,13 @@ def ours(binary, path, runs, out):
         text, rss = run_measured(
             [binary, "compute", "--input", path, "--timeframe", "1m", "--output", out]
         )
-        # "N 1m bars from M trades in 1.234s (read 0.6s, compute 0.6s)": the kernel's own
-        # clock, like the peers' (process start and writing the result file excluded).
-        m = re.search(r"in ([0-9.]+)s \(read ([0-9.]+)s", text)
-        times.append((float(m.group(1)), float(m.group(2))))
+        # "N 1m bars from M trades in 1.234s": the kernel's own clock, like the peers'
+        # (process start and writing the result file excluded). The file is read and moved
+        # into series order in one pass, so there is no separate read time.
+        m = re.search(r"trades in ([0-9.]+)s", text)
+        times.append(float(m.group(1)))
         peak = max(peak, rss)
-    total = statistics.median(t for t, _ in times)
-    read = statistics.median(r for _, r in times)
-    return total, read, peak
+    return statistics.median(times), peak
 
 
 def normalized(path):
@@ -308,13 +307,13 @@ def main():
                             "--symbols", "50", "--exchanges", "3", "--rate", "500"], check=True)
         with tempfile.TemporaryDirectory() as tmp:
             mine = os.path.join(tmp, "ours.parquet")
-            total, read, peak = ours(args.binary, path, args.runs, mine)
+            total, peak = ours(args.binary, path, args.runs, mine)
             floor_out, floor_peak = run_measured(
                 [python, __file__, "--engine", "floor", "--file", path, "--runs", str(args.runs)])
             floor = json.loads(floor_out)["seconds"]
-            print(f"{n} ours: {total:.3f} s (read {read:.3f} s), peak {peak:.0f} MB; "
+            print(f"{n} ours: {total:.3f} s, peak {peak:.0f} MB; "
                   f"floor {floor:.3f} s, peak {floor_peak:.0f} MB", flush=True)
-            row = {"trades": n, "ours": total, "ours_read": read, "ours_peak": peak,
+            row = {"trades": n, "ours": total, "ours_peak": peak,
                    "floor": floor, "floor_peak": floor_peak, "peers": {}}
             for engine, hows in chosen.items():
                 for how in hows:

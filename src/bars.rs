@@ -3,14 +3,18 @@
 //! | module | owns |
 //! |---|---|
 //! | `kernel` | trades → bars of one timeframe (dedupe, exact OHLC, order-independent sums) |
+//! | `order` | trades moved into series order, in two passes over parts of the input |
+//! | `parallel` | scoped threads over parts, series ranges balanced by rows |
 //! | `rollup` | bars → bars of a multiple timeframe |
 //! | `columns` | typed access to input columns, the Fx hash |
-//! | `file` | fast parallel reading of trade Parquet files (the `compute` command) |
+//! | `file` | bars of a trade Parquet file, read in parallel parts (the `compute` command) |
 
 pub mod columns;
 pub mod error;
 pub mod file;
 pub mod kernel;
+mod order;
+mod parallel;
 pub mod rollup;
 
 pub use error::{Error, Result};

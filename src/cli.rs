@@ -314,11 +314,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let tf_us = crate::timeframe::parse_duration_us(&timeframe)?;
             let started = std::time::Instant::now();
-            let trades = crate::bars::file::read_trades(&input)?;
-            let read = started.elapsed();
-            let n: usize = trades.iter().map(|b| b.num_rows()).sum();
-            let bars = crate::bars::compute_bars_us(
-                &trades,
+            let (bars, n) = crate::bars::file::compute_file(
+                &input,
                 tf_us,
                 chrono::Utc::now().timestamp_micros(),
             )?;
@@ -331,11 +328,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 writer.close()?;
             }
             println!(
-                "{} {timeframe} bars from {n} trades in {:.3}s (read {:.3}s, compute {:.3}s){}",
+                "{} {timeframe} bars from {n} trades in {:.3}s{}",
                 bars.num_rows(),
                 total.as_secs_f64(),
-                read.as_secs_f64(),
-                (total - read).as_secs_f64(),
                 output.map_or(String::new(), |o| format!(", written to {}", o.display()))
             );
         }

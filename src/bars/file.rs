@@ -1,104 +1,141 @@
-//! Reading a trades Parquet file as fast as the disk and both cores allow: row groups are split
-//! across threads, string keys are read as dictionaries (no per-row string copies), and only
-//! the columns the kernel needs are decoded.
+//! Bars of a trades Parquet file as fast as the disk and both cores allow: row groups are split
+//! into one contiguous part per core, string keys are read as dictionaries (no per-row string
+//! copies), and only the columns the kernel needs are decoded. The file is read twice (see
+//! `order`): first its two key columns, to count each part's rows per series, then everything,
+//! each batch moved into series order and dropped, so the decoded file is never held whole.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 
 use super::error::{Error, Result};
+use super::order::{order, Parts};
 
 const COLUMNS: [&str; 7] = [
     "exchange", "symbol", "trade_id", "ts", "price", "quantity", "side",
 ];
 
-/// Reads the trade columns of `path`, with `ts` in microseconds and prices as doubles.
-pub fn read_trades(path: &Path) -> Result<Vec<RecordBatch>> {
-    let open = || File::open(path).map_err(|e| Error::Input(format!("{}: {e}", path.display())));
-    let probe = ParquetRecordBatchReaderBuilder::try_new(open()?)
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-    let file_schema = probe.schema().clone();
-    let metadata = probe.metadata().clone();
-    for required in &COLUMNS[..6] {
-        if file_schema.field_with_name(required).is_err() {
-            return Err(Error::Input(format!(
-                "{}: missing column '{required}'",
-                path.display()
-            )));
-        }
+/// Bars of `tf_us` of the trades in `path`, stamped `built_at`, and how many trades were read.
+pub fn compute_file(path: &Path, tf_us: i64, built_at: i64) -> Result<(RecordBatch, usize)> {
+    if tf_us <= 0 {
+        return Err(Error::Input(format!(
+            "window length {tf_us}us is not positive"
+        )));
     }
-    // Ask for the key strings as dictionaries: Parquet stores them dictionary-encoded anyway.
-    let hinted: Vec<Field> = file_schema
-        .fields()
-        .iter()
-        .map(|f| match (f.name().as_str(), f.data_type()) {
-            ("exchange" | "symbol" | "side", DataType::Utf8 | DataType::LargeUtf8) => {
-                f.as_ref().clone().with_data_type(DataType::Dictionary(
-                    Box::new(DataType::Int32),
-                    Box::new(DataType::Utf8),
-                ))
+    let file = TradeFile::open(path)?;
+    let ordered = order(&file)?;
+    let trades = ordered.ts.len();
+    Ok((super::kernel::bars_of(ordered, tf_us, built_at)?, trades))
+}
+
+/// A trades file split into contiguous runs of row groups, one per core.
+struct TradeFile {
+    path: PathBuf,
+    metadata: ArrowReaderMetadata,
+    all: ProjectionMask,
+    keys: ProjectionMask,
+    parts: Vec<Vec<usize>>,
+}
+
+impl TradeFile {
+    fn open(path: &Path) -> Result<TradeFile> {
+        let failed = |e: &dyn std::fmt::Display| Error::Input(format!("{}: {e}", path.display()));
+        let file = File::open(path).map_err(|e| failed(&e))?;
+        let probe = ArrowReaderMetadata::load(&file, Default::default()).map_err(|e| failed(&e))?;
+        let file_schema = probe.schema().clone();
+        for required in &COLUMNS[..6] {
+            if file_schema.field_with_name(required).is_err() {
+                return Err(failed(&format!("missing column '{required}'")));
             }
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(hinted)));
-    let mask = ProjectionMask::columns(
-        metadata.file_metadata().schema_descr(),
-        COLUMNS
+        }
+        // Ask for the key strings as dictionaries: Parquet stores them dictionary-encoded anyway.
+        let hinted: Vec<Field> = file_schema
+            .fields()
             .iter()
-            .copied()
-            .filter(|c| file_schema.field_with_name(c).is_ok()),
-    );
-    let groups = metadata.num_row_groups();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(groups.max(1));
-    // Balance row groups by row count across threads.
-    let mut parts: Vec<(usize, Vec<usize>)> = (0..threads).map(|_| (0, Vec::new())).collect();
-    for g in 0..groups {
-        let lightest = parts.iter_mut().min_by_key(|p| p.0).expect("a part");
-        lightest.0 += metadata.row_group(g).num_rows() as usize;
-        lightest.1.push(g);
-    }
-    let results: Vec<Result<Vec<RecordBatch>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .filter(|p| !p.1.is_empty())
-            .map(|(_, row_groups)| {
-                let (options, mask) = (options.clone(), mask.clone());
-                scope.spawn(move || -> Result<Vec<RecordBatch>> {
-                    let reader =
-                        ParquetRecordBatchReaderBuilder::try_new_with_options(open()?, options)
-                            .and_then(|b| {
-                                b.with_row_groups(row_groups)
-                                    .with_projection(mask)
-                                    .with_batch_size(65_536)
-                                    .build()
-                            })
-                            .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
-                    reader
-                        .map(|b| b.map_err(Error::from).and_then(conform))
-                        .collect()
-                })
+            .map(|f| match (f.name().as_str(), f.data_type()) {
+                ("exchange" | "symbol" | "side", DataType::Utf8 | DataType::LargeUtf8) => {
+                    f.as_ref().clone().with_data_type(DataType::Dictionary(
+                        Box::new(DataType::Int32),
+                        Box::new(DataType::Utf8),
+                    ))
+                }
+                _ => f.as_ref().clone(),
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("reader thread"))
-            .collect()
-    });
-    Ok(results
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect())
+        let options = ArrowReaderOptions::new().with_schema(Arc::new(Schema::new(hinted)));
+        let metadata = ArrowReaderMetadata::try_new(Arc::clone(probe.metadata()), options)
+            .map_err(|e| failed(&e))?;
+        let descr = metadata.metadata().file_metadata().schema_descr();
+        let all = ProjectionMask::columns(
+            descr,
+            COLUMNS
+                .iter()
+                .copied()
+                .filter(|c| file_schema.field_with_name(c).is_ok()),
+        );
+        let keys = ProjectionMask::columns(descr, ["exchange", "symbol"]);
+        // Contiguous runs of about equal rows, so input positions follow the file's order.
+        let groups = metadata.metadata().row_groups();
+        let total: i64 = groups.iter().map(|g| g.num_rows()).sum();
+        let cores = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(groups.len().max(1)) as i64;
+        let mut parts: Vec<Vec<usize>> = vec![Vec::new()];
+        let mut rows = 0;
+        for (g, group) in groups.iter().enumerate() {
+            let part = parts.len() as i64;
+            if rows >= total * part / cores && !parts[parts.len() - 1].is_empty() {
+                parts.push(Vec::new());
+            }
+            parts.last_mut().expect("a part").push(g);
+            rows += group.num_rows();
+        }
+        Ok(TradeFile {
+            path: path.to_path_buf(),
+            metadata,
+            all,
+            keys,
+            parts,
+        })
+    }
+}
+
+impl Parts for TradeFile {
+    fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    fn read(
+        &self,
+        part: usize,
+        keys_only: bool,
+        each: &mut dyn FnMut(&RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Input(format!("{}: {e}", self.path.display()));
+        let file = File::open(&self.path).map_err(|e| failed(&e))?;
+        let mask = if keys_only { &self.keys } else { &self.all };
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+                .with_row_groups(self.parts[part].clone())
+                .with_projection(mask.clone())
+                .with_batch_size(65_536)
+                .build()
+                .map_err(|e| failed(&e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| failed(&e))?;
+            each(&if keys_only { batch } else { conform(batch)? })?;
+        }
+        Ok(())
+    }
 }
 
 /// Casts `ts` to microseconds and price/quantity to doubles when the file uses other types.

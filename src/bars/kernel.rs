@@ -11,22 +11,23 @@
 //!   do not depend on row order either: recomputing a window over the same trades in any file
 //!   order gives bit-identical bars, which is what makes rebuilds idempotent.
 //!
-//! Work is split across cores twice: batches are decoded in parallel, then rows are grouped by
-//! `(exchange, symbol)` with a counting sort and each core aggregates whole series, so no
-//! state is shared while aggregating.
+//! Work is split across cores twice: parts of the input are moved into series order in
+//! parallel (`order`), then each core aggregates whole series, so no state is shared while
+//! aggregating.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampMicrosecondType};
 
-use super::columns::{column, FxHashMap, FxHashSet, Strings, TradeIds, TEXT_ID};
+use super::columns::{FxHashMap, FxHashSet, TradeIds};
 use super::error::{Error, Result};
+use super::order::{order, InMemory, Ordered, TEXT};
+use super::parallel::{balanced, on_threads, threads};
 use crate::storage::TableKind;
 use crate::timeframe::Timeframe;
 
@@ -92,72 +93,49 @@ pub fn compute_bars_us(batches: &[RecordBatch], tf_us: i64, built_at: i64) -> Re
         )));
     }
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
-    let trades = Trades::decode(&batches)?;
+    let total = batches.iter().map(|b| b.num_rows()).sum();
+    let chunk = batches.len().div_ceil(threads(total)).max(1);
+    let ordered = order(&InMemory {
+        runs: batches.chunks(chunk).collect(),
+    })?;
+    bars_of(ordered, tf_us, built_at)
+}
+
+/// Aggregates trades in series order (see `order`) into bars of `tf_us`.
+pub(super) fn bars_of(ordered: Ordered, tf_us: i64, built_at: i64) -> Result<RecordBatch> {
+    let Ordered {
+        keys,
+        starts,
+        ts,
+        price,
+        qty,
+        id,
+        buy,
+        texts,
+    } = ordered;
+    let trades = Trades {
+        ids: texts
+            .iter()
+            .map(|(_, a)| TradeIds::new(a.as_ref()))
+            .collect::<Result<_>>()?,
+        offsets: texts.iter().map(|(first, _)| *first).collect(),
+        series_keys: keys,
+        starts,
+        ts,
+        price,
+        qty,
+        id,
+        buy,
+    };
     let bars = trades.aggregate(tf_us);
     trades.to_batch(&bars, tf_us, built_at)
 }
 
-/// Threads worth using for `rows` trades: small inputs (live bars of one series) stay on one.
-/// `work` on each part, one scoped thread per part; a single part runs on the calling thread
-/// (a candle query's live bars are a few hundred trades: a thread per query cost more than
-/// the bars).
-fn on_threads<I: Send, T: Send>(parts: Vec<I>, work: impl Fn(I) -> T + Sync) -> Vec<T> {
-    if parts.len() <= 1 {
-        return parts.into_iter().map(work).collect();
-    }
-    let work = &work;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| scope.spawn(move || work(part)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("kernel thread"))
-            .collect()
-    })
-}
-
-/// Contiguous ranges of series with about equal row counts, at most `parts` of them
-/// (`starts`: where each series' rows start, plus the end).
-fn balanced(starts: &[usize], parts: usize) -> Vec<std::ops::Range<usize>> {
-    let n_series = starts.len() - 1;
-    let total = starts[n_series];
-    let per_part = total.div_ceil(parts.max(1)).max(1);
-    let mut ranges = Vec::new();
-    let mut from = 0;
-    for s in 0..n_series {
-        if starts[s + 1] - starts[from] >= per_part || s + 1 == n_series {
-            ranges.push(from..s + 1);
-            from = s + 1;
-        }
-    }
-    ranges
-}
-
-/// `v` cut into consecutive mutable pieces of the given lengths.
-fn pieces<'v, T>(mut v: &'v mut [T], lens: &[usize]) -> Vec<&'v mut [T]> {
-    let mut out = Vec::with_capacity(lens.len());
-    for &len in lens {
-        let (head, tail) = std::mem::take(&mut v).split_at_mut(len);
-        out.push(head);
-        v = tail;
-    }
-    out
-}
-
-fn threads(rows: usize) -> usize {
-    if rows < 1 << 16 {
-        return 1;
-    }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Trade columns permuted so that each series' rows are contiguous (in file order within the
-/// series): aggregation then reads memory sequentially instead of chasing row indices.
+/// Trade columns permuted so that each series' rows are contiguous: aggregation then reads
+/// memory sequentially instead of chasing row indices.
 struct Trades<'a> {
+    /// The id columns of the batches with text ids, and the input position of their first row.
     ids: Vec<TradeIds<'a>>,
-    /// First global row of each batch.
     offsets: Vec<usize>,
     /// `(exchange, symbol)` of each series id, sorted.
     series_keys: Vec<(String, String)>,
@@ -168,292 +146,16 @@ struct Trades<'a> {
     qty: Vec<f64>,
     id: Vec<u64>,
     buy: Vec<bool>,
-    /// Original global row of each permuted position (to read text ids back).
-    row: Vec<u32>,
-}
-
-/// One batch's decoded columns, with series ids local to the batch.
-struct Decoded<'a> {
-    ids: TradeIds<'a>,
-    pairs: Vec<(String, String)>,
-    local: Vec<u32>,
-    buy: Vec<bool>,
-}
-
-fn decode_batch<'a>(batch: &'a RecordBatch, offset: usize) -> Result<Decoded<'a>> {
-    let exchange = Strings::new(column(batch, "exchange")?, "exchange")?;
-    let symbol = Strings::new(column(batch, "symbol")?, "symbol")?;
-    let ids = TradeIds::new(column(batch, "trade_id")?)?;
-    let ts = column(batch, "ts")?;
-    let price = column(batch, "price")?;
-    let qty = column(batch, "quantity")?;
-    for (name, nulls) in [
-        ("exchange", exchange.null_count()),
-        ("symbol", symbol.null_count()),
-        ("ts", ts.null_count()),
-        ("price", price.null_count()),
-        ("quantity", qty.null_count()),
-    ] {
-        if nulls > 0 {
-            return Err(Error::Input(format!(
-                "column '{name}' has NULLs near row {offset}"
-            )));
-        }
-    }
-    let n = batch.num_rows();
-    if ids.null_count() > 0 {
-        let row = (0..n).find(|&r| ids.is_null(r)).unwrap_or(0);
-        return Err(Error::Input(format!(
-            "trade_id is NULL at row {}",
-            offset + row
-        )));
-    }
-    for (name, values) in [
-        ("price", price.as_primitive::<Float64Type>().values()),
-        ("quantity", qty.as_primitive::<Float64Type>().values()),
-    ] {
-        if let Some(row) = values.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
-            return Err(Error::Input(format!(
-                "{name} {} at row {} is not a positive finite number",
-                values[row],
-                offset + row
-            )));
-        }
-    }
-
-    let mut pairs = Vec::new();
-    let mut local = Vec::with_capacity(n);
-    match (&exchange, &symbol) {
-        (
-            Strings::Dict {
-                keys: ek,
-                values: ev,
-                ..
-            },
-            Strings::Dict {
-                keys: sk,
-                values: sv,
-                ..
-            },
-        ) => {
-            // Both dictionaries are tiny (venues, instruments): a dense table of key pairs
-            // replaces a hash lookup per row.
-            let width = sv.len().max(1);
-            let mut table = vec![u32::MAX; ev.len().max(1) * width];
-            for row in 0..n {
-                let (e, s) = (ek.get(row), sk.get(row));
-                let slot = &mut table[e * width + s];
-                if *slot == u32::MAX {
-                    *slot = pairs.len() as u32;
-                    pairs.push((ev.value(e).to_string(), sv.value(s).to_string()));
-                }
-                local.push(*slot);
-            }
-        }
-        _ => {
-            let mut map: FxHashMap<(&str, &str), u32> = FxHashMap::default();
-            for row in 0..n {
-                let key = (exchange.value(row), symbol.value(row));
-                let next = map.len() as u32;
-                let id = *map.entry(key).or_insert_with(|| {
-                    pairs.push((key.0.to_string(), key.1.to_string()));
-                    next
-                });
-                local.push(id);
-            }
-        }
-    }
-    let buy = match batch.column_by_name("side") {
-        None => vec![false; n],
-        Some(side) => buy_flags(&Strings::new(side.as_ref(), "side")?),
-    };
-    Ok(Decoded {
-        ids,
-        pairs,
-        local,
-        buy,
-    })
-}
-
-/// Whether each row's side is "buy" (any case); NULL is not. A dictionary's few values are
-/// compared once, not per row.
-fn buy_flags(side: &Strings) -> Vec<bool> {
-    let mut buy: Vec<bool> = match side {
-        Strings::Dict { keys, values, .. } => {
-            let is_buy: Vec<bool> = (0..values.len())
-                .map(|v| values.value(v).eq_ignore_ascii_case("buy"))
-                .collect();
-            (0..keys.len()).map(|r| is_buy[keys.get(r)]).collect()
-        }
-        _ => (0..side.len())
-            .map(|r| side.value(r).eq_ignore_ascii_case("buy"))
-            .collect(),
-    };
-    if let Some(nulls) = side.nulls().filter(|n| n.null_count() > 0) {
-        for (r, b) in buy.iter_mut().enumerate() {
-            *b &= nulls.is_valid(r);
-        }
-    }
-    buy
-}
-
-fn micros(batch: &RecordBatch) -> Result<&[i64]> {
-    let ts = column(batch, "ts")?;
-    match ts.data_type() {
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            Ok(ts.as_primitive::<TimestampMicrosecondType>().values())
-        }
-        other => Err(Error::Input(format!(
-            "column 'ts' is {other}, expected microsecond timestamps"
-        ))),
-    }
-}
-
-fn floats<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b [f64]> {
-    let array = column(batch, name)?;
-    match array.data_type() {
-        DataType::Float64 => Ok(array.as_primitive::<Float64Type>().values()),
-        other => Err(Error::Input(format!(
-            "column '{name}' is {other}, expected Float64"
-        ))),
-    }
 }
 
 impl<'a> Trades<'a> {
-    fn decode(batches: &[&'a RecordBatch]) -> Result<Trades<'a>> {
-        let mut offsets = Vec::with_capacity(batches.len());
-        let mut total = 0;
-        for b in batches {
-            offsets.push(total);
-            total += b.num_rows();
+    /// The trade id at position `p` as the table stores it (text).
+    fn id_text(&self, p: usize) -> Cow<'a, str> {
+        let id = self.id[p];
+        if id & TEXT == 0 {
+            return Cow::Owned(id.to_string());
         }
-        for b in batches {
-            micros(b)?;
-            floats(b, "price")?;
-            floats(b, "quantity")?;
-        }
-        let chunk = batches.len().div_ceil(threads(total)).max(1);
-        let parts: Vec<_> = batches.chunks(chunk).zip(offsets.chunks(chunk)).collect();
-        let decoded: Vec<Decoded<'a>> = on_threads(parts, |(bs, offs)| {
-            bs.iter()
-                .zip(offs)
-                .map(|(b, o)| decode_batch(b, *o))
-                .collect::<Result<Vec<_>>>()
-        })
-        .into_iter()
-        .collect::<Result<Vec<Vec<_>>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-
-        // Global series ids, numbered in (exchange, symbol) order so output comes out sorted.
-        let mut keys: Vec<(String, String)> = decoded
-            .iter()
-            .flat_map(|d| d.pairs.iter().cloned())
-            .collect::<FxHashSet<_>>()
-            .into_iter()
-            .collect();
-        keys.sort_unstable();
-        let index: FxHashMap<&(String, String), u32> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k, i as u32))
-            .collect();
-
-        let remaps: Vec<Vec<u32>> = decoded
-            .iter()
-            .map(|d| d.pairs.iter().map(|p| index[p]).collect())
-            .collect();
-        drop(index);
-        // Counting sort by series: count, prefix-sum, then scatter every column once.
-        let mut starts = vec![0usize; keys.len() + 1];
-        for (d, remap) in decoded.iter().zip(&remaps) {
-            for l in &d.local {
-                starts[remap[*l as usize] as usize + 1] += 1;
-            }
-        }
-        for i in 0..keys.len() {
-            starts[i + 1] += starts[i];
-        }
-        let mut ts = vec![0i64; total];
-        let mut price = vec![0f64; total];
-        let mut qty = vec![0f64; total];
-        let mut id = vec![0u64; total];
-        let mut buy = vec![false; total];
-        let mut row = vec![0u32; total];
-        // Each core moves the rows of its own series ranges into its own slices of the
-        // columns (each scans every row's series id, cheap next to moving six columns).
-        let ranges = balanced(&starts, threads(total));
-        let lens: Vec<usize> = ranges
-            .iter()
-            .map(|r| starts[r.end] - starts[r.start])
-            .collect();
-        let parts: Vec<_> = ranges
-            .into_iter()
-            .zip(pieces(&mut ts, &lens))
-            .zip(pieces(&mut price, &lens))
-            .zip(pieces(&mut qty, &lens))
-            .zip(pieces(&mut id, &lens))
-            .zip(pieces(&mut buy, &lens))
-            .zip(pieces(&mut row, &lens))
-            .collect();
-        let (decoded_ref, remaps, starts_ref) = (&decoded, &remaps, &starts);
-        on_threads(
-            parts,
-            |((((((series, ts), price), qty), id), buy), row)| -> Result<()> {
-                let base = starts_ref[series.start];
-                let mut next: Vec<usize> = starts_ref[series.clone()]
-                    .iter()
-                    .map(|s| s - base)
-                    .collect();
-                for ((b, d), (remap, offset)) in batches
-                    .iter()
-                    .zip(decoded_ref)
-                    .zip(remaps.iter().zip(&offsets))
-                {
-                    let (bts, bprice, bqty) =
-                        (micros(b)?, floats(b, "price")?, floats(b, "quantity")?);
-                    for (r, l) in d.local.iter().enumerate() {
-                        let s = remap[*l as usize] as usize;
-                        if !series.contains(&s) {
-                            continue;
-                        }
-                        let slot = &mut next[s - series.start];
-                        let p = *slot;
-                        *slot += 1;
-                        ts[p] = bts[r];
-                        price[p] = bprice[r];
-                        qty[p] = bqty[r];
-                        // Parsed here, on the core that moves the row: no column of
-                        // parsed ids to allocate and fill first.
-                        id[p] = d.ids.number(r);
-                        buy[p] = d.buy[r];
-                        row[p] = (offset + r) as u32;
-                    }
-                }
-                Ok(())
-            },
-        )
-        .into_iter()
-        .collect::<Result<()>>()?;
-        let ids = decoded.into_iter().map(|d| d.ids).collect();
-        Ok(Trades {
-            ids,
-            offsets,
-            series_keys: keys,
-            starts,
-            ts,
-            price,
-            qty,
-            id,
-            buy,
-            row,
-        })
-    }
-
-    /// The trade id of global row `row` as text.
-    fn id_text(&self, row: u32) -> Cow<'a, str> {
-        let row = row as usize;
+        let row = (id & !TEXT) as usize;
         let batch = self.offsets.partition_point(|&o| o <= row) - 1;
         self.ids[batch].text(row - self.offsets[batch])
     }
@@ -461,12 +163,12 @@ impl<'a> Trades<'a> {
     /// Orders two positions by trade id as the table stores it (text).
     fn id_cmp(&self, a: usize, b: usize) -> Ordering {
         let (x, y) = (self.id[a], self.id[b]);
-        if x != TEXT_ID && y != TEXT_ID {
+        if x & TEXT == 0 && y & TEXT == 0 {
             let mut bx = itoa_buf();
             let mut by = itoa_buf();
             return decimal(x, &mut bx).cmp(decimal(y, &mut by));
         }
-        self.id_text(self.row[a]).cmp(&self.id_text(self.row[b]))
+        self.id_text(a).cmp(&self.id_text(b))
     }
 
     fn aggregate(&self, tf_us: i64) -> Vec<Bar> {
@@ -588,8 +290,8 @@ impl<'a> Trades<'a> {
         if numbers.text_rows {
             let mut seen: FxHashSet<Cow<'a, str>> = FxHashSet::default();
             for p in rows.clone() {
-                if self.id[p] == TEXT_ID {
-                    let text = self.id_text(self.row[p]);
+                if self.id[p] & TEXT != 0 {
+                    let text = self.id_text(p);
                     if seen.contains(&text) {
                         dup_texts.insert(text);
                     } else {
@@ -610,12 +312,12 @@ impl<'a> Trades<'a> {
         };
         for p in rows.clone() {
             let id = self.id[p];
-            if id != TEXT_ID {
+            if id & TEXT == 0 {
                 if numbers.contains(id) && better(best_number.get(&id), p) {
                     best_number.insert(id, p);
                 }
             } else if !dup_texts.is_empty() {
-                let text = self.id_text(self.row[p]);
+                let text = self.id_text(p);
                 if dup_texts.contains(&text) && better(best_text.get(&text), p) {
                     best_text.insert(text, p);
                 }
@@ -624,12 +326,12 @@ impl<'a> Trades<'a> {
         let mut keep = vec![true; rows.len()];
         for p in rows.clone() {
             let id = self.id[p];
-            if id != TEXT_ID {
+            if id & TEXT == 0 {
                 if numbers.contains(id) {
                     keep[p - rows.start] = best_number[&id] == p;
                 }
             } else if !dup_texts.is_empty() {
-                let text = self.id_text(self.row[p]);
+                let text = self.id_text(p);
                 if let Some(&q) = best_text.get(&text) {
                     keep[p - rows.start] = q == p;
                 }
@@ -701,7 +403,7 @@ impl DupNumbers {
     fn find(ids: &[u64]) -> DupNumbers {
         let (mut lo, mut hi, mut numeric) = (u64::MAX, 0u64, 0usize);
         for &id in ids {
-            if id != TEXT_ID {
+            if id & TEXT == 0 {
                 lo = lo.min(id);
                 hi = hi.max(id);
                 numeric += 1;
@@ -722,7 +424,7 @@ impl DupNumbers {
             let words = span.div_ceil(64) as usize;
             let (mut seen, mut dup) = (vec![0u64; words], vec![0u64; words]);
             for &id in ids {
-                if id != TEXT_ID {
+                if id & TEXT == 0 {
                     let bit = id - lo;
                     let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
                     dup[word] |= seen[word] & mask;
@@ -735,7 +437,7 @@ impl DupNumbers {
             let mut seen: FxHashSet<u64> = FxHashSet::default();
             seen.reserve(numeric);
             for &id in ids {
-                if id != TEXT_ID && !seen.insert(id) {
+                if id & TEXT == 0 && !seen.insert(id) {
                     found.set.insert(id);
                 }
             }
@@ -828,6 +530,8 @@ struct Bar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::Float64Type;
 
     #[test]
     fn fix_equals_the_cast_it_replaces() {
@@ -974,5 +678,168 @@ mod tests {
         reversed.extend(rows[..50].iter().cloned()); // and some duplicates
         let b = compute_bars(&as_t(&reversed), Timeframe::M1, 0).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn ids_from_two_pow_63_and_text_ids_compare_and_dedupe_as_text() {
+        let b = trades(&[
+            ("x", "S", "abc", 5, 4.0, 1.0, None), // "abc" sorts last: close
+            ("x", "S", "9999999999999999999", 5, 3.0, 1.0, None), // above 2^63: kept as text
+            ("x", "S", "9999999999999999999", 5, 3.0, 2.0, None), // its copy, larger: dropped
+            ("x", "S", "10", 5, 2.0, 1.0, None),  // "10" sorts first: open
+            ("x", "S", "007", 5, 9.0, 1.0, None), // not canonical: text, "007" < "10"
+            ("x", "S", "007", 5, 9.0, 1.0, None), // duplicate
+        ]);
+        let out = compute_bars(&[b], Timeframe::M1, 0).unwrap();
+        assert_eq!(out.num_rows(), 1);
+        assert_eq!(col(&out, "open").value(0), 9.0);
+        assert_eq!(col(&out, "close").value(0), 4.0);
+        assert_eq!(col(&out, "volume").value(0), 4.0);
+    }
+
+    /// Many series, text and numeric ids, duplicates across batches: the bars do not depend on
+    /// how the input is cut into parts (each moved into series order on its own core), nor on
+    /// whether it is read from a file in parts of row groups.
+    #[test]
+    fn parts_of_the_input_and_files_give_the_same_bars() {
+        let rows: Vec<Row> = (0..3000i64)
+            .map(|i| {
+                let id = match i % 5 {
+                    0 => format!("t{}", i % 700),
+                    1 => format!("{}", (1u64 << 63) + (i % 300) as u64),
+                    _ => format!("{}", i % 900),
+                };
+                (
+                    format!("ex{}", i % 3),
+                    format!("S{}", i % 7),
+                    id,
+                    (i * 7919 % 600) * 1_000_000,
+                    1.0 + (i % 13) as f64,
+                    0.5 + (i % 5) as f64,
+                )
+            })
+            .collect();
+        let batches: Vec<RecordBatch> = rows
+            .chunks(211)
+            .map(|c| {
+                let t: Vec<T> = c
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.0.as_str(),
+                            r.1.as_str(),
+                            r.2.as_str(),
+                            r.3,
+                            r.4,
+                            r.5,
+                            Some("sell"),
+                        )
+                    })
+                    .collect();
+                trades(&t)
+            })
+            .collect();
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let in_parts = |n: usize| {
+            let runs = refs.chunks(refs.len().div_ceil(n)).collect();
+            bars_of(order(&InMemory { runs }).unwrap(), M, 0).unwrap()
+        };
+        let one = in_parts(1);
+        assert_eq!(naive(&rows), summary(&one));
+        assert_eq!(in_parts(3), one);
+        assert_eq!(in_parts(batches.len()), one);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trades.parquet");
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(400))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&path).unwrap(),
+            batches[0].schema(),
+            Some(props),
+        )
+        .unwrap();
+        for b in &batches {
+            w.write(b).unwrap();
+        }
+        w.close().unwrap();
+        let (from_file, n) = super::super::file::compute_file(&path, M, 0).unwrap();
+        assert_eq!(n, rows.len());
+        assert_eq!(from_file, one);
+    }
+
+    type Row = (String, String, String, i64, f64, f64);
+    /// (exchange, symbol, window) -> (open, high, low, close, volume, count)
+    type Summary =
+        std::collections::BTreeMap<(String, String, i64), (f64, f64, f64, f64, f64, i64)>;
+
+    /// The 1m bars of `rows` (all sells) computed the obvious way.
+    fn naive(rows: &[Row]) -> Summary {
+        let mut kept: std::collections::BTreeMap<(&str, &str, &str), &Row> = Default::default();
+        for r in rows {
+            let key = (r.0.as_str(), r.1.as_str(), r.2.as_str());
+            let content = |r: &Row| (r.3, r.4.to_bits(), r.5.to_bits());
+            if kept.get(&key).is_none_or(|k| content(r) < content(k)) {
+                kept.insert(key, r);
+            }
+        }
+        let mut windows: std::collections::BTreeMap<_, Vec<&Row>> = Default::default();
+        for r in kept.values() {
+            windows
+                .entry((r.0.clone(), r.1.clone(), r.3.div_euclid(M)))
+                .or_default()
+                .push(r);
+        }
+        windows
+            .into_iter()
+            .map(|(key, mut trades)| {
+                trades.sort_by(|a, b| (a.3, &a.2).cmp(&(b.3, &b.2)));
+                let prices = trades.iter().map(|t| t.4);
+                let bar = (
+                    trades[0].4,
+                    prices.clone().fold(f64::MIN, f64::max),
+                    prices.fold(f64::MAX, f64::min),
+                    trades[trades.len() - 1].4,
+                    trades.iter().map(|t| t.5).sum(),
+                    trades.len() as i64,
+                );
+                (key, bar)
+            })
+            .collect()
+    }
+
+    fn summary(bars: &RecordBatch) -> Summary {
+        let s = |n: &str| bars.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let (ex, sym) = (s("exchange"), s("symbol"));
+        let start = bars
+            .column_by_name("window_start")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+            .clone();
+        let count = bars
+            .column_by_name("trade_count")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .clone();
+        (0..bars.num_rows())
+            .map(|i| {
+                let key = (
+                    ex.value(i).to_string(),
+                    sym.value(i).to_string(),
+                    start.value(i) / M,
+                );
+                let v = |n: &str| col(bars, n).value(i);
+                let bar = (
+                    v("open"),
+                    v("high"),
+                    v("low"),
+                    v("close"),
+                    v("volume"),
+                    count.value(i),
+                );
+                (key, bar)
+            })
+            .collect()
     }
 }
