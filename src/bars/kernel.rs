@@ -102,56 +102,33 @@ pub fn compute_bars_us(batches: &[RecordBatch], tf_us: i64, built_at: i64) -> Re
 }
 
 /// Aggregates trades in series order (see `order`) into bars of `tf_us`.
-pub(super) fn bars_of(ordered: Ordered, tf_us: i64, built_at: i64) -> Result<RecordBatch> {
-    let Ordered {
-        keys,
-        starts,
-        ts,
-        price,
-        qty,
-        id,
-        buy,
-        texts,
-    } = ordered;
+pub(super) fn bars_of(mut ordered: Ordered, tf_us: i64, built_at: i64) -> Result<RecordBatch> {
+    let texts = std::mem::take(&mut ordered.texts);
     let trades = Trades {
         ids: texts
             .iter()
             .map(|(_, a)| TradeIds::new(a.as_ref()))
             .collect::<Result<_>>()?,
         offsets: texts.iter().map(|(first, _)| *first).collect(),
-        series_keys: keys,
-        starts,
-        ts,
-        price,
-        qty,
-        id,
-        buy,
+        o: ordered,
     };
     let bars = trades.aggregate(tf_us);
     trades.to_batch(&bars, tf_us, built_at)
 }
 
-/// Trade columns permuted so that each series' rows are contiguous: aggregation then reads
-/// memory sequentially instead of chasing row indices.
+/// Trades in series order (each series' rows contiguous, so aggregation reads memory
+/// sequentially), with the text ids readable.
 struct Trades<'a> {
     /// The id columns of the batches with text ids, and the input position of their first row.
     ids: Vec<TradeIds<'a>>,
     offsets: Vec<usize>,
-    /// `(exchange, symbol)` of each series id, sorted.
-    series_keys: Vec<(String, String)>,
-    /// Where each series' rows start in the permuted columns (one extra entry at the end).
-    starts: Vec<usize>,
-    ts: Vec<i64>,
-    price: Vec<f64>,
-    qty: Vec<f64>,
-    id: Vec<u64>,
-    buy: Vec<bool>,
+    o: Ordered,
 }
 
 impl<'a> Trades<'a> {
     /// The trade id at position `p` as the table stores it (text).
     fn id_text(&self, p: usize) -> Cow<'a, str> {
-        let id = self.id[p];
+        let id = self.o.id[p];
         if id & TEXT == 0 {
             return Cow::Owned(id.to_string());
         }
@@ -162,7 +139,7 @@ impl<'a> Trades<'a> {
 
     /// Orders two positions by trade id as the table stores it (text).
     fn id_cmp(&self, a: usize, b: usize) -> Ordering {
-        let (x, y) = (self.id[a], self.id[b]);
+        let (x, y) = (self.o.id[a], self.o.id[b]);
         if x & TEXT == 0 && y & TEXT == 0 {
             let mut bx = itoa_buf();
             let mut by = itoa_buf();
@@ -172,8 +149,8 @@ impl<'a> Trades<'a> {
     }
 
     fn aggregate(&self, tf_us: i64) -> Vec<Bar> {
-        let starts = &self.starts;
-        let ranges = balanced(starts, threads(self.ts.len()));
+        let starts = &self.o.starts;
+        let ranges = balanced(starts, threads(self.o.ts.len()));
         on_threads(ranges, |range| {
             let mut out = Vec::new();
             for s in range {
@@ -198,7 +175,7 @@ impl<'a> Trades<'a> {
         let (mut wmin, mut wmax) = (i64::MAX, i64::MIN);
         for p in rows.clone() {
             if kept(p) {
-                let w = self.ts[p].div_euclid(tf_us);
+                let w = self.o.ts[p].div_euclid(tf_us);
                 wmin = wmin.min(w);
                 wmax = wmax.max(w);
             }
@@ -211,7 +188,7 @@ impl<'a> Trades<'a> {
             let mut accs: Vec<Option<Acc>> = vec![None; span as usize];
             for p in rows.clone() {
                 if kept(p) {
-                    let w = self.ts[p].div_euclid(tf_us);
+                    let w = self.o.ts[p].div_euclid(tf_us);
                     self.add(&mut accs[(w - wmin) as usize], p);
                 }
             }
@@ -224,7 +201,7 @@ impl<'a> Trades<'a> {
             let mut accs: FxHashMap<i64, Option<Acc>> = FxHashMap::default();
             for p in rows.clone() {
                 if kept(p) {
-                    let w = self.ts[p].div_euclid(tf_us);
+                    let w = self.o.ts[p].div_euclid(tf_us);
                     self.add(accs.entry(w).or_default(), p);
                 }
             }
@@ -240,10 +217,10 @@ impl<'a> Trades<'a> {
 
     #[inline]
     fn add(&self, slot: &mut Option<Acc>, p: usize) {
-        let (ts, price, qty) = (self.ts[p], self.price[p], self.qty[p]);
+        let (ts, price, qty) = (self.o.ts[p], self.o.price[p], self.o.qty[p]);
         let quote = fix(price * qty);
         let vol = fix(qty);
-        let buy = if self.buy[p] { vol } else { 0 };
+        let buy = if self.o.buy[p] { vol } else { 0 };
         match slot {
             None => {
                 *slot = Some(Acc {
@@ -285,12 +262,12 @@ impl<'a> Trades<'a> {
     /// Which positions of a series survive deduplication (`None`: all of them), indexed from
     /// `rows.start`.
     fn dedupe(&self, rows: std::ops::Range<usize>) -> Option<Vec<bool>> {
-        let numbers = DupNumbers::find(&self.id[rows.clone()]);
+        let numbers = DupNumbers::find(&self.o.id[rows.clone()]);
         let mut dup_texts: FxHashSet<Cow<'a, str>> = FxHashSet::default();
         if numbers.text_rows {
             let mut seen: FxHashSet<Cow<'a, str>> = FxHashSet::default();
             for p in rows.clone() {
-                if self.id[p] & TEXT != 0 {
+                if self.o.id[p] & TEXT != 0 {
                     let text = self.id_text(p);
                     if seen.contains(&text) {
                         dup_texts.insert(text);
@@ -311,7 +288,7 @@ impl<'a> Trades<'a> {
             best.is_none_or(|&q| self.content_cmp(p, q) == Ordering::Less)
         };
         for p in rows.clone() {
-            let id = self.id[p];
+            let id = self.o.id[p];
             if id & TEXT == 0 {
                 if numbers.contains(id) && better(best_number.get(&id), p) {
                     best_number.insert(id, p);
@@ -325,7 +302,7 @@ impl<'a> Trades<'a> {
         }
         let mut keep = vec![true; rows.len()];
         for p in rows.clone() {
-            let id = self.id[p];
+            let id = self.o.id[p];
             if id & TEXT == 0 {
                 if numbers.contains(id) {
                     keep[p - rows.start] = best_number[&id] == p;
@@ -341,16 +318,16 @@ impl<'a> Trades<'a> {
     }
 
     fn content_cmp(&self, a: usize, b: usize) -> Ordering {
-        self.ts[a]
-            .cmp(&self.ts[b])
-            .then(self.price[a].total_cmp(&self.price[b]))
-            .then(self.qty[a].total_cmp(&self.qty[b]))
-            .then(self.buy[a].cmp(&self.buy[b]))
+        self.o.ts[a]
+            .cmp(&self.o.ts[b])
+            .then(self.o.price[a].total_cmp(&self.o.price[b]))
+            .then(self.o.qty[a].total_cmp(&self.o.qty[b]))
+            .then(self.o.buy[a].cmp(&self.o.buy[b]))
     }
 
     fn to_batch(&self, bars: &[Bar], tf_us: i64, built_at: i64) -> Result<RecordBatch> {
         let n = bars.len();
-        let key = |b: &Bar| &self.series_keys[b.series as usize];
+        let key = |b: &Bar| &self.o.keys[b.series as usize];
         let ts = |v: Vec<i64>| -> ArrayRef {
             Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
         };
