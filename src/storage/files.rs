@@ -206,10 +206,19 @@ pub async fn write_data_files(
     if batch.num_rows() == 0 {
         return Ok(Vec::new());
     }
-    let parts = split_by_partition(kind, &batch)?
-        .into_iter()
-        .map(|(value, rows)| Ok((value, take_record_batch(&batch, &UInt32Array::from(rows))?)))
-        .collect::<Result<Vec<(i32, RecordBatch)>>>()?;
+    let groups = split_by_partition(kind, &batch)?;
+    // An ingest chunk or a build usually falls in one partition: no copy of its rows then.
+    let parts = if groups.len() == 1 {
+        groups
+            .into_keys()
+            .map(|value| (value, batch.clone()))
+            .collect()
+    } else {
+        groups
+            .into_iter()
+            .map(|(value, rows)| Ok((value, take_record_batch(&batch, &UInt32Array::from(rows))?)))
+            .collect::<Result<Vec<(i32, RecordBatch)>>>()?
+    };
     // Sorting and Parquet encoding are CPU-bound: spread partitions over the cores.
     let encoded = tokio::task::spawn_blocking(move || {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

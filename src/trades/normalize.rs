@@ -112,11 +112,7 @@ fn check(
         Some(_) => Some(string_column(batch, "side", false)?),
         None => None,
     };
-    let side = side.map(|s| {
-        s.iter()
-            .map(|v| v.map(|v| v.trim().to_ascii_lowercase()))
-            .collect::<StringArray>()
-    });
+    let side = side.map(lowercase_trimmed);
 
     let mut bad = Vec::new();
     let mut bad_count = 0;
@@ -218,6 +214,19 @@ fn check(
         bad_count,
         first_bad: bad,
     })
+}
+
+/// Sides trimmed and lower-cased. Feeds almost always send them so already: then the array is
+/// kept as it is, instead of a new string per row.
+fn lowercase_trimmed(side: StringArray) -> StringArray {
+    let canonical =
+        |v: &str| v.trim().len() == v.len() && !v.bytes().any(|b| b.is_ascii_uppercase());
+    if side.iter().flatten().all(canonical) {
+        return side;
+    }
+    side.iter()
+        .map(|v| v.map(|v| v.trim().to_ascii_lowercase()))
+        .collect()
 }
 
 /// Why a row that is valid in form lies outside `limits`, appended to `reasons`.
@@ -460,6 +469,18 @@ mod tests {
             "{}",
             first[3].reason
         );
+    }
+
+    #[test]
+    fn sides_are_trimmed_and_lowercased_and_kept_when_they_already_are() {
+        let mixed = StringArray::from(vec![Some("buy"), None, Some(" Sell ")]);
+        assert_eq!(
+            lowercase_trimmed(mixed),
+            StringArray::from(vec![Some("buy"), None, Some("sell")])
+        );
+        let canonical = StringArray::from(vec![Some("buy"), None, Some("sell")]);
+        let values = canonical.values().as_ptr();
+        assert_eq!(lowercase_trimmed(canonical).values().as_ptr(), values);
     }
 
     #[test]
