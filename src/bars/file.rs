@@ -25,11 +25,7 @@ const COLUMNS: [&str; 7] = [
 
 /// Bars of `tf_us` of the trades in `path`, stamped `built_at`, and how many trades were read.
 pub fn compute_file(path: &Path, tf_us: i64, built_at: i64) -> Result<(RecordBatch, usize)> {
-    if tf_us <= 0 {
-        return Err(Error::Input(format!(
-            "window length {tf_us}us is not positive"
-        )));
-    }
+    super::kernel::positive_window(tf_us)?;
     let file = TradeFile::open(path)?;
     let ordered = order(&file)?;
     let trades = ordered.ts.len();

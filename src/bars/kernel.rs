@@ -87,11 +87,7 @@ pub fn compute_bars(batches: &[RecordBatch], tf: Timeframe, built_at: i64) -> Re
 
 /// As [`compute_bars`], for any window length in microseconds.
 pub fn compute_bars_us(batches: &[RecordBatch], tf_us: i64, built_at: i64) -> Result<RecordBatch> {
-    if tf_us <= 0 {
-        return Err(Error::Input(format!(
-            "window length {tf_us}us is not positive"
-        )));
-    }
+    positive_window(tf_us)?;
     let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
     let total = batches.iter().map(|b| b.num_rows()).sum();
     let chunk = batches.len().div_ceil(threads(total)).max(1);
@@ -99,6 +95,16 @@ pub fn compute_bars_us(batches: &[RecordBatch], tf_us: i64, built_at: i64) -> Re
         runs: batches.chunks(chunk).collect(),
     })?;
     bars_of(ordered, tf_us, built_at)
+}
+
+/// Refuses a window length that is not positive (every kernel divides by it).
+pub(super) fn positive_window(us: i64) -> Result<()> {
+    if us <= 0 {
+        return Err(Error::Input(format!(
+            "window length {us}us is not positive"
+        )));
+    }
+    Ok(())
 }
 
 /// Aggregates trades in series order (see `order`) into bars of `tf_us`.

@@ -16,7 +16,7 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
 use super::columns::FxHashMap;
 use super::error::{Error, Result};
-use super::kernel::{fix, unfix};
+use super::kernel::{fix, positive_window, unfix};
 use crate::storage::TableKind;
 use crate::timeframe::Timeframe;
 
@@ -28,11 +28,7 @@ pub fn rollup(
     origin_us: i64,
     built_at: i64,
 ) -> Result<RecordBatch> {
-    if to_us <= 0 {
-        return Err(Error::Input(format!(
-            "window length {to_us}us is not positive"
-        )));
-    }
+    positive_window(to_us)?;
     rollup_by(
         bars,
         &|t| {
