@@ -3,6 +3,9 @@
 //! | module | owns |
 //! |---|---|
 //! | `incremental` | 1m and 5m from trades, by dirty window, with a grace period |
+//! | `chunks` | splitting a long scope into chunks that fit the memory budget |
+//! | `chunked` | running 1m/5m builds and backfills chunk by chunk, one read for both |
+//! | `progress` | the running chunked build's chunks, rate and time left |
 //! | `batch` | 30m, 1h and 1d by partition, rolled up from 1m |
 //! | `changes` | files a source's snapshots added and removed since a build consumed it |
 //! | `compact` | merging the files of closed partitions |
@@ -10,18 +13,21 @@
 //! | `diff` | new / revised / unchanged bars; revisions |
 //! | `state` | watermarks kept as table properties |
 //!
-//! Every build is one commit that carries its watermark, so a crash at any point leaves the
-//! last committed state, and a rerun over the same input writes nothing.
+//! Every build commits its watermark with its bars, so a crash at any point leaves the last
+//! committed state, and a rerun over the same input writes nothing. A build longer than the
+//! memory budget (a first attach, a backfill) commits chunk by chunk, each chunk with the
+//! watermark it reached: a rerun continues from the last chunk committed.
 
 pub mod batch;
 pub mod changes;
+mod chunked;
+pub mod chunks;
 pub mod compact;
 pub mod diff;
 pub mod incremental;
+pub mod progress;
 pub mod retention;
 pub mod state;
-
-use std::collections::HashMap;
 
 use crate::storage::{CommitOutcome, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
@@ -29,7 +35,7 @@ use crate::timeframe::Timeframe;
 pub use crate::bars::{Error, Result};
 pub use batch::{build_rollup, Scope};
 pub use compact::compact_closed;
-pub use incremental::build_incremental;
+pub use incremental::{build_from_trades, build_incremental};
 
 /// What one build did; becomes a row of `system.job_runs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,8 +77,9 @@ impl BuildReport {
         self.late_revisions += d.late_revisions;
     }
 
-    fn commit(&mut self, outcome: &CommitOutcome) {
-        self.bars_written += self.new + self.revised + self.deleted;
+    /// A commit that wrote `written` bars (new, revised and deleted).
+    fn commit(&mut self, outcome: &CommitOutcome, written: usize) {
+        self.bars_written += written;
         self.files_added += outcome.files_added;
         self.files_removed += outcome.files_removed;
         if outcome.snapshot_id.is_some() {
@@ -86,12 +93,19 @@ impl BuildReport {
 pub struct BuildSettings {
     /// How long after a window ends its trades may still arrive before the bar is persisted.
     pub grace_us: i64,
+    /// What a build may hold at once (trades of the chunks in flight, the kernel's copy);
+    /// longer builds go in chunks.
+    pub memory_bytes: u64,
 }
+
+/// The default build budget.
+pub const DEFAULT_MEMORY_MB: u64 = 1024;
 
 impl Default for BuildSettings {
     fn default() -> Self {
         BuildSettings {
             grace_us: 5 * crate::timeframe::MINUTE_US,
+            memory_bytes: DEFAULT_MEMORY_MB << 20,
         }
     }
 }
@@ -105,23 +119,64 @@ pub async fn build(
 ) -> Result<BuildReport> {
     match tf {
         Timeframe::M1 | Timeframe::M5 => {
-            build_incremental(writer, tf, now_us, settings.grace_us).await
+            let mut reports = build_from_trades(writer, &[tf], now_us, settings).await?;
+            Ok(reports.remove(0))
         }
-        _ => build_rollup(writer, tf, now_us, Scope::Changed).await,
+        _ => build_rollup(writer, tf, now_us, Scope::Changed, settings).await,
     }
 }
 
+/// The 1m build, with the 5m one taken along when 5m is more than a day behind (a first
+/// attach, a catch-up), so that one read of the trades feeds both; the 1m report.
+pub async fn build_1m_with_5m(
+    writer: &TableWriter,
+    now_us: i64,
+    settings: BuildSettings,
+) -> Result<BuildReport> {
+    let tfs: &[Timeframe] = match m5_far_behind(writer, now_us).await? {
+        true => &[Timeframe::M1, Timeframe::M5],
+        false => &[Timeframe::M1],
+    };
+    let mut reports = build_from_trades(writer, tfs, now_us, settings).await?;
+    Ok(reports.remove(0))
+}
+
+/// Whether the 5m table's cutoff is unset or more than a day before now.
+async fn m5_far_behind(writer: &TableWriter, now_us: i64) -> Result<bool> {
+    let table = writer
+        .storage()
+        .table(TableKind::Bars(Timeframe::M5))
+        .await?;
+    let cutoff = state::prop_i64(&table.metadata().properties, state::CUTOFF);
+    Ok(cutoff.is_none_or(|c| c < now_us - crate::timeframe::DAY_US))
+}
+
 /// Rebuilds `range` of `tf` from its source regardless of watermarks (late corrections,
-/// repairs). Only final windows are written; only changed bars are committed.
+/// repairs), with the default budget. Only final windows are written; only changed bars are
+/// committed.
 pub async fn backfill(
     writer: &TableWriter,
     tf: Timeframe,
     range: TimeRange,
     now_us: i64,
 ) -> Result<BuildReport> {
+    backfill_with(writer, tf, range, now_us, BuildSettings::default()).await
+}
+
+/// As [`backfill`], within `settings.memory_bytes` (a long range goes in chunks, each
+/// committed as it is done).
+pub async fn backfill_with(
+    writer: &TableWriter,
+    tf: Timeframe,
+    range: TimeRange,
+    now_us: i64,
+    settings: BuildSettings,
+) -> Result<BuildReport> {
     match tf {
-        Timeframe::M1 | Timeframe::M5 => backfill_from_trades(writer, tf, range, now_us).await,
-        _ => build_rollup(writer, tf, now_us, Scope::Range(range)).await,
+        Timeframe::M1 | Timeframe::M5 => {
+            backfill_from_trades(writer, tf, range, now_us, settings).await
+        }
+        _ => build_rollup(writer, tf, now_us, Scope::Range(range), settings).await,
     }
 }
 
@@ -130,44 +185,33 @@ async fn backfill_from_trades(
     tf: Timeframe,
     range: TimeRange,
     now_us: i64,
+    settings: BuildSettings,
 ) -> Result<BuildReport> {
     let storage = writer.storage();
     let kind = TableKind::Bars(tf);
     let table = storage.table(kind).await?;
-    let mut report = BuildReport::new(tf, table.metadata().current_snapshot_id);
+    let report = BuildReport::new(tf, table.metadata().current_snapshot_id);
     let Some(cutoff) = state::prop_i64(&table.metadata().properties, state::CUTOFF) else {
         return Ok(report); // nothing persisted yet: the next incremental build covers it all
     };
-    let start = range.start.map(|s| tf.window_start(s));
+    let start = range.start.map_or(i64::MIN, |s| tf.window_start(s));
     let end = range.end.unwrap_or(cutoff).min(cutoff);
-    if start.is_some_and(|s| s >= end) {
+    if start >= end {
         return Ok(report);
     }
-    let window = TimeRange::new(start, Some(end));
-    let (trades, skipped) = crate::trades::read_trades_range(storage, window, now_us).await?;
-    report.trades_read = trades.iter().map(|b| b.num_rows()).sum();
-    report.skipped_rows = skipped.count;
-    let computed =
-        tokio::task::spawn_blocking(move || crate::bars::compute_bars(&trades, tf, now_us))
-            .await
-            .map_err(|e| Error::Input(format!("bar kernel panicked: {e}")))??;
-    let (_, existing) = crate::storage::read::read_range(storage, kind, window).await?;
-    let d = diff::diff(&computed, &existing, now_us, Some(cutoff), false)?;
-    report.absorb(&d);
     // A backfill is the operator's word that the current trades table is the one to build
     // from, including one that replaced the table the builds consumed.
     let trades = storage.table(TableKind::Trades).await?;
-    let props = HashMap::from([(
-        state::TRADES_TABLE_UUID.to_string(),
-        trades.metadata().table_uuid.to_string(),
-    )]);
-    if d.changed() > 0 {
-        let outcome = writer.upsert(kind, &[d.rows], props).await?;
-        report.commit(&outcome);
-    } else {
-        writer.set_properties(kind, props).await?;
-    }
-    Ok(report)
+    let uuid = trades.metadata().table_uuid.to_string();
+    let mut plans = vec![incremental::Plan::backfill(tf, (start, end), cutoff, uuid)];
+    plans[0].report = report;
+    let layout = storage.layout(TableKind::Trades, &trades)?;
+    let window = TimeRange::new(Some(start), Some(end));
+    let listing =
+        crate::storage::Listing::read_laid_out(&trades, TableKind::Trades, layout, None, window)
+            .await?;
+    chunked::run(writer, &listing, &mut plans, now_us, settings, "backfill").await?;
+    Ok(plans.remove(0).report)
 }
 
 /// Merges overlapping or touching `[start, end)` ranges.

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+mod progress;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -230,12 +232,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let range = scope.range()?;
             let writer = open_writer(&config, "build").await?;
             let settings = config.build.settings();
-            for tf in timeframes {
+            let _watch = progress::watch();
+            let mut reports = Vec::new();
+            let both = [Timeframe::M1, Timeframe::M5];
+            if range.is_none() && both.iter().all(|tf| timeframes.contains(tf)) {
+                // One read of the trades feeds 1m and 5m.
                 let now = chrono::Utc::now().timestamp_micros();
-                let report = match range {
+                reports.extend(build::build_from_trades(&writer, &both, now, settings).await?);
+            }
+            for tf in timeframes {
+                if reports.iter().any(|r| r.timeframe == Some(tf)) {
+                    continue;
+                }
+                let now = chrono::Utc::now().timestamp_micros();
+                reports.push(match range {
                     None => build::build(&writer, tf, now, settings).await?,
-                    Some(range) => build::backfill(&writer, tf, range, now).await?,
-                };
+                    Some(range) => build::backfill_with(&writer, tf, range, now, settings).await?,
+                });
+            }
+            for report in reports {
+                let tf = report.timeframe.map_or(String::new(), |t| t.to_string());
                 println!(
                     "{tf}: read {} source rows; {} new, {} revised ({} late), {} unchanged bars; \
                      {} files added, {} removed; snapshot {}",

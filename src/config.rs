@@ -222,11 +222,17 @@ pub struct BuildConfig {
     /// Seconds after a window ends during which its trades may still arrive; the bar is
     /// persisted after that and later trades revise it.
     pub grace_secs: u64,
+    /// What a build may hold in memory at once (MB). A first build or backfill longer than
+    /// that goes in chunks, each committed with how far the build has got.
+    pub memory_mb: u64,
 }
 
 impl Default for BuildConfig {
     fn default() -> Self {
-        BuildConfig { grace_secs: 300 }
+        BuildConfig {
+            grace_secs: 300,
+            memory_mb: crate::build::DEFAULT_MEMORY_MB,
+        }
     }
 }
 
@@ -234,6 +240,7 @@ impl BuildConfig {
     pub fn settings(&self) -> crate::build::BuildSettings {
         crate::build::BuildSettings {
             grace_us: self.grace_secs as i64 * 1_000_000,
+            memory_bytes: self.memory_mb.max(1) << 20,
         }
     }
 }

@@ -134,11 +134,16 @@ impl JobRunner for BuilderJobs {
 
     async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String> {
         let result = match job {
+            JobKind::Build(Timeframe::M1) => {
+                crate::build::build_1m_with_5m(&self.writer, now_us, self.settings).await
+            }
             JobKind::Build(tf) => {
                 crate::build::build(&self.writer, tf, now_us, self.settings).await
             }
             JobKind::Backfill(tf, range) => {
-                let report = crate::build::backfill(&self.writer, tf, range, now_us).await;
+                let report =
+                    crate::build::backfill_with(&self.writer, tf, range, now_us, self.settings)
+                        .await;
                 if report.is_ok() {
                     // A backfill rewrote history: check it at once.
                     self.validate(&[tf], Scope::Range(range), now_us)

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub cache_events: IntCounterVec,
     pub up_since: IntGauge,
+    pub build_chunks_done: IntGauge,
+    pub build_chunks_total: IntGauge,
+    pub build_trades_per_sec: prometheus::Gauge,
+    pub build_eta: prometheus::Gauge,
 }
 
 /// The process's metrics.
@@ -86,6 +90,13 @@ impl Metrics {
         };
         let int_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = prometheus::Gauge::new(name, help).expect("valid metric");
             registry
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
@@ -213,6 +224,22 @@ impl Metrics {
             up_since: int_gauge(
                 "ohlcv_start_time_seconds",
                 "Unix time the server started",
+            ),
+            build_chunks_done: int_gauge(
+                "ohlcv_build_chunks_done",
+                "Chunks committed by the running chunked build (first attach, backfill); 0 when none runs",
+            ),
+            build_chunks_total: int_gauge(
+                "ohlcv_build_chunks_total",
+                "Chunks the running chunked build planned; 0 when none runs",
+            ),
+            build_trades_per_sec: gauge(
+                "ohlcv_build_trades_per_second",
+                "Trades read per second by the running chunked build",
+            ),
+            build_eta: gauge(
+                "ohlcv_build_eta_seconds",
+                "Seconds the running chunked build needs to finish at its rate so far",
             ),
             registry,
         }

@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 /// Microseconds in one minute; every stored timeframe is a whole number of minutes.
 pub const MINUTE_US: i64 = 60_000_000;
+pub const HOUR_US: i64 = 60 * MINUTE_US;
+pub const DAY_US: i64 = 24 * HOUR_US;
 
 /// A timeframe that has its own `ohlcv_*` table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

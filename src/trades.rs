@@ -12,5 +12,6 @@ pub use generate::{write_trades_file, GeneratorConfig};
 pub use load::{load_files, read_file};
 pub use normalize::{normalize, normalize_skipping, normalize_with, Checked, Limits};
 pub use source::{
-    map_batch, read_trades, read_trades_at, read_trades_range, ColumnMap, Skipped, SourceConfig,
+    map_batch, read_trades, read_trades_at, read_trades_in, read_trades_range, ColumnMap, Skipped,
+    SourceConfig,
 };

@@ -21,9 +21,17 @@ async fn build_all(d: &Deployment, now: i64) -> Vec<build::BuildReport> {
     let mut reports = Vec::new();
     for tf in Timeframe::ALL {
         reports.push(
-            build::build(&d.writer, tf, now, BuildSettings { grace_us: GRACE })
-                .await
-                .unwrap(),
+            build::build(
+                &d.writer,
+                tf,
+                now,
+                BuildSettings {
+                    grace_us: GRACE,
+                    ..BuildSettings::default()
+                },
+            )
+            .await
+            .unwrap(),
         );
     }
     reports

@@ -40,10 +40,21 @@ fn run(args: &[&str], dir: &Path) {
 /// Runs `ohlcv-server <args>` once per delay and SIGKILLs it after that delay if it is still
 /// running, pausing `after_kill` after each kill; returns how many runs were killed.
 async fn kill_builds(args: &[&str], delays_ms: &[u64], after_kill: Duration) -> usize {
+    kill_builds_with(args, &[], delays_ms, after_kill).await
+}
+
+/// As [`kill_builds`], with environment variables set for each run.
+async fn kill_builds_with(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    delays_ms: &[u64],
+    after_kill: Duration,
+) -> usize {
     let mut killed = 0;
     for &delay_ms in delays_ms {
         let mut child = bin()
             .args(args)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -128,6 +139,89 @@ async fn killed_builds_leave_tables_equal_to_a_clean_build() {
             "{tf}: spurious revisions"
         );
     }
+}
+
+/// A first attach far larger than its memory budget goes in chunks; SIGKILLed again and again,
+/// each run continues from the last chunk committed, and the tables end equal to one
+/// uninterrupted, unchunked build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_chunked_first_attach_resumes_and_equals_a_clean_build() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("trades.parquet");
+    let file_arg = file.to_str().unwrap();
+    let gen = bin()
+        .args([
+            "generate",
+            "--trades",
+            "150000",
+            "--symbols",
+            "8",
+            "--rate",
+            "2",
+        ])
+        .args(["--output", file_arg])
+        .output()
+        .unwrap();
+    assert!(gen.status.success());
+    let clean = work.path().join("clean");
+    run(&["load", file_arg], &clean);
+    run(&["build"], &clean);
+
+    let crashed = work.path().join("crashed");
+    run(&["load", file_arg], &crashed);
+    // 34 MB leaves 2 MB for trades: chunks of about 6,500 of the 150,000.
+    let budget = [("OHLCV_BUILD__MEMORY_MB", "34")];
+    let args = ["--data-dir", crashed.to_str().unwrap(), "build"];
+    let mut cutoffs = Vec::new();
+    let mut killed = 0;
+    for _ in 0..8 {
+        killed += kill_builds_with(&args, &budget, &[600], Duration::ZERO).await;
+        cutoffs.push(cutoff_1m(&crashed).await);
+    }
+    assert!(
+        killed >= 3,
+        "the builds finished too fast to be interrupted ({killed} kills)"
+    );
+    // Each killed run kept the chunks it committed, and the next one went on from there.
+    let reached: Vec<i64> = cutoffs.iter().flatten().copied().collect();
+    assert!(
+        reached.len() >= 3,
+        "too few runs committed a chunk: {cutoffs:?}"
+    );
+    assert!(reached.windows(2).all(|w| w[0] <= w[1]), "{cutoffs:?}");
+    assert!(
+        reached.first() < reached.last(),
+        "no run continued: {cutoffs:?}"
+    );
+    let out = bin().args(args).envs(budget).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The builds' cutoff is the time of building (now minus the grace), past every trade.
+    assert!(cutoff_1m(&crashed).await >= reached.last().copied());
+    intact(&crashed).await;
+
+    let (want, got) = (tables(&clean).await, tables(&crashed).await);
+    for (tf, ((wn, w), (gn, g))) in Timeframe::ALL.iter().zip(want.iter().zip(&got)) {
+        assert_eq!(gn, wn, "{tf}: row count (doubled or lost rows)");
+        assert_eq!(g, w, "{tf}: content");
+        assert!(
+            g.values().all(|b| b.revision == 0),
+            "{tf}: spurious revisions"
+        );
+    }
+}
+
+/// The 1m table's watermark cutoff: how far its build has got.
+async fn cutoff_1m(dir: &Path) -> Option<i64> {
+    let storage = Storage::open(&local(dir)).await.unwrap();
+    let table = storage.table(TableKind::Bars(Timeframe::M1)).await.unwrap();
+    ohlcv_server::build::state::prop_i64(
+        &table.metadata().properties,
+        ohlcv_server::build::state::CUTOFF,
+    )
 }
 
 /// Every data file of every table's current snapshot exists, and the trades table's row count.

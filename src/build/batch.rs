@@ -22,7 +22,7 @@ use crate::bars::rollup;
 use crate::storage::files::{partition_range, partition_value};
 use crate::storage::read::read_files;
 use crate::storage::{Layout, Listing, LiveFile, TableKind, TableWriter, TimeRange};
-use crate::timeframe::Timeframe;
+use crate::timeframe::{Timeframe, DAY_US};
 
 const SOURCE: TableKind = TableKind::Bars(Timeframe::M1);
 
@@ -33,12 +33,16 @@ pub enum Scope {
     Range(TimeRange),
 }
 
-/// Rebuilds the changed partitions of `tf` (30m, 1h or 1d) from the 1m table.
+/// Rebuilds the changed partitions of `tf` (30m, 1h or 1d) from the 1m table, a day of 1m
+/// bars at a time, committing the partitions done whenever what they hold reaches a
+/// sixteenth of `settings.memory_bytes` (only the last commit moves the watermark: a rerun after a
+/// kill recomputes the partitions and rewrites none that are already right).
 pub async fn build_rollup(
     writer: &TableWriter,
     tf: Timeframe,
     now_us: i64,
     scope: Scope,
+    settings: super::BuildSettings,
 ) -> Result<BuildReport> {
     let storage = writer.storage();
     let kind = TableKind::Bars(tf);
@@ -129,20 +133,32 @@ pub async fn build_rollup(
 
     let mut replace: Vec<i32> = Vec::new();
     let mut rows: Vec<RecordBatch> = Vec::new();
+    // Bytes of changed partitions not yet committed, and bars already committed.
+    let (mut held, mut committed) = (0u64, 0usize);
     for p in partitions {
         let (start, end) = partition_range(&target, p);
-        let window = TimeRange::new(Some(start), Some(end.min(source_cutoff)));
-        let children: Vec<&LiveFile> = listing
-            .files
-            .iter()
-            .filter(|f| f.may_overlap(SOURCE, &window))
-            .collect();
-        let lower = read_files(storage, SOURCE, &children, window).await?;
-        report.trades_read += lower.iter().map(|b| b.num_rows()).sum::<usize>();
-        let rolled = rollup(&lower, tf.micros(), 0, now_us)?;
-        // Persist only parents whose children are all final and all still retained.
-        let keep = parents_to_keep(&rolled, tf, source_cutoff, retained_from);
-        let rolled = filter_record_batch(&rolled, &keep)?;
+        // A day of children at a time: every timeframe rolled up here divides a day, so no
+        // parent spans two of them.
+        let mut parents = Vec::new();
+        let mut day = start;
+        while day < end.min(source_cutoff) {
+            let next = (day.div_euclid(DAY_US) + 1) * DAY_US;
+            let window = TimeRange::new(Some(day), Some(next.min(end).min(source_cutoff)));
+            day = next;
+            let children: Vec<&LiveFile> = listing
+                .files
+                .iter()
+                .filter(|f| f.may_overlap(SOURCE, &window))
+                .collect();
+            let lower = read_files(storage, SOURCE, &children, window).await?;
+            report.trades_read += lower.iter().map(|b| b.num_rows()).sum::<usize>();
+            let rolled = rollup(&lower, tf.micros(), 0, now_us)?;
+            // Persist only parents whose children are all final and all still retained.
+            let keep = parents_to_keep(&rolled, tf, source_cutoff, retained_from);
+            parents.push(filter_record_batch(&rolled, &keep)?);
+        }
+        let rolled = arrow::compute::concat_batches(&kind.arrow_schema()?, &parents)?;
+        drop(parents);
 
         let table_listing =
             Listing::read(&table, kind, None, TimeRange::new(Some(start), Some(end))).await?;
@@ -177,9 +193,19 @@ pub async fn build_rollup(
             report.absorb(&d);
             report.deleted += gone;
             replace.push(p);
+            held += d.rows.get_array_memory_size() as u64;
             rows.push(d.rows);
         } else {
             report.unchanged += d.unchanged;
+        }
+        if held > settings.memory_bytes / 16 {
+            let written = report.new + report.revised + report.deleted - committed;
+            let outcome = writer
+                .replace_partitions(kind, &replace, &rows, Default::default())
+                .await?;
+            report.commit(&outcome, written);
+            committed += written;
+            (replace, rows, held) = (Vec::new(), Vec::new(), 0);
         }
     }
 
@@ -191,7 +217,8 @@ pub async fn build_rollup(
         let outcome = writer
             .replace_partitions(kind, &replace, &rows, props)
             .await?;
-        report.commit(&outcome);
+        let written = report.new + report.revised + report.deleted - committed;
+        report.commit(&outcome, written);
     } else if !props.is_empty() {
         writer.set_properties(kind, props).await?;
     }

@@ -18,7 +18,7 @@
 //! Windows before the trades table's retention horizon are never dirty: dropping old trades
 //! must not drop the bars built from them.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
@@ -33,7 +33,7 @@ use super::state::{
 use super::{coalesce, BuildReport, Result};
 use crate::bars::columns::FxHashSet;
 use crate::bars::compute_bars;
-use crate::storage::read::read_files;
+use crate::storage::read::read_files_in;
 use crate::storage::{Layout, Listing, LiveFile, Storage, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
 use crate::trades::read_trades;
@@ -41,7 +41,7 @@ use crate::trades::read_trades;
 type BarKey = (String, String, i64);
 
 /// Persisted windows whose trades changed since the last build.
-enum Dirty {
+pub(super) enum Dirty {
     Keys(FxHashSet<BarKey>),
     /// Every window in `[from, before)`: what changed is unknown.
     All {
@@ -61,6 +61,67 @@ impl Dirty {
     }
 }
 
+/// What one timeframe's build covers, planned before any trade is read.
+pub(super) struct Plan {
+    pub tf: Timeframe,
+    /// The bar table's watermark before the build.
+    wm: Watermark,
+    dirty: Dirty,
+    fresh: TimeRange,
+    /// First window start not built after this build.
+    cutoff: i64,
+    /// Windows to recompute, coalesced.
+    pub ranges: Vec<(i64, i64)>,
+    /// Stored bars of windows in scope that are left without trades are deleted.
+    deletes: bool,
+    /// Chunks before the last one move the watermark to their end (an incremental build);
+    /// a backfill keeps it.
+    advances: bool,
+    /// Properties of the last chunk's commit, and what every chunk's commit carries.
+    final_props: HashMap<String, String>,
+    chunk_props: HashMap<String, String>,
+    next: Watermark,
+    pub report: BuildReport,
+}
+
+impl Plan {
+    fn in_scope(&self, ex: &str, sym: &str, window: i64) -> bool {
+        (self.fresh.overlaps_closed(window, window) && window < self.cutoff)
+            || self.dirty.contains(&(ex, sym, window))
+    }
+
+    /// A backfill of `range` (`[start, end)`, ends aligned, before the cutoff): every window
+    /// recomputed, nothing deleted, the watermark kept.
+    pub(super) fn backfill(tf: Timeframe, range: (i64, i64), cutoff: i64, uuid: String) -> Plan {
+        Plan {
+            tf,
+            wm: Watermark {
+                cutoff: Some(cutoff),
+                ..Watermark::default()
+            },
+            dirty: Dirty::All {
+                from: range.0,
+                before: range.1,
+            },
+            fresh: TimeRange::new(Some(range.1), Some(range.1)),
+            cutoff: range.1,
+            ranges: vec![range],
+            deletes: false,
+            advances: false,
+            final_props: HashMap::from([(TRADES_TABLE_UUID.to_string(), uuid)]),
+            chunk_props: HashMap::new(),
+            next: Watermark::default(),
+            report: BuildReport::default(),
+        }
+    }
+}
+
+/// A timeframe's build: nothing to do, or the work.
+pub(super) enum Planned {
+    Done(BuildReport),
+    Work(Box<Plan>),
+}
+
 /// Builds `tf` (1m or 5m) up to `now_us` with `grace_us` for late trades.
 pub async fn build_incremental(
     writer: &TableWriter,
@@ -68,7 +129,65 @@ pub async fn build_incremental(
     now_us: i64,
     grace_us: i64,
 ) -> Result<BuildReport> {
+    let settings = super::BuildSettings {
+        grace_us,
+        ..super::BuildSettings::default()
+    };
+    let mut reports = build_from_trades(writer, &[tf], now_us, settings).await?;
+    Ok(reports.remove(0))
+}
+
+/// Builds the timeframes `tfs` (1m, 5m or both) from one read of the trades, in chunks that
+/// fit `settings.memory_bytes`, each committed with the watermark that says how far the
+/// build has got. One report per timeframe, in the order given.
+pub async fn build_from_trades(
+    writer: &TableWriter,
+    tfs: &[Timeframe],
+    now_us: i64,
+    settings: super::BuildSettings,
+) -> Result<Vec<BuildReport>> {
     let storage = writer.storage();
+    let trades_table = storage.table(TableKind::Trades).await?;
+    let mut plans = Vec::new();
+    let mut done = Vec::new();
+    for &tf in tfs {
+        match plan(storage, &trades_table, tf, now_us, settings.grace_us).await? {
+            Planned::Done(report) => done.push(report),
+            Planned::Work(plan) => plans.push(*plan),
+        }
+    }
+    if !plans.is_empty() {
+        let layout = storage.layout(TableKind::Trades, &trades_table)?;
+        let listing = Listing::read_laid_out(
+            &trades_table,
+            TableKind::Trades,
+            layout,
+            None,
+            TimeRange::ALL,
+        )
+        .await?;
+        super::chunked::run(writer, &listing, &mut plans, now_us, settings, "build").await?;
+        done.extend(plans.into_iter().map(|p| p.report));
+    }
+    Ok(tfs
+        .iter()
+        .map(|tf| {
+            done.iter()
+                .find(|r| r.timeframe == Some(*tf))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+/// What `tf` must recompute: its dirty windows and the windows newly closed.
+async fn plan(
+    storage: &Storage,
+    trades_table: &Table,
+    tf: Timeframe,
+    now_us: i64,
+    grace_us: i64,
+) -> Result<Planned> {
     let kind = TableKind::Bars(tf);
     let bars_table = storage.table(kind).await?;
     let wm = Watermark::read(
@@ -78,13 +197,12 @@ pub async fn build_incremental(
     );
     let mut report = BuildReport::new(tf, bars_table.metadata().current_snapshot_id);
 
-    let trades_table = storage.table(TableKind::Trades).await?;
     let Some(snapshot) = trades_table
         .metadata()
         .current_snapshot(None)
         .map_err(crate::storage::Error::from)?
     else {
-        return Ok(report);
+        return Ok(Planned::Done(report));
     };
     let (trades_snapshot, trades_seq) = (*snapshot.snapshot_id(), *snapshot.sequence_number());
     let uuid = trades_table.metadata().table_uuid.to_string();
@@ -110,16 +228,16 @@ pub async fn build_incremental(
         cutoff: Some(cutoff),
     };
     if next == wm {
-        return Ok(report);
+        return Ok(Planned::Done(report));
     }
     let retained_from =
         prop_i64(&trades_table.metadata().properties, RETAINED_FROM).unwrap_or(i64::MIN);
-    let layout = storage.layout(TableKind::Trades, &trades_table)?;
+    let layout = storage.layout(TableKind::Trades, trades_table)?;
     let dirty = match (wm.snapshot, wm.cutoff) {
         (Some(consumed), Some(prev)) if consumed != trades_snapshot => {
             let persisted = TimeRange::new(Some(retained_from), Some(prev));
             let changed = Changed {
-                table: &trades_table,
+                table: trades_table,
                 layout,
                 consumed,
             };
@@ -139,77 +257,99 @@ pub async fn build_incremental(
     if fresh.start.is_none_or(|s| s < cutoff) {
         ranges.push((fresh.start.unwrap_or(i64::MIN), cutoff));
     }
-    let ranges = coalesce(ranges.into_iter());
-    let listing = Listing::read_laid_out(
-        &trades_table,
-        TableKind::Trades,
-        layout,
-        None,
-        TimeRange::ALL,
-    )
-    .await?;
-    let to_read: Vec<&LiveFile> = listing
-        .files
-        .iter()
-        .filter(|f| {
-            ranges
-                .iter()
-                .any(|(s, e)| f.may_overlap(TableKind::Trades, &TimeRange::new(Some(*s), Some(*e))))
-        })
-        .collect();
-    let in_scope = |ex: &str, sym: &str, window: i64| {
-        (fresh.overlaps_closed(window, window) && window < cutoff)
-            || dirty.contains(&(ex, sym, window))
-    };
-    let mut trades: Vec<RecordBatch> = Vec::new();
-    let (batches, skipped) = read_trades(storage, &to_read, TimeRange::ALL, now_us).await?;
-    report.skipped_rows += skipped.count;
-    for batch in batches {
-        let (ex, sym, ts) = trade_keys(&batch);
+    let mut final_props = next.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE);
+    final_props.insert(TRADES_TABLE_UUID.to_string(), uuid.clone());
+    Ok(Planned::Work(Box::new(Plan {
+        tf,
+        wm,
+        dirty,
+        fresh,
+        cutoff,
+        ranges: coalesce(ranges.into_iter()),
+        deletes: true,
+        advances: true,
+        final_props,
+        chunk_props: HashMap::from([(TRADES_TABLE_UUID.to_string(), uuid)]),
+        next,
+        report,
+    })))
+}
+
+/// One plan's part of one chunk: compute, diff and commit the windows of `ranges`.
+pub(super) async fn build_chunk(
+    writer: &TableWriter,
+    plan: &mut Plan,
+    trades: &[RecordBatch],
+    ranges: &[(i64, i64)],
+    last: bool,
+    now_us: i64,
+) -> Result<()> {
+    let storage = writer.storage();
+    let tf = plan.tf;
+    let kind = TableKind::Bars(tf);
+    let mut kept: Vec<RecordBatch> = Vec::with_capacity(trades.len());
+    for batch in trades {
+        let (ex, sym, ts) = trade_keys(batch);
         let keep: BooleanArray = (0..batch.num_rows())
             .map(|row| {
                 let window = tf.window_start(ts.value(row));
-                Some(in_scope(ex.value(row), sym.value(row), window))
+                Some(plan.in_scope(ex.value(row), sym.value(row), window))
             })
             .collect();
-        let kept = filter_record_batch(&batch, &keep)?;
-        if kept.num_rows() > 0 {
-            trades.push(kept);
+        let batch = if keep.true_count() == batch.num_rows() {
+            batch.clone()
+        } else {
+            filter_record_batch(batch, &keep)?
+        };
+        if batch.num_rows() > 0 {
+            kept.push(batch);
         }
     }
-    // Dirty-key detection above counted the changed files it scanned; add the trades
-    // aggregated.
-    report.trades_read += trades.iter().map(|b| b.num_rows()).sum::<usize>();
-
+    plan.report.trades_read += kept.iter().map(|b| b.num_rows()).sum::<usize>();
     // The kernel is CPU-bound and parallel on its own threads; keep it off the async workers.
-    let computed = tokio::task::spawn_blocking(move || compute_bars(&trades, tf, now_us))
+    let computed = tokio::task::spawn_blocking(move || compute_bars(&kept, tf, now_us))
         .await
         .map_err(|e| crate::bars::Error::Input(format!("bar kernel panicked: {e}")))??;
     let bar_ranges: Vec<TimeRange> = ranges
         .iter()
         .map(|(s, e)| TimeRange::new(Some(*s), Some(*e)))
         .collect();
+    let bars_table = storage.table(kind).await?;
     let bar_listing = Listing::read(&bars_table, kind, None, TimeRange::ALL).await?;
     let bar_files: Vec<&LiveFile> = bar_listing
         .files
         .iter()
         .filter(|f| bar_ranges.iter().any(|r| f.may_overlap(kind, r)))
         .collect();
-    let existing = read_files(storage, kind, &bar_files, TimeRange::ALL).await?;
-    let gone = bars_left_without_trades(&existing, &computed, in_scope);
-    let d = diff(&computed, &existing, now_us, wm.cutoff, false)?;
-    report.absorb(&d);
-    report.deleted = gone.len();
+    let existing = read_files_in(storage, kind, &bar_files, &bar_ranges).await?;
+    let gone = match plan.deletes {
+        true => bars_left_without_trades(&existing, &computed, |e, s, w| plan.in_scope(e, s, w)),
+        false => HashSet::new(),
+    };
+    let d = diff(&computed, &existing, now_us, plan.wm.cutoff, false)?;
+    plan.report.absorb(&d);
+    plan.report.deleted += gone.len();
 
-    let mut props = next.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE);
-    props.insert(TRADES_TABLE_UUID.to_string(), uuid);
-    if d.changed() > 0 || !gone.is_empty() {
+    let mut props = plan.chunk_props.clone();
+    let end = ranges.last().map_or(i64::MIN, |r| r.1);
+    if last {
+        props.extend(plan.final_props.clone());
+    } else if plan.advances && plan.fresh.start.is_none_or(|s| end >= s) {
+        // Every window of the plan before `end` is built from the snapshot being consumed.
+        let reached = Watermark {
+            cutoff: Some(end),
+            ..plan.next
+        };
+        props.extend(reached.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE));
+    }
+    let written = d.changed() + gone.len();
+    if written > 0 {
         let outcome = writer.upsert_removing(kind, &[d.rows], gone, props).await?;
-        report.commit(&outcome);
-    } else {
+        plan.report.commit(&outcome, written);
+    } else if !props.is_empty() {
         writer.set_properties(kind, props).await?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The trades table and the snapshot a build consumed.

@@ -24,7 +24,9 @@ use iceberg_rust::spec::values::{Struct, Value};
 use iceberg_rust::table::Table;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::ParquetObjectReader;
-use parquet::arrow::{ArrowWriter, ParquetRecordBatchStreamBuilder, PARQUET_FIELD_ID_META_KEY};
+use parquet::arrow::{
+    ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask, PARQUET_FIELD_ID_META_KEY,
+};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{ParquetMetaData, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -388,15 +390,62 @@ pub async fn read_data_file_as(
     target: &SchemaRef,
     path: &str,
 ) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    read_data_file_each(store, table, target, path, |b| {
+        out.push(b);
+        Ok::<_, Error>(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// As [`read_data_file_as`], handing each batch to `each` as it is decoded, so a caller that
+/// keeps part of a file never holds all of it.
+pub async fn read_data_file_each<E: From<Error>>(
+    store: &Arc<dyn ObjectStore>,
+    table: &str,
+    target: &SchemaRef,
+    path: &str,
+    mut each: impl FnMut(RecordBatch) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
-    let stream = ParquetRecordBatchStreamBuilder::new(reader)
-        .await?
-        .build()?;
-    let batches: Vec<RecordBatch> = stream.try_collect().await?;
-    batches
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(Error::from)?;
+    // Only the target's columns are decoded: a wide foreign table costs what is mapped.
+    let mask = projection(builder.schema(), target)
+        .map(|roots| ProjectionMask::roots(builder.parquet_schema(), roots));
+    let builder = match mask {
+        Some(mask) => builder.with_projection(mask),
+        None => builder,
+    };
+    let mut stream = builder.build().map_err(Error::from)?;
+    while let Some(batch) = stream.try_next().await.map_err(Error::from)? {
+        each(conform_columns(table, target, path, &batch)?)?;
+    }
+    Ok(())
+}
+
+/// The file's top-level columns that `target` takes (by field id, or by name in files without
+/// ids); `None` when every column is taken.
+fn projection(file: &SchemaRef, target: &SchemaRef) -> Option<Vec<usize>> {
+    let field_id = |f: &arrow::datatypes::Field| -> Option<i32> {
+        f.metadata().get(PARQUET_FIELD_ID_META_KEY)?.parse().ok()
+    };
+    let ids: std::collections::HashSet<i32> =
+        target.fields().iter().filter_map(|f| field_id(f)).collect();
+    let by_id = file.fields().iter().any(|f| field_id(f).is_some());
+    let roots: Vec<usize> = file
+        .fields()
         .iter()
-        .map(|b| conform_columns(table, target, path, b))
-        .collect()
+        .enumerate()
+        .filter(|(_, f)| match by_id {
+            true => field_id(f).is_some_and(|id| ids.contains(&id)),
+            false => target.field_with_name(f.name()).is_ok(),
+        })
+        .map(|(i, _)| i)
+        .collect();
+    (roots.len() < file.fields().len()).then_some(roots)
 }
 
 /// The `(file_path, pos)` rows of a position delete file.

@@ -18,11 +18,12 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
 use super::error::{Error, Result};
 use super::normalize::{normalize_skipping, Checked};
-use crate::storage::files::{read_data_file_as, without_deleted};
-use crate::storage::read::read_files;
+use crate::storage::files::{read_data_file_each, without_deleted};
+use crate::storage::read::read_files_in;
 pub use crate::storage::source::{ColumnMap, SourceConfig};
 use crate::storage::warehouse::bucket;
 use crate::storage::{Listing, LiveFile, Storage, TableKind, TimeRange};
+use futures::stream::{self, StreamExt, TryStreamExt};
 use iceberg_rust::table::Table;
 
 /// Maps one batch of source rows (columns by the source's names) onto `market.trades`
@@ -110,8 +111,20 @@ pub async fn read_trades(
     range: TimeRange,
     read_at: i64,
 ) -> Result<(Vec<RecordBatch>, Skipped)> {
+    read_trades_in(storage, files, &[range], read_at).await
+}
+
+/// As [`read_trades`], keeping the trades in any of `ranges`. Files are read and mapped on
+/// several cores at once, each cut to the ranges as it is read, decoding only the mapped
+/// columns.
+pub async fn read_trades_in(
+    storage: &Storage,
+    files: &[&LiveFile],
+    ranges: &[TimeRange],
+    read_at: i64,
+) -> Result<(Vec<RecordBatch>, Skipped)> {
     let Some(source) = storage.source() else {
-        let rows = read_files(storage, TableKind::Trades, files, range).await?;
+        let rows = read_files_in(storage, TableKind::Trades, files, ranges).await?;
         return Ok((rows, Skipped::default()));
     };
     let table = storage.table(TableKind::Trades).await?;
@@ -124,12 +137,11 @@ pub async fn read_trades(
         .try_into()
         .map_err(crate::storage::Error::from)?;
     let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let mapped: SchemaRef = Arc::new(mapped_columns(source, &schema));
     // The source may live in another bucket than our warehouse: the table's own store reaches
     // the bucket of its metadata, with the same credentials.
     let store = table.object_store();
     let location = table.metadata().location.clone();
-    let mut out = Vec::new();
-    let mut skipped = Skipped::default();
     for file in files {
         if bucket(file.path()) != bucket(&location) {
             return Err(crate::storage::Error::Unsupported {
@@ -139,21 +151,69 @@ pub async fn read_trades(
             }
             .into());
         }
-        let mut offset = 0;
-        for batch in read_data_file_as(&store, &name, &schema, file.path()).await? {
-            let rows_in_file = batch.num_rows();
-            let batch = match &file.deleted {
-                Some(deleted) => without_deleted(batch, offset, deleted)?,
-                None => batch,
+    }
+    let ranges: Arc<[TimeRange]> = ranges.into();
+    let source = Arc::new(source.clone());
+    // Equality deletes compare columns the mapping may not name: such files are read whole.
+    let inputs: Vec<(LiveFile, SchemaRef)> = files
+        .iter()
+        .map(|f| {
+            let target = match f.equality.is_empty() {
+                true => Arc::clone(&mapped),
+                false => Arc::clone(&schema),
             };
-            let batch = crate::storage::equality::without_equal(batch, &file.equality)?;
-            let checked = map_batch(source, &batch, offset, read_at)
-                .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
-            offset += rows_in_file;
-            skipped.add(file.path(), &checked);
-            let rows = in_range(checked.rows, range)?;
-            if rows.num_rows() > 0 {
-                out.push(rows);
+            ((*f).clone(), target)
+        })
+        .collect();
+    let task_name = name.clone();
+    let read = move |(file, target): (LiveFile, SchemaRef)| {
+        let (store, name, source, ranges) = (
+            Arc::clone(&store),
+            task_name.clone(),
+            Arc::clone(&source),
+            Arc::clone(&ranges),
+        );
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut skipped = Skipped::default();
+            let mut offset = 0;
+            read_data_file_each(&store, &name, &target, file.path(), |batch| {
+                let rows_in_file = batch.num_rows();
+                let batch = match &file.deleted {
+                    Some(deleted) => without_deleted(batch, offset, deleted)?,
+                    None => batch,
+                };
+                let batch = crate::storage::equality::without_equal(batch, &file.equality)?;
+                let checked = map_batch(&source, &batch, offset, read_at)
+                    .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
+                offset += rows_in_file;
+                skipped.add(file.path(), &checked);
+                let rows = in_ranges(checked.rows, &ranges)?;
+                if rows.num_rows() > 0 {
+                    out.push(rows);
+                }
+                Ok::<_, Error>(())
+            })
+            .await?;
+            Ok::<_, Error>((out, skipped))
+        })
+    };
+    let per_file: Vec<(Vec<RecordBatch>, Skipped)> = stream::iter(inputs)
+        .map(read)
+        .buffered(crate::storage::read::READ_CONCURRENCY)
+        .map(|joined| {
+            joined.map_err(|e| Error::Schema(format!("a source file read panicked: {e}")))?
+        })
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for (rows, s) in per_file {
+        out.extend(rows);
+        skipped.count += s.count;
+        for first in s.first {
+            if skipped.first.len() < NAMED_SKIPS {
+                skipped.first.push(first);
             }
         }
     }
@@ -161,6 +221,25 @@ pub async fn read_trades(
         tracing::warn!(source = %name, skipped = skipped.count, first = ?skipped.first, "source rows the mapping cannot read were skipped");
     }
     Ok((out, skipped))
+}
+
+/// The source's columns the mapping reads (`schema` cut to them, field ids kept).
+fn mapped_columns(source: &SourceConfig, schema: &SchemaRef) -> Schema {
+    let c = &source.columns;
+    let mut names = vec![&c.symbol, &c.trade_id, &c.ts, &c.price, &c.quantity];
+    if source.exchange.is_none() {
+        names.push(&c.exchange);
+    }
+    if !c.side.is_empty() {
+        names.push(&c.side);
+    }
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| names.iter().any(|n| *n == f.name()))
+        .cloned()
+        .collect();
+    Schema::new(fields)
 }
 
 /// Trades of the current snapshot of the trades table (ours or the source) in `range`.
@@ -187,19 +266,11 @@ pub async fn read_trades_at(
     read_trades(storage, &files, range, read_at).await
 }
 
-fn in_range(rows: RecordBatch, range: TimeRange) -> Result<RecordBatch> {
-    if range == TimeRange::ALL {
-        return Ok(rows);
-    }
+fn in_ranges(rows: RecordBatch, ranges: &[TimeRange]) -> Result<RecordBatch> {
     let ts = rows
         .column(3)
         .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
-    let keep: arrow::array::BooleanArray = ts
-        .values()
-        .iter()
-        .map(|t| Some(range.overlaps_closed(*t, *t)))
-        .collect();
-    Ok(arrow::compute::filter_record_batch(&rows, &keep)?)
+    Ok(crate::storage::read::keep_in(&rows, ts, ranges)?)
 }
 
 /// A side column as `buy` / `sell` / NULL text; unknown text is kept, for the checks to name.

@@ -1,0 +1,175 @@
+//! Running planned builds from trades chunk by chunk (see `chunks`): one read of each chunk's
+//! trades feeds every timeframe planned (1m and 5m), the next chunk is read while this one is
+//! computed and committed, and each timeframe commits each chunk with the watermark it has
+//! reached, so memory stays within the budget and a kill loses at most the chunk in flight.
+
+use arrow::array::RecordBatch;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::chunks::{self, Chunk, FileSpan};
+use super::incremental::{build_chunk, Plan};
+use super::{coalesce, progress, BuildSettings, Result};
+use crate::storage::{Listing, LiveFile, TableKind, TableWriter, TimeRange};
+use crate::trades::{read_trades_in, Skipped};
+
+/// Bytes a trade takes while its chunk is held: the decoded columns (text keys and ids
+/// included), the kernel's series-ordered copy and the reader's buffers (measured with
+/// `benches/attach.py`).
+pub const BYTES_PER_TRADE: u64 = 160;
+
+/// What the budget keeps aside for everything but the trades: the Parquet reader's fetched
+/// row groups, listings, the bars of a chunk being diffed and written.
+pub const RESERVE_BYTES: u64 = 32 << 20;
+
+/// Runs `plans` over the trades of `listing`'s files.
+pub(super) async fn run(
+    writer: &TableWriter,
+    listing: &Listing,
+    plans: &mut [Plan],
+    now_us: i64,
+    settings: BuildSettings,
+    job: &'static str,
+) -> Result<()> {
+    let Some(align) = plans.iter().map(|p| p.tf.micros()).max() else {
+        return Ok(());
+    };
+    let union = coalesce(plans.iter().flat_map(|p| p.ranges.iter().copied()));
+    // A first build starts where the trades do, when every file says where that is.
+    let earliest = listing
+        .files
+        .iter()
+        .map(|f| f.time_bounds().map(|b| b.0))
+        .collect::<Option<Vec<i64>>>()
+        .and_then(|los| los.into_iter().min());
+    let scope: Vec<(i64, i64)> = union
+        .into_iter()
+        .filter_map(|(s, e)| {
+            let s = match (s, earliest) {
+                (i64::MIN, Some(lo)) => s.max(lo.div_euclid(align) * align),
+                _ => s,
+            };
+            (s < e).then_some((s, e))
+        })
+        .collect();
+    let spans: Vec<FileSpan> = listing
+        .files
+        .iter()
+        .filter(|f| overlaps(f, &scope))
+        .map(|f| FileSpan {
+            bounds: f.time_bounds(),
+            rows: f.record_count().max(0) as u64,
+        })
+        .collect();
+    // Two chunks are held at once: one computed and committed, the next being read.
+    let for_trades = settings
+        .memory_bytes
+        .saturating_sub(RESERVE_BYTES)
+        .max(RESERVE_BYTES / 4);
+    let budget_rows = (for_trades / BYTES_PER_TRADE / 2).max(1);
+    let chunks = chunks::plan(&scope, &spans, budget_rows, align);
+    let last_of: Vec<Option<usize>> = plans
+        .iter()
+        .map(|p| {
+            chunks
+                .iter()
+                .rposition(|c| !intersect(&p.ranges, &c.ranges).is_empty())
+        })
+        .collect();
+    let running = (chunks.len() > 1).then(|| {
+        let total = chunks.iter().map(|c| c.estimated_rows).sum();
+        tracing::info!(
+            chunks = chunks.len(),
+            trades = total,
+            budget_mb = settings.memory_bytes >> 20,
+            "building in chunks"
+        );
+        progress::start(job, plans[0].tf, chunks.len(), total)
+    });
+
+    let storage = writer.storage().clone();
+    let read = |chunk: &Chunk| {
+        let files: Vec<LiveFile> = listing
+            .files
+            .iter()
+            .filter(|f| overlaps(f, &chunk.ranges))
+            .cloned()
+            .collect();
+        let ranges: Vec<TimeRange> = chunk
+            .ranges
+            .iter()
+            .map(|(s, e)| TimeRange::new(Some(*s), Some(*e)))
+            .collect();
+        let storage = storage.clone();
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let files: Vec<&LiveFile> = files.iter().collect();
+            read_trades_in(&storage, &files, &ranges, now_us).await
+        }))
+    };
+    let mut next = chunks.first().map(read);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let Some(reading) = next.take() else { break };
+        let (trades, skipped): (Vec<RecordBatch>, Skipped) = reading
+            .await
+            .map_err(|e| crate::bars::Error::Input(format!("a trades read panicked: {e}")))??;
+        next = chunks.get(i + 1).map(read);
+        for (plan, last) in plans.iter_mut().zip(&last_of) {
+            let ranges = intersect(&plan.ranges, &chunk.ranges);
+            if ranges.is_empty() {
+                continue;
+            }
+            plan.report.skipped_rows += skipped.count;
+            build_chunk(writer, plan, &trades, &ranges, *last == Some(i), now_us).await?;
+        }
+        if let Some(running) = &running {
+            running.chunk_done(trades.iter().map(|b| b.num_rows() as u64).sum());
+        }
+        tracing::debug!(chunk = i + 1, of = chunks.len(), "chunk committed");
+    }
+    // A plan no chunk reached (its windows hold no trades at all) still deletes what it
+    // stored there and moves its watermark.
+    for (plan, last) in plans.iter_mut().zip(&last_of) {
+        if last.is_none() {
+            let ranges = plan.ranges.clone();
+            build_chunk(writer, plan, &[], &ranges, true, now_us).await?;
+        }
+    }
+    Ok(())
+}
+
+fn overlaps(file: &LiveFile, ranges: &[(i64, i64)]) -> bool {
+    ranges
+        .iter()
+        .any(|(s, e)| file.may_overlap(TableKind::Trades, &TimeRange::new(Some(*s), Some(*e))))
+}
+
+/// The parts of sorted, disjoint `a` inside sorted, disjoint `b`.
+fn intersect(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let (mut i, mut j, mut out) = (0, 0, Vec::new());
+    while i < a.len() && j < b.len() {
+        let (s, e) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if s < e {
+            out.push((s, e));
+        }
+        if a[i].1 < b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intersections() {
+        assert_eq!(
+            intersect(&[(0, 10), (20, 30)], &[(5, 25), (28, 40)]),
+            vec![(5, 10), (20, 25), (28, 30)]
+        );
+        assert!(intersect(&[(0, 5)], &[(5, 9)]).is_empty());
+        assert_eq!(intersect(&[(i64::MIN, 9)], &[(3, 20)]), vec![(3, 9)]);
+    }
+}

@@ -1,0 +1,140 @@
+//! The command line's view of a running chunked build: a progress bar on a terminal, a line
+//! per chunk otherwise (logs, CI).
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::build::progress::{self, Progress};
+
+/// Shows the progress of chunked builds until dropped.
+pub struct Watch {
+    cancel: CancellationToken,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Starts showing progress on stderr.
+pub fn watch() -> Watch {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move {
+        let tty = std::io::stderr().is_terminal();
+        let mut bar: Option<ProgressBar> = None;
+        let mut shown = (0usize, 0usize);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let Some(p) = progress::current() else {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                continue;
+            };
+            if tty {
+                let b = bar.get_or_insert_with(|| new_bar(&p));
+                b.set_length(p.chunks_total as u64);
+                b.set_position(p.chunks_done as u64);
+                b.set_message(summary(&p));
+            } else if (p.chunks_done, p.chunks_total) != shown {
+                shown = (p.chunks_done, p.chunks_total);
+                eprintln!("{}", line(&p));
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+    });
+    Watch {
+        cancel,
+        _task: AbortOnDropHandle::new(task),
+    }
+}
+
+fn new_bar(p: &Progress) -> ProgressBar {
+    let bar = ProgressBar::new(p.chunks_total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} chunks  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {}", p.job, p.timeframe));
+    bar
+}
+
+fn summary(p: &Progress) -> String {
+    let eta = match p.eta_secs() {
+        Some(s) => format!("about {} left", duration(s)),
+        None => "estimating".to_string(),
+    };
+    format!(
+        "{} of ~{} trades, {}/s, {eta}",
+        count(p.trades_done as f64),
+        count(p.trades_total as f64),
+        count(p.trades_per_sec())
+    )
+}
+
+/// One plain line: what a log or a pipe gets instead of a bar.
+pub fn line(p: &Progress) -> String {
+    format!(
+        "{} {}: chunk {}/{}, {}",
+        p.job,
+        p.timeframe,
+        p.chunks_done,
+        p.chunks_total,
+        summary(p)
+    )
+}
+
+fn count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2} G", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} M", n / 1e6),
+        n if n >= 1e3 => format!("{:.0} k", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeframe::Timeframe;
+
+    #[test]
+    fn a_plain_line_says_chunks_rate_and_time_left() {
+        let p = Progress {
+            job: "build",
+            timeframe: Timeframe::M1,
+            chunks_done: 3,
+            chunks_total: 10,
+            trades_done: 3_000_000,
+            trades_total: 10_000_000,
+            started_us: 0,
+            now_us: 2_000_000,
+        };
+        assert_eq!(
+            line(&p),
+            "build 1m: chunk 3/10, 3.0 M of ~10.0 M trades, 1.5 M/s, about 5s left"
+        );
+    }
+}
