@@ -48,6 +48,57 @@ fn wall_clock_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+impl Progress {
+    /// Trades done of the total, rate and time left.
+    pub fn summary(&self) -> String {
+        let p = self;
+        let eta = match p.eta_secs() {
+            Some(s) => format!("about {} left", duration(s)),
+            None => "estimating".to_string(),
+        };
+        format!(
+            "{} of ~{} trades, {}/s, {eta}",
+            count(p.trades_done as f64),
+            count(p.trades_total as f64),
+            count(p.trades_per_sec())
+        )
+    }
+}
+
+/// One plain line: what a log, a pipe or the status page shows.
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self;
+        write!(
+            f,
+            "{} {}: chunk {}/{}, {}",
+            p.job,
+            p.timeframe,
+            p.chunks_done,
+            p.chunks_total,
+            p.summary()
+        )
+    }
+}
+
+fn count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2} G", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} M", n / 1e6),
+        n if n >= 1e3 => format!("{:.0} k", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+fn duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
 static CURRENT: Mutex<Option<Progress>> = Mutex::new(None);
 
 fn current_mut() -> MutexGuard<'static, Option<Progress>> {

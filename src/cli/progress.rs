@@ -45,10 +45,10 @@ pub fn watch() -> Watch {
                 let b = bar.get_or_insert_with(|| new_bar(&p));
                 b.set_length(p.chunks_total as u64);
                 b.set_position(p.chunks_done as u64);
-                b.set_message(summary(&p));
+                b.set_message(p.summary());
             } else if (p.chunks_done, p.chunks_total) != shown {
                 shown = (p.chunks_done, p.chunks_total);
-                eprintln!("{}", line(&p));
+                eprintln!("{p}");
             }
         }
         if let Some(b) = bar {
@@ -72,49 +72,6 @@ fn new_bar(p: &Progress) -> ProgressBar {
     bar
 }
 
-fn summary(p: &Progress) -> String {
-    let eta = match p.eta_secs() {
-        Some(s) => format!("about {} left", duration(s)),
-        None => "estimating".to_string(),
-    };
-    format!(
-        "{} of ~{} trades, {}/s, {eta}",
-        count(p.trades_done as f64),
-        count(p.trades_total as f64),
-        count(p.trades_per_sec())
-    )
-}
-
-/// One plain line: what a log or a pipe gets instead of a bar.
-pub fn line(p: &Progress) -> String {
-    format!(
-        "{} {}: chunk {}/{}, {}",
-        p.job,
-        p.timeframe,
-        p.chunks_done,
-        p.chunks_total,
-        summary(p)
-    )
-}
-
-fn count(n: f64) -> String {
-    match n {
-        n if n >= 1e9 => format!("{:.2} G", n / 1e9),
-        n if n >= 1e6 => format!("{:.1} M", n / 1e6),
-        n if n >= 1e3 => format!("{:.0} k", n / 1e3),
-        n => format!("{n:.0}"),
-    }
-}
-
-fn duration(secs: f64) -> String {
-    let s = secs.round() as u64;
-    match s {
-        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{s}s"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +90,7 @@ mod tests {
             now_us: 2_000_000,
         };
         assert_eq!(
-            line(&p),
+            p.to_string(),
             "build 1m: chunk 3/10, 3.0 M of ~10.0 M trades, 1.5 M/s, about 5s left"
         );
     }

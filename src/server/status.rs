@@ -111,6 +111,9 @@ async fn render(pages: &Pages, chart: ChartQuery) -> Result<String, String> {
         }
     );
 
+    if let Some(running) = crate::build::progress::current() {
+        let _ = write!(out, "<h2>Running build</h2><p>{running}</p>");
+    }
     out.push_str(
         "<h2>Build lag</h2><table><tr><th>timeframe</th><th>persisted up to</th><th>lag</th></tr>",
     );

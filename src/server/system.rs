@@ -266,6 +266,11 @@ pub fn jobs_schema() -> SchemaRef {
         Field::new("last_status", DataType::Utf8, true),
         Field::new("last_error", DataType::Utf8, true),
         Field::new("success_rate_24h", DataType::Float64, true),
+        // A running chunked build (first attach, catch-up) of this schedule's job.
+        Field::new("chunks_done", DataType::Int64, true),
+        Field::new("chunks_total", DataType::Int64, true),
+        Field::new("trades_per_sec", DataType::Float64, true),
+        Field::new("eta_secs", DataType::Float64, true),
     ]))
 }
 
@@ -279,6 +284,23 @@ fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError
     };
     let ts = |values: Vec<Option<i64>>| -> ArrayRef {
         Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+    };
+    let running = crate::build::progress::current();
+    let progress: Vec<Option<&crate::build::progress::Progress>> = jobs
+        .iter()
+        .map(|j| {
+            running.as_ref().filter(|p| {
+                p.job == j.schedule.job.name() && j.schedule.job.timeframe() == Some(p.timeframe)
+            })
+        })
+        .collect();
+    let int = |f: fn(&crate::build::progress::Progress) -> usize| -> ArrayRef {
+        Arc::new(Int64Array::from(
+            progress
+                .iter()
+                .map(|p| p.map(|p| f(p) as i64))
+                .collect::<Vec<_>>(),
+        ))
     };
     RecordBatch::try_new(
         jobs_schema(),
@@ -308,6 +330,20 @@ fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError
             Arc::new(
                 jobs.iter()
                     .map(|j| j.success_rate_24h)
+                    .collect::<Float64Array>(),
+            ),
+            int(|p| p.chunks_done),
+            int(|p| p.chunks_total),
+            Arc::new(
+                progress
+                    .iter()
+                    .map(|p| p.map(|p| p.trades_per_sec()))
+                    .collect::<Float64Array>(),
+            ),
+            Arc::new(
+                progress
+                    .iter()
+                    .map(|p| p.and_then(|p| p.eta_secs()))
                     .collect::<Float64Array>(),
             ),
         ],
