@@ -42,7 +42,8 @@ pub(super) async fn run(
         .collect::<Option<Vec<i64>>>()
         .and_then(|los| los.into_iter().min());
     let scope: Vec<(i64, i64)> = union
-        .into_iter()
+        .iter()
+        .copied()
         .filter_map(|(s, e)| {
             let s = match (s, earliest) {
                 (i64::MIN, Some(lo)) => s.max(lo.div_euclid(align) * align),
@@ -66,7 +67,12 @@ pub(super) async fn run(
         .saturating_sub(RESERVE_BYTES)
         .max(RESERVE_BYTES / 4);
     let budget_rows = (for_trades / BYTES_PER_TRADE / 2).max(1);
-    let chunks = chunks::plan(&scope, &spans, budget_rows, align);
+    let mut chunks = chunks::plan(&scope, &spans, budget_rows, align);
+    // Planning starts where the trades do, but the first chunk still covers what lies
+    // before: stored bars there whose trades are gone (a replaced table) must go.
+    if let (Some((i64::MIN, _)), Some(first)) = (union.first(), chunks.first_mut()) {
+        first.ranges[0].0 = i64::MIN;
+    }
     let last_of: Vec<Option<usize>> = plans
         .iter()
         .map(|p| {

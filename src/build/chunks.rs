@@ -19,7 +19,7 @@ pub struct FileSpan {
 }
 
 /// Ranges `[start, end)` read, computed and committed together.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Chunk {
     pub ranges: Vec<(i64, i64)>,
     /// Trades the files are expected to hold in `ranges`.
@@ -139,10 +139,7 @@ pub fn plan(scope: &[(i64, i64)], files: &[FileSpan], budget_rows: u64, align: i
     let density = Density::new(files, (first.0, last.1));
     let budget = budget_rows.max(1) as f64;
     let mut chunks = Vec::new();
-    let mut current = Chunk {
-        ranges: Vec::new(),
-        estimated_rows: 0,
-    };
+    let mut current = Chunk::default();
     let mut used = 0.0f64;
     for &(start, end) in scope {
         let mut pos = start;
@@ -150,13 +147,7 @@ pub fn plan(scope: &[(i64, i64)], files: &[FileSpan], budget_rows: u64, align: i
             let to = match furthest(&density, pos, end, budget - used, align) {
                 Some(to) => to,
                 None if !current.ranges.is_empty() => {
-                    chunks.push(std::mem::replace(
-                        &mut current,
-                        Chunk {
-                            ranges: Vec::new(),
-                            estimated_rows: 0,
-                        },
-                    ));
+                    chunks.push(std::mem::take(&mut current));
                     used = 0.0;
                     continue;
                 }
@@ -169,13 +160,7 @@ pub fn plan(scope: &[(i64, i64)], files: &[FileSpan], budget_rows: u64, align: i
             current.estimated_rows = used.round() as u64;
             pos = to;
             if pos < end || used >= budget {
-                chunks.push(std::mem::replace(
-                    &mut current,
-                    Chunk {
-                        ranges: Vec::new(),
-                        estimated_rows: 0,
-                    },
-                ));
+                chunks.push(std::mem::take(&mut current));
                 used = 0.0;
             }
         }
