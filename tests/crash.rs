@@ -94,11 +94,10 @@ async fn tables_of(config: &Config) -> Vec<(usize, BTreeMap<Key, RefBar>)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_builds_leave_tables_equal_to_a_clean_build() {
-    let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("trades.parquet");
-    let file_arg = file.to_str().unwrap();
+/// 150,000 generated trades at `rate` a second in `work`, and a data dir that loaded and built
+/// them uninterrupted: the file and that dir.
+fn clean_build(work: &Path, rate: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let file = work.join("trades.parquet");
     let gen = bin()
         .args([
             "generate",
@@ -107,29 +106,22 @@ async fn killed_builds_leave_tables_equal_to_a_clean_build() {
             "--symbols",
             "8",
             "--rate",
-            "1",
-            "--output",
-            file_arg,
+            rate,
         ])
+        .arg("--output")
+        .arg(&file)
         .output()
         .unwrap();
     assert!(gen.status.success());
-
-    let clean = work.path().join("clean");
-    run(&["load", file_arg], &clean);
+    let clean = work.join("clean");
+    run(&["load", file.to_str().unwrap()], &clean);
     run(&["build"], &clean);
+    (file, clean)
+}
 
-    let crashed = work.path().join("crashed");
-    run(&["load", file_arg], &crashed);
-    let data_dir = ["--data-dir", crashed.to_str().unwrap(), "build"];
-    let killed = kill_builds(&data_dir, &[40, 150, 400, 900, 1800, 3000], Duration::ZERO).await;
-    assert!(
-        killed >= 3,
-        "the builds finished too fast to be interrupted ({killed} kills)"
-    );
-    run(&["build"], &crashed);
-
-    let (want, got) = (tables(&clean).await, tables(&crashed).await);
+/// Every bar table of `got` holds what `want` holds, each key once, none revised.
+async fn assert_same_tables(want: &Path, got: &Path) {
+    let (want, got) = (tables(want).await, tables(got).await);
     for (tf, ((wn, w), (gn, g))) in Timeframe::ALL.iter().zip(want.iter().zip(&got)) {
         assert_eq!(gn, wn, "{tf}: row count (doubled or lost rows)");
         assert_eq!(g.len(), *gn, "{tf}: duplicate keys");
@@ -141,32 +133,32 @@ async fn killed_builds_leave_tables_equal_to_a_clean_build() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_builds_leave_tables_equal_to_a_clean_build() {
+    let work = tempfile::tempdir().unwrap();
+    let (file, clean) = clean_build(work.path(), "1");
+    let file_arg = file.to_str().unwrap();
+
+    let crashed = work.path().join("crashed");
+    run(&["load", file_arg], &crashed);
+    let data_dir = ["--data-dir", crashed.to_str().unwrap(), "build"];
+    let killed = kill_builds(&data_dir, &[40, 150, 400, 900, 1800, 3000], Duration::ZERO).await;
+    assert!(
+        killed >= 3,
+        "the builds finished too fast to be interrupted ({killed} kills)"
+    );
+    run(&["build"], &crashed);
+    assert_same_tables(&clean, &crashed).await;
+}
+
 /// A first attach far larger than its memory budget goes in chunks; SIGKILLed again and again,
 /// each run continues from the last chunk committed, and the tables end equal to one
 /// uninterrupted, unchunked build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_chunked_first_attach_resumes_and_equals_a_clean_build() {
     let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("trades.parquet");
+    let (file, clean) = clean_build(work.path(), "2");
     let file_arg = file.to_str().unwrap();
-    let gen = bin()
-        .args([
-            "generate",
-            "--trades",
-            "150000",
-            "--symbols",
-            "8",
-            "--rate",
-            "2",
-        ])
-        .args(["--output", file_arg])
-        .output()
-        .unwrap();
-    assert!(gen.status.success());
-    let clean = work.path().join("clean");
-    run(&["load", file_arg], &clean);
-    run(&["build"], &clean);
-
     let crashed = work.path().join("crashed");
     run(&["load", file_arg], &crashed);
     // 34 MB leaves 2 MB for trades: chunks of about 6,500 of the 150,000.
@@ -203,15 +195,7 @@ async fn killed_chunked_first_attach_resumes_and_equals_a_clean_build() {
     assert!(cutoff_1m(&crashed).await >= reached.last().copied());
     intact(&crashed).await;
 
-    let (want, got) = (tables(&clean).await, tables(&crashed).await);
-    for (tf, ((wn, w), (gn, g))) in Timeframe::ALL.iter().zip(want.iter().zip(&got)) {
-        assert_eq!(gn, wn, "{tf}: row count (doubled or lost rows)");
-        assert_eq!(g, w, "{tf}: content");
-        assert!(
-            g.values().all(|b| b.revision == 0),
-            "{tf}: spurious revisions"
-        );
-    }
+    assert_same_tables(&clean, &crashed).await;
 }
 
 /// The 1m table's watermark cutoff: how far its build has got.
