@@ -77,9 +77,9 @@ pub(super) struct Plan {
     /// Chunks before the last one move the watermark to their end (an incremental build);
     /// a backfill keeps it.
     advances: bool,
-    /// Properties of the last chunk's commit, and what every chunk's commit carries.
+    /// Properties of the last chunk's commit (the watermark reached and the trades table's
+    /// uuid).
     final_props: HashMap<String, String>,
-    chunk_props: HashMap<String, String>,
     next: Watermark,
     pub report: BuildReport,
 }
@@ -109,7 +109,6 @@ impl Plan {
             deletes: false,
             advances: false,
             final_props: HashMap::from([(TRADES_TABLE_UUID.to_string(), uuid)]),
-            chunk_props: HashMap::new(),
             next: Watermark::default(),
             report: BuildReport::default(),
         }
@@ -258,7 +257,7 @@ async fn plan(
         ranges.push((fresh.start.unwrap_or(i64::MIN), cutoff));
     }
     let mut final_props = next.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE);
-    final_props.insert(TRADES_TABLE_UUID.to_string(), uuid.clone());
+    final_props.insert(TRADES_TABLE_UUID.to_string(), uuid);
     Ok(Planned::Work(Box::new(Plan {
         tf,
         wm,
@@ -269,7 +268,6 @@ async fn plan(
         deletes: true,
         advances: true,
         final_props,
-        chunk_props: HashMap::from([(TRADES_TABLE_UUID.to_string(), uuid)]),
         next,
         report,
     })))
@@ -330,17 +328,23 @@ pub(super) async fn build_chunk(
     plan.report.absorb(&d);
     plan.report.deleted += gone.len();
 
-    let mut props = plan.chunk_props.clone();
+    // Chunks of dirty windows keep the old watermark, so they commit only bars they changed.
     let end = ranges.last().map_or(i64::MIN, |r| r.1);
+    let mut props = HashMap::new();
     if last {
-        props.extend(plan.final_props.clone());
+        props = plan.final_props.clone();
     } else if plan.advances && plan.fresh.start.is_none_or(|s| end >= s) {
         // Every window of the plan before `end` is built from the snapshot being consumed.
         let reached = Watermark {
             cutoff: Some(end),
             ..plan.next
         };
-        props.extend(reached.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE));
+        props = reached.to_props(TRADES_SNAPSHOT, TRADES_SEQUENCE);
+        props.extend(
+            plan.final_props
+                .get_key_value(TRADES_TABLE_UUID)
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
     }
     let written = d.changed() + gone.len();
     if written > 0 {
