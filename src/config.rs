@@ -185,6 +185,9 @@ pub struct ServerConfig {
     /// Memory all running queries may hold together; a query past it fails with
     /// `ResourceExhausted` instead of taking the server down.
     pub query_memory_limit_mb: u64,
+    /// Longest a statement may run before it is stopped with `DEADLINE_EXCEEDED` (0: no
+    /// limit); a client's own shorter deadline (`grpc-timeout`) wins.
+    pub query_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -193,6 +196,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             query_memory_limit_mb: 2048,
+            query_timeout_secs: 300,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! |---|---|
 //! | `query` | statements to run: DataFusion plans over our catalog (read only, one shared memory pool) or direct candle requests |
 //! | `answers` | hot candle statements: their requests and encoded answers per cache generation |
+//! | `bounded` | functions that build one large value, checked against the query memory pool first |
+//! | `deadline` | how statements stop: the time limit (`[server] query_timeout_secs` or the client's deadline), joins that yield so a gone client stops them |
 //! | `sql` | statement rewrites before planning: bound parameters, named arguments |
 //! | `flight` | the `FlightSqlService`: statements, prepared statements, metadata, ingest |
 //! | `checked` | commands and tickets decoded before the Flight SQL dispatch (malformed: `InvalidArgument`) |
@@ -23,8 +25,10 @@
 
 pub mod answers;
 pub mod auth;
+pub mod bounded;
 pub mod checked;
 pub mod cluster;
+pub mod deadline;
 pub mod demo;
 pub mod error;
 pub mod flight;
@@ -79,6 +83,8 @@ pub struct ServeOptions {
     /// PEM certificate chain and key: TLS only when set.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub memory_limit_bytes: usize,
+    /// `[server] query_timeout_secs`: longest a statement may run (0: no limit).
+    pub query_timeout: std::time::Duration,
     pub settings: BuildSettings,
     pub schedules: Vec<Schedule>,
     pub retry: RetryPolicy,
@@ -95,6 +101,20 @@ pub struct ServeOptions {
     pub endpoints: Vec<String>,
     /// `[cluster] advertise`: this server's Flight location; empty for its listen address.
     pub advertise: String,
+}
+
+/// Why the telemetry endpoint could not be bound, naming the setting that moves it: a second
+/// server on one host with default settings meets the first one's port.
+fn telemetry_bind_error(listen: &str, e: std::io::Error) -> Error {
+    let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (another server on this host?)"
+    } else {
+        ""
+    };
+    Error::InvalidRequest(format!(
+        "cannot serve telemetry on {listen}: {e}{hint}; set [telemetry] listen \
+         (OHLCV_TELEMETRY__LISTEN) to a free address, or to \"\" for no telemetry endpoint"
+    ))
 }
 
 /// A Flight location a client can dial: `grpc+tcp://host:port` or `grpc+tls://host:port`.
@@ -179,6 +199,7 @@ impl ServeOptions {
             auth: Arc::new(auth),
             tls,
             memory_limit_bytes: (config.server.query_memory_limit_mb as usize) << 20,
+            query_timeout: std::time::Duration::from_secs(config.server.query_timeout_secs),
             settings: config.build.settings(),
             schedules,
             retry: RetryPolicy::default(),
@@ -283,11 +304,10 @@ pub async fn serve(
             cancel.clone(),
         ));
     }
-    let members =
-        cluster::Members::open(writer.storage().pool(), writer.storage().catalog_name()).await?;
+    let members = cluster::Members::open(writer.storage()).await?;
     if let Some(listener) = telemetry::bind(&options.telemetry_listen)
         .await
-        .map_err(|e| Error::InvalidRequest(format!("telemetry endpoint: {e}")))?
+        .map_err(|e| telemetry_bind_error(&options.telemetry_listen, e))?
     {
         tracing::info!(addr = ?listener.local_addr().ok(), "metrics on /metrics, health on /healthz and /readyz");
         crate::metrics::metrics()
@@ -328,7 +348,10 @@ pub async fn serve(
         reports,
         cache.clone(),
         members,
-        options.memory_limit_bytes,
+        query::QueryLimits {
+            memory_bytes: options.memory_limit_bytes,
+            timeout: options.query_timeout,
+        },
     )?;
     let flight = FlightServiceServer::new(checked::CheckedCommands(
         OhlcvFlightSql::new(

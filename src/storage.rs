@@ -17,6 +17,7 @@
 //! | `observe` | commit notifications for in-memory copies (cache, live trades) |
 //! | `notify` | commits announced to other servers on a PostgreSQL catalog (LISTEN/NOTIFY) |
 //! | `maintenance` | snapshot expiry and the orphan-file sweep |
+//! | `state` | the server's own state tables, set up one server at a time |
 //! | `lock` | the single-writer lock (file lock, PostgreSQL advisory lock, or `lease`) |
 //! | `lease` | the writer lease in an S3 warehouse, taken and renewed by conditional writes |
 //! | `read` | rows of a time range, for the engine's own reads |
@@ -44,6 +45,7 @@ pub mod series;
 pub mod settings;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 pub mod warehouse;
 pub mod writer;
 

@@ -99,6 +99,14 @@ impl FromStr for Timeframe {
 
 /// Parses a window length such as `1m`, `15m`, `4h` or `1d` into microseconds (units `s`,
 /// `m`, `h`, `d`; days are UTC days).
+/// A moment in UTC microseconds as RFC 3339 (microseconds shown only when set), for messages.
+pub fn format_us(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us).map_or_else(
+        || format!("{us} us since 1970"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+    )
+}
+
 pub fn parse_duration_us(s: &str) -> Result<i64, UnknownTimeframe> {
     let s = s.trim();
     let bad = || UnknownTimeframe(s.to_string());

@@ -207,6 +207,24 @@ async fn ingest_validates_like_load_and_the_next_build_sees_it() {
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{}", err.message());
     assert_eq!(d.snapshot(TableKind::Trades).await, trades_before);
+    // The schema named as the catalog: the refusal says which name was wrong.
+    let mut misplaced = ingest_command("trades");
+    misplaced.catalog = Some("market".into());
+    let err = client
+        .execute_ingest(
+            misplaced,
+            futures::stream::iter([Ok(trade_batch(&round_of_trades(1000)))]),
+        )
+        .await
+        .map_err(status_of)
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    assert!(
+        err.message().contains("catalog 'market' does not exist"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(d.snapshot(TableKind::Trades).await, trades_before);
 
     // An upload larger than one staging chunk (250,000 rows: its first 300,000 rows are
     // being written as files when the bad row arrives in its last batch): refused, nothing

@@ -317,3 +317,28 @@ fn serve_refuses_other_interfaces_without_users_and_hash_password_makes_usable_h
     );
     assert!(auth.login(Some(&basic), None).is_ok());
 }
+
+/// A second server on one host whose telemetry port is taken stops at start, naming the
+/// setting that moves it, instead of a bare "Address already in use".
+#[test]
+fn a_telemetry_port_in_use_is_refused_naming_the_setting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OHLCV_TELEMETRY__LISTEN", format!("\"127.0.0.1:{port}\""))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the server must not run without its endpoint"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("[telemetry] listen"), "{err}");
+    assert!(err.contains("another server on this host"), "{err}");
+}

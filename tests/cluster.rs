@@ -179,22 +179,7 @@ async fn a_replica_follows_the_builder_refuses_writes_and_takes_over() {
     let roles = "select role from system.cluster where alive order by role";
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let info = on_b.execute(roles.to_string(), None).await.unwrap();
-        let stream = on_b
-            .do_get(info.endpoint[0].ticket.clone().unwrap())
-            .await
-            .unwrap();
-        let batches: Vec<_> = stream.try_collect().await.unwrap();
-        let listed: Vec<String> = batches
-            .iter()
-            .flat_map(|b| {
-                b.column(0)
-                    .as_string::<i32>()
-                    .iter()
-                    .map(|v| v.unwrap_or_default().to_string())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let listed = common::server::strings(&mut on_b, roles).await;
         if listed == ["builder", "replica"] {
             break;
         }

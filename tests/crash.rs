@@ -327,6 +327,59 @@ async fn kills_across_load_build_compact_and_retention_leave_clean_tables() {
         killed >= 10,
         "too few commands were still running when killed ({killed})"
     );
+
+    // What the killed commands left behind goes with the orphan sweep of the daily
+    // retention, once older than its safety age: afterwards every file under a table is one
+    // that a snapshot of it reaches.
+    let writer = common::writer_for(&local(&crashed)).await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    for kind in TableKind::all() {
+        writer
+            .sweep_orphans(kind, later, chrono::Duration::hours(1), false)
+            .await
+            .unwrap();
+        let unreached = unreached_files(writer.storage(), kind).await;
+        assert!(
+            unreached.is_empty(),
+            "{}: files no snapshot reaches after the sweep: {unreached:?}",
+            kind.name()
+        );
+    }
+}
+
+/// Files under `kind`'s location that neither a snapshot (its manifest list, manifests and
+/// data files) nor the current metadata names, found independently of the sweep: by reading
+/// every snapshot's listing.
+async fn unreached_files(storage: &Storage, kind: TableKind) -> Vec<String> {
+    use futures::TryStreamExt;
+    let table = storage.table(kind).await.unwrap();
+    let mut named = std::collections::HashSet::new();
+    named.insert(storage.metadata_location(kind).await.unwrap());
+    for snapshot in table.metadata().snapshots.values() {
+        named.insert(snapshot.manifest_list().clone());
+        let id = *snapshot.snapshot_id();
+        let listing = Listing::read(&table, kind, Some(id), TimeRange::ALL)
+            .await
+            .unwrap();
+        named.extend(listing.manifests.iter().map(|m| m.manifest_path.clone()));
+        named.extend(listing.files.iter().map(|f| f.path().to_string()));
+    }
+    let named: std::collections::HashSet<String> = named
+        .iter()
+        .map(|p| iceberg_rust::spec::util::strip_prefix(p))
+        .collect();
+    let prefix = ohlcv_server::storage::warehouse::key(&table.metadata().location);
+    let listed: Vec<_> = storage
+        .store()
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .unwrap();
+    listed
+        .into_iter()
+        .map(|o| format!("/{}", o.location))
+        .filter(|p| !named.contains(p) && !p.ends_with("version-hint.text"))
+        .collect()
 }
 
 /// `build` SIGKILLed at several points on an S3 warehouse behind a REST catalog (SeaweedFS):

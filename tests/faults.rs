@@ -241,7 +241,7 @@ async fn a_writer_that_lost_its_lock_to_a_restart_never_commits_beside_another()
         .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("holds the lock"), "{text}");
-    assert!(text.contains("ohlcv-server test pid"), "{text}");
+    assert!(text.contains("ohlcv-server other pid"), "{text}");
     assert_eq!(d.snapshot(m1).await, after_second, "nothing committed");
 
     // Once the second writer is gone, the first takes the lock again and carries on.
@@ -264,10 +264,66 @@ async fn a_writer_that_lost_its_lock_to_a_restart_never_commits_beside_another()
     assert_no_file_missing(&d).await;
 }
 
-/// A writer on `config`, retrying while PostgreSQL comes back up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_lock_session_goes_silent_writes_again_within_seconds() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let (d, proxy) = behind_proxy(&url).await;
+    let trades = two_days();
+    let (first, second) = trades.split_at(1000);
+    load(&d, first).await;
+    build::build(&d.writer, Timeframe::M1, NOW, BuildSettings::default())
+        .await
+        .unwrap();
+
+    // A partition that resets nothing: the lock's session (its application_name names this
+    // writer) stops answering, while PostgreSQL keeps it, and its advisory lock, alive.
+    let silent = lock_sessions(&url).await;
+    assert!(!silent.is_empty());
+    proxy.freeze("ohlcv-server test pid");
+    let started = std::time::Instant::now();
+    load(&d, second).await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "writing again took {took:?}"
+    );
+    d.build_all(NOW).await;
+    d.assert_bars_equal_trades(&trades, &Timeframe::ALL, "faults")
+        .await;
+    assert_no_file_missing(&d).await;
+
+    // The silent session was ended, not left holding a lock until its keepalive.
+    let alive = lock_sessions(&url).await;
+    assert!(
+        silent.iter().all(|pid| !alive.contains(pid)),
+        "lock sessions before {silent:?}, now {alive:?}"
+    );
+}
+
+/// Backend pids of this process's sessions named "ohlcv-server test" that hold an advisory lock.
+async fn lock_sessions(url: &str) -> Vec<i32> {
+    let mut direct = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    let rows: Vec<(i32,)> = sqlx::query_as(
+        "select distinct a.pid from pg_stat_activity a join pg_locks l on l.pid = a.pid \
+         where l.locktype = 'advisory' and a.application_name like $1",
+    )
+    .bind(format!("ohlcv-server test pid {} %", std::process::id()))
+    .fetch_all(&mut direct)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(pid,)| pid).collect()
+}
+
+/// A second writer on `config` (named "other"), retrying while PostgreSQL comes back up.
 async fn connect_retrying(config: &Config) -> ohlcv_server::storage::TableWriter {
     for _ in 0..100 {
-        if let Ok(lock) = WriterLock::acquire_for(config, "test").await {
+        if let Ok(lock) = WriterLock::acquire_for(config, "other").await {
             if let Ok(storage) = ohlcv_server::storage::Storage::open(config).await {
                 return ohlcv_server::storage::TableWriter::new(storage, lock);
             }

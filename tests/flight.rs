@@ -225,6 +225,8 @@ async fn bad_requests_get_the_right_status_codes_and_change_nothing() {
     .await;
     assert!(m.contains("limit of 100000 windows"), "{m}");
     assert!(m.contains("max_candle_windows"), "{m}");
+    // The range is named in the time format the user writes, not as raw nanoseconds.
+    assert!(m.contains("from 0001-01-01T00:00:00Z to 20"), "{m}");
 
     // A command whose protobuf is malformed, and SQL that is not UTF-8.
     let type_url = "type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery";

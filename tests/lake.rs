@@ -276,3 +276,68 @@ async fn bars_from_a_source_in_another_bucket_than_the_warehouse() {
         );
     }
 }
+
+/// On a REST catalog the servers share no database: their heartbeats go to the object store
+/// beside the writer lease, and each server's `system.cluster` lists both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_on_a_rest_lake_lists_every_other() {
+    let Some(weed) = Seaweed::start() else {
+        return;
+    };
+    let config = |dir: &std::path::Path| {
+        let mut c = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        c.catalog.namespace = "cluster".to_string();
+        weed.configure(&mut c);
+        c
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config_a = config(dir_a.path());
+    let a = Deployment {
+        writer: writer_for(&config_a).await,
+        config: config_a,
+        dir: dir_a,
+    };
+    let config_b = config(dir_b.path());
+    let lock = WriterLock::acquire_or_standby(&config_b, "serve b")
+        .await
+        .unwrap();
+    let b = Deployment {
+        writer: ohlcv_server::storage::TableWriter::new(
+            ohlcv_server::storage::Storage::open(&config_b)
+                .await
+                .unwrap(),
+            lock,
+        ),
+        config: config_b,
+        dir: dir_b,
+    };
+    let opts = common::server::options;
+    let servers = [
+        common::server::Server::start_with(&a, opts()).await,
+        common::server::Server::start_with(&b, opts()).await,
+    ];
+    let roles = "select role from system.cluster where alive order by role";
+    for server in &servers {
+        let mut client =
+            arrow_flight::sql::client::FlightSqlServiceClient::new(server.channel().await);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let listed = common::server::strings(&mut client, roles).await;
+            if listed == ["builder", "replica"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} lists {listed:?}",
+                server.addr
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+    for server in servers {
+        server.shutdown_and_wait().await;
+    }
+}

@@ -19,15 +19,15 @@ pub struct Popular {
 
 impl Popular {
     pub async fn open(pool: AnyPool) -> Result<Popular> {
-        sqlx::query(
-            "create table if not exists ohlcv_cache_hot_keys (
+        crate::storage::state::create_tables(
+            &pool,
+            &["create table if not exists ohlcv_cache_hot_keys (
                 timeframe varchar(16) not null,
                 exchange varchar(255) not null,
                 symbol varchar(255) not null,
                 queries bigint not null
-            )",
+            )"],
         )
-        .execute(&pool)
         .await?;
         Ok(Popular { pool })
     }

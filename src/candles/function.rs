@@ -23,6 +23,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use super::{candles, schema, Error, Fill, Request, Windows};
 use crate::cache::BarCache;
+use crate::timeframe::format_us;
 
 /// The registered table function.
 #[derive(Clone)]
@@ -147,7 +148,8 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
     if start > end {
         return Err(DataFusionError::Plan(format!(
             "candles start {} is after end {}",
-            values[3], values[4]
+            format_us(start),
+            format_us(end)
         )));
     }
     let windows = Windows::parse(&timeframe, tz).map_err(to_datafusion)?;
@@ -161,7 +163,8 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
                 "candles: {n} windows of {timeframe} from {} to {} exceed the limit of \
                  {max_windows} windows per request with fill or tz ([cache] \
                  max_candle_windows); ask for a shorter range or a wider timeframe",
-                values[3], values[4]
+                format_us(start),
+                format_us(end)
             )));
         }
     }

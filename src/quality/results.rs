@@ -58,8 +58,10 @@ pub struct Reports {
 impl Reports {
     /// Opens the reports in the catalog database, creating their tables if needed.
     pub async fn open(pool: AnyPool) -> Result<Reports> {
-        for ddl in [
-            "create table if not exists ohlcv_validation_results (
+        crate::storage::state::create_tables(
+            &pool,
+            &[
+                "create table if not exists ohlcv_validation_results (
                 run_id varchar(64) not null,
                 run_at bigint not null,
                 timeframe varchar(16) not null,
@@ -71,13 +73,13 @@ impl Reports {
                 rows_checked bigint not null,
                 samples text not null
             )",
-            "create table if not exists ohlcv_validation_state (
+                "create table if not exists ohlcv_validation_state (
                 timeframe varchar(16) primary key,
                 own_sequence bigint not null,
                 source_sequence bigint not null,
                 runs bigint not null
             )",
-            "create table if not exists ohlcv_retention_runs (
+                "create table if not exists ohlcv_retention_runs (
                 run_id varchar(64) not null,
                 run_at bigint not null,
                 table_name varchar(64) not null,
@@ -90,9 +92,9 @@ impl Reports {
                 snapshots_expired bigint not null,
                 files_deleted bigint not null
             )",
-        ] {
-            sqlx::query(ddl).execute(&pool).await?;
-        }
+            ],
+        )
+        .await?;
         Ok(Reports { pool })
     }
 

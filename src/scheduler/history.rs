@@ -53,8 +53,9 @@ pub struct History {
 impl History {
     /// Opens the history in the catalog database, creating its table if needed.
     pub async fn open(pool: AnyPool) -> Result<History> {
-        sqlx::query(
-            "create table if not exists ohlcv_job_runs (
+        crate::storage::state::create_tables(
+            &pool,
+            &["create table if not exists ohlcv_job_runs (
                 run_id varchar(64) primary key,
                 job varchar(64) not null,
                 timeframe varchar(16),
@@ -73,9 +74,8 @@ impl History {
                 snapshot_after bigint,
                 source_snapshot bigint,
                 error text
-            )",
+            )"],
         )
-        .execute(&pool)
         .await?;
         // Added after the table existed: older catalogs get the columns here.
         for column in ["deleted_bars", "skipped_rows"] {

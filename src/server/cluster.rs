@@ -1,23 +1,27 @@
 //! The servers on one lake, as `system.cluster` shows them: each server writes a heartbeat
 //! (its address, its role, how far behind the tables its cache may be) into the state
-//! database every second, so on a shared catalog database every server lists every other.
+//! database every second, so on a shared catalog database every server lists every other; on
+//! a REST catalog, which has no database to share, into the object store beside the writer
+//! lease.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::{AnyPool, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::BarCache;
 use crate::clock::Clock;
-use crate::storage::{Result, TableWriter};
+use crate::storage::{Error, Result, Storage, TableWriter};
 
 /// A server unheard of for this long is listed as not alive.
 pub const ALIVE_US: i64 = 10_000_000;
-const EVERY: Duration = Duration::from_secs(1);
 
 /// One server's last heartbeat.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     pub server_id: String,
     pub address: String,
@@ -29,63 +33,111 @@ pub struct Member {
     pub started_at: i64,
 }
 
-/// Handle on the heartbeat table, for the servers of one catalog (one lake: a database may
-/// hold several catalogs).
+/// Where the heartbeats of one lake's servers go.
 #[derive(Clone)]
-pub struct Members {
-    pool: AnyPool,
-    catalog: String,
+enum Beats {
+    /// A table in the state database, per catalog (a database may hold several): on a SQL
+    /// catalog that database is the one every server shares.
+    Table { pool: AnyPool, catalog: String },
+    /// One object per server beside the writer lease: a REST-catalog lake's servers share
+    /// no database, only the object store.
+    Store {
+        store: Arc<dyn ObjectStore>,
+        dir: ObjectPath,
+    },
 }
 
+/// Handle on the servers' heartbeats.
+#[derive(Clone)]
+pub struct Members {
+    beats: Beats,
+}
+
+/// Heartbeats older than this are not listed; in the object store they are deleted.
+const LISTED_US: i64 = 3_600_000_000;
+
 impl Members {
-    pub async fn open(pool: AnyPool, catalog: &str) -> Result<Members> {
-        sqlx::query(
-            "create table if not exists ohlcv_cluster_members (
+    pub async fn open(storage: &Storage) -> Result<Members> {
+        if let Some((store, dir)) = storage.members_location() {
+            return Ok(Members {
+                beats: Beats::Store { store, dir },
+            });
+        }
+        let pool = storage.pool();
+        crate::storage::state::create_tables(
+            &pool,
+            &["create table if not exists ohlcv_cluster_members (
                 catalog varchar(256) not null,
                 server_id varchar(64) primary key,
                 address varchar(256) not null,
                 role varchar(16) not null,
                 lag_ms bigint not null,
                 heartbeat_at bigint not null,
-                started_at bigint not null)",
+                started_at bigint not null)"],
         )
-        .execute(&pool)
         .await?;
         Ok(Members {
-            pool,
-            catalog: catalog.to_string(),
+            beats: Beats::Table {
+                pool,
+                catalog: storage.catalog_name().to_string(),
+            },
         })
     }
 
+    /// How often a server beats: an object store write costs more than a row update.
+    fn every(&self) -> Duration {
+        match self.beats {
+            Beats::Table { .. } => Duration::from_secs(1),
+            Beats::Store { .. } => Duration::from_secs(3),
+        }
+    }
+
     pub async fn beat(&self, m: &Member) -> Result<()> {
+        let (pool, catalog) = match &self.beats {
+            Beats::Table { pool, catalog } => (pool, catalog),
+            Beats::Store { store, dir } => {
+                let body = serde_json::to_vec(m).map_err(|e| Error::Catalog(e.to_string()))?;
+                store
+                    .put(
+                        &dir.clone().join(format!("{}.json", m.server_id)),
+                        body.into(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+        };
         sqlx::query(
             "insert into ohlcv_cluster_members (catalog, server_id, address, role, lag_ms, \
              heartbeat_at, started_at) values ($1, $2, $3, $4, $5, $6, $7) on conflict \
              (server_id) do update set address = excluded.address, role = excluded.role, \
              lag_ms = excluded.lag_ms, heartbeat_at = excluded.heartbeat_at",
         )
-        .bind(&self.catalog)
+        .bind(catalog)
         .bind(&m.server_id)
         .bind(&m.address)
         .bind(&m.role)
         .bind(m.lag_ms)
         .bind(m.heartbeat_at)
         .bind(m.started_at)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
     }
 
     /// Every server heard of in the last hour, newest heartbeat first.
     pub async fn list(&self, now_us: i64) -> Result<Vec<Member>> {
+        let (pool, catalog) = match &self.beats {
+            Beats::Table { pool, catalog } => (pool, catalog),
+            Beats::Store { store, dir } => return list_store(store, dir, now_us).await,
+        };
         let rows = sqlx::query(
             "select server_id, address, role, lag_ms, heartbeat_at, started_at \
              from ohlcv_cluster_members where catalog = $1 and heartbeat_at >= $2 \
              order by heartbeat_at desc",
         )
-        .bind(&self.catalog)
-        .bind(now_us - 3_600_000_000)
-        .fetch_all(&self.pool)
+        .bind(catalog)
+        .bind(now_us - LISTED_US)
+        .fetch_all(pool)
         .await?;
         Ok(rows
             .iter()
@@ -101,7 +153,41 @@ impl Members {
     }
 }
 
-/// Writes this server's heartbeat every second until cancelled.
+/// The heartbeat objects under `dir`; those older than [`LISTED_US`] are deleted on the way.
+async fn list_store(
+    store: &Arc<dyn ObjectStore>,
+    dir: &ObjectPath,
+    now_us: i64,
+) -> Result<Vec<Member>> {
+    let objects: Vec<_> = store.list(Some(dir)).try_collect().await?;
+    let read = futures::stream::iter(objects)
+        .map(|object| async move {
+            let bytes = store.get(&object.location).await?.bytes().await?;
+            Ok::<_, object_store::Error>((object.location, bytes))
+        })
+        .buffer_unordered(8);
+    let read: Vec<_> = read.collect().await;
+    let mut members = Vec::new();
+    for item in read {
+        // A server that stopped may have been cleaned up between the listing and the read.
+        let Ok((location, bytes)) = item else {
+            continue;
+        };
+        let Ok(member) = serde_json::from_slice::<Member>(&bytes) else {
+            continue;
+        };
+        if member.heartbeat_at < now_us - LISTED_US {
+            let _ = store.delete(&location).await;
+            continue;
+        }
+        members.push(member);
+    }
+    members.sort_by_key(|m| std::cmp::Reverse(m.heartbeat_at));
+    Ok(members)
+}
+
+/// Writes this server's heartbeat (every second, or three on an object store) until
+/// cancelled.
 pub async fn heartbeat(
     members: Members,
     address: String,
@@ -118,7 +204,7 @@ pub async fn heartbeat(
         heartbeat_at: 0,
         started_at: clock.now_us(),
     };
-    let mut tick = tokio::time::interval(EVERY);
+    let mut tick = tokio::time::interval(members.every());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -115,7 +115,8 @@ fn storage_status(e: crate::storage::Error) -> Status {
         S::Locked { .. } | S::LostCommit { .. } | S::CommitFailed { .. } => {
             Status::aborted(e.to_string())
         }
-        S::CommitUnknown { .. } => Status::unavailable(e.to_string()),
+        // The catalog database did not answer (a connection refused or cut).
+        S::CommitUnknown { .. } | S::Sql(_) => Status::unavailable(e.to_string()),
         S::Unsupported { .. } | S::NotOwned { .. } | S::ReadReplica { .. } => {
             Status::failed_precondition(e.to_string())
         }

@@ -161,6 +161,7 @@ impl OhlcvFlightSql {
         &self,
         statement: &Statement,
         query: Query,
+        client_deadline: Option<std::time::Duration>,
     ) -> Result<Response<DataStream>, Status> {
         let df = match query {
             Query::Plan(df) => *df,
@@ -199,6 +200,7 @@ impl OhlcvFlightSql {
                 .map_err(Status::from),
             finished,
         );
+        let stream = super::deadline::limit(stream, self.engine.timeout(), client_deadline);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -340,11 +342,12 @@ impl FlightSqlService for OhlcvFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let statement = Statement::Sql(ticket.statement_handle);
         let query = self.query(&statement).await?;
-        self.stream_results(&statement, query).await
+        let deadline = super::deadline::client_deadline(request.metadata());
+        self.stream_results(&statement, query, deadline).await
     }
 
     async fn do_handshake(
@@ -450,11 +453,12 @@ impl FlightSqlService for OhlcvFlightSql {
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let statement = Statement::Prepared(query.prepared_statement_handle);
         let query = self.query(&statement).await?;
-        self.stream_results(&statement, query).await
+        let deadline = super::deadline::client_deadline(request.metadata());
+        self.stream_results(&statement, query, deadline).await
     }
 
     /// A DoPut without a command (an empty upload) is the client's mistake, not a missing

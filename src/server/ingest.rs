@@ -29,10 +29,18 @@ pub fn target(
             .map_or(String::new(), |s| format!("{s}.")),
         command.table
     );
-    if command.catalog.as_deref().is_some_and(|c| c != catalog)
-        || command.schema.as_deref().is_some_and(|s| s != namespace)
-    {
-        return Err(Error::NotFound(format!("table {qualified} does not exist")));
+    if let Some(other) = command.catalog.as_deref().filter(|c| *c != catalog) {
+        return Err(Error::NotFound(format!(
+            "catalog '{other}' does not exist (asked for table {qualified}): this server's \
+             catalog is '{catalog}'; ingest into {catalog}.{namespace}.trades, or leave the \
+             catalog unset"
+        )));
+    }
+    if let Some(other) = command.schema.as_deref().filter(|s| *s != namespace) {
+        return Err(Error::NotFound(format!(
+            "schema '{other}' does not exist (asked for table {qualified}); ingest goes into \
+             {namespace}.trades"
+        )));
     }
     if command.temporary {
         return Err(Error::InvalidRequest(

@@ -49,11 +49,20 @@ pub struct QueryEngine {
     storage: Storage,
     cache: BarCache,
     base: Arc<SessionState>,
+    timeout: Option<std::time::Duration>,
+}
+
+/// What every statement is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// What all running queries may hold together: sorts, aggregations, joins, and values
+    /// that one function builds (`bounded`); a query past it fails with `ResourceExhausted`.
+    pub memory_bytes: usize,
+    /// Longest a statement may run (zero: no limit).
+    pub timeout: std::time::Duration,
 }
 
 impl QueryEngine {
-    /// `memory_limit` bounds what all running queries hold together (sorts, aggregations,
-    /// joins); a query past it fails with `ResourceExhausted`.
     pub fn new(
         storage: Storage,
         scheduler: SchedulerHandle,
@@ -61,11 +70,12 @@ impl QueryEngine {
         reports: Reports,
         cache: BarCache,
         members: super::cluster::Members,
-        memory_limit: usize,
+        limits: QueryLimits,
     ) -> Result<QueryEngine> {
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(memory_limit, 1.0)
+            .with_memory_limit(limits.memory_bytes, 1.0)
             .build_arc()?;
+        let pool = Arc::clone(&runtime.memory_pool);
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(storage.catalog_name(), storage.namespace())
             .with_create_default_catalog_and_schema(false)
@@ -88,10 +98,17 @@ impl QueryEngine {
         )?;
         ctx.register_catalog(storage.catalog_name(), Arc::new(catalog));
         ctx.register_udtf("candles", Arc::new(CandlesFunction::new(cache.clone())));
+        super::bounded::register(&ctx, &pool);
+        let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(
+            ctx.state(),
+        )
+        .with_physical_optimizer_rule(Arc::new(super::deadline::YieldAfterJoins))
+        .build();
         Ok(QueryEngine {
             storage,
             cache,
-            base: Arc::new(ctx.state()),
+            base: Arc::new(state),
+            timeout: Some(limits.timeout).filter(|t| !t.is_zero()),
         })
     }
 
@@ -105,6 +122,11 @@ impl QueryEngine {
 
     pub fn cache(&self) -> &BarCache {
         &self.cache
+    }
+
+    /// `[server] query_timeout_secs`, when set.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timeout
     }
 
     /// Parses `sql` the way the session would.

@@ -54,6 +54,9 @@ struct Inner {
     postgres_url: Option<String>,
     /// Listings per snapshot and Parquet footers, which never change (`metacache`).
     meta: super::metacache::MetaCache,
+    /// Where the servers of a REST-catalog lake leave their heartbeats: beside the writer
+    /// lease, since they share no database.
+    members: Option<(Arc<dyn ObjectStore>, ObjectPath)>,
 }
 
 impl Storage {
@@ -64,7 +67,12 @@ impl Storage {
         warehouse.prepare()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io(&config.data_dir, e))?;
         sqlx::any::install_default_drivers();
-        let (catalog, backend, state): (Arc<dyn Catalog>, _, _) = match &config.catalog.rest {
+        // Servers starting together on one PostgreSQL database create the catalog's tables,
+        // the namespace and ours one at a time (see `state`).
+        let (catalog, backend, state, setup): (Arc<dyn Catalog>, _, _, _) = match &config
+            .catalog
+            .rest
+        {
             Some(rest) => {
                 let rest = Rest::connect(rest, &config.s3).await?;
                 let catalog = Arc::new(rest.catalog(warehouse.iceberg_store()));
@@ -72,17 +80,36 @@ impl Storage {
                     "sqlite://{}?mode=rwc",
                     config.data_dir.join("state.db").display()
                 );
-                (catalog, Backend::Rest(Box::new(rest)), connect(&url).await?)
+                (
+                    catalog,
+                    Backend::Rest(Box::new(rest)),
+                    connect(&url).await?,
+                    None,
+                )
             }
             None => {
                 let url = config.catalog_url();
+                let setup = super::state::SetupLock::take(&url).await?;
                 let catalog =
                     SqlCatalog::new(&url, &config.catalog.name, warehouse.iceberg_store())
                         .await
                         .map_err(|e| Error::Catalog(format!("cannot open catalog {url}: {e}")))?;
                 let pool = connect(&url).await?;
-                (Arc::new(catalog), Backend::Sql(pool.clone()), pool)
+                (
+                    Arc::new(catalog),
+                    Backend::Sql(pool.clone()),
+                    pool,
+                    Some(setup),
+                )
             }
+        };
+        let members = match (&config.catalog.rest, warehouse.lease_location()) {
+            (Some(_), Some(lease)) => {
+                let dir = format!("{}/members", lease.rsplit_once('/').map_or("", |(d, _)| d));
+                let at = Warehouse::parse(&dir, &config.s3)?;
+                Some((at.store()?, at.path(&dir)?))
+            }
+            _ => None,
         };
         let storage = Storage {
             inner: Arc::new(Inner {
@@ -97,9 +124,11 @@ impl Storage {
                 postgres_url: Some(config.catalog_url())
                     .filter(|url| config.catalog.rest.is_none() && url.starts_with("postgres")),
                 meta: Default::default(),
+                members,
             }),
         };
         storage.ensure_tables().await?;
+        drop(setup);
         Ok(storage)
     }
 
@@ -140,6 +169,12 @@ impl Storage {
     }
 
     /// Whether the catalog is a REST catalog, which owns the metadata files it writes.
+    /// The object store directory of the servers' heartbeats on a REST-catalog lake; `None`
+    /// when they go in the state database (shared on a SQL catalog).
+    pub fn members_location(&self) -> Option<(Arc<dyn ObjectStore>, ObjectPath)> {
+        self.inner.members.clone()
+    }
+
     pub fn is_rest(&self) -> bool {
         matches!(self.inner.backend, Backend::Rest(_))
     }
@@ -214,8 +249,29 @@ impl Storage {
             Err(
                 iceberg_rust::error::Error::NotFound(_)
                 | iceberg_rust::error::Error::CatalogNotFound,
-            ) => Err(Error::TableNotFound(self.identifier(kind).to_string())),
+            ) => Err(self.why_not_loaded(kind).await),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Why a load found no table. The SQL catalog crate answers "not found" for every failure
+    /// of its database (a connection refused while PostgreSQL shuts down, too), so the
+    /// catalog database is asked again through our own connection before the table is said
+    /// not to exist.
+    async fn why_not_loaded(&self, kind: TableKind) -> Error {
+        let identifier = self.identifier(kind);
+        match &self.inner.backend {
+            Backend::Rest(_) => Error::TableNotFound(identifier.to_string()),
+            Backend::Sql(_) => match self.metadata_location(kind).await {
+                Err(e @ Error::TableNotFound(_)) => e,
+                Err(e) => Error::Catalog(format!(
+                    "cannot read {identifier} from the catalog database: {e}"
+                )),
+                Ok(_) => Error::Catalog(format!(
+                    "the catalog database failed to answer for {identifier}, which it holds; \
+                     retry"
+                )),
+            },
         }
     }
 

@@ -206,36 +206,62 @@ impl WriterLock {
             .connect()
             .await?;
         let key = lock_key(catalog);
-        let (taken,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn)
+        let own_name = truncate_utf8(&name, PG_NAME_BYTES);
+        let (mut ended_stale, mut looked) = (false, 0);
+        loop {
+            let (taken,): (bool,) = sqlx::query_as("select pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?;
+            if taken {
+                return Ok(conn);
+            }
+            let holder: Option<HolderRow> = sqlx::query_as(
+                "select l.pid, a.application_name, a.client_addr::text, \
+                     a.backend_start::text \
+                     from pg_locks l join pg_stat_activity a on a.pid = l.pid \
+                     where l.locktype = 'advisory' and l.granted \
+                       and l.classid = $1::bigint::oid and l.objid = $2::bigint::oid",
+            )
+            .bind((key >> 32) & 0xffff_ffff)
+            .bind(key & 0xffff_ffff)
+            .fetch_optional(&mut conn)
             .await?;
-        if taken {
-            return Ok(conn);
-        }
-        let holder: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
-            "select a.application_name, a.client_addr::text, a.backend_start::text \
-             from pg_locks l join pg_stat_activity a on a.pid = l.pid \
-             where l.locktype = 'advisory' and l.granted \
-               and l.classid = $1::bigint::oid and l.objid = $2::bigint::oid",
-        )
-        .bind((key >> 32) & 0xffff_ffff)
-        .bind(key & 0xffff_ffff)
-        .fetch_optional(&mut conn)
-        .await?;
-        let holder = match holder {
-            Some((app, addr, since)) => format!(
+            let Some((backend, app, addr, since)) = holder else {
+                looked += 1;
+                if looked < 3 {
+                    continue; // released while we looked: try again
+                }
+                return Err(Error::Locked {
+                    resource: format!("catalog '{catalog}' in the PostgreSQL catalog database"),
+                    holder: "a session that released it while we looked; retry".into(),
+                });
+            };
+            let app = app.unwrap_or_default();
+            // A session of ours that the network cut off without a reset (or one of a process
+            // of this host that is gone) still holds the lock on the database's side: end it
+            // rather than wait for its keepalive. Any other holder is a live writer.
+            if !ended_stale && is_stale_own_session(&app, &own_name) {
+                tracing::warn!(session = backend, holder = %app, "ending a stale catalog session of this server that still holds the writer lock");
+                let _: Option<(bool,)> = sqlx::query_as("select pg_terminate_backend($1)")
+                    .bind(backend)
+                    .fetch_optional(&mut conn)
+                    .await?;
+                ended_stale = true;
+                wait_for_backend_end(&mut conn, backend).await?;
+                continue;
+            }
+            let holder = format!(
                 "{} from {} since {}",
-                app.unwrap_or_else(|| "a session".to_string()),
+                if app.is_empty() { "a session" } else { &app },
                 addr.unwrap_or_else(|| "a local socket".to_string()),
                 since.unwrap_or_default()
-            ),
-            None => "a session that released it while we looked; retry".to_string(),
-        };
-        Err(Error::Locked {
-            resource: format!("catalog '{catalog}' in the PostgreSQL catalog database"),
-            holder,
-        })
+            );
+            return Err(Error::Locked {
+                resource: format!("catalog '{catalog}' in the PostgreSQL catalog database"),
+                holder,
+            });
+        }
     }
 
     /// Takes the lock for `purpose` (e.g. "serve", "load") or fails naming the current holder.
@@ -334,6 +360,9 @@ impl Standby {
     }
 }
 
+/// The session holding an advisory lock: backend pid, application name, client address, start.
+type HolderRow = (i32, Option<String>, Option<String>, Option<String>);
+
 /// What PostgreSQL keeps of an `application_name` (NAMEDATALEN - 1).
 const PG_NAME_BYTES: usize = 63;
 
@@ -361,6 +390,42 @@ fn read_holder(file: &mut File) -> std::io::Result<String> {
     file.seek(SeekFrom::Start(0))?;
     file.read_to_string(&mut text)?;
     Ok(text.trim().to_string())
+}
+
+/// Whether a lock holder's `application_name` is this process's own (a session it lost), or
+/// names a process of this host that no longer runs (a restart whose old session lives on).
+fn is_stale_own_session(holder: &str, own_name: &str) -> bool {
+    if holder == own_name {
+        return true;
+    }
+    let Some((_, rest)) = holder.rsplit_once(" pid ") else {
+        return false;
+    };
+    let Some((pid, host)) = rest.split_once(" on ") else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == hostname()
+        && cfg!(target_os = "linux")
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Waits (a few seconds at most) until PostgreSQL has ended `backend`, so its locks are free.
+async fn wait_for_backend_end(conn: &mut sqlx::PgConnection, backend: i32) -> Result<()> {
+    for _ in 0..50 {
+        let alive: Option<(i32,)> =
+            sqlx::query_as("select pid from pg_stat_activity where pid = $1")
+                .bind(backend)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if alive.is_none() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

@@ -56,8 +56,11 @@ impl StorageConfig {
         }
     }
 
+    /// The catalog database's URL; a PostgreSQL one asks the server for TCP keepalives on
+    /// every session (see [`with_keepalives`]).
     pub fn catalog_url(&self) -> String {
         match &self.catalog.url {
+            Some(url) if url.starts_with("postgres") => with_keepalives(url),
             Some(url) => url.clone(),
             None => format!(
                 "sqlite://{}?mode=rwc",
@@ -84,4 +87,24 @@ impl From<&StorageConfig> for StorageConfig {
     fn from(config: &StorageConfig) -> StorageConfig {
         config.clone()
     }
+}
+
+/// Seconds of silence before PostgreSQL probes a session's client, between probes, and probes
+/// unanswered before it ends the session.
+const KEEPALIVE: (u32, u32, u32) = (10, 5, 3);
+
+/// `url` with PostgreSQL's server-side TCP keepalives set for the session (unless the URL sets
+/// them). Without them a session whose client vanished behind a network partition or a
+/// restart lives on, holding its advisory writer lock, until the kernel's default keepalive
+/// (about two hours) ends it; with them, within `idle + interval * count` (25 s).
+pub fn with_keepalives(url: &str) -> String {
+    if url.contains("tcp_keepalives") {
+        return url.to_string();
+    }
+    let (idle, interval, count) = KEEPALIVE;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{separator}options[tcp_keepalives_idle]={idle}\
+         &options[tcp_keepalives_interval]={interval}&options[tcp_keepalives_count]={count}"
+    )
 }

@@ -46,8 +46,6 @@ impl TableWriter {
         }
     }
 
-    /// Sets the observer of this writer's commits, replacing any earlier one (a restarted
-    /// server in the same process brings a new cache).
     /// `None` when this process is the writer; else who is (a read replica's view), after
     /// trying once to take the lock.
     pub async fn builder_elsewhere(&self) -> Option<String> {
@@ -63,6 +61,8 @@ impl TableWriter {
         self.lock.standby_for().await
     }
 
+    /// Sets the observer of this writer's commits, replacing any earlier one (a restarted
+    /// server in the same process brings a new cache).
     pub fn observe(&self, observer: Arc<dyn CommitObserver>) {
         *self.observer.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
     }

@@ -27,6 +27,11 @@ struct State {
     fired: AtomicUsize,
     /// Set by [`Proxy::cut`]: every open connection is closed.
     cut: AtomicBool,
+    /// Numbers the connections in the order they were accepted.
+    accepted: AtomicUsize,
+    /// Set by [`Proxy::freeze`]: connections up to this number whose opening messages hold
+    /// the pattern go silent.
+    frozen: Mutex<Option<(String, usize)>>,
 }
 
 pub struct Proxy {
@@ -46,9 +51,10 @@ impl Proxy {
             let mut connections = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 let state = Arc::clone(&shared);
+                let id = state.accepted.fetch_add(1, Ordering::SeqCst) + 1;
                 connections.spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
-                        relay(client, server, state).await;
+                        relay(id, client, server, state).await;
                     }
                 });
             }
@@ -74,14 +80,25 @@ impl Proxy {
         self.state.cut.store(true, Ordering::SeqCst);
     }
 
+    /// A network partition that resets nothing: every connection open now whose opening
+    /// messages (PostgreSQL's startup packet: user, database, `application_name`) hold
+    /// `pattern` stops forwarding in both directions but stays open, so neither end learns
+    /// it is gone. Later connections pass.
+    pub fn freeze(&self, pattern: &str) {
+        let upto = self.state.accepted.load(Ordering::SeqCst);
+        *self.state.frozen.lock().unwrap() = Some((pattern.to_string(), upto));
+    }
+
     /// Lets new connections through again after [`Proxy::cut`].
     pub fn heal(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
     }
 }
 
-async fn relay(mut client: TcpStream, mut server: TcpStream, state: Arc<State>) {
+async fn relay(id: usize, mut client: TcpStream, mut server: TcpStream, state: Arc<State>) {
     let mut swallow = false;
+    // The first client messages (an SSL request, then the startup packet).
+    let mut opening = Vec::new();
     let mut from_client = vec![0u8; 64 * 1024];
     let mut from_server = vec![0u8; 64 * 1024];
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
@@ -91,6 +108,9 @@ async fn relay(mut client: TcpStream, mut server: TcpStream, state: Arc<State>) 
                 let Ok(n) = n else { return };
                 if n == 0 { return; }
                 let chunk = &from_client[..n];
+                if opening.len() < 4096 {
+                    opening.extend_from_slice(chunk);
+                }
                 let fault = {
                     let mut armed = state.armed.lock().unwrap();
                     let hit = armed.as_ref().is_some_and(|f| contains(chunk, pattern(f)));
@@ -119,6 +139,13 @@ async fn relay(mut client: TcpStream, mut server: TcpStream, state: Arc<State>) 
             }
             _ = tick.tick() => {
                 if state.cut.load(Ordering::SeqCst) { return; }
+                let frozen = state.frozen.lock().unwrap().clone();
+                if let Some((pattern, upto)) = frozen {
+                    if id <= upto && contains(&opening, &pattern) {
+                        // Both sockets stay open, forwarding nothing, until the proxy goes.
+                        std::future::pending::<()>().await;
+                    }
+                }
             }
         }
     }

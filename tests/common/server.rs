@@ -30,6 +30,7 @@ pub fn options() -> ServeOptions {
         auth: Arc::new(Auth::new(Default::default(), 3600, clock.clone()).unwrap()),
         tls: None,
         memory_limit_bytes: 512 << 20,
+        query_timeout: std::time::Duration::from_secs(300),
         settings: BuildSettings::default(),
         schedules: default_schedules(),
         retry: RetryPolicy::default(),
@@ -260,4 +261,23 @@ pub async fn fetch(
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let stream = client.do_get(ticket).await.unwrap();
     stream.try_collect().await.unwrap()
+}
+
+/// The first column of a statement's answer, as text (NULL as "").
+pub async fn strings(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Vec<String> {
+    use arrow::array::AsArray;
+    fetch(client, sql)
+        .await
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
