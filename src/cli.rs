@@ -195,7 +195,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let client =
                 crate::admin::client::connect(&server, user.as_deref(), password.as_deref())
                     .await?;
-            crate::admin::client::run(client, command).await?;
+            let mut shown = progress::Shown::new();
+            crate::admin::client::run(client, command, &mut |p| shown.show(p)).await?;
         }
         Command::HashPassword => {
             let mut password = String::new();

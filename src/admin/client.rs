@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 use super::proto;
 use super::proto::admin_service_client::AdminServiceClient;
+use crate::build::progress::Progress;
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -179,7 +180,13 @@ pub fn print_checks(results: &[proto::CheckResult]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()> {
+/// Runs `command`; `show` draws a running backfill's chunk progress (and clears it with
+/// `None`).
+pub async fn run(
+    mut client: Client,
+    command: AdminCommand,
+    show: &mut dyn FnMut(Option<&Progress>),
+) -> anyhow::Result<()> {
     match command {
         AdminCommand::Status => {
             let s = client
@@ -237,8 +244,12 @@ pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()
                 .await?
                 .into_inner();
             while let Some(progress) = stream.message().await? {
-                let line = progress.run.as_ref().map_or(String::new(), run_line);
-                println!("[{}/{}] {line}", progress.step, progress.steps);
+                let Some(run) = progress.run.as_ref() else {
+                    show(running(&progress).as_ref());
+                    continue;
+                };
+                show(None);
+                println!("[{}/{}] {}", progress.step, progress.steps, run_line(run));
             }
         }
         AdminCommand::Validate {
@@ -339,4 +350,19 @@ pub async fn run(mut client: Client, command: AdminCommand) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// The position a backfill message carries while its step runs, on this side's clock.
+fn running(m: &proto::BackfillProgress) -> Option<Progress> {
+    let now_us = chrono::Utc::now().timestamp_micros();
+    Some(Progress {
+        job: "backfill",
+        timeframe: m.timeframe.parse().ok()?,
+        chunks_done: m.chunks_done as usize,
+        chunks_total: m.chunks_total as usize,
+        trades_done: m.trades_done,
+        trades_total: m.trades_total,
+        started_us: now_us - m.elapsed_us,
+        now_us,
+    })
 }

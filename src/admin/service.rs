@@ -208,19 +208,36 @@ impl AdminService for AdminApi {
             return Err(Error::InvalidRequest("backfill needs from < to".into()).into());
         }
         let tfs = timeframes(&req.timeframes)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(tfs.len().max(1));
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
         let api = self.clone();
         tokio::spawn(async move {
             let steps = tfs.len() as u32;
             for (i, tf) in tfs.into_iter().enumerate() {
-                let message = api
-                    .run(JobKind::Backfill(tf, range))
-                    .await
+                let step = i as u32 + 1;
+                // Each chunk the step commits goes to the client while it runs.
+                let mut updates = crate::build::progress::subscribe();
+                let job = api.run(JobKind::Backfill(tf, range));
+                tokio::pin!(job);
+                let ran = loop {
+                    tokio::select! {
+                        ran = &mut job => break ran,
+                        update = updates.recv() => {
+                            // Only this backfill's: a scheduled build may be queued ahead of it.
+                            if let Some(p) = update.ok().filter(|p| p.job == "backfill") {
+                                // A full channel (a slow client) skips a position, never blocks
+                                // the build.
+                                let _ = tx.try_send(Ok(progress_message(step, steps, &p)));
+                            }
+                        }
+                    }
+                };
+                let message = ran
                     .and_then(succeeded)
                     .map(|run| proto::BackfillProgress {
-                        step: i as u32 + 1,
+                        step,
                         steps,
                         run: Some(run_message(&run)),
+                        ..Default::default()
                     })
                     .map_err(Status::from);
                 let failed = message.is_err();
@@ -400,5 +417,24 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::RevokeTokensResponse {
             revoked: revoked as u32,
         }))
+    }
+}
+
+/// A running step's position as the backfill stream sends it.
+fn progress_message(
+    step: u32,
+    steps: u32,
+    p: &crate::build::progress::Progress,
+) -> proto::BackfillProgress {
+    proto::BackfillProgress {
+        step,
+        steps,
+        run: None,
+        timeframe: p.timeframe.to_string(),
+        chunks_done: p.chunks_done as u64,
+        chunks_total: p.chunks_total as u64,
+        trades_done: p.trades_done,
+        trades_total: p.trades_total,
+        elapsed_us: p.now_us - p.started_us,
     }
 }

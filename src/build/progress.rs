@@ -101,6 +101,16 @@ fn duration(secs: f64) -> String {
 
 static CURRENT: Mutex<Option<Progress>> = Mutex::new(None);
 
+/// Every published position in order, for a caller that reports each chunk (the admin
+/// backfill stream); one that lags more than this many is told so and skips ahead.
+static UPDATES: std::sync::LazyLock<tokio::sync::broadcast::Sender<Progress>> =
+    std::sync::LazyLock::new(|| tokio::sync::broadcast::channel(64).0);
+
+/// Receives each position published from now on.
+pub fn subscribe() -> tokio::sync::broadcast::Receiver<Progress> {
+    UPDATES.subscribe()
+}
+
 fn current_mut() -> MutexGuard<'static, Option<Progress>> {
     CURRENT.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -163,6 +173,8 @@ impl Drop for Running {
 }
 
 fn publish(p: &Progress) {
+    // No receiver is the usual case (no admin backfill watching).
+    let _ = UPDATES.send(p.clone());
     let m = crate::metrics::metrics();
     m.build_chunks_done.set(p.chunks_done as i64);
     m.build_chunks_total.set(p.chunks_total as i64);

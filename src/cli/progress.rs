@@ -22,42 +22,66 @@ impl Drop for Watch {
     }
 }
 
-/// Starts showing progress on stderr.
+/// Starts showing the progress of this process's chunked builds on stderr.
 pub fn watch() -> Watch {
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
-        let tty = std::io::stderr().is_terminal();
-        let mut bar: Option<ProgressBar> = None;
-        let mut shown = (0usize, 0usize);
+        let mut shown = Shown::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
-            let Some(p) = progress::current() else {
-                if let Some(b) = bar.take() {
-                    b.finish_and_clear();
-                }
-                continue;
-            };
-            if tty {
-                let b = bar.get_or_insert_with(|| new_bar(&p));
-                b.set_length(p.chunks_total as u64);
-                b.set_position(p.chunks_done as u64);
-                b.set_message(p.summary());
-            } else if (p.chunks_done, p.chunks_total) != shown {
-                shown = (p.chunks_done, p.chunks_total);
-                eprintln!("{p}");
-            }
+            shown.show(progress::current().as_ref());
         }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
+        shown.show(None);
     });
     Watch {
         cancel,
         _task: AbortOnDropHandle::new(task),
+    }
+}
+
+/// What a terminal shows of a build's progress: a bar on a TTY, else one line per chunk.
+pub struct Shown {
+    tty: bool,
+    bar: Option<ProgressBar>,
+    last: (usize, usize),
+}
+
+impl Shown {
+    pub fn new() -> Shown {
+        Shown {
+            tty: std::io::stderr().is_terminal(),
+            bar: None,
+            last: (0, 0),
+        }
+    }
+
+    /// Shows `p`, or clears the bar when no build runs.
+    pub fn show(&mut self, p: Option<&Progress>) {
+        let Some(p) = p else {
+            if let Some(b) = self.bar.take() {
+                b.finish_and_clear();
+            }
+            return;
+        };
+        if self.tty {
+            let b = self.bar.get_or_insert_with(|| new_bar(p));
+            b.set_length(p.chunks_total as u64);
+            b.set_position(p.chunks_done as u64);
+            b.set_message(p.summary());
+        } else if (p.chunks_done, p.chunks_total) != self.last {
+            self.last = (p.chunks_done, p.chunks_total);
+            eprintln!("{p}");
+        }
+    }
+}
+
+impl Default for Shown {
+    fn default() -> Self {
+        Shown::new()
     }
 }
 
