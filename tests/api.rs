@@ -669,3 +669,22 @@ async fn a_dropped_stream_cancels_its_query() {
     }
     server.shutdown_and_wait().await;
 }
+
+/// One user's wrong passwords make that user wait from that address, and no one else: another
+/// user behind the same address (a NAT, a proxy) logs in at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_lock_out_no_other_user_behind_the_same_address() {
+    let d = deployment_with_bars().await;
+    let server = Server::start_with(&d, common::server::options_with_users()).await;
+    for _ in 0..3 {
+        let mut client = FlightSqlServiceClient::new(server.channel().await);
+        let err = client.handshake("rita", "wrong").await.unwrap_err();
+        assert!(err.to_string().contains("wrong password"), "{err}");
+    }
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let err = client.handshake("rita", "rita-pw").await.unwrap_err();
+    assert!(err.to_string().contains("too many failed logins"), "{err}");
+    let mut other = FlightSqlServiceClient::new(server.channel().await);
+    other.handshake("will", "will-pw").await.unwrap();
+    server.shutdown_and_wait().await;
+}

@@ -304,6 +304,32 @@ async fn a_writer_whose_lock_session_goes_silent_writes_again_within_seconds() {
     );
 }
 
+/// A catalog database that cannot be reached is reported as such, never as a missing table
+/// (the SQL catalog crate answers "not found" for any failure of its database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_catalog_database_is_not_a_missing_table() {
+    let Some(url) = postgres_url() else {
+        eprintln!("skipping: TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let (d, proxy) = behind_proxy(&url).await;
+    load(&d, &two_days()[..100]).await;
+    proxy.cut();
+    // The proxy closes its connections on its next tick (20 ms), and every new one at once.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let err = match d.storage().table(TableKind::Trades).await {
+        Ok(_) => panic!("the table loaded with its catalog database cut off"),
+        Err(e) => e,
+    };
+    proxy.heal();
+    assert!(!matches!(err, Error::TableNotFound(_)), "{err}");
+    let text = err.to_string();
+    assert!(!text.contains("does not exist"), "{text}");
+    // Once it answers again, the table is there.
+    d.storage().table(TableKind::Trades).await.unwrap();
+}
+
 /// Backend pids of this process's sessions named "ohlcv-server test" that hold an advisory lock.
 async fn lock_sessions(url: &str) -> Vec<i32> {
     let mut direct = <sqlx::PgConnection as sqlx::Connection>::connect(url)
