@@ -15,12 +15,31 @@ use futures::TryStreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// A server process, killed if the test ends (or fails) before it is stopped.
+struct Process(Option<std::process::Child>);
+
+impl Process {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn terminate(mut self) {
+        common::server::terminate(self.0.take().unwrap());
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `ohlcv-server serve` on an empty data dir with these limits; (process, its address).
-fn spawn(
-    dir: &std::path::Path,
-    timeout_secs: u64,
-    memory_mb: u64,
-) -> (std::process::Child, String) {
+fn spawn(dir: &std::path::Path, timeout_secs: u64, memory_mb: u64) -> (Process, String) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
         .args(["--data-dir", "data", "serve", "--listen", "127.0.0.1:0"])
         .env("OHLCV_SERVER__QUERY_TIMEOUT_SECS", timeout_secs.to_string())
@@ -32,7 +51,7 @@ fn spawn(
         .spawn()
         .unwrap();
     let addr = common::server::listening_address(&mut child);
-    (child, addr)
+    (Process(Some(child)), addr)
 }
 
 async fn channel(addr: &str) -> Channel {
@@ -165,7 +184,7 @@ async fn statements_stop_at_their_time_limit_and_when_their_client_goes() {
     let t = ticket(&mut sql, "select 1").await;
     let batches: Vec<_> = sql.do_get(t).await.unwrap().try_collect().await.unwrap();
     assert_eq!(batches[0].num_rows(), 1);
-    common::server::terminate(child);
+    child.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,5 +236,5 @@ async fn one_huge_value_fails_its_query_alone_within_the_memory_pool() {
         })
         .unwrap();
     assert_eq!(length, 2_000_000);
-    common::server::terminate(child);
+    child.terminate();
 }
