@@ -20,12 +20,17 @@ pyiceberg and its trade count and volume are checked against what was written.
 usage:
   cargo build --release
   python3 benches/attach.py --binary target/release/ohlcv-server --days 5,25 [--runs 2]
+  # where the time goes: our runs under perf (perf.data of the last run in the work dir)
+  python3 benches/attach.py --days 2 --runs 1 --work . --wrap "perf record -F 499 -g -o perf.data"
+  # the allocator's purge delay (ms): the server inherits the environment
+  MIMALLOC_PURGE_DELAY=250 python3 benches/attach.py --days 2 --runs 2
 """
 
 import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import socket
 import statistics
@@ -282,6 +287,7 @@ def main():
     ap.add_argument("--per-day", type=int, default=10_000_000, help="trades a day")
     ap.add_argument("--memory-mb", type=int, default=1024)
     ap.add_argument("--work", default=None, help="directory for the store (default: a temp dir)")
+    ap.add_argument("--wrap", default="", help="command our runs are started under (perf record)")
     ap.add_argument("--floor", nargs=2, metavar=("S3", "REST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     global PER_DAY
@@ -310,8 +316,9 @@ def main():
                 data_dir = tempfile.mkdtemp(dir=work)
                 config = os.path.join(data_dir, "lake.toml")
                 lake_config(config, data_dir, s3, rest, namespace, args.memory_mb)
-                _, err, took, rss = measured([binary, "--config", config, "build"],
-                                             env=dict(os.environ, RUST_LOG="warn"))
+                _, err, took, rss = measured(
+                    shlex.split(args.wrap) + [binary, "--config", config, "build"],
+                    env=dict(os.environ, RUST_LOG="warn"))
                 check_bars(cat, namespace, trades, volume)
                 ours_runs.append((took, rss))
                 print(f"  {trades} trades run {run}: floor {floor_runs[-1][0]:.1f} s, "

@@ -46,8 +46,9 @@ enum Growth {
     ArrayResize,
 }
 
-/// The guarded functions by DataFusion's name (their aliases come along).
-const GUARDED: [(&str, Growth); 9] = [
+/// The guarded functions by DataFusion's name (their aliases come along). `generate_series` is
+/// `range` with its end included: the same bound holds.
+const GUARDED: [(&str, Growth); 10] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -56,6 +57,7 @@ const GUARDED: [(&str, Growth); 9] = [
     ("replace", Growth::Replace),
     ("array_repeat", Growth::ArrayRepeat),
     ("range", Growth::Range),
+    ("generate_series", Growth::Range),
     ("array_resize", Growth::ArrayResize),
 ];
 
@@ -66,24 +68,17 @@ const ELEMENT_BYTES: i128 = 8;
 pub fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
     let state = ctx.state();
     let functions = state.scalar_functions();
-    let mut guarded = Vec::new();
-    for (name, growth) in GUARDED {
-        if let Some(inner) = functions.get(name) {
-            guarded.push(ScalarUDF::new_from_impl(Bounded {
+    let guarded: Vec<ScalarUDF> = GUARDED
+        .iter()
+        .filter_map(|(name, growth)| {
+            let inner = functions.get(*name)?;
+            Some(ScalarUDF::new_from_impl(Bounded {
                 inner: Arc::clone(inner.inner()),
-                growth,
+                growth: *growth,
                 pool: Arc::clone(pool),
-            }));
-        }
-    }
-    // `generate_series` is `range` with its end included: the same bound holds.
-    if let Some(inner) = functions.get("generate_series") {
-        guarded.push(ScalarUDF::new_from_impl(Bounded {
-            inner: Arc::clone(inner.inner()),
-            growth: Growth::Range,
-            pool: Arc::clone(pool),
-        }));
-    }
+            }))
+        })
+        .collect();
     for udf in guarded {
         ctx.register_udf(udf);
     }

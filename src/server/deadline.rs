@@ -114,8 +114,7 @@ where
                 drop(inner);
                 let limit = limit.unwrap_or_default();
                 let status = Status::deadline_exceeded(format!(
-                    "statement stopped after {:.1} s: {why} ({:.1} s) passed",
-                    limit.as_secs_f64(),
+                    "statement stopped: {why} ({:.1} s) passed",
                     limit.as_secs_f64()
                 ));
                 Some((Err(status), (None, None)))

@@ -329,11 +329,16 @@ impl Drop for WriterLock {
     }
 }
 
-/// Advisory-lock key of a catalog name (FNV-1a: stable across builds and platforms).
+/// Advisory-lock key of a catalog name.
 fn lock_key(catalog: &str) -> i64 {
+    advisory_key(format!("ohlcv-server writer {catalog}").as_bytes())
+}
+
+/// A PostgreSQL advisory-lock key for `text` (FNV-1a: stable across builds and platforms).
+pub(super) fn advisory_key(text: &[u8]) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in format!("ohlcv-server writer {catalog}").bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    for byte in text {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
     }
     hash as i64
 }

@@ -8,17 +8,10 @@
 
 use sqlx::{AnyPool, Connection};
 
-/// Advisory-lock key serialising schema set-up (FNV-1a of a fixed text, like `lock_key`).
-pub const SETUP_LOCK_KEY: i64 = {
-    let text = b"ohlcv-server schema setup";
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < text.len() {
-        hash = (hash ^ text[i] as u64).wrapping_mul(0x0100_0000_01b3);
-        i += 1;
-    }
-    hash as i64
-};
+/// Advisory-lock key serialising schema set-up.
+fn setup_lock_key() -> i64 {
+    super::lock::advisory_key(b"ohlcv-server schema setup")
+}
 
 /// Runs `statements` (idempotent DDL) in one transaction, serialised across processes on
 /// PostgreSQL. A statement that must not abort the others (an `alter table ... add column`
@@ -29,7 +22,7 @@ pub async fn create_tables(pool: &AnyPool, statements: &[&str]) -> Result<(), sq
         // The lock ends with the transaction; the select keeps the `void` result out of the
         // row (the Any driver cannot decode it).
         sqlx::query("select 1 from (select pg_advisory_xact_lock($1)) as locked")
-            .bind(SETUP_LOCK_KEY)
+            .bind(setup_lock_key())
             .execute(&mut *tx)
             .await?;
     }
@@ -53,7 +46,7 @@ impl SetupLock {
         }
         let mut conn = sqlx::PgConnection::connect(url).await?;
         sqlx::query("select 1 from (select pg_advisory_lock($1)) as locked")
-            .bind(SETUP_LOCK_KEY)
+            .bind(setup_lock_key())
             .execute(&mut conn)
             .await?;
         Ok(SetupLock { _conn: Some(conn) })
