@@ -54,6 +54,11 @@ pub struct BuildReport {
     pub skipped_rows: usize,
     pub files_added: usize,
     pub files_removed: usize,
+    /// Row-level delete files dropped because no live data file needed them any more
+    /// (compaction of the trades).
+    pub delete_files_removed: usize,
+    /// Files no snapshot referenced, removed by the orphan sweep (retention).
+    pub orphans_deleted: usize,
     pub snapshot_before: Option<i64>,
     pub snapshot_after: Option<i64>,
     /// Source snapshot consumed (trades for 1m/5m, 1m for the others).

@@ -160,6 +160,7 @@ impl JobRunner for BuilderJobs {
                 .await
                 .map(|actions| BuildReport {
                     files_removed: actions.iter().map(|a| a.files_dropped).sum(),
+                    orphans_deleted: actions.iter().map(|a| a.files_deleted).sum(),
                     ..BuildReport::default()
                 }),
             JobKind::Validate => self

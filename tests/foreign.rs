@@ -270,10 +270,32 @@ async fn foreign_writer_steps(d: &Deployment) {
     // revision.
     let revised_before = revisions(d).await;
     let partitions: Vec<i32> = (0..2).map(|day| ((T0 + day * DAY) / DAY) as i32).collect();
-    d.writer
+    let deletes_before = trades_listing(d).await.deletes.len();
+    assert!(deletes_before > 0, "pyiceberg's position deletes are live");
+    let outcome = d
+        .writer
         .compact(TableKind::Trades, &partitions)
         .await
         .unwrap();
+    // The delete files of the rewritten files are dropped with them; any left is still
+    // needed by a live file.
+    let after = trades_listing(d).await;
+    assert!(outcome.delete_files_removed > 0, "{outcome:?}");
+    assert_eq!(
+        after.deletes.len(),
+        deletes_before - outcome.delete_files_removed
+    );
+    for (_, delete) in &after.deletes {
+        let path = delete.data_file().file_path().as_str();
+        assert!(
+            after
+                .files
+                .iter()
+                .any(|f| f.position_deletes.iter().any(|p| &**p == path)
+                    || f.equality.iter().any(|e| e.path == path)),
+            "{path} is live but no live data file needs it"
+        );
+    }
     let reports = d.build_all(NOW).await;
     assert_eq!(reports[0].bars_written, 0, "{:?}", reports[0]);
     assert_eq!(revisions(d).await, revised_before);
@@ -437,4 +459,17 @@ async fn query(
         );
     }
     out
+}
+
+/// The current listing of `market.trades`, every file.
+async fn trades_listing(d: &Deployment) -> ohlcv_server::storage::Listing {
+    let table = d.storage().table(TableKind::Trades).await.unwrap();
+    ohlcv_server::storage::Listing::read(
+        &table,
+        TableKind::Trades,
+        None,
+        ohlcv_server::storage::TimeRange::ALL,
+    )
+    .await
+    .unwrap()
 }

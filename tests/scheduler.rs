@@ -282,6 +282,73 @@ async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
     assert!(recent[0].report.snapshot_after.is_some());
 }
 
+/// The daily retention job removes files no snapshot references (a commit killed after its
+/// files were written) once they are older than the safety age, and its recorded run says how
+/// many it removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_run_records_the_orphan_files_it_removed() {
+    let d = Deployment::new().await;
+    let trades: Vec<common::trades::Trade> = (0..20)
+        .map(|i| {
+            common::trades::trade(
+                "kraken",
+                "BTC-USD",
+                &i.to_string(),
+                T0 + i * 30 * SEC,
+                10.0,
+                1.0,
+            )
+        })
+        .collect();
+    common::trades::load(&d, &trades).await;
+    let kind = ohlcv_server::storage::TableKind::Bars(Timeframe::M1);
+    ohlcv_server::build::build(&d.writer, Timeframe::M1, T0 + DAY, BuildSettings::default())
+        .await
+        .unwrap();
+    let table = d.storage().table(kind).await.unwrap();
+    let stray = format!("{}/data/killed-commit.parquet", table.metadata().location);
+    let local = stray.trim_start_matches("file://").to_string();
+    std::fs::write(&local, b"written by a commit that never landed").unwrap();
+
+    let history = Arc::new(History::open(d.storage().pool()).await.unwrap());
+    let runner = Arc::new(BuilderJobs {
+        writer: d.writer.clone(),
+        settings: BuildSettings::default(),
+        retention: ohlcv_server::config::RetentionConfig::default()
+            .policy()
+            .unwrap(),
+        reports: ohlcv_server::quality::Reports::open(d.storage().pool())
+            .await
+            .unwrap(),
+        alerts: ohlcv_server::alerts::Alerts::log_only(),
+    });
+    // Two hours on: past the sweep's one-hour safety age.
+    let later = chrono::Utc::now().timestamp_micros() + 2 * 3_600 * SEC;
+    let clock = Arc::new(ohlcv_server::clock::ManualClock::at(later));
+    let (scheduler, handle) = Scheduler::new(
+        runner,
+        clock,
+        default_schedules(),
+        RetryPolicy::default(),
+        Arc::clone(&history) as Arc<dyn RunLog>,
+    );
+    handle.pause();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(scheduler.run(cancel.clone()));
+    let run = handle.trigger(JobKind::Retention).await.unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(run.status, "succeeded", "{:?}", run.error);
+    assert!(!std::path::Path::new(&local).exists(), "the orphan is gone");
+    assert!(run.report.orphans_deleted >= 1, "{:?}", run.report);
+    let recorded = history.recent(1).await.unwrap();
+    assert_eq!(recorded[0].run_id, run.run_id);
+    assert_eq!(
+        recorded[0].report.orphans_deleted,
+        run.report.orphans_deleted
+    );
+}
+
 /// A job runner whose every job panics.
 struct Panicking;
 

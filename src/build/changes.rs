@@ -121,6 +121,7 @@ pub async fn since(
                 own_partitions,
                 deleted: None,
                 equality: Vec::new(),
+                position_deletes: Vec::new(),
                 spec_id,
             };
             match file.entry.status() {

@@ -50,6 +50,7 @@ pub async fn compact_closed(
     let outcome = writer.compact(kind, &closed).await?;
     report.files_added = outcome.files_added;
     report.files_removed = outcome.files_removed;
+    report.delete_files_removed = outcome.delete_files_removed;
     report.snapshot_after = outcome.snapshot_id.or(snapshot);
     Ok(report)
 }

@@ -78,7 +78,12 @@ impl History {
         )
         .await?;
         // Added after the table existed: older catalogs get the columns here.
-        for column in ["deleted_bars", "skipped_rows"] {
+        for column in [
+            "deleted_bars",
+            "skipped_rows",
+            "delete_files_removed",
+            "orphans_deleted",
+        ] {
             let added = sqlx::query(&format!(
                 "alter table ohlcv_job_runs add column {column} bigint not null default 0"
             ))
@@ -100,9 +105,10 @@ impl History {
             "insert into ohlcv_job_runs (run_id, job, timeframe, attempt, started_at, \
              finished_at, status, trades_read, bars_written, new_bars, revised_bars, \
              late_revisions, files_added, files_removed, snapshot_before, snapshot_after, \
-             source_snapshot, error, deleted_bars, skipped_rows) values \
+             source_snapshot, error, deleted_bars, skipped_rows, delete_files_removed, \
+             orphans_deleted) values \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20)",
+             $20, $21, $22)",
         )
         .bind(&run.run_id)
         .bind(&run.job)
@@ -124,6 +130,8 @@ impl History {
         .bind(run.error.clone())
         .bind(r.deleted as i64)
         .bind(r.skipped_rows as i64)
+        .bind(r.delete_files_removed as i64)
+        .bind(r.orphans_deleted as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -160,7 +168,8 @@ impl History {
 
 const SELECT: &str = "select run_id, job, timeframe, attempt, started_at, finished_at, status, \
     trades_read, bars_written, new_bars, revised_bars, late_revisions, files_added, files_removed, \
-    snapshot_before, snapshot_after, source_snapshot, error, deleted_bars, skipped_rows from ohlcv_job_runs";
+    snapshot_before, snapshot_after, source_snapshot, error, deleted_bars, skipped_rows, \
+    delete_files_removed, orphans_deleted from ohlcv_job_runs";
 
 fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
     let n = |i: usize| -> Result<usize> { Ok(row.try_get::<i64, _>(i)? as usize) };
@@ -184,6 +193,8 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
             skipped_rows: n(19)?,
             files_added: n(12)?,
             files_removed: n(13)?,
+            delete_files_removed: n(20)?,
+            orphans_deleted: n(21)?,
             unchanged: 0,
             snapshot_before: row.try_get(14)?,
             snapshot_after: row.try_get(15)?,

@@ -265,6 +265,8 @@ pub fn jobs_schema() -> SchemaRef {
         Field::new("last_run", ts_type(), true),
         Field::new("last_status", DataType::Utf8, true),
         Field::new("last_error", DataType::Utf8, true),
+        // What the last run changed in files, e.g. what retention's sweep removed.
+        Field::new("last_files", DataType::Utf8, true),
         Field::new("success_rate_24h", DataType::Float64, true),
         // A running chunked build (first attach, catch-up) of this schedule's job.
         Field::new("chunks_done", DataType::Int64, true),
@@ -327,6 +329,7 @@ fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError
                 .collect()),
             last(|r| Some(r.status.to_string())),
             last(|r| r.error.clone()),
+            last(|r| Some(files_summary(&r.report))),
             Arc::new(
                 jobs.iter()
                     .map(|j| j.success_rate_24h)
@@ -350,6 +353,15 @@ fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError
     )
 }
 
+/// A run's file changes in words: data files added and removed, delete files no data file
+/// needed any more, unreferenced files the orphan sweep removed.
+fn files_summary(r: &crate::build::BuildReport) -> String {
+    format!(
+        "{} added, {} removed, {} delete files dropped, {} orphan files deleted",
+        r.files_added, r.files_removed, r.delete_files_removed, r.orphans_deleted
+    )
+}
+
 /// Schema of `system.job_runs`.
 pub fn job_runs_schema() -> SchemaRef {
     let ts = ts_type;
@@ -370,6 +382,8 @@ pub fn job_runs_schema() -> SchemaRef {
         Field::new("skipped_rows", DataType::Int64, false),
         Field::new("files_added", DataType::Int64, false),
         Field::new("files_removed", DataType::Int64, false),
+        Field::new("delete_files_removed", DataType::Int64, false),
+        Field::new("orphan_files_deleted", DataType::Int64, false),
         Field::new("snapshot_before", DataType::Int64, true),
         Field::new("snapshot_after", DataType::Int64, true),
         Field::new("source_snapshot", DataType::Int64, true),
@@ -413,6 +427,8 @@ fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, ArrowError> {
             n(|r| r.report.skipped_rows),
             n(|r| r.report.files_added),
             n(|r| r.report.files_removed),
+            n(|r| r.report.delete_files_removed),
+            n(|r| r.report.orphans_deleted),
             o(|r| r.report.snapshot_before),
             o(|r| r.report.snapshot_after),
             o(|r| r.report.source_snapshot),

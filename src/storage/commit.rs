@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use apache_avro::{Schema as AvroSchema, Writer as AvroWriter};
 use iceberg_rust::catalog::commit::{CommitTable, TableRequirement, TableUpdate};
-use iceberg_rust::spec::manifest::{partition_value_schema, DataFile, ManifestEntry, Status};
+use iceberg_rust::spec::manifest::{
+    partition_value_schema, Content as FileContent, DataFile, ManifestEntry, Status,
+};
 use iceberg_rust::spec::manifest_list::{
     manifest_list_schema_v2, Content, FieldSummary, ManifestListEntry,
 };
@@ -70,6 +72,8 @@ pub struct CommitOutcome {
     pub files_removed: usize,
     pub rows_added: i64,
     pub rows_removed: i64,
+    /// Row-level delete files dropped because no live data file needs them any more.
+    pub delete_files_removed: usize,
 }
 
 /// Commits `change` on top of `listing`, which must be the current snapshot of `table`.
@@ -161,15 +165,46 @@ async fn prepare(
     let mut writer = ManifestSet::new(storage.store(), metadata, snapshot_id, sequence_number)?;
 
     let by_manifest = listing.by_manifest();
+    let unneeded = unneeded_deletes(listing, &change.remove);
     let mut carried: Vec<&ManifestListEntry> = Vec::new();
     let mut merge_pool: Vec<ManifestEntry> = Vec::new();
+    let mut dropped: Vec<&ManifestEntry> = Vec::new();
     for manifest in &listing.manifests {
         let files = by_manifest
             .get(manifest.manifest_path.as_str())
             .map(Vec::as_slice)
             .unwrap_or_default();
         if manifest.content != Content::Data {
-            carried.push(manifest);
+            let deletes: Vec<&ManifestEntry> = listing
+                .deletes
+                .iter()
+                .filter(|(m, _)| *m == manifest.manifest_path)
+                .map(|(_, e)| e)
+                .collect();
+            let drops = deletes
+                .iter()
+                .any(|e| unneeded.contains(e.data_file().file_path().as_str()));
+            if listing.complete && deletes.is_empty() {
+                // Only entries of delete files dropped earlier: nothing live to carry.
+                continue;
+            }
+            if !drops || manifest.partition_spec_id != metadata.default_spec_id {
+                // A manifest of an older spec is carried whole: its entries' partition tuples
+                // only fit a manifest of that spec.
+                carried.push(manifest);
+                continue;
+            }
+            let entries = deletes
+                .into_iter()
+                .map(|e| {
+                    let removed = unneeded.contains(e.data_file().file_path().as_str());
+                    if removed {
+                        dropped.push(e);
+                    }
+                    carry_manifest_entry(e, removed, snapshot_id)
+                })
+                .collect();
+            writer.write_content(entries, Content::Deletes).await?;
             continue;
         }
         if files.is_empty() {
@@ -202,6 +237,7 @@ async fn prepare(
             .filter(|f| change.remove.contains(f.path()))
             .map(LiveFile::record_count)
             .sum(),
+        delete_files_removed: dropped.len(),
     };
     if !change.add.is_empty() {
         let entries = change
@@ -242,7 +278,7 @@ async fn prepare(
         (false, false) if change.rewrite_only => Operation::Replace,
         (false, false) => Operation::Overwrite,
     };
-    let mut summary = summary_fields(listing, &change, &outcome);
+    let mut summary = summary_fields(listing, &change, &outcome, &dropped);
     summary.extend(change.summary);
     let mut builder = SnapshotBuilder::default();
     builder
@@ -393,7 +429,11 @@ async fn resolve(
 }
 
 fn carry_entry(file: &LiveFile, removed: bool, snapshot_id: i64) -> ManifestEntry {
-    let mut entry = file.entry.clone();
+    carry_manifest_entry(&file.entry, removed, snapshot_id)
+}
+
+fn carry_manifest_entry(entry: &ManifestEntry, removed: bool, snapshot_id: i64) -> ManifestEntry {
+    let mut entry = entry.clone();
     if removed {
         *entry.status_mut() = Status::Deleted;
         *entry.snapshot_id_mut() = Some(snapshot_id);
@@ -403,11 +443,50 @@ fn carry_entry(file: &LiveFile, removed: bool, snapshot_id: i64) -> ManifestEntr
     entry
 }
 
+/// Live delete files that no data file left live by a commit removing `remove` needs: the
+/// position deletes of removed files only, and equality deletes whose scope holds no live file
+/// any more (a compaction's new files carry a newer sequence number, out of every older
+/// delete's reach). None when the listing is incomplete, since an unlisted file may need them.
+fn unneeded_deletes<'a>(listing: &'a Listing, remove: &HashSet<String>) -> HashSet<&'a str> {
+    if !listing.complete || listing.deletes.is_empty() {
+        return HashSet::new();
+    }
+    let mut needed: HashSet<&str> = HashSet::new();
+    for file in listing.files.iter().filter(|f| !remove.contains(f.path())) {
+        needed.extend(file.position_deletes.iter().map(|p| &**p));
+        needed.extend(file.equality.iter().map(|e| e.path.as_str()));
+    }
+    listing
+        .deletes
+        .iter()
+        .map(|(_, e)| e.data_file().file_path().as_str())
+        .filter(|p| !needed.contains(p))
+        .collect()
+}
+
 fn summary_fields(
     listing: &Listing,
     change: &Change,
     outcome: &CommitOutcome,
+    dropped: &[&ManifestEntry],
 ) -> HashMap<String, String> {
+    let count = |entries: &mut dyn Iterator<Item = &ManifestEntry>, content: FileContent| {
+        entries
+            .filter(|e| *e.data_file().content() == content)
+            .fold((0usize, 0i64), |(n, rows), e| {
+                (n + 1, rows + *e.data_file().record_count())
+            })
+    };
+    let dropped_pos = count(&mut dropped.iter().copied(), FileContent::PositionDeletes);
+    let dropped_eq = count(&mut dropped.iter().copied(), FileContent::EqualityDeletes);
+    let live_pos = count(
+        &mut listing.deletes.iter().map(|(_, e)| e),
+        FileContent::PositionDeletes,
+    );
+    let live_eq = count(
+        &mut listing.deletes.iter().map(|(_, e)| e),
+        FileContent::EqualityDeletes,
+    );
     let added_size: i64 = change.add.iter().map(|f| *f.file_size_in_bytes()).sum();
     let removed_size: i64 = listing
         .files
@@ -437,9 +516,26 @@ fn summary_fields(
             "total-files-size",
             (total_size + added_size - removed_size).to_string(),
         ),
-        ("total-delete-files", "0".to_string()),
-        ("total-position-deletes", "0".to_string()),
-        ("total-equality-deletes", "0".to_string()),
+        (
+            "removed-delete-files",
+            (dropped_pos.0 + dropped_eq.0).to_string(),
+        ),
+        ("removed-position-delete-files", dropped_pos.0.to_string()),
+        ("removed-equality-delete-files", dropped_eq.0.to_string()),
+        ("removed-position-deletes", dropped_pos.1.to_string()),
+        ("removed-equality-deletes", dropped_eq.1.to_string()),
+        (
+            "total-delete-files",
+            (live_pos.0 + live_eq.0 - dropped_pos.0 - dropped_eq.0).to_string(),
+        ),
+        (
+            "total-position-deletes",
+            (live_pos.1 - dropped_pos.1).to_string(),
+        ),
+        (
+            "total-equality-deletes",
+            (live_eq.1 - dropped_eq.1).to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -481,6 +577,10 @@ impl<'a> ManifestSet<'a> {
     }
 
     async fn write(&mut self, entries: Vec<ManifestEntry>) -> Result<()> {
+        self.write_content(entries, Content::Data).await
+    }
+
+    async fn write_content(&mut self, entries: Vec<ManifestEntry>, content: Content) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -509,7 +609,11 @@ impl<'a> ManifestSet<'a> {
             "partition-spec-id".to_string(),
             metadata.default_spec_id.to_string(),
         )?;
-        writer.add_user_metadata("content".to_string(), "data")?;
+        let content_name = match content {
+            Content::Data => "data",
+            Content::Deletes => "deletes",
+        };
+        writer.add_user_metadata("content".to_string(), content_name)?;
 
         let field_name = spec.fields().first().map(|f| f.name().to_string());
         let mut entry = ManifestListEntry {
@@ -517,7 +621,7 @@ impl<'a> ManifestSet<'a> {
             manifest_path: location.clone(),
             manifest_length: 0,
             partition_spec_id: metadata.default_spec_id,
-            content: Content::Data,
+            content,
             sequence_number: self.sequence_number,
             min_sequence_number: self.sequence_number,
             added_snapshot_id: self.snapshot_id,

@@ -65,6 +65,9 @@ pub struct LiveFile {
     pub deleted: Option<Arc<Vec<u64>>>,
     /// Equality delete files that apply to this file's rows.
     pub equality: Vec<Arc<super::equality::EqualityDelete>>,
+    /// Paths of the position delete files that remove rows of this file: a commit that
+    /// removes the file leaves them unneeded (see [`Listing::deletes`]).
+    pub position_deletes: Vec<Arc<str>>,
     /// The partition spec the file was written with.
     pub spec_id: i32,
 }
@@ -146,6 +149,11 @@ pub struct Listing {
     pub snapshot_id: Option<i64>,
     pub manifests: Vec<ManifestListEntry>,
     pub files: Vec<LiveFile>,
+    /// Live row-level delete files, with the manifest that lists each.
+    pub deletes: Vec<(String, ManifestEntry)>,
+    /// Whether every live file of the snapshot is listed (no time range pruned any): only
+    /// then can a commit tell which delete files no live data file needs.
+    pub complete: bool,
 }
 
 impl Listing {
@@ -227,6 +235,7 @@ impl Listing {
         let mut files = Vec::new();
         let mut deletes = Vec::new();
         let mut equality = Vec::new();
+        let mut live_deletes = Vec::new();
         let store = table.object_store();
         let specs: HashMap<&str, i32> = wanted
             .iter()
@@ -243,10 +252,12 @@ impl Listing {
             let row_deletes = takes_row_deletes(kind, own_partitions);
             match entry.data_file().content() {
                 FileContent::PositionDeletes if row_deletes => {
+                    live_deletes.push((manifest_path, entry.clone()));
                     deletes.push(entry);
                     continue;
                 }
                 FileContent::EqualityDeletes if row_deletes => {
+                    live_deletes.push((manifest_path, entry.clone()));
                     equality.push((spec_id, entry));
                     continue;
                 }
@@ -260,6 +271,7 @@ impl Listing {
                 own_partitions,
                 deleted: None,
                 equality: Vec::new(),
+                position_deletes: Vec::new(),
                 spec_id,
             };
             if file.may_overlap(kind, &range) {
@@ -276,6 +288,8 @@ impl Listing {
             snapshot_id,
             manifests,
             files,
+            deletes: live_deletes,
+            complete: range == TimeRange::ALL,
         })
     }
 
@@ -321,12 +335,20 @@ async fn apply_position_deletes(
             });
         }
         let delete_seq = delete.sequence_number().unwrap_or(0);
+        let shared: Arc<str> = Arc::from(path.as_str());
         for (data_path, pos) in super::files::read_position_deletes(store, table, path).await? {
             let Some(&i) = index.get(super::warehouse::key(&data_path).as_ref()) else {
                 continue; // a file outside the listed range, or no longer live
             };
             if delete_seq >= files[i].entry.sequence_number().unwrap_or(0) {
                 positions[i].push(pos);
+                if files[i]
+                    .position_deletes
+                    .last()
+                    .is_none_or(|p| *p != shared)
+                {
+                    files[i].position_deletes.push(Arc::clone(&shared));
+                }
             }
         }
     }
