@@ -200,6 +200,7 @@ async fn one_huge_value_fails_its_query_alone_within_the_memory_pool() {
         "select lpad('x', 1500000000)",
         "select array_repeat(1, 500000000)",
         "select cardinality(range(1, 1000000000))",
+        "select length(regexp_replace(repeat('x', 100000), '', repeat('y', 10000), 'g'))",
     ] {
         let err = failure(&mut sql, statement).await;
         assert_eq!(
@@ -236,5 +237,27 @@ async fn one_huge_value_fails_its_query_alone_within_the_memory_pool() {
         })
         .unwrap();
     assert_eq!(length, 2_000_000);
+    child.terminate();
+
+    // A function that only multiplies its input (hex doubles it) is measured once built and
+    // refused past the pool; below it, it answers.
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn(dir.path(), 60, 8);
+    let mut sql = FlightSqlServiceClient::new(channel(&addr).await);
+    let statement = "select length(encode(repeat('x', 5000000), 'hex'))";
+    let err = failure(&mut sql, statement).await;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("encode() built"),
+        "{}",
+        err.message()
+    );
+    let t = ticket(
+        &mut sql,
+        "select length(encode(repeat('x', 1000000), 'hex'))",
+    )
+    .await;
+    let batches: Vec<_> = sql.do_get(t).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(batches[0].num_rows(), 1);
     child.terminate();
 }

@@ -7,6 +7,12 @@
 //! runs, the bytes its result can take are computed from its arguments (exactly for strings,
 //! as an upper bound for lists) and reserved from the pool for the call, so a value past what
 //! the pool has left fails its query alone with `ResourcesExhausted`, before any allocation.
+//!
+//! Every other scalar function can at most multiply its input by a small factor (a split
+//! string's offsets, a hex encoding): its result is measured once built and counted against
+//! the pool the same way, so no function's value escapes the pool; only these are refused
+//! before they allocate. `get_field`, `log` and `power` stay bare: DataFusion's planner
+//! recognises them by their type, and their results are fixed-width.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -44,11 +50,15 @@ enum Growth {
     Range,
     /// `array_resize(list, n [, value])`: n elements.
     ArrayResize,
+    /// `regexp_replace(text, pattern, to [, flags])`: an empty match at every position.
+    RegexpReplace,
+    /// Any other function: its result is measured once built.
+    Measured,
 }
 
 /// The guarded functions by DataFusion's name (their aliases come along). `generate_series` is
 /// `range` with its end included: the same bound holds.
-const GUARDED: [(&str, Growth); 10] = [
+const GUARDED: [(&str, Growth); 11] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -59,7 +69,11 @@ const GUARDED: [(&str, Growth); 10] = [
     ("range", Growth::Range),
     ("generate_series", Growth::Range),
     ("array_resize", Growth::ArrayResize),
+    ("regexp_replace", Growth::RegexpReplace),
 ];
+
+/// Functions DataFusion recognises by their implementation's type: wrapping would hide it.
+const BARE: [&str; 3] = ["get_field", "log", "power"];
 
 /// Bytes a list element is counted as (a 64-bit value; a string element adds its length).
 const ELEMENT_BYTES: i128 = 8;
@@ -68,15 +82,19 @@ const ELEMENT_BYTES: i128 = 8;
 pub fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
     let state = ctx.state();
     let functions = state.scalar_functions();
-    let guarded: Vec<ScalarUDF> = GUARDED
+    let guarded: Vec<ScalarUDF> = functions
         .iter()
-        .filter_map(|(name, growth)| {
-            let inner = functions.get(*name)?;
-            Some(ScalarUDF::new_from_impl(Bounded {
-                inner: Arc::clone(inner.inner()),
-                growth: *growth,
+        .filter(|(name, udf)| !BARE.contains(&name.as_str()) && udf.name() == name.as_str())
+        .map(|(name, udf)| {
+            let growth = GUARDED
+                .iter()
+                .find(|(guarded, _)| guarded == name)
+                .map_or(Growth::Measured, |(_, growth)| *growth);
+            ScalarUDF::new_from_impl(Bounded {
+                inner: Arc::clone(udf.inner()),
+                growth,
                 pool: Arc::clone(pool),
-            }))
+            })
         })
         .collect();
     for udf in guarded {
@@ -155,20 +173,34 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let bytes = self.growth.bytes(&args.args, args.number_rows)?;
         let reservation =
             MemoryConsumer::new(format!("{}()", self.inner.name())).register(&self.pool);
-        reservation
-            .try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))
-            .map_err(|_| {
-                DataFusionError::ResourcesExhausted(format!(
-                    "{}() would build {} MB, more than the query memory pool has left \
-                     ([server] query_memory_limit_mb, {} MB in all)",
-                    self.inner.name(),
-                    bytes >> 20,
-                    pool_mb(&self.pool)
-                ))
-            })?;
+        let reserve = |bytes: i128, verb: &str| {
+            reservation
+                .try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))
+                .map_err(|_| {
+                    DataFusionError::ResourcesExhausted(format!(
+                        "{}() {verb} {} MB, more than the query memory pool has left \
+                         ([server] query_memory_limit_mb, {} MB in all)",
+                        self.inner.name(),
+                        bytes >> 20,
+                        pool_mb(&self.pool)
+                    ))
+                })
+        };
+        if self.growth == Growth::Measured {
+            let result = self.inner.invoke_with_args(args)?;
+            let bytes = match &result {
+                ColumnarValue::Array(array) => array.get_array_memory_size(),
+                ColumnarValue::Scalar(value) => value.size(),
+            };
+            reserve(bytes as i128, "built")?;
+            return Ok(result);
+        }
+        reserve(
+            self.growth.bytes(&args.args, args.number_rows)?,
+            "would build",
+        )?;
         // Held while the result is built; the rows it makes are then the caller's.
         self.inner.invoke_with_args(args)
     }
@@ -255,6 +287,11 @@ impl Growth {
                 zip(&value, &n, |l, n| (l + ELEMENT_BYTES) * n.max(0))
             }
             Growth::ArrayResize => ints(1)?.iter().map(|n| n.max(&0) * ELEMENT_BYTES).collect(),
+            Growth::RegexpReplace => {
+                let (text, to) = (lengths(0)?, lengths(2)?);
+                zip(&text, &to, |l, to| l + (l + 1) * to)
+            }
+            Growth::Measured => vec![0; rows],
             Growth::Range => {
                 let (start, stop, step) = match args.len() {
                     1 => (vec![0; rows], ints(0)?, vec![1; rows]),
@@ -378,6 +415,12 @@ mod tests {
                 .bytes(&[text("aaaa"), text("a"), text("xyz")], 1)
                 .unwrap(),
             4 + 4 * 3
+        );
+        assert_eq!(
+            Growth::RegexpReplace
+                .bytes(&[text("abc"), text(""), text("xy")], 1)
+                .unwrap(),
+            3 + 4 * 2
         );
         assert_eq!(
             Growth::Range
