@@ -8,9 +8,11 @@
 //! | `bounded` | functions that build one large value, checked against the query memory pool first |
 //! | `deadline` | how statements stop: the time limit (`[server] query_timeout_secs` or the client's deadline), joins that yield so a gone client stops them |
 //! | `sql` | statement rewrites before planning: bound parameters, named arguments |
+//! | `sql_info` | the `GetSqlInfo` answers: every key of the specification, as BI drivers read them |
 //! | `flight` | the `FlightSqlService`: statements, prepared statements, metadata, ingest |
 //! | `checked` | commands and tickets decoded before the Flight SQL dispatch (malformed: `InvalidArgument`) |
 //! | `prepared` | stateless prepared-statement handles and bound parameters |
+//! | `profile` | result typing per client: exact, or the types Grafana's converters read (`x-ohlcv-results`) |
 //! | `ingest` | bulk ingest into `market.trades` |
 //! | `auth` | users, roles, handshake tokens and the layer that checks them |
 //! | `keys` | primary/foreign key metadata |
@@ -36,8 +38,10 @@ pub mod health;
 pub mod ingest;
 pub mod keys;
 pub mod prepared;
+pub mod profile;
 pub mod query;
 pub mod sql;
+pub mod sql_info;
 pub mod status;
 pub mod system;
 pub mod telemetry;

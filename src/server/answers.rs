@@ -19,6 +19,7 @@ use arrow_flight::FlightData;
 use moka::sync::Cache;
 use prost::bytes::Bytes;
 
+use super::profile::Profile;
 use crate::cache::BarCache;
 use crate::candles::shape::Shape;
 
@@ -33,9 +34,9 @@ pub enum Statement {
 /// One answer larger than this is not kept: it would push out many hot small ones.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
-/// A statement's Flight messages, keyed by the cache generation they were computed at and the
-/// windows they cover.
-type Encoded = Cache<(Statement, u64, (i64, i64)), Arc<[FlightData]>>;
+/// A statement's Flight messages in one result profile, keyed by the cache generation they
+/// were computed at and the windows they cover.
+type Encoded = Cache<(Statement, Profile, u64, (i64, i64)), Arc<[FlightData]>>;
 
 #[derive(Clone)]
 pub struct Answers {
@@ -59,7 +60,7 @@ impl Answers {
         let encoded = Cache::builder()
             .max_capacity(config.answer_bytes())
             .weigher(
-                |_: &(Statement, u64, (i64, i64)), data: &Arc<[FlightData]>| {
+                |_: &(Statement, Profile, u64, (i64, i64)), data: &Arc<[FlightData]>| {
                     weight(data).try_into().unwrap_or(u32::MAX)
                 },
             )
@@ -93,12 +94,13 @@ impl Answers {
     pub fn answer(
         &self,
         statement: &Statement,
+        profile: Profile,
         generation: u64,
         windows: (i64, i64),
     ) -> Option<Arc<[FlightData]>> {
         self.encoded
             .as_ref()?
-            .get(&(statement.clone(), generation, windows))
+            .get(&(statement.clone(), profile, generation, windows))
     }
 
     /// Keeps `data` as the answer at `generation` (of a read whose answer depends on the view
@@ -106,6 +108,7 @@ impl Answers {
     pub fn remember_answer(
         &self,
         statement: Statement,
+        profile: Profile,
         generation: u64,
         windows: (i64, i64),
         data: Arc<[FlightData]>,
@@ -114,7 +117,7 @@ impl Answers {
             return;
         };
         if weight(&data) <= MAX_ANSWER_BYTES {
-            encoded.insert((statement, generation, windows), data);
+            encoded.insert((statement, profile, generation, windows), data);
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum Error {
     #[error("{0}")]
     Internal(String),
 
+    /// A value the answer cannot carry in the types the client asked for.
+    #[error("{0}")]
+    OutOfRange(String),
+
     #[error("server is shutting down")]
     ShuttingDown,
 }
@@ -75,6 +79,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::Unimplemented(m) => Status::unimplemented(m),
             Error::Internal(m) => Status::internal(m),
+            Error::OutOfRange(m) => Status::out_of_range(m),
             Error::ShuttingDown => Status::unavailable("server is shutting down"),
         }
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use arrow::datatypes::Schema;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightService;
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfoData};
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::server::PeekableFlightDataStream;
 use arrow_flight::sql::{
@@ -33,6 +33,7 @@ use super::answers::{Answers, Statement};
 use super::auth::{Auth, Identity, Role};
 use super::error::Error;
 use super::prepared::{self, Handle};
+use super::profile::Profile;
 use super::query::{Query, QueryEngine};
 use super::{ingest, keys};
 use crate::candles::shape::Shape;
@@ -90,28 +91,13 @@ impl OhlcvFlightSql {
         clock: Arc<dyn Clock>,
         limits: crate::trades::Limits,
     ) -> OhlcvFlightSql {
-        let mut info = SqlInfoDataBuilder::new();
-        info.append(SqlInfo::FlightSqlServerName, "ohlcv-server");
-        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-        info.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
-        // Read only for SQL: trades come in through ingest, bars only from the builder.
-        info.append(SqlInfo::FlightSqlServerReadOnly, true);
-        info.append(SqlInfo::FlightSqlServerSql, true);
-        info.append(SqlInfo::FlightSqlServerBulkIngestion, true);
-        info.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
-        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-        info.append(SqlInfo::FlightSqlServerCancel, false);
-        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-        info.append(SqlInfo::SqlDdlCatalog, false);
-        info.append(SqlInfo::SqlDdlSchema, false);
-        info.append(SqlInfo::SqlDdlTable, false);
         OhlcvFlightSql {
             answers: Answers::new(engine.cache()),
             engine,
             writer,
             auth,
             clock,
-            sql_info: Arc::new(info.build().expect("static SqlInfo")),
+            sql_info: Arc::new(super::sql_info::sql_info()),
             xdbc_types: Arc::new(super::types::xdbc_types()),
             limits,
             locations: Arc::new((Vec::new(), std::sync::atomic::AtomicUsize::new(0))),
@@ -162,17 +148,19 @@ impl OhlcvFlightSql {
         statement: &Statement,
         query: Query,
         client_deadline: Option<std::time::Duration>,
+        profile: Profile,
     ) -> Result<Response<DataStream>, Status> {
         let df = match query {
             Query::Plan(df) => *df,
             Query::Candles(shape) => {
-                let data = self.candles(statement, &shape).await?;
+                let data = self.candles(statement, &shape, profile).await?;
                 let stream =
                     futures::stream::iter((0..data.len()).map(move |i| Ok(data[i].clone())));
                 return Ok(Response::new(Box::pin(stream)));
             }
         };
-        let schema = Arc::new(df.schema().as_arrow().clone());
+        let schema = profile.schema(&Arc::new(df.schema().as_arrow().clone()));
+        let typed = Arc::clone(&schema);
         // The request's span (see `telemetry`) ends with the response headers; the rows are
         // counted as they stream and logged in it when the stream ends.
         let span = tracing::Span::current();
@@ -185,7 +173,9 @@ impl OhlcvFlightSql {
             .inspect_ok(move |b| {
                 counted.fetch_add(b.num_rows(), std::sync::atomic::Ordering::Relaxed);
             })
-            .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(Error::from(e).into())));
+            .map_err(Error::from)
+            .and_then(move |b| futures::future::ready(profile.batch(b, &typed)))
+            .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(e.into())));
         let finished = futures::StreamExt::filter_map(
             futures::stream::once(async move {
                 let rows = rows.load(std::sync::atomic::Ordering::Relaxed);
@@ -210,6 +200,7 @@ impl OhlcvFlightSql {
         &self,
         statement: &Statement,
         shape: &Shape,
+        profile: Profile,
     ) -> Result<Arc<[FlightData]>, Status> {
         let cache = self.engine.cache();
         let read = shape
@@ -221,7 +212,7 @@ impl OhlcvFlightSql {
         if keep {
             let kept = self
                 .answers
-                .answer(statement, view.generation, read.windows());
+                .answer(statement, profile, view.generation, read.windows());
             if let Some(tf) = read.base() {
                 cache.note_answer(kept.is_some(), tf, exchange, symbol);
             }
@@ -232,8 +223,10 @@ impl OhlcvFlightSql {
         let batch = crate::candles::serve::answer(cache, &view, shape, &read)
             .await
             .map_err(Error::from)?;
+        let schema = profile.schema(&shape.schema);
+        let batch = profile.batch(batch, &schema)?;
         let data: Vec<FlightData> = FlightDataEncoderBuilder::new()
-            .with_schema(Arc::clone(&shape.schema))
+            .with_schema(schema)
             .build(futures::stream::once(async { Ok(batch) }))
             .try_collect()
             .await?;
@@ -241,6 +234,7 @@ impl OhlcvFlightSql {
         if keep {
             self.answers.remember_answer(
                 statement.clone(),
+                profile,
                 view.generation,
                 read.windows(),
                 Arc::clone(&data),
@@ -282,10 +276,11 @@ fn query_info(
     query: &Query,
     ticket: Vec<u8>,
     descriptor: FlightDescriptor,
+    profile: Profile,
 ) -> Result<Response<FlightInfo>, Status> {
     let schema = query.schema();
-    if !Arc::ptr_eq(&schema, &crate::candles::schema()) {
-        return info_for(&schema, ticket, descriptor);
+    if profile != Profile::Exact || !Arc::ptr_eq(&schema, &crate::candles::schema()) {
+        return info_for(&profile.schema(&schema), ticket, descriptor);
     }
     static CANDLES: OnceLock<Result<FlightInfo, String>> = OnceLock::new();
     let template = CANDLES.get_or_init(|| {
@@ -326,6 +321,7 @@ impl FlightSqlService for OhlcvFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let profile = Profile::of(request.metadata())?;
         let sql = Bytes::from(query.query);
         let planned = self.query(&Statement::Sql(sql.clone())).await?;
         let ticket = TicketStatementQuery {
@@ -335,6 +331,7 @@ impl FlightSqlService for OhlcvFlightSql {
             &planned,
             ticket.as_any().encode_to_vec(),
             request.into_inner(),
+            profile,
         )
         .map(|info| self.spread(info))
     }
@@ -344,10 +341,12 @@ impl FlightSqlService for OhlcvFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let profile = Profile::of(request.metadata())?;
         let statement = Statement::Sql(ticket.statement_handle);
         let query = self.query(&statement).await?;
         let deadline = super::deadline::client_deadline(request.metadata());
-        self.stream_results(&statement, query, deadline).await
+        self.stream_results(&statement, query, deadline, profile)
+            .await
     }
 
     async fn do_handshake(
@@ -388,10 +387,11 @@ impl FlightSqlService for OhlcvFlightSql {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let profile = Profile::of(request.metadata())?;
         let (df, placeholders) = self.engine.prepare(&query.query).await?;
-        let dataset = df.schema().as_arrow().clone();
+        let dataset = profile.schema(&Arc::new(df.schema().as_arrow().clone()));
         let parameters = df
             .logical_plan()
             .get_parameter_types()
@@ -437,6 +437,7 @@ impl FlightSqlService for OhlcvFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let profile = Profile::of(request.metadata())?;
         let planned = self
             .query(&Statement::Prepared(
                 query.prepared_statement_handle.clone(),
@@ -446,6 +447,7 @@ impl FlightSqlService for OhlcvFlightSql {
             &planned,
             query.as_any().encode_to_vec(),
             request.into_inner(),
+            profile,
         )
         .map(|info| self.spread(info))
     }
@@ -455,10 +457,12 @@ impl FlightSqlService for OhlcvFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let profile = Profile::of(request.metadata())?;
         let statement = Statement::Prepared(query.prepared_statement_handle);
         let query = self.query(&statement).await?;
         let deadline = super::deadline::client_deadline(request.metadata());
-        self.stream_results(&statement, query, deadline).await
+        self.stream_results(&statement, query, deadline, profile)
+            .await
     }
 
     /// A DoPut without a command (an empty upload) is the client's mistake, not a missing
@@ -559,10 +563,13 @@ impl FlightSqlService for OhlcvFlightSql {
     async fn do_get_tables(
         &self,
         query: CommandGetTables,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        // Columns are described in the types this client's results come in.
+        let profile = Profile::of(request.metadata())?;
         let mut builder = query.into_builder();
         for (schema_name, name, schema) in self.tables()? {
+            let schema = profile.schema(&schema);
             let kind = if schema_name == "system" {
                 "SYSTEM TABLE"
             } else {

@@ -38,5 +38,23 @@ with engine.connect() as conn:
     assert [tuple(r) for r in rows] == [("BTC-USD", expected)], rows
     names = sqlalchemy.inspect(conn).get_table_names()
     assert "ohlcv_1m" in names, names
+    # What Superset's database browser asks, through the same dialect.
+    inspector = sqlalchemy.inspect(conn)
+    schemas = inspector.get_schema_names()
+    assert {"market", "system"} <= set(schemas), schemas
+    market = inspector.get_table_names(schema="market")
+    assert {"trades", "ohlcv_1m", "ohlcv_1d"} <= set(market), market
+    assert "jobs" in inspector.get_table_names(schema="system")
+    columns = inspector.get_columns("ohlcv_1m", schema="market")
+    assert [c["name"] for c in columns][:4] == ["exchange", "symbol", "window_start", "window_end"], columns
+    assert str(columns[2]["type"]).upper().startswith("TIMESTAMP"), columns[2]
+    candles = conn.execute(
+        sqlalchemy.text(
+            "select window_start, close from candles('kraken', 'BTC-USD', '15m', "
+            "'2024-01-01T00:00:00Z', '2024-01-01T02:00:00Z')"
+        )
+    ).fetchall()
+    assert len(candles) == expected // 15, candles
+    assert str(candles[0][0]).startswith("2024-01-01 00:00:00"), candles[0]
 
 print(f"flight: {expected} 1m bars via pyarrow.flight and SQLAlchemy")
