@@ -487,14 +487,5 @@ async fn open_writer(config: &Config, purpose: &str) -> anyhow::Result<TableWrit
 
 /// Parses RFC 3339 (`2024-01-01T00:00:00Z`) or a bare UTC date into microseconds.
 pub fn parse_timestamp(text: &str) -> anyhow::Result<i64> {
-    if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(ts.timestamp_micros());
-    }
-    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .with_context(|| format!("'{text}' is neither RFC 3339 nor YYYY-MM-DD"))?;
-    Ok(date
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight exists")
-        .and_utc()
-        .timestamp_micros())
+    crate::timeframe::parse_timestamp(text).map_err(anyhow::Error::msg)
 }

@@ -208,7 +208,7 @@ pub struct AuthConfig {
     pub token_ttl_secs: u64,
     /// `[auth.users.<name>]` with `password_hash` (from `ohlcv-server hash-password`) and
     /// `role` (`reader`, `writer` or `admin`). No users means no authentication, loopback only.
-    pub users: std::collections::BTreeMap<String, crate::server::auth::UserConfig>,
+    pub users: std::collections::BTreeMap<String, UserConfig>,
 }
 
 impl Default for AuthConfig {
@@ -465,10 +465,7 @@ mod tests {
         )
         .unwrap();
         let cfg = Config::load(Some(&file), env(&[])).unwrap();
-        assert_eq!(
-            cfg.auth.users["ana"].role,
-            crate::server::auth::Role::Writer
-        );
+        assert_eq!(cfg.auth.users["ana"].role, Role::Writer);
         assert_eq!(cfg.server.query_memory_limit_mb, 64);
         assert_eq!(cfg.auth.token_ttl_secs, 3600);
     }
@@ -521,4 +518,25 @@ mod tests {
         bad.horizon_hours.insert("7x".into(), 1);
         assert!(bad.settings().is_err());
     }
+}
+
+/// What a user may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Queries and metadata.
+    Reader,
+    /// Also ingest into `market.trades`.
+    Writer,
+    /// Also the admin service.
+    Admin,
+}
+
+/// A configured user (`[auth.users.<name>]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// PHC string from `ohlcv-server hash-password`.
+    pub password_hash: String,
+    pub role: Role,
 }

@@ -97,6 +97,21 @@ impl FromStr for Timeframe {
     }
 }
 
+/// Parses RFC 3339 (`2024-01-01T00:00:00Z`) or a bare UTC date into microseconds; the
+/// refusal says which forms are accepted.
+pub fn parse_timestamp(text: &str) -> Result<i64, String> {
+    if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(ts.timestamp_micros());
+    }
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("'{text}' is neither RFC 3339 nor YYYY-MM-DD"))?;
+    Ok(date
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc()
+        .timestamp_micros())
+}
+
 /// Parses a window length such as `1m`, `15m`, `4h` or `1d` into microseconds (units `s`,
 /// `m`, `h`, `d`; days are UTC days).
 /// A moment in UTC microseconds as RFC 3339 (microseconds shown only when set), for messages.

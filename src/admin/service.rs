@@ -80,9 +80,9 @@ fn time(text: &str, what: &str) -> Result<Option<i64>, Error> {
     if text.is_empty() {
         return Ok(None);
     }
-    crate::cli::parse_timestamp(text)
+    crate::timeframe::parse_timestamp(text)
         .map(Some)
-        .map_err(|e| Error::InvalidRequest(format!("{what}: {e:#}")))
+        .map_err(|e| Error::InvalidRequest(format!("{what}: {e}")))
 }
 
 fn run_message(run: &JobRun) -> proto::JobRun {

@@ -14,32 +14,12 @@ use base64::engine::general_purpose::GeneralPurposeConfig;
 use base64::engine::{DecodePaddingMode, GeneralPurpose};
 use base64::Engine;
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 
 use super::error::Error;
 
 use crate::clock::Clock;
 
-/// What a user may do; each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Queries and metadata.
-    Reader,
-    /// Also ingest into `market.trades`.
-    Writer,
-    /// Also the admin service.
-    Admin,
-}
-
-/// A configured user (`[auth.users.<name>]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// PHC string from `ohlcv-server hash-password`.
-    pub password_hash: String,
-    pub role: Role,
-}
+pub use crate::config::{Role, UserConfig};
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

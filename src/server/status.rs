@@ -16,10 +16,22 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::auth::Auth;
-use super::telemetry::Probe;
+use crate::cache::BarCache;
 use crate::candles::{Fill, Request, Windows};
+use crate::clock::Clock;
 use crate::quality::Reports;
 use crate::scheduler::{History, SchedulerHandle};
+use crate::storage::Storage;
+
+/// What the HTTP endpoint reads when scraped or probed (`telemetry`), and the page too.
+#[derive(Clone)]
+pub struct Probe {
+    pub storage: Storage,
+    pub cache: BarCache,
+    pub clock: Arc<dyn Clock>,
+    /// Cleared when the scheduler task ends before shutdown.
+    pub scheduler_alive: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// What the page reads besides the telemetry probe.
 #[derive(Clone)]

@@ -4,8 +4,7 @@
 //! a request id (returned as `x-request-id`) and traces it in a span.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,21 +15,11 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cache::BarCache;
-use crate::clock::Clock;
 use crate::metrics::{metrics, raise_to};
-use crate::storage::{Storage, TableKind};
+use crate::storage::TableKind;
 use crate::timeframe::Timeframe;
 
-/// What the HTTP endpoint reads when scraped or probed.
-#[derive(Clone)]
-pub struct Probe {
-    pub storage: Storage,
-    pub cache: BarCache,
-    pub clock: Arc<dyn Clock>,
-    /// Cleared when the scheduler task ends before shutdown.
-    pub scheduler_alive: Arc<AtomicBool>,
-}
+pub use super::status::Probe;
 
 /// Serves the telemetry endpoint (and the status page) on `listener` until `cancel` fires.
 pub async fn serve(

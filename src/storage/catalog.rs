@@ -141,8 +141,33 @@ impl Storage {
         self.inner.state.clone()
     }
 
-    pub(super) fn meta(&self) -> &super::metacache::MetaCache {
-        &self.inner.meta
+    /// Every live file of one of our tables at `snapshot` (every manifest read once per
+    /// snapshot; prune by range with `LiveFile::may_overlap`).
+    pub async fn listing_at(
+        &self,
+        kind: TableKind,
+        snapshot: i64,
+    ) -> Result<Arc<super::snapshot::Listing>> {
+        let read = async {
+            let table = self.table(kind).await?;
+            super::snapshot::Listing::read(
+                &table,
+                kind,
+                Some(snapshot),
+                super::snapshot::TimeRange::ALL,
+            )
+            .await
+        };
+        self.inner.meta.listing(kind, snapshot, read).await
+    }
+
+    /// The footer and page index of the data file at `path`, read once.
+    pub async fn footer(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &str,
+    ) -> Result<parquet::arrow::arrow_reader::ArrowReaderMetadata> {
+        self.inner.meta.footer(store, path).await
     }
 
     /// The catalog database's URL when the catalog is PostgreSQL.

@@ -10,10 +10,9 @@ use object_store::ObjectStore;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::ParquetObjectReader;
 
-use super::catalog::Storage;
 use super::error::Result;
 use super::schema::TableKind;
-use super::snapshot::{Listing, TimeRange};
+use super::snapshot::Listing;
 
 /// Listings kept: a few snapshots of each table.
 const LISTINGS: u64 = 32;
@@ -40,17 +39,20 @@ impl Default for MetaCache {
     }
 }
 
-impl Storage {
-    /// Every live file of one of our tables at `snapshot` (every manifest read once per
-    /// snapshot; prune by range with `LiveFile::may_overlap`).
-    pub async fn listing_at(&self, kind: TableKind, snapshot: i64) -> Result<Arc<Listing>> {
+impl MetaCache {
+    /// The listing of `kind` at `snapshot`, computed by `read` the first time.
+    pub async fn listing(
+        &self,
+        kind: TableKind,
+        snapshot: i64,
+        read: impl std::future::Future<Output = Result<Listing>>,
+    ) -> Result<Arc<Listing>> {
         let key = (kind, snapshot);
-        if let Some(listing) = self.meta().listings.get(&key) {
+        if let Some(listing) = self.listings.get(&key) {
             return Ok(listing);
         }
-        let table = self.table(kind).await?;
-        let listing = Arc::new(Listing::read(&table, kind, Some(snapshot), TimeRange::ALL).await?);
-        self.meta().listings.insert(key, Arc::clone(&listing));
+        let listing = Arc::new(read.await?);
+        self.listings.insert(key, Arc::clone(&listing));
         Ok(listing)
     }
 
@@ -60,14 +62,14 @@ impl Storage {
         store: &Arc<dyn ObjectStore>,
         path: &str,
     ) -> Result<ArrowReaderMetadata> {
-        if let Some(footer) = self.meta().footers.get(path) {
+        if let Some(footer) = self.footers.get(path) {
             return Ok(footer);
         }
         let mut reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
         let options = ArrowReaderOptions::new()
             .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional);
         let footer = ArrowReaderMetadata::load_async(&mut reader, options).await?;
-        self.meta().footers.insert(path.to_string(), footer.clone());
+        self.footers.insert(path.to_string(), footer.clone());
         Ok(footer)
     }
 }

@@ -5,7 +5,9 @@
 use arrow::array::RecordBatch;
 
 use super::schema::TableKind;
-use super::writer::Properties;
+
+/// Properties to store in the same commit as the data.
+pub type Properties = std::collections::HashMap<String, String>;
 
 /// What a commit did to a table's rows.
 #[derive(Debug, Clone, Copy)]

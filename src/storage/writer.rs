@@ -1,7 +1,7 @@
 //! `TableWriter`: the only way to change our tables. It holds the single-writer lock and
 //! serialises commits inside the process, so every write is one commit on a known parent.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use arrow::array::{BooleanArray, RecordBatch, StringArray, UInt32Array};
@@ -33,8 +33,7 @@ pub struct TableWriter {
     observer: Arc<RwLock<Option<Arc<dyn CommitObserver>>>>,
 }
 
-/// Properties to store in the same commit as the data.
-pub type Properties = HashMap<String, String>;
+pub use super::observe::Properties;
 
 impl TableWriter {
     pub fn new(storage: Storage, lock: WriterLock) -> TableWriter {
