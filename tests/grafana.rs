@@ -141,9 +141,16 @@ async fn run(
         .execute(sql.to_string(), None)
         .await
         .map_err(status)?;
+    fetch(client, info).await.map_err(status)
+}
+
+/// The batches of the first endpoint of `info`.
+async fn fetch(
+    client: &mut FlightSqlServiceClient<Channel>,
+    info: arrow_flight::FlightInfo,
+) -> Result<Vec<RecordBatch>, arrow_flight::error::FlightError> {
     let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let stream = client.do_get(ticket).await.map_err(status)?;
-    stream.try_collect().await.map_err(status)
+    client.do_get(ticket).await?.try_collect().await
 }
 
 /// Runs `sql` as Grafana's data source does and as an exact client does; the frame Grafana
@@ -160,6 +167,7 @@ async fn grafana_reads(
     let read = exact_frame(&run(exact, sql).await.unwrap());
     assert_eq!(frame.len(), read.len(), "{sql}");
     for ((name, shown), (_, read)) in frame.iter().zip(&read) {
+        assert_eq!(shown.len(), read.len(), "{sql}: rows of {name}");
         for (s, r) in shown.iter().zip(read) {
             let same = match (s, r) {
                 (Cell::Number(a), Cell::Number(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
@@ -376,14 +384,7 @@ async fn every_candle_shape_passes_grafanas_converter() {
         &DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
     );
     let info = prepared.execute().await.unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let batches: Vec<RecordBatch> = grafana
-        .do_get(ticket)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = fetch(&mut grafana, info).await.unwrap();
     let frame = grafana_frame(&batches).unwrap();
     assert_eq!(frame[0].1[0], Cell::TimeNs(T0 * 1000));
 
@@ -427,14 +428,7 @@ async fn get_sql_info_answers_every_key_of_the_specification() {
     let server = Server::start(&d).await;
     let mut client = FlightSqlServiceClient::new(server.channel().await);
     let info = client.get_sql_info(Vec::new()).await.unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let batches: Vec<RecordBatch> = client
-        .do_get(ticket)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = fetch(&mut client, info).await.unwrap();
     let answered: std::collections::BTreeSet<u32> = batches
         .iter()
         .flat_map(|b| {

@@ -245,17 +245,7 @@ async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
         .collect();
     common::trades::load(&d, &trades).await;
     let history = History::open(d.storage().pool()).await.unwrap();
-    let runner = Arc::new(BuilderJobs {
-        writer: d.writer.clone(),
-        settings: BuildSettings::default(),
-        retention: ohlcv_server::config::RetentionConfig::default()
-            .policy()
-            .unwrap(),
-        reports: ohlcv_server::quality::Reports::open(d.storage().pool())
-            .await
-            .unwrap(),
-        alerts: ohlcv_server::alerts::Alerts::log_only(),
-    });
+    let runner = builder_jobs(&d).await;
     let clock = Arc::new(ohlcv_server::clock::ManualClock::at(T0 + DAY));
     let (scheduler, handle) = Scheduler::new(
         runner,
@@ -311,17 +301,7 @@ async fn the_retention_run_records_the_orphan_files_it_removed() {
     std::fs::write(&local, b"written by a commit that never landed").unwrap();
 
     let history = Arc::new(History::open(d.storage().pool()).await.unwrap());
-    let runner = Arc::new(BuilderJobs {
-        writer: d.writer.clone(),
-        settings: BuildSettings::default(),
-        retention: ohlcv_server::config::RetentionConfig::default()
-            .policy()
-            .unwrap(),
-        reports: ohlcv_server::quality::Reports::open(d.storage().pool())
-            .await
-            .unwrap(),
-        alerts: ohlcv_server::alerts::Alerts::log_only(),
-    });
+    let runner = builder_jobs(&d).await;
     // Two hours on: past the sweep's one-hour safety age.
     let later = chrono::Utc::now().timestamp_micros() + 2 * 3_600 * SEC;
     let clock = Arc::new(ohlcv_server::clock::ManualClock::at(later));
@@ -347,6 +327,21 @@ async fn the_retention_run_records_the_orphan_files_it_removed() {
         recorded[0].report.orphans_deleted,
         run.report.orphans_deleted
     );
+}
+
+/// The real jobs over `d`'s tables, with default settings.
+async fn builder_jobs(d: &Deployment) -> Arc<BuilderJobs> {
+    Arc::new(BuilderJobs {
+        writer: d.writer.clone(),
+        settings: BuildSettings::default(),
+        retention: ohlcv_server::config::RetentionConfig::default()
+            .policy()
+            .unwrap(),
+        reports: ohlcv_server::quality::Reports::open(d.storage().pool())
+            .await
+            .unwrap(),
+        alerts: ohlcv_server::alerts::Alerts::log_only(),
+    })
 }
 
 /// A job runner whose every job panics.

@@ -52,8 +52,6 @@ enum Growth {
     ArrayResize,
     /// `regexp_replace(text, pattern, to [, flags])`: an empty match at every position.
     RegexpReplace,
-    /// Any other function: its result is measured once built.
-    Measured,
 }
 
 /// The guarded functions by DataFusion's name (their aliases come along). `generate_series` is
@@ -89,7 +87,7 @@ pub fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
             let growth = GUARDED
                 .iter()
                 .find(|(guarded, _)| guarded == name)
-                .map_or(Growth::Measured, |(_, growth)| *growth);
+                .map(|(_, growth)| *growth);
             ScalarUDF::new_from_impl(Bounded {
                 inner: Arc::clone(udf.inner()),
                 growth,
@@ -104,7 +102,8 @@ pub fn register(ctx: &SessionContext, pool: &Arc<dyn MemoryPool>) {
 
 struct Bounded {
     inner: Arc<dyn ScalarUDFImpl>,
-    growth: Growth,
+    /// How the result grows with the arguments; `None`: measured once built.
+    growth: Option<Growth>,
     pool: Arc<dyn MemoryPool>,
 }
 
@@ -188,7 +187,7 @@ impl ScalarUDFImpl for Bounded {
                     ))
                 })
         };
-        if self.growth == Growth::Measured {
+        let Some(growth) = self.growth else {
             let result = self.inner.invoke_with_args(args)?;
             let bytes = match &result {
                 ColumnarValue::Array(array) => array.get_array_memory_size(),
@@ -196,11 +195,8 @@ impl ScalarUDFImpl for Bounded {
             };
             reserve(bytes as i128, "built")?;
             return Ok(result);
-        }
-        reserve(
-            self.growth.bytes(&args.args, args.number_rows)?,
-            "would build",
-        )?;
+        };
+        reserve(growth.bytes(&args.args, args.number_rows)?, "would build")?;
         // Held while the result is built; the rows it makes are then the caller's.
         self.inner.invoke_with_args(args)
     }
@@ -291,7 +287,6 @@ impl Growth {
                 let (text, to) = (lengths(0)?, lengths(2)?);
                 zip(&text, &to, |l, to| l + (l + 1) * to)
             }
-            Growth::Measured => vec![0; rows],
             Growth::Range => {
                 let (start, stop, step) = match args.len() {
                     1 => (vec![0; rows], ints(0)?, vec![1; rows]),

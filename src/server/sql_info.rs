@@ -3,8 +3,8 @@
 //! BI tools read these before their first query and several fail on a missing key rather than
 //! assume a default: Superset's `flightsql-dbapi` dialect indexes
 //! `SQL_IDENTIFIER_QUOTE_CHAR` and `FLIGHT_SQL_SERVER_READ_ONLY`, and the Arrow Flight SQL JDBC
-//! driver (DBeaver) unboxes the boolean and numeric keys of `DatabaseMetaData` (a missing one
-//! is a `NullPointerException` there). So every key is answered, describing DataFusion's SQL
+//! driver (DBeaver) builds `DatabaseMetaData` from the keys (not run here: no Maven registry
+//! on our machines). So every key is answered, describing DataFusion's SQL
 //! as this server runs it: read only, no transactions, no DDL, identifiers folded to lower case
 //! unless quoted with `"`.
 

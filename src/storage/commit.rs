@@ -464,29 +464,29 @@ fn unneeded_deletes<'a>(listing: &'a Listing, remove: &HashSet<String>) -> HashS
         .collect()
 }
 
+/// Files of `content` among `entries`, and the rows they hold.
+fn count<'a>(
+    entries: impl Iterator<Item = &'a ManifestEntry>,
+    content: FileContent,
+) -> (usize, i64) {
+    entries
+        .filter(|e| *e.data_file().content() == content)
+        .fold((0, 0), |(n, rows), e| {
+            (n + 1, rows + *e.data_file().record_count())
+        })
+}
+
 fn summary_fields(
     listing: &Listing,
     change: &Change,
     outcome: &CommitOutcome,
     dropped: &[&ManifestEntry],
 ) -> HashMap<String, String> {
-    let count = |entries: &mut dyn Iterator<Item = &ManifestEntry>, content: FileContent| {
-        entries
-            .filter(|e| *e.data_file().content() == content)
-            .fold((0usize, 0i64), |(n, rows), e| {
-                (n + 1, rows + *e.data_file().record_count())
-            })
-    };
-    let dropped_pos = count(&mut dropped.iter().copied(), FileContent::PositionDeletes);
-    let dropped_eq = count(&mut dropped.iter().copied(), FileContent::EqualityDeletes);
-    let live_pos = count(
-        &mut listing.deletes.iter().map(|(_, e)| e),
-        FileContent::PositionDeletes,
-    );
-    let live_eq = count(
-        &mut listing.deletes.iter().map(|(_, e)| e),
-        FileContent::EqualityDeletes,
-    );
+    let live = || listing.deletes.iter().map(|(_, e)| e);
+    let dropped_pos = count(dropped.iter().copied(), FileContent::PositionDeletes);
+    let dropped_eq = count(dropped.iter().copied(), FileContent::EqualityDeletes);
+    let live_pos = count(live(), FileContent::PositionDeletes);
+    let live_eq = count(live(), FileContent::EqualityDeletes);
     let added_size: i64 = change.add.iter().map(|f| *f.file_size_in_bytes()).sum();
     let removed_size: i64 = listing
         .files
