@@ -18,5 +18,5 @@ mod parallel;
 pub mod rollup;
 
 pub use error::{Error, Result};
-pub use kernel::{compute_bars, compute_bars_us};
+pub use kernel::{compute_bars, compute_bars_each, compute_bars_us};
 pub use rollup::{rollup, rollup_by};

@@ -82,6 +82,21 @@ impl BuildReport {
         self.late_revisions += d.late_revisions;
     }
 
+    /// What one chunk's [`incremental::finish`] did.
+    fn add_chunk(&mut self, chunk: &BuildReport) {
+        self.new += chunk.new;
+        self.revised += chunk.revised;
+        self.unchanged += chunk.unchanged;
+        self.late_revisions += chunk.late_revisions;
+        self.deleted += chunk.deleted;
+        self.bars_written += chunk.bars_written;
+        self.files_added += chunk.files_added;
+        self.files_removed += chunk.files_removed;
+        if chunk.snapshot_after.is_some() {
+            self.snapshot_after = chunk.snapshot_after;
+        }
+    }
+
     /// A commit that wrote `written` bars (new, revised and deleted).
     fn commit(&mut self, outcome: &CommitOutcome, written: usize) {
         self.bars_written += written;

@@ -29,7 +29,7 @@ pub fn compute_file(path: &Path, tf_us: i64, built_at: i64) -> Result<(RecordBat
     let file = TradeFile::open(path)?;
     let ordered = order(&file)?;
     let trades = ordered.ts.len();
-    Ok((super::kernel::bars_of(ordered, tf_us, built_at)?, trades))
+    Ok((super::kernel::bars_of(&ordered, tf_us, built_at)?, trades))
 }
 
 /// A trades file split into contiguous runs of row groups, one per core.

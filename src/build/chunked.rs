@@ -7,9 +7,11 @@ use arrow::array::RecordBatch;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::chunks::{self, Chunk, FileSpan};
-use super::incremental::{build_chunk, Plan};
-use super::{coalesce, progress, BuildSettings, Result};
+use super::incremental::{finish, select, Plan, Selected};
+use super::{coalesce, progress, BuildReport, BuildSettings, Result};
+use crate::bars::{compute_bars, compute_bars_each};
 use crate::storage::{Listing, LiveFile, TableKind, TableWriter, TimeRange};
+use crate::timeframe::Timeframe;
 use crate::trades::{read_trades_in, Skipped};
 
 /// Bytes a trade takes while its chunk is held: the decoded columns (text keys and ids
@@ -108,38 +110,156 @@ pub(super) async fn run(
         let storage = storage.clone();
         AbortOnDropHandle::new(tokio::spawn(async move {
             let files: Vec<&LiveFile> = files.iter().collect();
-            read_trades_in(&storage, &files, &ranges, now_us).await
+            read_trades_in(&storage, &files, &ranges, now_us, true).await
         }))
     };
     let mut next = chunks.first().map(read);
+    // The chunk whose bars are computed and not yet committed: it commits while the next one
+    // is computed (committing is I/O, computing is CPU).
+    let mut pending: Option<Pending> = None;
     for (i, chunk) in chunks.iter().enumerate() {
         let Some(reading) = next.take() else { break };
+        let waited = std::time::Instant::now();
         let (trades, skipped): (Vec<RecordBatch>, Skipped) = reading
             .await
             .map_err(|e| crate::bars::Error::Input(format!("a trades read panicked: {e}")))??;
+        // Time spent waiting here is the read not keeping up with building.
+        tracing::debug!(
+            chunk = i + 1,
+            read_wait_ms = waited.elapsed().as_millis() as u64,
+            "chunk read"
+        );
         next = chunks.get(i + 1).map(read);
-        for (plan, last) in plans.iter_mut().zip(&last_of) {
-            let ranges = intersect(&plan.ranges, &chunk.ranges);
+        let ranges: Vec<Vec<(i64, i64)>> = plans
+            .iter()
+            .map(|p| intersect(&p.ranges, &chunk.ranges))
+            .collect();
+        let mut selected = Vec::with_capacity(plans.len());
+        for (plan, ranges) in plans.iter_mut().zip(&ranges) {
             if ranges.is_empty() {
+                selected.push(None);
                 continue;
             }
             plan.report.skipped_rows += skipped.count;
-            build_chunk(writer, plan, &trades, &ranges, *last == Some(i), now_us).await?;
+            let s = select(plan, &trades)?;
+            plan.report.trades_read += match &s {
+                Selected::All => trades.iter().map(|b| b.num_rows()).sum::<usize>(),
+                Selected::Rows(rows) => rows.iter().map(|b| b.num_rows()).sum::<usize>(),
+            };
+            selected.push(Some(s));
         }
-        if let Some(running) = &running {
-            running.chunk_done(trades.iter().map(|b| b.num_rows() as u64).sum());
-        }
-        tracing::debug!(chunk = i + 1, of = chunks.len(), "chunk committed");
+        let rows = trades.iter().map(|b| b.num_rows() as u64).sum();
+        let tfs: Vec<Timeframe> = plans.iter().map(|p| p.tf).collect();
+        let computing = compute(tfs, trades, selected, now_us);
+        let committing = commit(writer, plans, &last_of, pending.take(), now_us);
+        let (computed, committed) = futures::join!(computing, committing);
+        apply(plans, committed?, running.as_ref());
+        pending = Some(Pending {
+            chunk: i,
+            rows,
+            bars: computed?,
+            ranges,
+        });
     }
+    let committed = commit(writer, plans, &last_of, pending.take(), now_us).await?;
+    apply(plans, committed, running.as_ref());
     // A plan no chunk reached (its windows hold no trades at all) still deletes what it
     // stored there and moves its watermark.
     for (plan, last) in plans.iter_mut().zip(&last_of) {
         if last.is_none() {
             let ranges = plan.ranges.clone();
-            build_chunk(writer, plan, &[], &ranges, true, now_us).await?;
+            let empty = compute_bars(&[], plan.tf, now_us)?;
+            let report = finish(writer, plan, &empty, &ranges, true, now_us).await?;
+            plan.report.add_chunk(&report);
         }
     }
     Ok(())
+}
+
+/// A chunk's bars, computed and waiting to be committed.
+struct Pending {
+    chunk: usize,
+    /// Trades the chunk held.
+    rows: u64,
+    /// Per plan: the chunk's bars, `None` where the plan has no window in the chunk.
+    bars: Vec<Option<RecordBatch>>,
+    /// Per plan: its windows in the chunk.
+    ranges: Vec<Vec<(i64, i64)>>,
+}
+
+/// Bars of one chunk per plan, on the blocking pool. Plans that take every trade share one
+/// ordering of them (1m and 5m of a first build).
+async fn compute(
+    tfs: Vec<Timeframe>,
+    trades: Vec<RecordBatch>,
+    selected: Vec<Option<Selected>>,
+    now_us: i64,
+) -> Result<Vec<Option<RecordBatch>>> {
+    let started = std::time::Instant::now();
+    let bars = tokio::task::spawn_blocking(move || -> Result<Vec<Option<RecordBatch>>> {
+        let whole: Vec<usize> = (0..tfs.len())
+            .filter(|p| matches!(selected[*p], Some(Selected::All)))
+            .collect();
+        let lengths: Vec<i64> = whole.iter().map(|p| tfs[*p].micros()).collect();
+        let mut shared = compute_bars_each(&trades, &lengths, now_us)?.into_iter();
+        drop(trades);
+        let mut out = Vec::with_capacity(tfs.len());
+        for (tf, s) in tfs.iter().zip(selected) {
+            out.push(match s {
+                None => None,
+                Some(Selected::All) => shared.next(),
+                Some(Selected::Rows(rows)) => Some(compute_bars(&rows, *tf, now_us)?),
+            });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| crate::bars::Error::Input(format!("bar kernel panicked: {e}")))??;
+    tracing::debug!(
+        kernel_ms = started.elapsed().as_millis() as u64,
+        "chunk computed"
+    );
+    Ok(bars)
+}
+
+/// Commits `pending` for each plan, one table after another; what each plan's commit did.
+async fn commit(
+    writer: &TableWriter,
+    plans: &[Plan],
+    last_of: &[Option<usize>],
+    pending: Option<Pending>,
+    now_us: i64,
+) -> Result<Option<(u64, Vec<BuildReport>)>> {
+    let Some(p) = pending else { return Ok(None) };
+    let mut reports = Vec::with_capacity(plans.len());
+    for ((plan, bars), (ranges, last)) in
+        plans.iter().zip(&p.bars).zip(p.ranges.iter().zip(last_of))
+    {
+        reports.push(match bars {
+            Some(bars) => {
+                finish(writer, plan, bars, ranges, *last == Some(p.chunk), now_us).await?
+            }
+            None => BuildReport::default(),
+        });
+    }
+    tracing::debug!(chunk = p.chunk + 1, "chunk committed");
+    Ok(Some((p.rows, reports)))
+}
+
+fn apply(
+    plans: &mut [Plan],
+    committed: Option<(u64, Vec<BuildReport>)>,
+    running: Option<&progress::Running>,
+) {
+    let Some((rows, reports)) = committed else {
+        return;
+    };
+    for (plan, report) in plans.iter_mut().zip(&reports) {
+        plan.report.add_chunk(report);
+    }
+    if let Some(running) = running {
+        running.chunk_done(rows);
+    }
 }
 
 fn overlaps(file: &LiveFile, ranges: &[(i64, i64)]) -> bool {

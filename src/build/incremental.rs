@@ -31,8 +31,7 @@ use super::state::{
     prop_i64, Watermark, RETAINED_FROM, TRADES_SEQUENCE, TRADES_SNAPSHOT, TRADES_TABLE_UUID,
 };
 use super::{coalesce, BuildReport, Result};
-use crate::bars::columns::FxHashSet;
-use crate::bars::compute_bars;
+use crate::bars::columns::{FxHashSet, Strings};
 use crate::storage::read::read_files_in;
 use crate::storage::{Layout, Listing, LiveFile, Storage, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
@@ -88,6 +87,16 @@ impl Plan {
     fn in_scope(&self, ex: &str, sym: &str, window: i64) -> bool {
         (self.fresh.overlaps_closed(window, window) && window < self.cutoff)
             || self.dirty.contains(&(ex, sym, window))
+    }
+
+    /// Whether every window from `lo` to `hi` is in scope, whatever its series: then a batch
+    /// of trades in them is taken whole, without a look at each row's keys.
+    fn covers(&self, lo: i64, hi: i64) -> bool {
+        let fresh = self.fresh.overlaps_closed(lo, lo)
+            && self.fresh.overlaps_closed(hi, hi)
+            && hi < self.cutoff;
+        let dirty = matches!(self.dirty, Dirty::All { from, before } if from <= lo && hi < before);
+        fresh || dirty
     }
 
     /// A backfill of `range` (`[start, end)`, ends aligned, before the cutoff): every window
@@ -273,41 +282,72 @@ async fn plan(
     })))
 }
 
-/// One plan's part of one chunk: compute, diff and commit the windows of `ranges`.
-pub(super) async fn build_chunk(
-    writer: &TableWriter,
-    plan: &mut Plan,
-    trades: &[RecordBatch],
-    ranges: &[(i64, i64)],
-    last: bool,
-    now_us: i64,
-) -> Result<()> {
-    let storage = writer.storage();
+/// The trades of a chunk one plan takes.
+pub(super) enum Selected {
+    /// Every row: each batch lies in windows the plan covers whatever the series.
+    All,
+    Rows(Vec<RecordBatch>),
+}
+
+/// The rows of `trades` in `plan`'s scope. Looks at each row's keys only in batches that reach
+/// windows outside what the plan covers as a whole (dirty windows of an incremental build).
+pub(super) fn select(plan: &Plan, trades: &[RecordBatch]) -> Result<Selected> {
     let tf = plan.tf;
-    let kind = TableKind::Bars(tf);
     let mut kept: Vec<RecordBatch> = Vec::with_capacity(trades.len());
+    let mut all = true;
     for batch in trades {
-        let (ex, sym, ts) = trade_keys(batch);
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|row| {
-                let window = tf.window_start(ts.value(row));
-                Some(plan.in_scope(ex.value(row), sym.value(row), window))
-            })
-            .collect();
-        let batch = if keep.true_count() == batch.num_rows() {
+        let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+        let whole = match (arrow::compute::min(ts), arrow::compute::max(ts)) {
+            (Some(lo), Some(hi)) => plan.covers(tf.window_start(lo), tf.window_start(hi)),
+            _ => true,
+        };
+        let batch = if whole {
             batch.clone()
         } else {
-            filter_record_batch(batch, &keep)?
+            // Source rows may carry their keys as dictionaries (see `read_trades_in`).
+            let ex = Strings::new(batch.column(0).as_ref(), "exchange")?;
+            let sym = Strings::new(batch.column(1).as_ref(), "symbol")?;
+            let keep: BooleanArray = (0..batch.num_rows())
+                .map(|row| {
+                    let window = tf.window_start(ts.value(row));
+                    Some(plan.in_scope(ex.value(row), sym.value(row), window))
+                })
+                .collect();
+            match keep.true_count() == batch.num_rows() {
+                true => batch.clone(),
+                false => {
+                    all = false;
+                    filter_record_batch(batch, &keep)?
+                }
+            }
         };
         if batch.num_rows() > 0 {
             kept.push(batch);
         }
     }
-    plan.report.trades_read += kept.iter().map(|b| b.num_rows()).sum::<usize>();
-    // The kernel is CPU-bound and parallel on its own threads; keep it off the async workers.
-    let computed = tokio::task::spawn_blocking(move || compute_bars(&kept, tf, now_us))
-        .await
-        .map_err(|e| crate::bars::Error::Input(format!("bar kernel panicked: {e}")))??;
+    Ok(match all {
+        true => Selected::All,
+        false => Selected::Rows(kept),
+    })
+}
+
+/// One plan's part of one chunk once its bars are computed: diff the windows of `ranges`
+/// against the stored bars and commit, with the watermark the chunk reaches. Reads `plan`
+/// only, so it can run while the next chunk is computed; what it did is returned, for
+/// [`BuildReport::add_chunk`].
+pub(super) async fn finish(
+    writer: &TableWriter,
+    plan: &Plan,
+    computed: &RecordBatch,
+    ranges: &[(i64, i64)],
+    last: bool,
+    now_us: i64,
+) -> Result<BuildReport> {
+    let storage = writer.storage();
+    let tf = plan.tf;
+    let kind = TableKind::Bars(tf);
+    let started = std::time::Instant::now();
+    let mut report = BuildReport::default();
     let bar_ranges: Vec<TimeRange> = ranges
         .iter()
         .map(|(s, e)| TimeRange::new(Some(*s), Some(*e)))
@@ -321,12 +361,12 @@ pub(super) async fn build_chunk(
         .collect();
     let existing = read_files_in(storage, kind, &bar_files, &bar_ranges).await?;
     let gone = match plan.deletes {
-        true => bars_left_without_trades(&existing, &computed, |e, s, w| plan.in_scope(e, s, w)),
+        true => bars_left_without_trades(&existing, computed, |e, s, w| plan.in_scope(e, s, w)),
         false => HashSet::new(),
     };
-    let d = diff(&computed, &existing, now_us, plan.wm.cutoff, false)?;
-    plan.report.absorb(&d);
-    plan.report.deleted += gone.len();
+    let d = diff(computed, &existing, now_us, plan.wm.cutoff, false)?;
+    report.absorb(&d);
+    report.deleted += gone.len();
 
     // Chunks of dirty windows keep the old watermark, so they commit only bars they changed.
     let end = ranges.last().map_or(i64::MIN, |r| r.1);
@@ -346,14 +386,22 @@ pub(super) async fn build_chunk(
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
     }
+    let diffed = started.elapsed();
     let written = d.changed() + gone.len();
     if written > 0 {
         let outcome = writer.upsert_removing(kind, &[d.rows], gone, props).await?;
-        plan.report.commit(&outcome, written);
+        report.commit(&outcome, written);
     } else if !props.is_empty() {
         writer.set_properties(kind, props).await?;
     }
-    Ok(())
+    tracing::debug!(
+        timeframe = %tf,
+        diff_ms = diffed.as_millis() as u64,
+        commit_ms = (started.elapsed() - diffed).as_millis() as u64,
+        bars = written,
+        "chunk committed"
+    );
+    Ok(report)
 }
 
 /// The trades table and the snapshot a build consumed.

@@ -14,7 +14,7 @@ use arrow::compute::{
     cast, concat_batches, lexsort_to_indices, take_record_batch, LexicographicalComparator,
     SortColumn,
 };
-use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMicrosecondType};
 use chrono::{Datelike, TimeZone, Utc};
 use futures::TryStreamExt;
 use iceberg_rust::file_format::parquet::parquet_to_datafile;
@@ -25,6 +25,7 @@ use iceberg_rust::table::Table;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{
+    arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions},
     ArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask, PARQUET_FIELD_ID_META_KEY,
 };
 use parquet::basic::{Compression, ZstdLevel};
@@ -408,10 +409,22 @@ pub async fn read_data_file_each<E: From<Error>>(
     path: &str,
     mut each: impl FnMut(RecordBatch) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    let reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+    let mut reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
+    let metadata = ArrowReaderMetadata::load_async(&mut reader, Default::default())
         .await
         .map_err(Error::from)?;
+    // Text the target wants as a dictionary is read as one straight from the file's
+    // dictionary pages, instead of a string per row.
+    let metadata = match dictionary_hint(metadata.schema(), target) {
+        Some(hinted) => ArrowReaderMetadata::try_new(
+            Arc::clone(metadata.metadata()),
+            ArrowReaderOptions::new().with_schema(hinted),
+        )
+        .map_err(Error::from)?,
+        None => metadata,
+    };
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+        .with_batch_size(READ_BATCH_ROWS);
     // Only the target's columns are decoded: a wide foreign table costs what is mapped.
     let mask = projection(builder.schema(), target)
         .map(|roots| ProjectionMask::roots(builder.parquet_schema(), roots));
@@ -424,6 +437,42 @@ pub async fn read_data_file_each<E: From<Error>>(
         each(conform_columns(table, target, path, &batch)?)?;
     }
     Ok(())
+}
+
+/// Rows per decoded batch: large enough that per-batch work (conforming, checks, series
+/// lookup) is small beside per-row work, small enough that the files read at once stay a few
+/// megabytes each.
+const READ_BATCH_ROWS: usize = 8192;
+
+/// The file's schema with the text columns that `target` takes as dictionaries asked for as
+/// such; `None` when there are none.
+fn dictionary_hint(file: &SchemaRef, target: &SchemaRef) -> Option<SchemaRef> {
+    let wanted = |f: &arrow::datatypes::Field| -> bool {
+        let id = f.metadata().get(PARQUET_FIELD_ID_META_KEY);
+        target.fields().iter().any(|t| {
+            matches!(t.data_type(), DataType::Dictionary(..))
+                && match (id, t.metadata().get(PARQUET_FIELD_ID_META_KEY)) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => t.name() == f.name(),
+                }
+        })
+    };
+    let mut any = false;
+    let fields: Vec<Field> = file
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 if wanted(f) => {
+                any = true;
+                f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(f.data_type().clone()),
+                ))
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    any.then(|| Arc::new(Schema::new_with_metadata(fields, file.metadata().clone())))
 }
 
 /// The file's top-level columns that `target` takes (by field id, or by name in files without

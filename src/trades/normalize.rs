@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray,
+    Array, ArrayRef, BooleanArray, DictionaryArray, Float64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::{DataType, Int32Type, Schema, TimeUnit};
 
 use super::error::{BadRow, Error, Result};
 use crate::storage::TableKind;
@@ -66,7 +66,7 @@ pub fn normalize_with(
     ingested_at: i64,
     limits: Option<&Limits>,
 ) -> Result<RecordBatch> {
-    let checked = check(batch, row_offset, ingested_at, limits)?;
+    let checked = check(batch, row_offset, ingested_at, limits, false)?;
     if checked.bad_count > 0 {
         return Err(Error::BadRows {
             count: checked.bad_count,
@@ -87,13 +87,17 @@ pub struct Checked {
 }
 
 /// As [`normalize`], but bad rows are left out and reported instead of refusing the batch:
-/// for tables other engines write, whose commits the server cannot refuse.
+/// for tables other engines write, whose commits the server cannot refuse. With
+/// `keep_dictionaries`, `exchange`, `symbol` and `side` that arrive as `Int32` dictionaries of
+/// strings stay dictionaries (the builder reads them so from Parquet): such rows are for
+/// computing bars only, not for the table's schema.
 pub fn normalize_skipping(
     batch: &RecordBatch,
     row_offset: usize,
     ingested_at: i64,
+    keep_dictionaries: bool,
 ) -> Result<Checked> {
-    check(batch, row_offset, ingested_at, None)
+    check(batch, row_offset, ingested_at, None, keep_dictionaries)
 }
 
 fn check(
@@ -101,30 +105,42 @@ fn check(
     row_offset: usize,
     ingested_at: i64,
     limits: Option<&Limits>,
+    keep_dictionaries: bool,
 ) -> Result<Checked> {
-    let exchange = string_column(batch, "exchange", false)?;
-    let symbol = string_column(batch, "symbol", false)?;
-    let trade_id = string_column(batch, "trade_id", true)?;
+    let exchange = key_column(batch, "exchange", keep_dictionaries)?;
+    let symbol = key_column(batch, "symbol", keep_dictionaries)?;
+    let trade_id = KeyText::Plain(string_column(batch, "trade_id", true)?);
     let ts = timestamp_column(batch)?;
     let price = float_column(batch, "price")?;
     let quantity = float_column(batch, "quantity")?;
     let side = match batch.column_by_name("side") {
-        Some(_) => Some(string_column(batch, "side", false)?),
+        Some(_) => Some(key_column(batch, "side", keep_dictionaries)?.map_text(lowercase_trimmed)?),
         None => None,
     };
-    let side = side.map(lowercase_trimmed);
+    // Rows are looked at one by one only when some column could hold a bad one.
+    let positive = |a: &Float64Array| {
+        a.null_count() == 0 && a.values().iter().all(|v| v.is_finite() && *v > 0.0)
+    };
+    let clean = limits.is_none()
+        && [&exchange, &symbol, &trade_id]
+            .iter()
+            .all(|k| k.none_missing())
+        && ts.null_count() == 0
+        && positive(&price)
+        && positive(&quantity)
+        && side.as_ref().is_none_or(|s| s.only(&["buy", "sell"]));
 
     let mut bad = Vec::new();
     let mut bad_count = 0;
     let mut bad_rows = Vec::new();
-    for row in 0..batch.num_rows() {
+    for row in (0..batch.num_rows()).filter(|_| !clean) {
         let mut reasons = Vec::new();
         for (name, array) in [
             ("exchange", &exchange),
             ("symbol", &symbol),
             ("trade_id", &trade_id),
         ] {
-            if array.is_null(row) || array.value(row).is_empty() {
+            if array.missing(row) {
                 reasons.push(format!("{name} is NULL or empty"));
             }
         }
@@ -160,7 +176,7 @@ fn check(
             );
         }
         if let Some(side) = &side {
-            if side.is_valid(row) && !matches!(side.value(row), "buy" | "sell") {
+            if !side.is_null(row) && !matches!(side.value(row), "buy" | "sell") {
                 reasons.push(format!(
                     "side '{}' is not 'buy', 'sell' or NULL",
                     side.value(row)
@@ -180,14 +196,14 @@ fn check(
     }
     let n = batch.num_rows();
     let side: ArrayRef = match side {
-        Some(side) => Arc::new(side),
+        Some(side) => side.into_array(),
         None => Arc::new(StringArray::new_null(n)),
     };
     let ingested = TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC");
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(exchange),
-        Arc::new(symbol),
-        Arc::new(trade_id),
+        exchange.into_array(),
+        symbol.into_array(),
+        trade_id.into_array(),
         Arc::new(ts),
         Arc::new(price),
         Arc::new(quantity),
@@ -208,7 +224,22 @@ fn check(
     } else {
         columns
     };
-    let rows = RecordBatch::try_new(TableKind::Trades.arrow_schema()?, columns)?;
+    let schema = TableKind::Trades.arrow_schema()?;
+    let schema = match columns
+        .iter()
+        .any(|c| matches!(c.data_type(), DataType::Dictionary(..)))
+    {
+        false => schema,
+        true => Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+                .collect::<Vec<_>>(),
+        )),
+    };
+    let rows = RecordBatch::try_new(schema, columns)?;
     Ok(Checked {
         rows,
         bad_count,
@@ -234,7 +265,7 @@ fn lowercase_trimmed(side: StringArray) -> StringArray {
 fn implausible(
     limits: &Limits,
     now: i64,
-    keys: [&StringArray; 3],
+    keys: [&KeyText; 3],
     ts: &TimestampMicrosecondArray,
     price: &Float64Array,
     quantity: &Float64Array,
@@ -242,7 +273,7 @@ fn implausible(
     reasons: &mut Vec<String>,
 ) {
     for (name, array) in ["exchange", "symbol", "trade_id"].into_iter().zip(keys) {
-        if array.is_valid(row) && array.value(row).len() > limits.max_key_bytes {
+        if !array.missing(row) && array.value(row).len() > limits.max_key_bytes {
             reasons.push(format!(
                 "{name} is {} bytes long, more than the {} allowed",
                 array.value(row).len(),
@@ -301,6 +332,111 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
             found.join(", ")
         ))
     })
+}
+
+/// A key column: plain text, or a dictionary of text kept as it arrived, whose values are
+/// checked once each instead of once per row.
+enum KeyText {
+    Plain(StringArray),
+    Dict {
+        array: DictionaryArray<Int32Type>,
+        values: StringArray,
+        /// Per dictionary value: NULL or empty.
+        missing: Vec<bool>,
+    },
+}
+
+impl KeyText {
+    fn is_null(&self, row: usize) -> bool {
+        match self {
+            KeyText::Plain(a) => a.is_null(row),
+            KeyText::Dict { array, .. } => array.is_null(row),
+        }
+    }
+
+    fn missing(&self, row: usize) -> bool {
+        match self {
+            KeyText::Plain(a) => a.is_null(row) || a.value(row).is_empty(),
+            KeyText::Dict { array, missing, .. } => {
+                array.is_null(row) || missing[array.keys().value(row) as usize]
+            }
+        }
+    }
+
+    /// The value of a row that is not missing.
+    fn value(&self, row: usize) -> &str {
+        match self {
+            KeyText::Plain(a) => a.value(row),
+            KeyText::Dict { array, values, .. } => values.value(array.keys().value(row) as usize),
+        }
+    }
+
+    /// No row is NULL or empty (checked per dictionary value, not per row).
+    fn none_missing(&self) -> bool {
+        match self {
+            KeyText::Plain(a) => a.null_count() == 0 && a.offsets().windows(2).all(|w| w[1] > w[0]),
+            KeyText::Dict { array, missing, .. } => {
+                array.null_count() == 0 && !missing.iter().any(|m| *m)
+            }
+        }
+    }
+
+    /// Every value that is not NULL is one of `allowed`.
+    fn only(&self, allowed: &[&str]) -> bool {
+        let values = match self {
+            KeyText::Plain(a) => a,
+            KeyText::Dict { values, .. } => values,
+        };
+        values.iter().flatten().all(|v| allowed.contains(&v))
+    }
+
+    /// The text rewritten by `f`: a dictionary's values only, once each.
+    fn map_text(self, f: impl Fn(StringArray) -> StringArray) -> Result<KeyText> {
+        Ok(match self {
+            KeyText::Plain(a) => KeyText::Plain(f(a)),
+            KeyText::Dict { array, values, .. } => {
+                let values = f(values);
+                let missing = (0..values.len())
+                    .map(|v| values.is_null(v) || values.value(v).is_empty())
+                    .collect();
+                let array =
+                    DictionaryArray::try_new(array.keys().clone(), Arc::new(values.clone()))?;
+                KeyText::Dict {
+                    array,
+                    values,
+                    missing,
+                }
+            }
+        })
+    }
+
+    fn into_array(self) -> ArrayRef {
+        match self {
+            KeyText::Plain(a) => Arc::new(a),
+            KeyText::Dict { array, .. } => Arc::new(array),
+        }
+    }
+}
+
+/// `name` as text: an `Int32` dictionary of strings is kept as one when `keep_dictionary`.
+fn key_column(batch: &RecordBatch, name: &str, keep_dictionary: bool) -> Result<KeyText> {
+    let dictionary = column(batch, name)?
+        .as_any()
+        .downcast_ref::<DictionaryArray<Int32Type>>()
+        .filter(|_| keep_dictionary);
+    if let Some(array) = dictionary {
+        if let Some(values) = array.values().as_any().downcast_ref::<StringArray>() {
+            let missing = (0..values.len())
+                .map(|v| values.is_null(v) || values.value(v).is_empty())
+                .collect();
+            return Ok(KeyText::Dict {
+                array: array.clone(),
+                values: values.clone(),
+                missing,
+            });
+        }
+    }
+    Ok(KeyText::Plain(string_column(batch, name, false)?))
 }
 
 fn string_column(batch: &RecordBatch, name: &str, integers_allowed: bool) -> Result<StringArray> {
@@ -469,6 +605,82 @@ mod tests {
             "{}",
             first[3].reason
         );
+    }
+
+    fn dictionary(values: &[&str], keys: &[Option<i32>]) -> ArrayRef {
+        Arc::new(
+            DictionaryArray::try_new(
+                arrow::array::Int32Array::from(keys.to_vec()),
+                Arc::new(StringArray::from(values.to_vec())),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn dictionary_keys_are_kept_for_the_kernel_and_still_checked_row_by_row() {
+        let input = |exchange: ArrayRef, side: ArrayRef| {
+            batch(vec![
+                ("exchange", exchange),
+                (
+                    "symbol",
+                    dictionary(&["BTC-USD"], &[Some(0), Some(0), Some(0)]),
+                ),
+                ("trade_id", strings(&[Some("1"), Some("2"), Some("3")])),
+                (
+                    "ts",
+                    Arc::new(TimestampMicrosecondArray::from(vec![1, 2, 3])) as ArrayRef,
+                ),
+                ("price", Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0]))),
+                (
+                    "quantity",
+                    Arc::new(Float64Array::from(vec![1.0, 1.0, 1.0])),
+                ),
+                ("side", side),
+            ])
+        };
+        let good = input(
+            dictionary(&["kraken", "binance"], &[Some(1), Some(0), Some(1)]),
+            dictionary(&["BUY", " sell"], &[Some(0), None, Some(1)]),
+        );
+        let kept = normalize_skipping(&good, 0, 9, true).unwrap();
+        assert_eq!(kept.bad_count, 0);
+        for (name, data_type) in [("exchange", 0), ("symbol", 1), ("side", 6)] {
+            assert!(
+                matches!(
+                    kept.rows.column(data_type).data_type(),
+                    DataType::Dictionary(..)
+                ),
+                "{name}"
+            );
+        }
+        let side = cast(kept.rows.column(6), &DataType::Utf8).unwrap();
+        assert_eq!(
+            side.as_any().downcast_ref::<StringArray>().unwrap(),
+            &StringArray::from(vec![Some("buy"), None, Some("sell")])
+        );
+        // Without keeping them, the rows are in the table's own schema.
+        let plain = normalize_skipping(&good, 0, 9, false).unwrap();
+        assert_eq!(
+            plain.rows.schema(),
+            TableKind::Trades.arrow_schema().unwrap()
+        );
+        assert_eq!(plain.rows.num_rows(), 3);
+
+        // A bad value in a dictionary is found at the rows that use it, and only there.
+        let bad = input(
+            dictionary(&["kraken", ""], &[Some(0), Some(1), None]),
+            dictionary(&["buy", "hold"], &[Some(0), Some(0), Some(1)]),
+        );
+        let checked = normalize_skipping(&bad, 10, 9, true).unwrap();
+        assert_eq!(checked.bad_count, 2);
+        assert_eq!(checked.rows.num_rows(), 1);
+        let rows: Vec<usize> = checked.first_bad.iter().map(|b| b.row).collect();
+        assert_eq!(rows, vec![11, 12]);
+        assert!(checked.first_bad[1]
+            .reason
+            .contains("exchange is NULL or empty"));
+        assert!(checked.first_bad[1].reason.contains("side 'hold'"));
     }
 
     #[test]

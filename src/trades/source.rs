@@ -12,7 +12,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringArray,
+};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
@@ -33,6 +35,7 @@ pub fn map_batch(
     batch: &RecordBatch,
     row_offset: usize,
     read_at: i64,
+    keep_dictionaries: bool,
 ) -> Result<Checked> {
     let c = &source.columns;
     let n = batch.num_rows();
@@ -69,7 +72,7 @@ pub fn map_batch(
         Arc::new(schema),
         fields.into_iter().map(|(_, a)| a).collect(),
     )?;
-    let checked = normalize_skipping(&input, row_offset, read_at)?;
+    let checked = normalize_skipping(&input, row_offset, read_at, keep_dictionaries)?;
     if source.strict && checked.bad_count > 0 {
         return Err(Error::BadRows {
             count: checked.bad_count,
@@ -111,17 +114,19 @@ pub async fn read_trades(
     range: TimeRange,
     read_at: i64,
 ) -> Result<(Vec<RecordBatch>, Skipped)> {
-    read_trades_in(storage, files, &[range], read_at).await
+    read_trades_in(storage, files, &[range], read_at, false).await
 }
 
 /// As [`read_trades`], keeping the trades in any of `ranges`. Files are read and mapped on
 /// several cores at once, each cut to the ranges as it is read, decoding only the mapped
-/// columns.
+/// columns. With `for_kernel`, a source's `exchange`, `symbol` and `side` come as
+/// dictionaries, read so from Parquet: the bar kernel takes them, the table's schema does not.
 pub async fn read_trades_in(
     storage: &Storage,
     files: &[&LiveFile],
     ranges: &[TimeRange],
     read_at: i64,
+    for_kernel: bool,
 ) -> Result<(Vec<RecordBatch>, Skipped)> {
     let Some(source) = storage.source() else {
         let rows = read_files_in(storage, TableKind::Trades, files, ranges).await?;
@@ -137,7 +142,11 @@ pub async fn read_trades_in(
         .try_into()
         .map_err(crate::storage::Error::from)?;
     let schema: SchemaRef = Arc::new(Schema::new(fields));
-    let mapped: SchemaRef = Arc::new(mapped_columns(source, &schema));
+    let mapped = mapped_columns(source, &schema);
+    let mapped: SchemaRef = Arc::new(match for_kernel {
+        true => keys_as_dictionaries(source, mapped),
+        false => mapped,
+    });
     // The source may live in another bucket than our warehouse: the table's own store reaches
     // the bucket of its metadata, with the same credentials.
     let store = table.object_store();
@@ -184,7 +193,7 @@ pub async fn read_trades_in(
                     None => batch,
                 };
                 let batch = crate::storage::equality::without_equal(batch, &file.equality)?;
-                let checked = map_batch(&source, &batch, offset, read_at)
+                let checked = map_batch(&source, &batch, offset, read_at, for_kernel)
                     .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
                 offset += rows_in_file;
                 skipped.add(file.path(), &checked);
@@ -242,6 +251,29 @@ fn mapped_columns(source: &SourceConfig, schema: &SchemaRef) -> Schema {
     Schema::new(fields)
 }
 
+/// `mapped` with the series key columns (exchange, symbol) asked for as dictionaries: Parquet
+/// stores them so, and the kernel finds a row's series from its dictionary keys instead of
+/// hashing its strings.
+fn keys_as_dictionaries(source: &SourceConfig, mapped: Schema) -> Schema {
+    let c = &source.columns;
+    let fields: Vec<Field> = mapped
+        .fields()
+        .iter()
+        .map(|f| {
+            let key =
+                *f.name() == c.symbol || (source.exchange.is_none() && *f.name() == c.exchange);
+            match f.data_type() {
+                DataType::Utf8 if key => f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                )),
+                _ => f.as_ref().clone(),
+            }
+        })
+        .collect();
+    Schema::new_with_metadata(fields, mapped.metadata().clone())
+}
+
 /// Trades of the current snapshot of the trades table (ours or the source) in `range`.
 pub async fn read_trades_range(
     storage: &Storage,
@@ -277,11 +309,11 @@ fn in_ranges(rows: RecordBatch, ranges: &[TimeRange]) -> Result<RecordBatch> {
 fn side(array: &ArrayRef) -> Result<ArrayRef> {
     if array.data_type() == &DataType::Boolean {
         // is_buyer_maker: the resting order was the buy, so the aggressor sold.
+        // A dictionary of the two sides: no string per row.
         let maker = array.as_boolean();
-        let sides: StringArray = maker
-            .iter()
-            .map(|m| m.map(|buyer_maker| if buyer_maker { "sell" } else { "buy" }))
-            .collect();
+        let keys: Int32Array = maker.iter().map(|m| m.map(i32::from)).collect();
+        let sides =
+            DictionaryArray::try_new(keys, Arc::new(StringArray::from(vec!["buy", "sell"])))?;
         return Ok(Arc::new(sides));
     }
     let text = cast(array, &DataType::Utf8)?;
@@ -366,7 +398,7 @@ mod tests {
 
     #[test]
     fn other_names_and_types_map_onto_ours_and_bad_rows_are_counted() {
-        let checked = map_batch(&source(), &batch(), 100, 7).unwrap();
+        let checked = map_batch(&source(), &batch(), 100, 7, false).unwrap();
         // Row 1 has price 0, row 2 no price: skipped and named.
         assert_eq!(checked.bad_count, 2);
         let rows: Vec<usize> = checked.first_bad.iter().map(|b| b.row).collect();
@@ -392,7 +424,7 @@ mod tests {
             ..source()
         };
         assert!(matches!(
-            map_batch(&strict, &batch(), 0, 7),
+            map_batch(&strict, &batch(), 0, 7, false),
             Err(Error::BadRows { count: 2, .. })
         ));
     }
