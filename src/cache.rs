@@ -433,6 +433,9 @@ impl BarCache {
 
     /// One series' rows in `range` at `snapshot`, read from the table (only the pages that
     /// may hold the series), or its latest `n` rows in `range`.
+    #[tracing::instrument(name = "cache.cold_load", level = "debug", skip_all, fields(
+        timeframe = %key.timeframe, exchange = %key.exchange, symbol = %key.symbol, snapshot
+    ))]
     async fn read_series(
         &self,
         key: &Key,

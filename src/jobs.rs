@@ -40,6 +40,19 @@ impl JobKind {
         }
     }
 
+    /// Every `(job name, timeframe label)` a run is counted under in the metrics.
+    pub fn metric_labels() -> Vec<(&'static str, String)> {
+        let tfs = || Timeframe::ALL.into_iter().map(|tf| tf.to_string());
+        let mut labels: Vec<(&'static str, String)> = Vec::new();
+        labels.extend(tfs().map(|tf| ("build", tf)));
+        labels.extend(tfs().map(|tf| ("backfill", tf)));
+        labels.extend(tfs().map(|tf| ("compact", tf)));
+        for name in ["compact", "retention", "validate"] {
+            labels.push((name, String::new()));
+        }
+        labels
+    }
+
     pub fn timeframe(&self) -> Option<Timeframe> {
         match self {
             JobKind::Build(tf) | JobKind::Backfill(tf, _) => Some(*tf),
@@ -73,6 +86,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::TimedOut,
+        Outcome::Cancelled,
+    ];
+
     /// The name the history, `system.job_runs` and the metrics use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,6 +123,34 @@ impl fmt::Display for Outcome {
 impl PartialEq<&str> for Outcome {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other
+    }
+}
+
+/// Creates every series of the job metrics at zero (Prometheus practice: `increase()` cannot
+/// see the first failures of a series that appears already counting them, and dashboards and
+/// rules can be checked before the first event).
+pub fn preset_metrics() {
+    let m = crate::metrics::metrics();
+    for (job, tf) in JobKind::metric_labels() {
+        for outcome in Outcome::ALL {
+            m.job_runs.with_label_values(&[job, &tf, outcome.as_str()]);
+        }
+        m.job_duration.with_label_values(&[job, &tf]);
+        if job == "build" {
+            for counter in [
+                &m.trades_read,
+                &m.bars_written,
+                &m.late_revisions,
+                &m.bars_deleted,
+                &m.skipped_rows,
+            ] {
+                counter.with_label_values(&[&tf]);
+            }
+        }
+    }
+    for kind in TableKind::all() {
+        m.retention_partitions
+            .with_label_values(&[kind.name().as_str()]);
     }
 }
 

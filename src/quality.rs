@@ -33,6 +33,17 @@ use crate::timeframe::Timeframe;
 use crate::trades::read_trades;
 
 pub use checks::{Found, Violation, CHECKS, MAX_SAMPLES};
+
+/// Creates every (timeframe, check) series of the violations gauge at zero.
+pub fn preset_metrics() {
+    for tf in crate::timeframe::Timeframe::ALL {
+        for check in CHECKS {
+            crate::metrics::metrics()
+                .validation_violations
+                .with_label_values(&[tf.as_str(), check]);
+        }
+    }
+}
 pub use results::{CheckResult, Reports, RetentionRun, Validated};
 
 /// Older partitions re-checked by each run on top of what changed.

@@ -177,22 +177,7 @@ impl Scheduler {
         policy: RetryPolicy,
         history: Arc<dyn RunLog>,
     ) -> (Scheduler, SchedulerHandle) {
-        // Every scheduled job's outcomes exist from the start at zero: Prometheus's increase()
-        // cannot see the first failures of a series that appears already counting them.
-        for schedule in &schedules {
-            let tf = schedule
-                .job
-                .timeframe()
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            for outcome in ["succeeded", "failed", "timed_out"] {
-                crate::metrics::metrics().job_runs.with_label_values(&[
-                    schedule.job.name(),
-                    &tf,
-                    outcome,
-                ]);
-            }
-        }
+        crate::jobs::preset_metrics();
         let (tx, rx) = mpsc::channel(64);
         let paused = Arc::new(AtomicBool::new(false));
         let handle = SchedulerHandle {

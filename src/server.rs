@@ -274,6 +274,7 @@ pub async fn serve(
     if let Some(delivery) = delivery {
         tasks.spawn(delivery);
     }
+    telemetry::preset_metrics();
     let jobs = Arc::new(BuilderJobs {
         writer: writer.clone(),
         settings: options.settings,

@@ -124,7 +124,8 @@ async fn metrics_health_and_request_ids_over_http() {
         sample(
             &text,
             "ohlcv_job_duration_seconds_count",
-            &[r#"job_name="build""#]
+            // Every job's series exists from the start (at zero): name the one that ran.
+            &[r#"job_name="build""#, r#"timeframe="1m""#]
         ) >= Some(1.0),
         "{text}"
     );
@@ -489,11 +490,25 @@ async fn prometheus_sees_every_dashboard_query_and_the_alerts_fire() {
         .pause_schedules(ohlcv_server::admin::proto::PauseSchedulesRequest {})
         .await
         .unwrap();
+    // Server b never builds: its lag is unknown (NaN, exported from the start); a's is the
+    // one that grows.
     let lag = |result: Vec<serde_json::Value>| -> f64 {
-        result[0]["value"][1].as_str().unwrap().parse().unwrap()
+        result
+            .iter()
+            .map(|r| r["value"][1].as_str().unwrap().parse::<f64>().unwrap())
+            .filter(|v| !v.is_nan())
+            .fold(f64::NAN, f64::max)
     };
     let query = r#"ohlcv_build_lag_seconds{timeframe="1m"}"#;
-    let before = lag(prom.until_data(query, Duration::from_secs(10)).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let before = lag(prom.until_data(query, Duration::from_secs(10)).await);
+        if !before.is_nan() {
+            break before;
+        }
+        assert!(Instant::now() < deadline, "no known 1m build lag");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     clock.advance(600_000_000);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -848,4 +863,99 @@ async fn the_compose_services_run_as_written() {
         .value(0);
     assert!(trades > 0, "the demo feeds trades");
     common::server::terminate(child);
+}
+
+/// A fresh server, in a process of its own (the metrics registry is per process), exports
+/// every metric family that the Grafana dashboard and the alert rules name before any build,
+/// query or commit has happened: each at zero (lags unknown yet: NaN) with its known label
+/// values, so panels show zero instead of "no data" and rules can be evaluated at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_exports_every_metric_family_the_deploy_files_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ohlcv-server"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("OHLCV_TELEMETRY__LISTEN", format!("\"127.0.0.1:{port}\""))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_up(port).await;
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    child.kill().await.unwrap();
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let family = |name: &str| -> String {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name)
+            .to_string()
+    };
+    let mut named: std::collections::BTreeSet<String> = alert_metrics();
+    named.remove("up");
+    for query in dashboard_queries() {
+        named.extend(
+            query
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("ohlcv_"))
+                .map(str::to_string),
+        );
+    }
+    assert!(named.len() >= 10, "{named:?}");
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|n| !exported.iter().any(|e| family(e) == family(n)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not exported by a fresh server: {missing:?}\n{text}"
+    );
+    // Known label values are there at zero: a job that has never run, a check never failed.
+    for (metric, labels) in [
+        (
+            "ohlcv_job_runs_total",
+            &[
+                "job_name=\"build\"",
+                "timeframe=\"1m\"",
+                "outcome=\"failed\"",
+            ][..],
+        ),
+        (
+            "ohlcv_job_runs_total",
+            &["job_name=\"validate\"", "outcome=\"cancelled\""][..],
+        ),
+        (
+            "ohlcv_commits_total",
+            &["table=\"ohlcv_1d\"", "outcome=\"lost\""][..],
+        ),
+        (
+            "ohlcv_requests_total",
+            &["kind=\"query\"", "code=\"Internal\""][..],
+        ),
+        ("ohlcv_cache_events_total", &["event=\"eviction\""][..]),
+        (
+            "ohlcv_validation_violations",
+            &["timeframe=\"1h\"", "check=\"ohlc_bounds\""][..],
+        ),
+    ] {
+        assert_eq!(
+            sample(&text, metric, labels),
+            Some(0.0),
+            "{metric} {labels:?}\n{text}"
+        );
+    }
+    let lag = sample(&text, "ohlcv_build_lag_seconds", &["timeframe=\"1m\""]);
+    assert!(lag.is_some_and(f64::is_nan), "{lag:?}");
 }

@@ -5,6 +5,7 @@
 
 use arrow::array::RecordBatch;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::chunks::{self, Chunk, FileSpan};
 use super::incremental::{finish, select, Plan, Selected};
@@ -108,10 +109,14 @@ pub(super) async fn run(
             .map(|(s, e)| TimeRange::new(Some(*s), Some(*e)))
             .collect();
         let storage = storage.clone();
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            let files: Vec<&LiveFile> = files.iter().collect();
-            read_trades_in(&storage, &files, &ranges, now_us, true).await
-        }))
+        let span = tracing::debug_span!("build.read", files = files.len());
+        AbortOnDropHandle::new(tokio::spawn(
+            async move {
+                let files: Vec<&LiveFile> = files.iter().collect();
+                read_trades_in(&storage, &files, &ranges, now_us, true).await
+            }
+            .instrument(span),
+        ))
     };
     let mut next = chunks.first().map(read);
     // The chunk whose bars are computed and not yet committed: it commits while the next one
@@ -196,7 +201,12 @@ async fn compute(
     now_us: i64,
 ) -> Result<Vec<Option<RecordBatch>>> {
     let started = std::time::Instant::now();
+    let span = tracing::debug_span!(
+        "build.kernel",
+        trades = trades.iter().map(|b| b.num_rows()).sum::<usize>()
+    );
     let bars = tokio::task::spawn_blocking(move || -> Result<Vec<Option<RecordBatch>>> {
+        let _entered = span.enter();
         let whole: Vec<usize> = (0..tfs.len())
             .filter(|p| matches!(selected[*p], Some(Selected::All)))
             .collect();

@@ -335,6 +335,7 @@ pub(super) fn select(plan: &Plan, trades: &[RecordBatch]) -> Result<Selected> {
 /// against the stored bars and commit, with the watermark the chunk reaches. Reads `plan`
 /// only, so it can run while the next chunk is computed; what it did is returned, for
 /// [`BuildReport::add_chunk`].
+#[tracing::instrument(name = "build.commit", level = "debug", skip_all, fields(timeframe = %plan.tf))]
 pub(super) async fn finish(
     writer: &TableWriter,
     plan: &Plan,

@@ -124,8 +124,34 @@ impl Members {
         Ok(())
     }
 
-    /// Every server heard of in the last hour, newest heartbeat first.
+    /// Removes a server's heartbeat: it stopped cleanly, so it is not "gone" but left.
+    pub async fn leave(&self, server_id: &str) -> Result<()> {
+        match &self.beats {
+            Beats::Table { pool, catalog } => {
+                sqlx::query(
+                    "delete from ohlcv_cluster_members where catalog = $1 and server_id = $2",
+                )
+                .bind(catalog)
+                .bind(server_id)
+                .execute(pool)
+                .await?;
+            }
+            Beats::Store { store, dir } => {
+                store
+                    .delete(&dir.clone().join(format!("{server_id}.json")))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every server heard of in the last hour, newest heartbeat first, without builders that
+    /// a newer live builder replaced (see [`without_superseded`]).
     pub async fn list(&self, now_us: i64) -> Result<Vec<Member>> {
+        Ok(without_superseded(self.list_all(now_us).await?, now_us))
+    }
+
+    async fn list_all(&self, now_us: i64) -> Result<Vec<Member>> {
         let (pool, catalog) = match &self.beats {
             Beats::Table { pool, catalog } => (pool, catalog),
             Beats::Store { store, dir } => return list_store(store, dir, now_us).await,
@@ -151,6 +177,26 @@ impl Members {
             })
             .collect())
     }
+}
+
+/// `members` without the builders that stopped beating before a live builder started: a
+/// previous process of the same lake (a restart, a crash the new builder recovered from) is
+/// history, not a server that is down. A builder gone with no live successor stays listed.
+fn without_superseded(members: Vec<Member>, now_us: i64) -> Vec<Member> {
+    let alive = |m: &Member| now_us - m.heartbeat_at <= ALIVE_US;
+    let newest_live_builder = members
+        .iter()
+        .filter(|m| m.role == "builder" && alive(m))
+        .map(|m| m.started_at)
+        .max();
+    members
+        .into_iter()
+        .filter(|m| {
+            alive(m)
+                || m.role != "builder"
+                || newest_live_builder.is_none_or(|started| m.heartbeat_at > started)
+        })
+        .collect()
 }
 
 /// The heartbeat objects under `dir`; those older than [`LISTED_US`] are deleted on the way.
@@ -207,7 +253,12 @@ pub async fn heartbeat(
     let mut tick = tokio::time::interval(members.every());
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                if let Err(e) = members.leave(&me.server_id).await {
+                    tracing::warn!(error = %e, "removing this server's heartbeat failed");
+                }
+                return;
+            }
             _ = tick.tick() => {}
         }
         let now = clock.now_us();
@@ -222,5 +273,45 @@ pub async fn heartbeat(
         if let Err(e) = members.beat(&me).await {
             tracing::warn!(error = %e, "writing the cluster heartbeat failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, role: &str, started_at: i64, heartbeat_at: i64) -> Member {
+        Member {
+            server_id: id.into(),
+            address: format!("{id}:1"),
+            role: role.into(),
+            lag_ms: 0,
+            heartbeat_at,
+            started_at,
+        }
+    }
+
+    #[test]
+    fn a_builder_replaced_by_a_live_one_is_not_listed_as_gone() {
+        let now = 100 * ALIVE_US;
+        let old = member("old", "builder", 0, 50 * ALIVE_US);
+        let new = member("new", "builder", 60 * ALIVE_US, now);
+        let replica = member("replica", "replica", 0, 10 * ALIVE_US);
+        let ids = |m: Vec<Member>| m.into_iter().map(|m| m.server_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(without_superseded(
+                vec![new.clone(), old.clone(), replica.clone()],
+                now
+            )),
+            ["new", "replica"]
+        );
+        // With no live builder, the one that stopped is what the page must show.
+        assert_eq!(ids(without_superseded(vec![old.clone()], now)), ["old"]);
+        // A builder still beating after the live one started is not history.
+        let overlapping = member("overlap", "builder", 0, 70 * ALIVE_US);
+        assert_eq!(
+            ids(without_superseded(vec![new, overlapping], now)),
+            ["new", "overlap"]
+        );
     }
 }

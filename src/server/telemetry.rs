@@ -69,27 +69,29 @@ pub async fn bind(listen: &str) -> std::io::Result<Option<tokio::net::TcpListene
 async fn scrape(State(probe): State<Probe>) -> impl IntoResponse {
     let now_us = probe.clock.now_us();
     let m = metrics();
+    // A lag that is not known yet (nothing built, no trade seen) is NaN, not absent: the
+    // series exists from the start, and no comparison in a rule is true of it.
     for (tf, watermark) in probe.cache.watermarks() {
-        if let Some(end) = watermark {
-            m.build_lag
-                .with_label_values(&[tf.as_str()])
-                .set((now_us - end) as f64 / 1e6);
-        }
+        m.build_lag
+            .with_label_values(&[tf.as_str()])
+            .set(watermark.map_or(f64::NAN, |end| (now_us - end) as f64 / 1e6));
     }
-    if let Some(newest) = probe.cache.newest_trade() {
-        m.source_lag
-            .with_label_values(&[&probe.storage.identifier(TableKind::Trades).to_string()])
-            .set((now_us - newest) as f64 / 1e6);
-    }
+    m.source_lag
+        .with_label_values(&[&probe.storage.identifier(TableKind::Trades).to_string()])
+        .set(
+            probe
+                .cache
+                .newest_trade()
+                .map_or(f64::NAN, |newest| (now_us - newest) as f64 / 1e6),
+        );
     let stats = probe.cache.stats();
     m.cache_entries.set(stats.entries as i64);
     m.cache_bytes.set(stats.bytes as i64);
-    for (event, total) in [
-        ("hit", stats.hits),
-        ("miss", stats.misses),
-        ("table_read", stats.table_reads),
-        ("eviction", stats.evictions),
-    ] {
+    for (event, total) in
+        CACHE_EVENTS
+            .into_iter()
+            .zip([stats.hits, stats.misses, stats.table_reads, stats.evictions])
+    {
         raise_to(&m.cache_events.with_label_values(&[event]), total);
     }
     (
@@ -115,6 +117,41 @@ async fn ready(State(probe): State<Probe>) -> impl IntoResponse {
         ),
     }
 }
+
+/// Every kind of request the request metrics name (see `kind_of`).
+const REQUEST_KINDS: [&str; 6] = [
+    "query",
+    "metadata",
+    "ingest",
+    "handshake",
+    "admin",
+    "health",
+];
+
+/// Creates every metric series whose labels are known before the first event, at zero, so a
+/// fresh server exports every family the dashboards and alert rules name.
+pub fn preset_metrics() {
+    let m = metrics();
+    for kind in REQUEST_KINDS {
+        for code in 0..=16 {
+            let code = format!("{:?}", tonic::Code::from_i32(code));
+            m.queries.with_label_values(&[kind, &code]);
+        }
+        m.query_duration.with_label_values(&[kind]);
+    }
+    for path in ["candle_read", "plan"] {
+        m.statements.with_label_values(&[path]);
+    }
+    for event in CACHE_EVENTS {
+        m.cache_events.with_label_values(&[event]);
+    }
+    crate::jobs::preset_metrics();
+    crate::quality::preset_metrics();
+    crate::storage::commit::preset_metrics();
+}
+
+/// The bar cache events `ohlcv_cache_events_total` counts.
+const CACHE_EVENTS: [&str; 4] = ["hit", "miss", "table_read", "eviction"];
 
 /// What kind of request a gRPC path is, for the request metrics.
 fn kind_of(path: &str) -> &'static str {

@@ -76,12 +76,29 @@ pub struct CommitOutcome {
     pub delete_files_removed: usize,
 }
 
+/// How a commit can end, as `ohlcv_commits_total` counts it.
+pub const COMMIT_OUTCOMES: [&str; 5] = ["landed", "failed", "unknown", "lost", "refused"];
+
+/// Creates every (table, outcome) series of the commit counter at zero.
+pub fn preset_metrics() {
+    for kind in TableKind::all() {
+        for outcome in COMMIT_OUTCOMES {
+            crate::metrics::metrics()
+                .commits
+                .with_label_values(&[kind.name().as_str(), outcome]);
+        }
+    }
+}
+
 /// Commits `change` on top of `listing`, which must be the current snapshot of `table`.
 ///
 /// The data files of `change` are deleted again only when the commit failed before the
 /// catalog update was sent. Once it was sent, the update may have applied even if no reply
 /// came back, so the outcome is decided by reading the table again (see [`resolve`]); files
 /// of a commit that did not land are left to the orphan sweep, never deleted here.
+#[tracing::instrument(name = "storage.commit", level = "debug", skip_all, fields(
+    table = %kind.name(), files_added = change.add.len(), files_removed = change.remove.len()
+))]
 pub async fn commit(
     storage: &Storage,
     kind: TableKind,
