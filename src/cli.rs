@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::build;
 use crate::config::Config;
 use crate::quality::{Reports, Scope};
-use crate::scheduler::BuilderJobs;
+use crate::scheduler::{run_once, BuilderJobs, Detail, History, JobKind, Timeframes};
 use crate::storage::{Storage, TableWriter, WriterLock};
 use crate::storage::{TableKind, TimeRange};
 use crate::timeframe::Timeframe;
@@ -289,16 +289,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Scope::Changed,
                 Some(range) => Scope::Range(range),
             };
-            let jobs = offline_jobs(&config, "validate").await?;
-            let now = chrono::Utc::now().timestamp_micros();
-            let results = jobs.validate(&timeframes, scope, now).await?;
+            let job = JobKind::ValidateScoped(Timeframes::of(&timeframes), scope);
+            let Detail::Checks(results) = offline_run(&config, "validate", job).await? else {
+                anyhow::bail!("the validation returned no results");
+            };
             let results: Vec<_> = results.into_iter().map(Into::into).collect();
             crate::admin::client::print_checks(&results)?;
         }
         Command::Retention { dry_run } => {
-            let jobs = offline_jobs(&config, "retention").await?;
-            let now = chrono::Utc::now().timestamp_micros();
-            let actions = jobs.retention(dry_run, now).await?;
+            let job = match dry_run {
+                true => JobKind::RetentionPlan,
+                false => JobKind::Retention,
+            };
+            let Detail::Retention(actions) = offline_run(&config, "retention", job).await? else {
+                anyhow::bail!("retention returned no actions");
+            };
             for a in &actions {
                 if a.cutoff_us == i64::MIN {
                     println!("{}: no retention, keeps everything", a.table);
@@ -465,16 +470,21 @@ async fn shutdown_signal() {
 }
 
 /// The server's jobs, run once from the command line (alerts are only logged).
-async fn offline_jobs(config: &Config, purpose: &str) -> anyhow::Result<BuilderJobs> {
+/// Runs `job` here and now under the writer lock, recorded in the run history like a job
+/// the server's queue runs.
+async fn offline_run(config: &Config, purpose: &str, job: JobKind) -> anyhow::Result<Detail> {
     let writer = open_writer(config, purpose).await?;
-    let reports = Reports::open(writer.storage().pool()).await?;
-    Ok(BuilderJobs {
+    let pool = writer.storage().pool();
+    let jobs = BuilderJobs {
         writer,
         settings: config.build.settings(),
         retention: config.retention.policy()?,
-        reports,
+        reports: Reports::open(pool.clone()).await?,
         alerts: crate::alerts::Alerts::log_only(),
-    })
+    };
+    let history = History::open(pool).await?;
+    let (_, result) = run_once(&jobs, &history, &crate::clock::SystemClock, job).await;
+    result.map_err(anyhow::Error::msg)
 }
 
 async fn open_writer(config: &Config, purpose: &str) -> anyhow::Result<TableWriter> {

@@ -27,6 +27,41 @@ pub enum JobKind {
     Retention,
     /// Check the bar invariants of every timeframe over what changed since the last run.
     Validate,
+    /// Check the bar invariants of some timeframes over a scope (an admin or offline request).
+    ValidateScoped(Timeframes, Scope),
+    /// What retention would drop, changing nothing (a dry run).
+    RetentionPlan,
+}
+
+/// A set of timeframes, small enough to keep a job kind `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timeframes(u8);
+
+impl Timeframes {
+    pub fn of(tfs: &[Timeframe]) -> Timeframes {
+        Timeframes(tfs.iter().fold(0, |bits, tf| bits | 1 << Self::bit(*tf)))
+    }
+
+    /// Finest first.
+    pub fn to_vec(self) -> Vec<Timeframe> {
+        Timeframe::ALL
+            .into_iter()
+            .filter(|tf| self.0 & 1 << Self::bit(*tf) != 0)
+            .collect()
+    }
+
+    fn bit(tf: Timeframe) -> u32 {
+        Timeframe::ALL.iter().position(|t| *t == tf).unwrap_or(0) as u32
+    }
+}
+
+/// What a job found beside its report, for whoever asked for it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Detail {
+    #[default]
+    None,
+    Checks(Vec<quality::CheckResult>),
+    Retention(Vec<crate::build::retention::RetentionAction>),
 }
 
 impl JobKind {
@@ -36,7 +71,8 @@ impl JobKind {
             JobKind::Backfill(..) => "backfill",
             JobKind::Compact(_) => "compact",
             JobKind::Retention => "retention",
-            JobKind::Validate => "validate",
+            JobKind::Validate | JobKind::ValidateScoped(..) => "validate",
+            JobKind::RetentionPlan => "retention_plan",
         }
     }
 
@@ -47,7 +83,7 @@ impl JobKind {
         labels.extend(tfs().map(|tf| ("build", tf)));
         labels.extend(tfs().map(|tf| ("backfill", tf)));
         labels.extend(tfs().map(|tf| ("compact", tf)));
-        for name in ["compact", "retention", "validate"] {
+        for name in ["compact", "retention", "retention_plan", "validate"] {
             labels.push((name, String::new()));
         }
         labels
@@ -57,7 +93,11 @@ impl JobKind {
         match self {
             JobKind::Build(tf) | JobKind::Backfill(tf, _) => Some(*tf),
             JobKind::Compact(TableKind::Bars(tf)) => Some(*tf),
-            JobKind::Compact(TableKind::Trades) | JobKind::Retention | JobKind::Validate => None,
+            JobKind::Compact(TableKind::Trades)
+            | JobKind::Retention
+            | JobKind::RetentionPlan
+            | JobKind::Validate
+            | JobKind::ValidateScoped(..) => None,
         }
     }
 }
@@ -69,7 +109,11 @@ impl fmt::Display for JobKind {
             JobKind::Backfill(tf, r) => write!(f, "backfill {tf} {:?}..{:?}", r.start, r.end),
             JobKind::Compact(kind) => write!(f, "compact {}", kind.name()),
             JobKind::Retention => f.write_str("retention"),
+            JobKind::RetentionPlan => f.write_str("retention plan (dry run)"),
             JobKind::Validate => f.write_str("validate"),
+            JobKind::ValidateScoped(tfs, scope) => {
+                write!(f, "validate {:?} {scope:?}", tfs.to_vec())
+            }
         }
     }
 }
@@ -159,6 +203,16 @@ pub fn preset_metrics() {
 pub trait JobRunner: Send + Sync {
     async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String>;
 
+    /// As [`JobRunner::run`], with what the job found for whoever asked (the check results of
+    /// a validation, the actions of retention).
+    async fn run_detailed(
+        &self,
+        job: JobKind,
+        now_us: i64,
+    ) -> Result<(BuildReport, Detail), String> {
+        self.run(job, now_us).await.map(|r| (r, Detail::None))
+    }
+
     /// Who runs the jobs when it is not this process (a read replica); `None` here.
     async fn builder_elsewhere(&self) -> Option<String> {
         None
@@ -181,46 +235,68 @@ impl JobRunner for BuilderJobs {
     }
 
     async fn run(&self, job: JobKind, now_us: i64) -> Result<BuildReport, String> {
+        self.run_detailed(job, now_us)
+            .await
+            .map(|(report, _)| report)
+    }
+
+    async fn run_detailed(
+        &self,
+        job: JobKind,
+        now_us: i64,
+    ) -> Result<(BuildReport, Detail), String> {
+        let retention = |actions: &[crate::build::retention::RetentionAction]| BuildReport {
+            files_removed: actions.iter().map(|a| a.files_dropped).sum(),
+            orphans_deleted: actions.iter().map(|a| a.files_deleted).sum(),
+            ..BuildReport::default()
+        };
+        let plain = |report| (report, Detail::None);
         let result = match job {
-            JobKind::Build(Timeframe::M1) => {
-                crate::build::build_1m_with_5m(&self.writer, now_us, self.settings).await
-            }
-            JobKind::Build(tf) => {
-                crate::build::build(&self.writer, tf, now_us, self.settings).await
-            }
-            JobKind::Backfill(tf, range) => {
-                let report =
-                    crate::build::backfill_with(&self.writer, tf, range, now_us, self.settings)
-                        .await;
-                if report.is_ok() {
-                    // A backfill rewrote history: check it at once.
-                    self.validate(&[tf], Scope::Range(range), now_us)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                report
-            }
-            JobKind::Compact(kind) => {
-                crate::build::compact_closed(&self.writer, kind, now_us, self.settings).await
-            }
-            JobKind::Retention => self
-                .retention(false, now_us)
+            JobKind::ValidateScoped(tfs, scope) => self
+                .validate(&tfs.to_vec(), scope, now_us)
                 .await
-                .map(|actions| BuildReport {
-                    files_removed: actions.iter().map(|a| a.files_dropped).sum(),
-                    orphans_deleted: actions.iter().map(|a| a.files_deleted).sum(),
-                    ..BuildReport::default()
-                }),
+                .map(|checks| (BuildReport::default(), Detail::Checks(checks))),
             JobKind::Validate => self
                 .validate(&Timeframe::ALL, Scope::Changed, now_us)
                 .await
-                .map(|_| BuildReport::default()),
+                .map(|checks| (BuildReport::default(), Detail::Checks(checks))),
+            JobKind::Retention | JobKind::RetentionPlan => self
+                .retention(job == JobKind::RetentionPlan, now_us)
+                .await
+                .map(|actions| (retention(&actions), Detail::Retention(actions))),
+            JobKind::Build(Timeframe::M1) => {
+                crate::build::build_1m_with_5m(&self.writer, now_us, self.settings)
+                    .await
+                    .map(plain)
+            }
+            JobKind::Build(tf) => crate::build::build(&self.writer, tf, now_us, self.settings)
+                .await
+                .map(plain),
+            JobKind::Backfill(tf, range) => self.backfill(tf, range, now_us).await.map(plain),
+            JobKind::Compact(kind) => {
+                crate::build::compact_closed(&self.writer, kind, now_us, self.settings)
+                    .await
+                    .map(plain)
+            }
         };
         result.map_err(|e| e.to_string())
     }
 }
 
 impl BuilderJobs {
+    /// Rebuilds `range` of `tf`, then checks it at once: a backfill rewrote history.
+    async fn backfill(
+        &self,
+        tf: Timeframe,
+        range: TimeRange,
+        now_us: i64,
+    ) -> crate::build::Result<BuildReport> {
+        let report =
+            crate::build::backfill_with(&self.writer, tf, range, now_us, self.settings).await?;
+        self.validate(&[tf], Scope::Range(range), now_us).await?;
+        Ok(report)
+    }
+
     /// Runs validation, and raises an alert when a check fails.
     pub async fn validate(
         &self,

@@ -50,7 +50,7 @@ pub use results::{CheckResult, Reports, RetentionRun, Validated};
 const SAMPLE_PARTITIONS: usize = 2;
 
 /// What a validation run covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     /// What changed since the last run, plus a rotating sample of older partitions.
     Changed,

@@ -22,7 +22,7 @@ use crate::alerts::{Alert, Alerts};
 use crate::build::BuildReport;
 use crate::clock::Clock;
 
-pub use crate::jobs::{check_json, BuilderJobs, JobKind, JobRunner, Outcome};
+pub use crate::jobs::{check_json, BuilderJobs, Detail, JobKind, JobRunner, Outcome, Timeframes};
 pub use history::{History, JobRun};
 pub use schedule::{default_schedules, Schedule};
 
@@ -77,7 +77,7 @@ impl RetryPolicy {
 }
 
 enum Command {
-    Trigger(JobKind, oneshot::Sender<JobRun>),
+    Trigger(JobKind, oneshot::Sender<(JobRun, Detail)>),
 }
 
 /// Control of a running scheduler: manual triggers, pause and resume, and what it runs when.
@@ -105,6 +105,12 @@ const DAY_US: i64 = 86_400_000_000;
 impl SchedulerHandle {
     /// Queues `job` to run next and waits for its final attempt.
     pub async fn trigger(&self, job: JobKind) -> Option<JobRun> {
+        self.trigger_detailed(job).await.map(|(run, _)| run)
+    }
+
+    /// As [`SchedulerHandle::trigger`], with what the job found (check results, retention
+    /// actions) beside its run.
+    pub async fn trigger_detailed(&self, job: JobKind) -> Option<(JobRun, Detail)> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Trigger(job, tx)).await.ok()?;
         rx.await.ok()
@@ -155,6 +161,44 @@ impl SchedulerHandle {
         }
         Ok(states)
     }
+}
+
+/// Keeps a finished attempt in the run history and counts it in the metrics.
+async fn record(history: &dyn RunLog, run: &JobRun) {
+    if let Err(e) = history.record(run).await {
+        tracing::error!(job = %run.job, error = %e, "could not record job run");
+    }
+    history::observe(run);
+}
+
+/// Runs `job` once in this process outside the queue (an offline command, while no server
+/// holds the writer lock), recorded in `history` like a queued run: every run, whoever asked,
+/// has its `system.job_runs` row.
+pub async fn run_once(
+    runner: &dyn JobRunner,
+    history: &dyn RunLog,
+    clock: &dyn Clock,
+    job: JobKind,
+) -> (JobRun, Result<Detail, String>) {
+    let started = clock.now_us();
+    let result = runner.run_detailed(job, started).await;
+    let (status, report, error) = match &result {
+        Ok((report, _)) => (Outcome::Succeeded, report.clone(), None),
+        Err(e) => (Outcome::Failed, BuildReport::default(), Some(e.clone())),
+    };
+    let run = JobRun {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        job: job.name().to_string(),
+        timeframe: job.timeframe().map(|t| t.to_string()),
+        attempt: 1,
+        started_at: started,
+        finished_at: clock.now_us(),
+        status,
+        report,
+        error,
+    };
+    record(history, &run).await;
+    (run, result.map(|(_, detail)| detail))
 }
 
 /// The scheduler; `run` owns it until cancelled.
@@ -257,7 +301,7 @@ impl Scheduler {
     }
 
     /// Runs `job` with retries; returns its last attempt, or `None` if cancelled.
-    async fn execute(&self, job: JobKind, cancel: &CancellationToken) -> Option<JobRun> {
+    async fn execute(&self, job: JobKind, cancel: &CancellationToken) -> Option<(JobRun, Detail)> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -272,7 +316,10 @@ impl Scheduler {
                 snapshot_after = tracing::field::Empty,
                 source_snapshot = tracing::field::Empty,
             );
-            let run = tracing::Instrument::instrument(self.runner.run(job, started), span.clone());
+            let run = tracing::Instrument::instrument(
+                self.runner.run_detailed(job, started),
+                span.clone(),
+            );
             let timed = tokio::time::timeout(self.policy.timeout, run);
             tokio::pin!(timed);
             let outcome = tokio::select! {
@@ -283,7 +330,7 @@ impl Scheduler {
                     tokio::time::timeout(self.policy.shutdown_grace, &mut timed).await.ok()
                 }
             };
-            if let Some(Ok(Ok(report))) = &outcome {
+            if let Some(Ok(Ok((report, _)))) = &outcome {
                 for (field, value) in [
                     ("snapshot_before", report.snapshot_before),
                     ("snapshot_after", report.snapshot_after),
@@ -294,13 +341,17 @@ impl Scheduler {
                     }
                 }
             }
+            let mut detail = Detail::None;
             let (status, report, error) = match outcome {
                 None => (
                     Outcome::Cancelled,
                     BuildReport::default(),
                     Some("server shutting down".to_string()),
                 ),
-                Some(Ok(Ok(report))) => (Outcome::Succeeded, report, None),
+                Some(Ok(Ok((report, found)))) => {
+                    detail = found;
+                    (Outcome::Succeeded, report, None)
+                }
                 Some(Ok(Err(e))) => (Outcome::Failed, BuildReport::default(), Some(e)),
                 Some(Err(_)) => (
                     Outcome::TimedOut,
@@ -319,15 +370,12 @@ impl Scheduler {
                 report,
                 error,
             };
-            if let Err(e) = self.history.record(&run).await {
-                tracing::error!(job = %job, error = %e, "could not record job run");
-            }
-            history::observe(&run);
+            record(self.history.as_ref(), &run).await;
             span.record("status", run.status.as_str());
             match status {
                 Outcome::Succeeded => {
                     tracing::info!(parent: &span, job = %job, attempt, new = run.report.new, revised = run.report.revised, "job succeeded");
-                    return Some(run);
+                    return Some((run, detail));
                 }
                 Outcome::Cancelled => return None,
                 _ if attempt > self.policy.max_retries => {
@@ -344,7 +392,7 @@ impl Scheduler {
                             "error": run.error,
                         }),
                     ));
-                    return Some(run);
+                    return Some((run, detail));
                 }
                 _ => {
                     let wait = self.policy.backoff(attempt);

@@ -328,7 +328,11 @@ async fn the_validate_command_exits_1_on_violations() {
         .upsert(TableKind::Bars(Timeframe::D1), &[bad], HashMap::new())
         .await
         .unwrap();
-    let Deployment { dir, writer, .. } = d;
+    let Deployment {
+        dir,
+        writer,
+        config,
+    } = d;
     drop(writer); // releases the writer lock the command takes
     let data_dir = dir.path().to_path_buf();
     let run = |args: &[&str]| {
@@ -350,6 +354,25 @@ async fn the_validate_command_exits_1_on_violations() {
         "{stdout}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("violations"));
+    let out = run(&["retention", "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+
+    // Offline commands are jobs like any other: each run has its row in the run history.
+    let storage = ohlcv_server::storage::Storage::open(&config).await.unwrap();
+    let history = ohlcv_server::scheduler::History::open(storage.pool())
+        .await
+        .unwrap();
+    let runs = history.recent(10).await.unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r.job.as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "validate").count(),
+        2,
+        "{names:?}"
+    );
+    assert!(names.contains(&"retention_plan"), "{names:?}");
+    assert!(runs
+        .iter()
+        .all(|r| r.status == ohlcv_server::jobs::Outcome::Succeeded));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

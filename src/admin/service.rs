@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use crate::cache::BarCache;
 use crate::quality::Scope;
-use crate::scheduler::{BuilderJobs, History, JobKind, JobRun, SchedulerHandle};
+use crate::scheduler::{
+    BuilderJobs, Detail, History, JobKind, JobRun, SchedulerHandle, Timeframes,
+};
 use crate::server::auth::{Identity, Role};
 use crate::server::Error;
 use crate::storage::{Listing, TableKind, TableWriter, TimeRange};
@@ -50,10 +52,18 @@ impl AdminApi {
     }
 
     async fn run(&self, job: JobKind) -> Result<JobRun, Error> {
+        Ok(self.run_detailed(job).await?.0)
+    }
+
+    /// Queues `job` (behind the one running, if any) and waits for its last attempt.
+    async fn run_detailed(&self, job: JobKind) -> Result<(JobRun, Detail), Error> {
         if let Some(builder) = self.writer().builder_elsewhere().await {
             return Err(crate::storage::Error::ReadReplica { builder }.into());
         }
-        self.scheduler.trigger(job).await.ok_or(Error::ShuttingDown)
+        self.scheduler
+            .trigger_detailed(job)
+            .await
+            .ok_or(Error::ShuttingDown)
     }
 }
 
@@ -271,11 +281,14 @@ impl AdminService for AdminApi {
         } else {
             Scope::Range(range)
         };
-        let results = self
-            .jobs
-            .validate(&tfs, scope, self.scheduler.now_us())
-            .await
-            .map_err(Error::from)?;
+        let job = JobKind::ValidateScoped(Timeframes::of(&tfs), scope);
+        let (run, detail) = self.run_detailed(job).await?;
+        let Detail::Checks(results) = detail else {
+            let error = succeeded(run).err();
+            return Err(error
+                .unwrap_or_else(|| Error::Internal("a validation returned no results".into()))
+                .into());
+        };
         Ok(Response::new(proto::ValidateResponse {
             results: results.into_iter().map(Into::into).collect(),
         }))
@@ -286,12 +299,17 @@ impl AdminService for AdminApi {
         request: Request<proto::ApplyRetentionRequest>,
     ) -> Result<Response<proto::ApplyRetentionResponse>, Status> {
         admin(&request)?;
-        let now = self.scheduler.now_us();
-        let actions = self
-            .jobs
-            .retention(request.get_ref().dry_run, now)
-            .await
-            .map_err(Error::from)?;
+        let job = match request.get_ref().dry_run {
+            true => JobKind::RetentionPlan,
+            false => JobKind::Retention,
+        };
+        let (run, detail) = self.run_detailed(job).await?;
+        let Detail::Retention(actions) = detail else {
+            let error = succeeded(run).err();
+            return Err(error
+                .unwrap_or_else(|| Error::Internal("retention returned no actions".into()))
+                .into());
+        };
         Ok(Response::new(proto::ApplyRetentionResponse {
             actions: actions
                 .into_iter()
