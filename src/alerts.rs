@@ -96,7 +96,10 @@ impl Alerts {
         Alerts::default()
     }
 
-    /// Alerts delivered to `config.webhook_url` (if set) by a task that runs until `cancel`.
+    /// Alerts delivered to `config.webhook_url` (if set) by a task that runs until `cancel`,
+    /// then delivers what is still queued (once each, no retries) and ends. Shutdown cancels
+    /// it after the jobs stopped, so the alert of a job that fails in its shutdown grace is
+    /// still sent.
     pub fn start(
         config: &AlertsConfig,
         cancel: CancellationToken,
@@ -147,6 +150,9 @@ impl Alerts {
     }
 }
 
+/// How long delivery may go on at shutdown, for what is still queued.
+const FLUSH: Duration = Duration::from_secs(5);
+
 struct Delivery {
     url: String,
     retries: u32,
@@ -165,19 +171,36 @@ impl Delivery {
         };
         loop {
             let alert = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
                 a = rx.recv() => match a { Some(a) => a, None => return },
             };
+            let delivering = self.deliver(&client, &alert, self.retries);
+            tokio::pin!(delivering);
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.deliver(&client, &alert) => {}
+                _ = &mut delivering => {}
+                _ = cancel.cancelled() => {
+                    // Stopping: the delivery under way may still finish, within the flush time.
+                    if tokio::time::timeout(FLUSH, &mut delivering).await.is_err() {
+                        tracing::error!(kind = %alert.kind, "alert delivery unfinished at shutdown");
+                    }
+                    break;
+                }
             }
+        }
+        rx.close();
+        let flush = async {
+            while let Ok(alert) = rx.try_recv() {
+                self.deliver(&client, &alert, 0).await;
+            }
+        };
+        if tokio::time::timeout(FLUSH, flush).await.is_err() {
+            tracing::error!("alerts still queued at shutdown were not all delivered");
         }
     }
 
-    async fn deliver(&self, client: &reqwest::Client, alert: &Alert) {
+    async fn deliver(&self, client: &reqwest::Client, alert: &Alert, retries: u32) {
         let mut wait = Duration::from_secs(1);
-        for attempt in 0..=self.retries {
+        for attempt in 0..=retries {
             let outcome = client.post(&self.url).json(alert).send().await;
             match outcome.map(|r| r.error_for_status()) {
                 Ok(Ok(_)) => {
@@ -188,7 +211,7 @@ impl Delivery {
                     tracing::warn!(url = %self.url, attempt, error = %e, "webhook delivery failed");
                 }
             }
-            if attempt < self.retries {
+            if attempt < retries {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(60));
             }

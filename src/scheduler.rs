@@ -378,11 +378,16 @@ impl Scheduler {
                     return Some((run, detail));
                 }
                 Outcome::Cancelled => return None,
-                _ if attempt > self.policy.max_retries => {
+                // Shutting down: no retry comes, so this failure is the last word.
+                _ if attempt > self.policy.max_retries || cancel.is_cancelled() => {
+                    let when = match cancel.is_cancelled() {
+                        true => "; not retried: the server is shutting down",
+                        false => "",
+                    };
                     self.alerts.raise(Alert::new(
                         "job_failed",
                         run.finished_at,
-                        format!("job {job} {status} after {attempt} attempts"),
+                        format!("job {job} {status} after {attempt} attempts{when}"),
                         serde_json::json!({
                             "job": run.job,
                             "timeframe": run.timeframe,

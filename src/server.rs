@@ -270,7 +270,10 @@ pub async fn serve(
             cancel.clone(),
         ));
     }
-    let (alerts, delivery) = Alerts::start(&options.alerts, cancel.clone());
+    // Alerts stop after the jobs do (see the end of `serve`).
+    let alerts_stop = CancellationToken::new();
+    let _alerts_stop_on_exit = alerts_stop.clone().drop_guard();
+    let (alerts, delivery) = Alerts::start(&options.alerts, alerts_stop.clone());
     if let Some(delivery) = delivery {
         tasks.spawn(delivery);
     }
@@ -291,7 +294,7 @@ pub async fn serve(
     );
     let scheduler_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (health, health_service) = tonic_health::server::health_reporter();
-    tasks.spawn(health::watch_scheduler(
+    let scheduling = tokio::spawn(health::watch_scheduler(
         scheduler.with_alerts(alerts).run(cancel.clone()),
         health.clone(),
         Arc::clone(&scheduler_alive),
@@ -404,7 +407,11 @@ pub async fn serve(
             },
         )
         .await;
+    // Shutdown order: the queue stops taking jobs and the running one gets its grace; then
+    // the alerts it raised are delivered; then everything else stops.
     cancel.cancel();
+    let _ = scheduling.await;
+    alerts_stop.cancel();
     tasks.wait().await;
     let _ = beating.await;
     served.map_err(|e| Error::Internal(format!("transport: {e}")))

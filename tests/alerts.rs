@@ -269,3 +269,62 @@ async fn a_job_failing_after_its_retries_alerts_and_a_hanging_webhook_blocks_not
     task.await.unwrap();
     delivery.await.unwrap();
 }
+
+/// Fails after a while: long enough to be running when shutdown begins.
+struct SlowFailing;
+
+#[async_trait]
+impl JobRunner for SlowFailing {
+    async fn run(&self, _job: JobKind, _now_us: i64) -> Result<BuildReport, String> {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Err("the catalog went away".into())
+    }
+}
+
+/// Shutdown in the server's order (stop the queue, let the running job finish in its grace,
+/// then stop alert delivery): a job that fails during its grace is not retried, and its
+/// alert still reaches the webhook before delivery ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_failing_in_its_shutdown_grace_is_alerted_before_delivery_stops() {
+    let (url, mut bodies) = webhook(Vec::new(), false).await;
+    let config = AlertsConfig {
+        webhook_url: Some(url),
+        webhook_retries: 3,
+        webhook_timeout_secs: 5,
+    };
+    let alerts_stop = CancellationToken::new();
+    let (alerts, delivery) = Alerts::start(&config, alerts_stop.clone());
+    let delivery = tokio::spawn(delivery.unwrap());
+    let cancel = CancellationToken::new();
+    let (scheduler, handle) = Scheduler::new(
+        Arc::new(SlowFailing),
+        Arc::new(ManualClock::at(T0)),
+        Vec::new(),
+        RetryPolicy {
+            max_retries: 3,
+            shutdown_grace: Duration::from_secs(10),
+            ..RetryPolicy::default()
+        },
+        Arc::new(NoLog),
+    );
+    let task = tokio::spawn(scheduler.with_alerts(alerts.clone()).run(cancel.clone()));
+    let job = JobKind::Build(Timeframe::M1);
+    let triggered = tokio::spawn(async move { handle.trigger(job).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    cancel.cancel();
+    task.await.unwrap();
+    let run = triggered
+        .await
+        .unwrap()
+        .expect("the failed attempt is answered");
+    assert_eq!((run.status.as_str(), run.attempt), ("failed", 1));
+    alerts_stop.cancel();
+    delivery.await.unwrap();
+    let alert = next(&mut bodies).await;
+    assert_eq!(alert["kind"], "job_failed");
+    assert!(
+        alert["summary"].as_str().unwrap().contains("shutting down"),
+        "{alert}"
+    );
+    assert_eq!(alerts.counts().delivered, 1);
+}
