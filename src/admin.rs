@@ -24,7 +24,7 @@ impl From<crate::quality::CheckResult> for proto::CheckResult {
             samples: r.samples.iter().map(|v| v.to_string()).collect(),
             timeframe: r.timeframe,
             check: r.check,
-            status: r.status,
+            status: r.status.to_string(),
             violations: r.violations,
             run_id: r.run_id,
             range_start_us: r.range_start,

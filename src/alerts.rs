@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 /// `[alerts]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +152,9 @@ impl Alerts {
     }
 }
 
+/// Between webhook attempts.
+const WEBHOOK_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+
 /// How long delivery may go on at shutdown, for what is still queued.
 const FLUSH: Duration = Duration::from_secs(5);
 
@@ -199,7 +204,6 @@ impl Delivery {
     }
 
     async fn deliver(&self, client: &reqwest::Client, alert: &Alert, retries: u32) {
-        let mut wait = Duration::from_secs(1);
         for attempt in 0..=retries {
             let outcome = client.post(&self.url).json(alert).send().await;
             match outcome.map(|r| r.error_for_status()) {
@@ -212,8 +216,7 @@ impl Delivery {
                 }
             }
             if attempt < retries {
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(60));
+                tokio::time::sleep(WEBHOOK_BACKOFF.delay(attempt + 1)).await;
             }
         }
         self.counters.failed.fetch_add(1, Ordering::Relaxed);

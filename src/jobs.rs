@@ -164,12 +164,6 @@ impl fmt::Display for Outcome {
     }
 }
 
-impl PartialEq<&str> for Outcome {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 /// Creates every series of the job metrics at zero (Prometheus practice: `increase()` cannot
 /// see the first failures of a series that appears already counting them, and dashboards and
 /// rules can be checked before the first event).
@@ -368,7 +362,7 @@ pub fn check_json(r: &quality::CheckResult) -> serde_json::Value {
         "run_id": r.run_id,
         "timeframe": r.timeframe,
         "check": r.check,
-        "status": r.status,
+        "status": r.status.as_str(),
         "violations": r.violations,
         "range_start_us": r.range_start,
         "range_end_us": r.range_end,

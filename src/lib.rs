@@ -7,6 +7,7 @@
 //! - [`bars`]: the bar and rollup kernels (pure, no I/O) and the fast trades-file reader.
 //! - [`build`]: the builder: incremental 1m/5m, rollup 30m/1h/1d, backfill, watermarks.
 //! - [`clock`]: injected time.
+//! - [`backoff`]: the one wait-between-retries rule every retry loop uses.
 //! - [`metrics`]: the process's Prometheus metrics (filled by every layer, served by
 //!   `server::telemetry`).
 //! - [`cache`]: the hot bar cache (moka) kept equal to the tables by observing every commit,
@@ -30,6 +31,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod backoff;
 pub mod bars;
 pub mod build;
 pub mod cache;

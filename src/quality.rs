@@ -44,7 +44,7 @@ pub fn preset_metrics() {
         }
     }
 }
-pub use results::{CheckResult, Reports, RetentionRun, Validated};
+pub use results::{CheckResult, CheckStatus, Reports, RetentionRun, Validated};
 
 /// Older partitions re-checked by each run on top of what changed.
 const SAMPLE_PARTITIONS: usize = 2;
@@ -163,7 +163,10 @@ pub async fn validate(
                 check: check.to_string(),
                 range_start: span.map(|s| s.0),
                 range_end: span.map(|s| s.1),
-                status: if found.count == 0 { "passed" } else { "failed" }.to_string(),
+                status: match found.count {
+                    0 => CheckStatus::Passed,
+                    _ => CheckStatus::Failed,
+                },
                 violations: found.count,
                 rows_checked: rows,
                 samples: found.samples.clone(),

@@ -67,12 +67,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// Wait before retry number `retry` (1-based): base * 2^(retry-1), capped.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(retry.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.backoff_base
-            .saturating_mul(factor)
-            .min(self.backoff_max)
+        crate::backoff::Backoff::new(self.backoff_base, self.backoff_max).delay(retry)
     }
 }
 

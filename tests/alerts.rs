@@ -260,7 +260,7 @@ async fn a_job_failing_after_its_retries_alerts_and_a_hanging_webhook_blocks_not
             .await
             .expect("a job never waits for the webhook")
             .unwrap();
-        assert_eq!(run.status, "failed");
+        assert_eq!(run.status, ohlcv_server::jobs::Outcome::Failed);
     }
     let counts = alerts.counts();
     assert_eq!(counts.raised, 4);

@@ -14,8 +14,8 @@ use common::*;
 use ohlcv_server::build::{BuildReport, BuildSettings};
 use ohlcv_server::clock::TokioClock;
 use ohlcv_server::scheduler::{
-    default_schedules, BuilderJobs, History, JobKind, JobRun, JobRunner, RetryPolicy, RunLog,
-    Scheduler,
+    default_schedules, BuilderJobs, History, JobKind, JobRun, JobRunner, Outcome, RetryPolicy,
+    RunLog, Scheduler,
 };
 use ohlcv_server::timeframe::Timeframe;
 use tokio_util::sync::CancellationToken;
@@ -124,7 +124,7 @@ async fn an_hour_of_staggered_schedules_one_job_at_a_time() {
     assert_eq!(first(Timeframe::D1), 45 * SEC);
     let runs = log.0.lock().unwrap();
     assert_eq!(runs.len(), started.len());
-    assert!(runs.iter().all(|r| r.status == "succeeded"));
+    assert!(runs.iter().all(|r| r.status == Outcome::Succeeded));
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,7 +169,7 @@ async fn failures_retry_with_backoff_and_timeouts_count_as_failures() {
         .filter(|r| r.timeframe.as_deref() == Some("1d"))
         .collect();
     assert_eq!(d1.len(), 3, "first attempt and two retries");
-    assert!(d1.iter().all(|r| r.status == "timed_out"));
+    assert!(d1.iter().all(|r| r.status == Outcome::TimedOut));
 }
 
 /// Shutdown lets the running job finish within the grace (its run is recorded as it ended),
@@ -197,10 +197,10 @@ async fn shutdown_waits_for_the_running_job_within_its_grace() {
         let last = log.0.lock().unwrap().last().cloned().unwrap();
         assert_eq!(last.job, "build");
         if hang {
-            assert_eq!(last.status, "cancelled");
+            assert_eq!(last.status, Outcome::Cancelled);
             assert_eq!(took, RetryPolicy::default().shutdown_grace);
         } else {
-            assert_eq!(last.status, "succeeded");
+            assert_eq!(last.status, Outcome::Succeeded);
             assert!(took <= Duration::from_secs(2), "{took:?}");
         }
     }
@@ -219,7 +219,7 @@ async fn paused_schedules_still_take_manual_triggers() {
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert!(runner.started.lock().unwrap().is_empty());
     let run = handle.trigger(JobKind::Build(Timeframe::H1)).await.unwrap();
-    assert_eq!(run.status, "succeeded");
+    assert_eq!(run.status, Outcome::Succeeded);
     assert_eq!(runner.started.lock().unwrap().len(), 1);
     handle.resume();
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -258,7 +258,7 @@ async fn real_builds_are_recorded_and_the_history_survives_a_reopen() {
     let cancel = CancellationToken::new();
     let task = tokio::spawn(scheduler.run(cancel.clone()));
     let run = handle.trigger(JobKind::Build(Timeframe::M1)).await.unwrap();
-    assert_eq!(run.status, "succeeded", "{:?}", run.error);
+    assert_eq!(run.status, Outcome::Succeeded, "{:?}", run.error);
     assert_eq!(run.report.new, 9, "50 trades, 10 s apart: 9 minutes");
     cancel.cancel();
     task.await.unwrap();
@@ -318,7 +318,7 @@ async fn the_retention_run_records_the_orphan_files_it_removed() {
     let run = handle.trigger(JobKind::Retention).await.unwrap();
     cancel.cancel();
     task.await.unwrap();
-    assert_eq!(run.status, "succeeded", "{:?}", run.error);
+    assert_eq!(run.status, Outcome::Succeeded, "{:?}", run.error);
     assert!(!std::path::Path::new(&local).exists(), "the orphan is gone");
     assert!(run.report.orphans_deleted >= 1, "{:?}", run.report);
     let recorded = history.recent(1).await.unwrap();

@@ -18,8 +18,7 @@ pub struct CheckResult {
     /// The span the checked ranges cover, `[start, end)`; `None` when nothing was checked.
     pub range_start: Option<i64>,
     pub range_end: Option<i64>,
-    /// `passed` or `failed`.
-    pub status: String,
+    pub status: CheckStatus,
     pub violations: u64,
     pub rows_checked: u64,
     pub samples: Vec<Violation>,
@@ -27,7 +26,38 @@ pub struct CheckResult {
 
 impl CheckResult {
     pub fn passed(&self) -> bool {
-        self.status == "passed"
+        self.status == CheckStatus::Passed
+    }
+}
+
+/// How one check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    Passed,
+    Failed,
+}
+
+impl CheckStatus {
+    /// The name the results table, `system.validation_results` and the admin API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passed => "passed",
+            CheckStatus::Failed => "failed",
+        }
+    }
+
+    /// The status a stored row names (anything but `passed` reads as failed).
+    pub fn parse(name: &str) -> CheckStatus {
+        match name {
+            "passed" => CheckStatus::Passed,
+            _ => CheckStatus::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for CheckStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -120,7 +150,7 @@ impl Reports {
         .bind(&r.check)
         .bind(r.range_start)
         .bind(r.range_end)
-        .bind(&r.status)
+        .bind(r.status.as_str())
         .bind(r.violations as i64)
         .bind(r.rows_checked as i64)
         .bind(serde_json::Value::Array(samples).to_string())
@@ -151,7 +181,7 @@ impl Reports {
                     check: row.try_get(3)?,
                     range_start: row.try_get(4)?,
                     range_end: row.try_get(5)?,
-                    status: row.try_get(6)?,
+                    status: CheckStatus::parse(&row.try_get::<String, _>(6)?),
                     violations: row.try_get::<i64, _>(7)? as u64,
                     rows_checked: row.try_get::<i64, _>(8)? as u64,
                     samples: samples.iter().map(violation_of).collect(),

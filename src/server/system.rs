@@ -175,7 +175,7 @@ fn validation_results_batch(rows: &[CheckResult]) -> Result<RecordBatch, ArrowEr
             s(|r| &r.check),
             t(|r| r.range_start),
             t(|r| r.range_end),
-            s(|r| &r.status),
+            s(|r| r.status.as_str()),
             n(|r| r.violations),
             n(|r| r.rows_checked),
             Arc::new(samples.finish()),

@@ -39,6 +39,7 @@ use super::error::{Error, Result};
 use super::files::discard;
 use super::schema::TableKind;
 use super::snapshot::{Listing, LiveFile};
+use crate::backoff::Backoff;
 
 /// Most manifests a snapshot carries before they are merged into one.
 const MAX_MANIFESTS: usize = 32;
@@ -400,6 +401,9 @@ async fn send(
     }
 }
 
+/// Between the catalog reads of [`resolve`].
+const RESOLVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+
 /// Whether the commit that created `snapshot_id` (or, for a commit of properties alone, that
 /// moved the metadata away from `metadata_before`) is in the table now. Re-reads the catalog,
 /// with growing pauses, until it answers or [`RESOLVE_FOR`] has passed.
@@ -410,7 +414,7 @@ async fn resolve(
     metadata_before: Option<&str>,
 ) -> Result<bool> {
     let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
-    let mut pause = Duration::from_millis(50);
+    let mut retry = 0;
     loop {
         // One catalog read: the table for a data commit, the metadata location for a commit
         // of properties alone.
@@ -429,6 +433,8 @@ async fn resolve(
             })
         })
         .await;
+        retry += 1;
+        let pause = RESOLVE_BACKOFF.delay(retry);
         match read {
             Ok(Ok(landed)) => return Ok(landed),
             Ok(Err(e)) if tokio::time::Instant::now() + pause >= deadline => return Err(e),
@@ -441,7 +447,6 @@ async fn resolve(
             Err(_) => {}
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
