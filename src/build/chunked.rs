@@ -24,6 +24,12 @@ pub const BYTES_PER_TRADE: u64 = 160;
 /// row groups, listings, the bars of a chunk being diffed and written.
 pub const RESERVE_BYTES: u64 = 32 << 20;
 
+/// The smallest budget at which a chunk commits while the next one is computed: the overlap
+/// holds a chunk's bars and the stored files its commit reads beside the next chunk's
+/// ordering, which a small budget has no room for (tests/attach.rs, 64 MB, peaked 94 MB with
+/// it against a bound of 92).
+pub const OVERLAP_MIN_BYTES: u64 = 256 << 20;
+
 /// Runs `plans` over the trades of `listing`'s files.
 pub(super) async fn run(
     writer: &TableWriter,
@@ -122,6 +128,7 @@ pub(super) async fn run(
     // The chunk whose bars are computed and not yet committed: it commits while the next one
     // is computed (committing is I/O, computing is CPU).
     let mut pending: Option<Pending> = None;
+    let overlap = settings.memory_bytes >= OVERLAP_MIN_BYTES;
     for (i, chunk) in chunks.iter().enumerate() {
         let Some(reading) = next.take() else { break };
         let waited = std::time::Instant::now();
@@ -157,7 +164,14 @@ pub(super) async fn run(
         let tfs: Vec<Timeframe> = plans.iter().map(|p| p.tf).collect();
         let computing = compute(tfs, trades, selected, now_us);
         let committing = commit(writer, plans, &last_of, pending.take(), now_us);
-        let (computed, committed) = futures::join!(computing, committing);
+        let (computed, committed) = match overlap {
+            true => futures::join!(computing, committing),
+            // Committed first: its bars and read-back files are gone before the kernel runs.
+            false => {
+                let committed = committing.await;
+                (computing.await, committed)
+            }
+        };
         apply(plans, committed?, running.as_ref());
         pending = Some(Pending {
             chunk: i,
