@@ -175,11 +175,12 @@ async fn a_first_attach_in_chunks_stays_in_its_budget_and_equals_one_build() {
     assert_eq!(tables(&dir("chunked")).await, tables(&dir("one")).await);
 
     // Within the budget plus the idle server, give or take a quarter of the budget: runs of
-    // the long history peaked at 71-80 MB: allocator pages held by fragmentation, the live
-    // heap peaks at 29 MB (README, "Point it at your lake"); the unchunked build is well past
-    // it.
+    // the long history peaked at 71-89 MB: allocator pages held by fragmentation, the live
+    // heap peaks at 29 MB (README, "Point it at your lake"). The unchunked build does not fit
+    // the budget (89-93 MB since 1m and 5m share one ordering; 107 MB before).
     let bound = idle + (BUDGET_MB << 20) * 5 / 4;
     assert!(chunked_long <= bound, "{} MB", mb(chunked_long));
     assert!(chunked <= bound, "{} MB", mb(chunked));
-    assert!(unchunked > bound, "{} MB", mb(unchunked));
+    assert!(unchunked > idle + (BUDGET_MB << 20), "{} MB", mb(unchunked));
+    assert!(unchunked > chunked * 5 / 4, "{} MB", mb(unchunked));
 }

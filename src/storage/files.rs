@@ -392,7 +392,7 @@ pub async fn read_data_file_as(
     path: &str,
 ) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
-    read_data_file_each(store, table, target, path, |b| {
+    read_data_file_each(store, table, target, path, None, |b| {
         out.push(b);
         Ok::<_, Error>(())
     })
@@ -407,6 +407,7 @@ pub async fn read_data_file_each<E: From<Error>>(
     table: &str,
     target: &SchemaRef,
     path: &str,
+    batch_rows: Option<usize>,
     mut each: impl FnMut(RecordBatch) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let mut reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
@@ -423,8 +424,10 @@ pub async fn read_data_file_each<E: From<Error>>(
         .map_err(Error::from)?,
         None => metadata,
     };
-    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
-        .with_batch_size(READ_BATCH_ROWS);
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
+    if let Some(rows) = batch_rows {
+        builder = builder.with_batch_size(rows);
+    }
     // Only the target's columns are decoded: a wide foreign table costs what is mapped.
     let mask = projection(builder.schema(), target)
         .map(|roots| ProjectionMask::roots(builder.parquet_schema(), roots));
@@ -438,11 +441,6 @@ pub async fn read_data_file_each<E: From<Error>>(
     }
     Ok(())
 }
-
-/// Rows per decoded batch: large enough that per-batch work (conforming, checks, series
-/// lookup) is small beside per-row work, small enough that the files read at once stay a few
-/// megabytes each.
-const READ_BATCH_ROWS: usize = 8192;
 
 /// The file's schema with the text columns that `target` takes as dictionaries asked for as
 /// such; `None` when there are none.

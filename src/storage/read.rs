@@ -51,7 +51,7 @@ pub async fn read_files_in(
                 let mut out = Vec::new();
                 let mut offset = 0;
                 let target = kind.arrow_schema()?;
-                read_data_file_each(&store, &kind.name(), &target, file.path(), |batch| {
+                read_data_file_each(&store, &kind.name(), &target, file.path(), None, |batch| {
                     let rows = batch.num_rows();
                     let batch = without_row_deletes_at(&file, batch, offset)?;
                     offset += rows;

@@ -142,6 +142,9 @@ pub async fn read_trades_in(
         .try_into()
         .map_err(crate::storage::Error::from)?;
     let schema: SchemaRef = Arc::new(Schema::new(fields));
+    // Source rows go through mapping and checks batch by batch: larger batches make that
+    // per-batch work small beside the per-row work (the reader's default is 1,024 rows).
+    let batch_rows = for_kernel.then_some(8192);
     let mapped = mapped_columns(source, &schema);
     let mapped: SchemaRef = Arc::new(match for_kernel {
         true => keys_as_dictionaries(source, mapped),
@@ -186,7 +189,7 @@ pub async fn read_trades_in(
             let mut out = Vec::new();
             let mut skipped = Skipped::default();
             let mut offset = 0;
-            read_data_file_each(&store, &name, &target, file.path(), |batch| {
+            read_data_file_each(&store, &name, &target, file.path(), batch_rows, |batch| {
                 let rows_in_file = batch.num_rows();
                 let batch = match &file.deleted {
                     Some(deleted) => without_deleted(batch, offset, deleted)?,
