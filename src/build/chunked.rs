@@ -27,7 +27,8 @@ pub const RESERVE_BYTES: u64 = 32 << 20;
 /// The smallest budget at which a chunk commits while the next one is computed: the overlap
 /// holds a chunk's bars and the stored files its commit reads beside the next chunk's
 /// ordering, which a small budget has no room for (tests/attach.rs, 64 MB, peaked 94 MB with
-/// it against a bound of 92).
+/// it against a bound of 92). With the overlap a kill can lose two chunks (the one
+/// committing, the one computed), without it one.
 pub const OVERLAP_MIN_BYTES: u64 = 256 << 20;
 
 /// Runs `plans` over the trades of `listing`'s files.
@@ -163,15 +164,20 @@ pub(super) async fn run(
         let rows = trades.iter().map(|b| b.num_rows() as u64).sum();
         let tfs: Vec<Timeframe> = plans.iter().map(|p| p.tf).collect();
         let computing = compute(tfs, trades, selected, now_us);
+        if !overlap {
+            // Computed, then committed at once: a kill loses at most this chunk.
+            let done = Pending {
+                chunk: i,
+                rows,
+                bars: computing.await?,
+                ranges,
+            };
+            let committed = commit(writer, plans, &last_of, Some(done), now_us).await?;
+            apply(plans, committed, running.as_ref());
+            continue;
+        }
         let committing = commit(writer, plans, &last_of, pending.take(), now_us);
-        let (computed, committed) = match overlap {
-            true => futures::join!(computing, committing),
-            // Committed first: its bars and read-back files are gone before the kernel runs.
-            false => {
-                let committed = committing.await;
-                (computing.await, committed)
-            }
-        };
+        let (computed, committed) = futures::join!(computing, committing);
         apply(plans, committed?, running.as_ref());
         pending = Some(Pending {
             chunk: i,
