@@ -55,6 +55,13 @@ impl AdminApi {
         Ok(self.run_detailed(job).await?.0)
     }
 
+    /// What `job` found, once it succeeded (a failed run is a failed RPC, see [`succeeded`]).
+    async fn found(&self, job: JobKind) -> Result<Detail, Error> {
+        let (run, detail) = self.run_detailed(job).await?;
+        succeeded(run)?;
+        Ok(detail)
+    }
+
     /// Queues `job` (behind the one running, if any) and waits for its last attempt.
     async fn run_detailed(&self, job: JobKind) -> Result<(JobRun, Detail), Error> {
         if let Some(builder) = self.writer().builder_elsewhere().await {
@@ -282,12 +289,8 @@ impl AdminService for AdminApi {
             Scope::Range(range)
         };
         let job = JobKind::ValidateScoped(Timeframes::of(&tfs), scope);
-        let (run, detail) = self.run_detailed(job).await?;
-        let Detail::Checks(results) = detail else {
-            let error = succeeded(run).err();
-            return Err(error
-                .unwrap_or_else(|| Error::Internal("a validation returned no results".into()))
-                .into());
+        let Detail::Checks(results) = self.found(job).await? else {
+            return Err(Error::Internal("a validation returned no results".into()).into());
         };
         Ok(Response::new(proto::ValidateResponse {
             results: results.into_iter().map(Into::into).collect(),
@@ -303,12 +306,8 @@ impl AdminService for AdminApi {
             true => JobKind::RetentionPlan,
             false => JobKind::Retention,
         };
-        let (run, detail) = self.run_detailed(job).await?;
-        let Detail::Retention(actions) = detail else {
-            let error = succeeded(run).err();
-            return Err(error
-                .unwrap_or_else(|| Error::Internal("retention returned no actions".into()))
-                .into());
+        let Detail::Retention(actions) = self.found(job).await? else {
+            return Err(Error::Internal("retention returned no actions".into()).into());
         };
         Ok(Response::new(proto::ApplyRetentionResponse {
             actions: actions

@@ -145,7 +145,7 @@ pub fn preset_metrics() {
     for event in CACHE_EVENTS {
         m.cache_events.with_label_values(&[event]);
     }
-    crate::jobs::preset_metrics();
+    // The job series are created by `Scheduler::new`.
     crate::quality::preset_metrics();
     crate::storage::commit::preset_metrics();
 }
