@@ -29,13 +29,12 @@ pub mod progress;
 pub mod retention;
 pub mod state;
 
-use crate::storage::{CommitOutcome, TableKind, TableWriter, TimeRange};
+use crate::storage::{CommitOutcome, Listing, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
 
 pub use crate::bars::{Error, Result};
 pub use batch::{build_rollup, Scope};
 pub use compact::compact_closed;
-pub use incremental::{build_from_trades, build_incremental};
 
 /// What one build did; becomes a row of `system.job_runs`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,9 +226,7 @@ async fn backfill_from_trades(
     plans[0].report = report;
     let layout = storage.layout(TableKind::Trades, &trades)?;
     let window = TimeRange::new(Some(start), Some(end));
-    let listing =
-        crate::storage::Listing::read_laid_out(&trades, TableKind::Trades, layout, None, window)
-            .await?;
+    let listing = Listing::read_laid_out(&trades, TableKind::Trades, layout, None, window).await?;
     chunked::run(writer, &listing, &mut plans, now_us, settings, "backfill").await?;
     Ok(plans.remove(0).report)
 }
@@ -246,6 +243,64 @@ pub fn coalesce(ranges: impl Iterator<Item = (i64, i64)>) -> Vec<(i64, i64)> {
         }
     }
     out
+}
+
+/// Builds `tf` (1m or 5m) up to `now_us` with `grace_us` for late trades.
+pub async fn build_incremental(
+    writer: &TableWriter,
+    tf: Timeframe,
+    now_us: i64,
+    grace_us: i64,
+) -> Result<BuildReport> {
+    let settings = BuildSettings {
+        grace_us,
+        ..BuildSettings::default()
+    };
+    let mut reports = build_from_trades(writer, &[tf], now_us, settings).await?;
+    Ok(reports.remove(0))
+}
+
+/// Builds the timeframes `tfs` (1m, 5m or both) from one read of the trades, in chunks that
+/// fit `settings.memory_bytes`, each committed with the watermark that says how far the
+/// build has got. One report per timeframe, in the order given.
+pub async fn build_from_trades(
+    writer: &TableWriter,
+    tfs: &[Timeframe],
+    now_us: i64,
+    settings: BuildSettings,
+) -> Result<Vec<BuildReport>> {
+    let storage = writer.storage();
+    let trades_table = storage.table(TableKind::Trades).await?;
+    let mut plans = Vec::new();
+    let mut done = Vec::new();
+    for &tf in tfs {
+        match incremental::plan(storage, &trades_table, tf, now_us, settings.grace_us).await? {
+            incremental::Planned::Done(report) => done.push(report),
+            incremental::Planned::Work(plan) => plans.push(*plan),
+        }
+    }
+    if !plans.is_empty() {
+        let layout = storage.layout(TableKind::Trades, &trades_table)?;
+        let listing = Listing::read_laid_out(
+            &trades_table,
+            TableKind::Trades,
+            layout,
+            None,
+            TimeRange::ALL,
+        )
+        .await?;
+        chunked::run(writer, &listing, &mut plans, now_us, settings, "build").await?;
+        done.extend(plans.into_iter().map(|p| p.report));
+    }
+    Ok(tfs
+        .iter()
+        .map(|tf| {
+            done.iter()
+                .find(|r| r.timeframe == Some(*tf))
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect())
 }
 
 #[cfg(test)]

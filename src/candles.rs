@@ -1,7 +1,14 @@
-//! The candle fast path: `candles(exchange, symbol, timeframe, start, end [, options])`.
+//! Candle reads, in one room: every way a client asks for bars or candles (the
+//! `candles(exchange, symbol, timeframe, start, end [, options])` function, stock SQL on
+//! `market.ohlcv_*`, statements answered without planning) goes through [`Reads`], which owns
+//! the hot bar cache and the memo of encoded answers and divides one memory budget between
+//! them.
 //!
 //! | module | owns |
 //! |---|---|
+//! | `reads` | the room's interface: the cache, the answer memo, the function and routed tables over them |
+//! | `cache` | the hot bar cache kept equal to the tables by observing every commit, and the unbuilt trades for live bars |
+//! | `answers` | hot candle statements: their shapes and encoded answers per cache generation |
 //! | `windows` | any timeframe (15m, 4h, 1w, ...), time-zone days and weeks |
 //! | `assemble` | stored + live bars, rollup, finality, gap fill |
 //! | `function` | the DataFusion table function and its arguments |
@@ -15,8 +22,11 @@
 //! timeframes, from the 1m bars not yet rolled up), exactly as the next build will persist
 //! them, and flagged `is_final = false`.
 
+pub mod answers;
 pub mod assemble;
+pub mod cache;
 pub mod function;
+pub mod reads;
 pub mod routing;
 pub mod serve;
 pub mod shape;
@@ -26,9 +36,11 @@ use std::sync::{Arc, OnceLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-pub use crate::cache::{Error, Result};
+pub use answers::Statement;
 pub use assemble::{candles, candles_in};
+pub use cache::{Error, Result};
 pub use function::CandlesFunction;
+pub use reads::Reads;
 pub use routing::MarketTables;
 pub use windows::Windows;
 

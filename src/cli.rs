@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 
 use crate::build;
 use crate::config::Config;
+use crate::jobs::{run_once, BuilderJobs, Detail, History, JobKind, Timeframes};
 use crate::quality::{Reports, Scope};
-use crate::scheduler::{run_once, BuilderJobs, Detail, History, JobKind, Timeframes};
 use crate::storage::{Storage, TableWriter, WriterLock};
 use crate::storage::{TableKind, TimeRange};
 use crate::timeframe::Timeframe;
@@ -205,7 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(!password.is_empty(), "empty password on stdin");
             println!(
                 "{}",
-                crate::server::auth::hash_password(password).map_err(anyhow::Error::msg)?
+                crate::auth::hash_password(password).map_err(anyhow::Error::msg)?
             );
         }
         Command::Load { files } => {

@@ -38,7 +38,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
-    pub quality: QualityConfig,
+    pub quality: crate::jobs::ScheduleSettings,
     pub cache: CacheSection,
     /// Plausibility limits of trades coming in (ingest, `load`).
     pub ingest: crate::trades::Limits,
@@ -69,7 +69,7 @@ pub struct CacheSection {
 
 impl Default for CacheSection {
     fn default() -> Self {
-        let d = crate::cache::CacheConfig::default();
+        let d = crate::candles::cache::CacheConfig::default();
         CacheSection {
             enabled: d.enabled,
             max_mb: d.max_bytes >> 20,
@@ -91,8 +91,8 @@ impl Default for CacheSection {
 }
 
 impl CacheSection {
-    pub fn settings(&self) -> Result<crate::cache::CacheConfig, ConfigError> {
-        let mut c = crate::cache::CacheConfig {
+    pub fn settings(&self) -> Result<crate::candles::cache::CacheConfig, ConfigError> {
+        let mut c = crate::candles::cache::CacheConfig {
             enabled: self.enabled,
             max_bytes: self.max_mb << 20,
             warm_series: self.warm_series,
@@ -111,24 +111,6 @@ impl CacheSection {
                 .insert(tf, (*hours > 0).then(|| *hours as i64 * 3_600_000_000));
         }
         Ok(c)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct QualityConfig {
-    /// Minutes between scheduled validations; 0 turns them off.
-    pub validate_every_mins: u64,
-    /// Minutes between scheduled compactions of closed partitions; 0 turns them off.
-    pub compact_every_mins: u64,
-}
-
-impl Default for QualityConfig {
-    fn default() -> Self {
-        QualityConfig {
-            validate_every_mins: 60,
-            compact_every_mins: 24 * 60,
-        }
     }
 }
 
@@ -292,7 +274,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
-            quality: QualityConfig::default(),
+            quality: crate::jobs::ScheduleSettings::default(),
             cache: CacheSection::default(),
             ingest: crate::trades::Limits::default(),
             source: None,
@@ -510,7 +492,7 @@ mod tests {
         let section = CacheSection::default();
         assert_eq!(
             section.settings().unwrap(),
-            crate::cache::CacheConfig::default()
+            crate::candles::cache::CacheConfig::default()
         );
         assert_eq!(section.horizon_hours["1m"], 48);
         assert_eq!(section.horizon_hours["1d"], 0);

@@ -1,49 +1,81 @@
 //! ohlcv-server: builds OHLCV candles from an Iceberg trades table and serves them.
 //!
-//! Where things live:
-//! - [`timeframe`]: the stored timeframes and window alignment.
-//! - [`storage`]: Iceberg catalog, our own commit path, writer lock, maintenance, DataFusion
-//!   access.
-//! - [`bars`]: the bar and rollup kernels (pure, no I/O) and the fast trades-file reader.
-//! - [`build`]: the builder: incremental 1m/5m, rollup 30m/1h/1d, backfill, watermarks.
-//! - [`clock`]: injected time.
-//! - [`backoff`]: the one wait-between-retries rule every retry loop uses.
-//! - [`metrics`]: the process's Prometheus metrics (filled by every layer, served by
-//!   `server::telemetry`).
-//! - [`cache`]: the hot bar cache (moka) kept equal to the tables by observing every commit,
-//!   and the unbuilt trades for live bars.
-//! - [`candles`]: the `candles(...)` table function (any timeframe, live bars, gap fill,
-//!   time zones) and stock SQL routed through the cache.
-//! - [`config`]: TOML + `OHLCV_*` environment configuration: composes the settings type
-//!   each layer below owns (`storage::CatalogConfig`, `cache::CacheConfig`,
-//!   `alerts::AlertsConfig`, ...); only `server` and `cli` read it.
-//! - [`server`]: Flight SQL service, query engine (bare `candles(...)` statements answered
-//!   without planning, their answers kept per cache generation), `serve` wiring, demo feed.
-//! - [`jobs`]: every job (build, backfill, compaction, retention, validation), the runner
-//!   that does them over our tables, and how an attempt ended.
-//! - [`scheduler`]: staggered schedules, one job queue, retries, run history.
-//! - [`trades`]: trade input: normalising and validating batches, loading files, generating
-//!   synthetic trades.
-//! - [`quality`]: validation of the bar invariants, and the validation/retention reports.
-//! - [`alerts`]: failed jobs and failed validations logged, counted and sent to a webhook.
-//! - [`admin`]: the admin gRPC service (generated from `proto/`) and its command-line client.
-//! - [`cli`]: the command-line interface that `main.rs` runs.
+//! Where things live, bottom layer first. A room uses only the rooms of the layers below it
+//! (`tests/layers.rs` checks it with `scripts/modgraph.py`, which also draws the graph):
+//! 1. [`timeframe`] (stored timeframes, window alignment), [`clock`] (injected time),
+//!    [`backoff`] (the one wait-between-retries rule), [`metrics`] (the Prometheus registry
+//!    every layer fills).
+//! 2. [`storage`]: Iceberg catalog, our own commit path, writer lock, maintenance, DataFusion
+//!    access.
+//! 3. [`trades`]: trade input: normalising and validating batches, loading files,
+//!    generating synthetic trades.
+//! 4. [`bars`]: the bar and rollup kernels (pure, no I/O) and the fast trades-file reader.
+//! 5. [`build`]: the builder: 1m/5m from trades in chunks, rollups 30m/1h/1d, backfill,
+//!    watermarks, progress.
+//! 6. [`quality`]: validation of the bar invariants, the validation/retention reports.
+//! 7. [`alerts`]: failed jobs and validations logged, counted and sent to a webhook.
+//! 8. [`jobs`]: every job (build, backfill, rollup, compaction, retention, validation), its
+//!    schedule, the one queue, retries, the run history and the shutdown order.
+//! 9. [`candles`]: the candle read room: the hot bar cache, the answer memo, the shape
+//!    recogniser, `candles(...)` and routed stock SQL, behind one [`candles::Reads`].
+//! 10. [`config`]: TOML + `OHLCV_*` environment configuration, composed from the settings
+//!     each layer below owns.
+//! 11. [`auth`]: users, roles, handshake tokens and the layer that checks them.
+//! 12. [`ops`]: the operations room: HTTP telemetry and health, the status page, cluster
+//!     heartbeats.
+//! 13. [`flight`]: the Flight SQL service, its query engine, and the one mapping of errors to
+//!     gRPC status codes.
+//! 14. [`admin`]: the admin gRPC service (generated from `proto/`) and its command-line client.
+//! 15. [`server`]: `serve`: one process wiring all of the above, started and stopped in order.
+//! 16. [`cli`]: the command-line interface that `main.rs` runs.
 
-pub mod admin;
-pub mod alerts;
+// 1. foundations, which use nothing of ours
 pub mod backoff;
-pub mod bars;
-pub mod build;
-pub mod cache;
-pub mod candles;
-pub mod cli;
 pub mod clock;
-pub mod config;
-pub mod jobs;
 pub mod metrics;
-pub mod quality;
-pub mod scheduler;
-pub mod server;
-pub mod storage;
 pub mod timeframe;
+
+// 2. the lake: Iceberg tables, commits, the writer lock
+pub mod storage;
+
+// 3. trade input
 pub mod trades;
+
+// 4. the pure bar and rollup kernels
+pub mod bars;
+
+// 5. building the bar tables
+pub mod build;
+
+// 6. checking them
+pub mod quality;
+
+// 7. telling people
+pub mod alerts;
+
+// 8. the jobs room: every job, its schedule, the queue and the history
+pub mod jobs;
+
+// 9. the candle read room: cache, answer memo, candles(), routed tables
+pub mod candles;
+
+// 10. settings, composed from each layer's own section
+pub mod config;
+
+// 11. who may do what
+pub mod auth;
+
+// 12. the operations room: telemetry, status page, cluster heartbeats
+pub mod ops;
+
+// 13. the Flight SQL service and the one error-to-status mapping
+pub mod flight;
+
+// 14. the admin service and its client
+pub mod admin;
+
+// 15. one process: everything above, started and stopped in order
+pub mod server;
+
+// 16. the command line
+pub mod cli;

@@ -1,51 +1,14 @@
 //! Serving: one tonic server on one port with Flight SQL, the admin service and gRPC health,
-//! behind token authentication, plus the scheduler and the demo feed it runs.
+//! behind token authentication, plus the telemetry endpoint, the cache's upkeep, the
+//! scheduler and the demo feed it runs, started and stopped in order.
 //!
 //! | module | owns |
 //! |---|---|
-//! | `query` | statements to run: DataFusion plans over our catalog (read only, one shared memory pool) or direct candle requests |
-//! | `answers` | hot candle statements: their requests and encoded answers per cache generation |
-//! | `bounded` | functions that build one large value, checked against the query memory pool first |
-//! | `deadline` | how statements stop: the time limit (`[server] query_timeout_secs` or the client's deadline), joins that yield so a gone client stops them |
-//! | `sql` | statement rewrites before planning: bound parameters, named arguments |
-//! | `sql_info` | the `GetSqlInfo` answers: every key of the specification, as BI drivers read them |
-//! | `flight` | the `FlightSqlService`: statements, prepared statements, metadata, ingest |
-//! | `checked` | commands and tickets decoded before the Flight SQL dispatch (malformed: `InvalidArgument`) |
-//! | `prepared` | stateless prepared-statement handles and bound parameters |
-//! | `profile` | result typing per client: exact, or the types Grafana's converters read (`x-ohlcv-results`) |
-//! | `ingest` | bulk ingest into `market.trades` |
-//! | `auth` | users, roles, handshake tokens and the layer that checks them |
-//! | `keys` | primary/foreign key metadata |
-//! | `error` | the one mapping of errors to gRPC status codes |
 //! | `health` | gRPC health, NOT_SERVING once the scheduler has died |
-//! | `cluster` | heartbeats of the servers on one lake (`system.cluster`) |
-//! | `system` | the `system` schema (`job_runs`, `jobs`, `validation_results`, `retention_runs`) |
-//! | `telemetry` | `/metrics`, `/healthz`, `/readyz` over HTTP; the gRPC request layer (metrics, ids, spans) |
-//! | `status` | the HTML status page (jobs, failures, validation, a candlestick chart) |
-//! | `types` | XDBC type info |
 //! | `demo` | the synthetic live feed of `serve --demo` |
 
-pub mod answers;
-pub mod auth;
-pub mod bounded;
-pub mod checked;
-pub mod cluster;
-pub mod deadline;
 pub mod demo;
-pub mod error;
-pub mod flight;
 pub mod health;
-pub mod ingest;
-pub mod keys;
-pub mod prepared;
-pub mod profile;
-pub mod query;
-pub mod sql;
-pub mod sql_info;
-pub mod status;
-pub mod system;
-pub mod telemetry;
-pub mod types;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,20 +25,18 @@ use crate::admin::AdminApi;
 use crate::alerts::Alerts;
 use crate::build::retention::RetentionPolicy;
 use crate::build::BuildSettings;
-use crate::cache::{BarCache, CacheConfig, Popular};
+use crate::candles::cache::{BarCache, CacheConfig, Popular};
+use crate::candles::Reads;
 use crate::clock::Clock;
 use crate::config::{AlertsConfig, Config};
+use crate::jobs::{BuilderJobs, History, RetryPolicy, Schedule, Scheduler};
 use crate::quality::Reports;
-use crate::scheduler::{
-    default_schedules, BuilderJobs, History, JobKind, RetryPolicy, Schedule, Scheduler,
-};
 use crate::storage::{TableKind, TableWriter};
-use crate::timeframe::Timeframe;
 
-pub use auth::{Auth, Identity, Role};
-pub use error::{Error, Result};
-pub use flight::OhlcvFlightSql;
-pub use query::QueryEngine;
+use crate::auth::Auth;
+use crate::flight::checked::CheckedCommands;
+use crate::flight::{Error, OhlcvFlightSql, QueryEngine, QueryLimits, Result};
+use crate::ops::{cluster, status, telemetry};
 
 /// Largest message a client may send (ingest batches, bound parameters).
 const MAX_REQUEST_BYTES: usize = 256 << 20;
@@ -161,37 +122,7 @@ impl ServeOptions {
             .retention
             .policy()
             .map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        const MIN: i64 = 60_000_000;
-        let mut schedules = default_schedules();
-        schedules.push(Schedule {
-            job: JobKind::Retention,
-            every_us: 1440 * MIN,
-            offset_us: 30 * MIN,
-        });
-        // Validation runs after the builds of its hour have settled (the 1d build runs at
-        // 45 s past the hour); compaction at quiet minutes, one table after another.
-        let validate = config.quality.validate_every_mins as i64 * MIN;
-        if validate > 0 {
-            schedules.push(Schedule {
-                job: JobKind::Validate,
-                every_us: validate,
-                offset_us: (2 * MIN).min(validate / 2),
-            });
-        }
-        let compact = config.quality.compact_every_mins as i64 * MIN;
-        if compact > 0 {
-            let tables = Timeframe::ALL
-                .into_iter()
-                .map(TableKind::Bars)
-                .chain([TableKind::Trades]);
-            for (i, kind) in tables.enumerate() {
-                schedules.push(Schedule {
-                    job: JobKind::Compact(kind),
-                    every_us: compact,
-                    offset_us: ((40 + i as i64) * MIN + 50_000_000) % compact,
-                });
-            }
-        }
+        let schedules = crate::jobs::schedule::schedules(&config.quality);
         for endpoint in &config.cluster.endpoints {
             check_location("[cluster] endpoints", endpoint)?;
         }
@@ -253,17 +184,18 @@ pub async fn serve(
     let history = History::open(writer.storage().pool()).await?;
     let reports = Reports::open(writer.storage().pool()).await?;
     // The cache must see every commit: it observes the writer before any job can run.
-    let cache = BarCache::open(
+    let reads = Reads::open(
         writer.storage().clone(),
         Arc::clone(&options.clock),
         options.cache.clone(),
         Some(Popular::open(writer.storage().pool()).await?),
     )
     .await?;
+    let cache = reads.cache().clone();
     writer.observe(Arc::new(cache.clone()));
     tasks.spawn(keep_warm(cache.clone(), cancel.clone()));
     if options.cache.trades_poll_ms > 0 {
-        tasks.spawn(crate::cache::follow::follow(
+        tasks.spawn(crate::candles::cache::follow::follow(
             cache.clone(),
             std::time::Duration::from_millis(options.cache.trades_poll_ms),
             writer.clone(),
@@ -286,7 +218,7 @@ pub async fn serve(
         alerts: alerts.clone(),
     });
     let (scheduler, handle) = Scheduler::new(
-        Arc::clone(&jobs) as Arc<dyn crate::scheduler::JobRunner>,
+        Arc::clone(&jobs) as Arc<dyn crate::jobs::JobRunner>,
         Arc::clone(&options.clock),
         options.schedules,
         options.retry,
@@ -354,14 +286,14 @@ pub async fn serve(
         handle.clone(),
         history.clone(),
         reports,
-        cache.clone(),
+        reads,
         members,
-        query::QueryLimits {
+        QueryLimits {
             memory_bytes: options.memory_limit_bytes,
             timeout: options.query_timeout,
         },
     )?;
-    let flight = FlightServiceServer::new(checked::CheckedCommands(
+    let flight = FlightServiceServer::new(CheckedCommands(
         OhlcvFlightSql::new(
             engine,
             writer.clone(),
@@ -391,7 +323,7 @@ pub async fn serve(
     let stop = cancel.clone();
     let served = builder
         .layer(telemetry::RequestLayer)
-        .layer(auth::AuthLayer::new(options.auth))
+        .layer(crate::auth::AuthLayer::new(options.auth))
         .add_service(health_service)
         .add_service(flight)
         .add_service(admin)
@@ -444,6 +376,7 @@ async fn keep_warm(cache: BarCache, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::JobKind;
 
     #[test]
     fn config_schedules_validation_compaction_and_retention() {

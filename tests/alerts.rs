@@ -22,7 +22,7 @@ use ohlcv_server::alerts::Alerts;
 use ohlcv_server::build::BuildReport;
 use ohlcv_server::clock::ManualClock;
 use ohlcv_server::config::AlertsConfig;
-use ohlcv_server::scheduler::{JobKind, JobRunner, RetryPolicy, RunLog, Scheduler};
+use ohlcv_server::jobs::{JobKind, JobRunner, RetryPolicy, RunLog, Scheduler};
 use ohlcv_server::storage::read::read_range;
 use ohlcv_server::storage::{TableKind, TimeRange};
 use ohlcv_server::timeframe::Timeframe;
@@ -200,10 +200,7 @@ struct NoLog;
 
 #[async_trait]
 impl RunLog for NoLog {
-    async fn record(
-        &self,
-        _run: &ohlcv_server::scheduler::JobRun,
-    ) -> ohlcv_server::storage::Result<()> {
+    async fn record(&self, _run: &ohlcv_server::jobs::JobRun) -> ohlcv_server::storage::Result<()> {
         Ok(())
     }
 }

@@ -305,7 +305,7 @@ fn serve_refuses_other_interfaces_without_users_and_hash_password_makes_usable_h
     )
     .unwrap();
     let cfg = ohlcv_server::config::Config::load(Some(&config), Vec::new()).unwrap();
-    let auth = ohlcv_server::server::Auth::new(
+    let auth = ohlcv_server::auth::Auth::new(
         cfg.auth.users,
         60,
         std::sync::Arc::new(ohlcv_server::clock::SystemClock),

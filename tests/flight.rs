@@ -19,7 +19,7 @@ use arrow_flight::sql::{
 use arrow_flight::{FlightDescriptor, Ticket};
 use common::server::{deployment_with_bars, Server};
 use futures::TryStreamExt;
-use ohlcv_server::server::prepared::Handle;
+use ohlcv_server::flight::prepared::Handle;
 use ohlcv_server::storage::TableKind;
 use ohlcv_server::timeframe::Timeframe;
 use prost::Message;

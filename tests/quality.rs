@@ -359,7 +359,7 @@ async fn the_validate_command_exits_1_on_violations() {
 
     // Offline commands are jobs like any other: each run has its row in the run history.
     let storage = ohlcv_server::storage::Storage::open(&config).await.unwrap();
-    let history = ohlcv_server::scheduler::History::open(storage.pool())
+    let history = ohlcv_server::jobs::History::open(storage.pool())
         .await
         .unwrap();
     let runs = history.recent(10).await.unwrap();
@@ -377,7 +377,7 @@ async fn the_validate_command_exits_1_on_violations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_job_validates_the_range_it_rewrote() {
-    use ohlcv_server::scheduler::{BuilderJobs, JobKind, JobRunner};
+    use ohlcv_server::jobs::{BuilderJobs, JobKind, JobRunner};
     let d = built().await;
     let jobs = BuilderJobs {
         writer: d.writer.clone(),

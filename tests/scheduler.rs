@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use common::*;
 use ohlcv_server::build::{BuildReport, BuildSettings};
 use ohlcv_server::clock::TokioClock;
-use ohlcv_server::scheduler::{
+use ohlcv_server::jobs::{
     default_schedules, BuilderJobs, History, JobKind, JobRun, JobRunner, Outcome, RetryPolicy,
     RunLog, Scheduler,
 };
@@ -71,7 +71,7 @@ fn start(
 ) -> (
     CancellationToken,
     tokio::task::JoinHandle<()>,
-    ohlcv_server::scheduler::SchedulerHandle,
+    ohlcv_server::jobs::SchedulerHandle,
 ) {
     let clock = Arc::new(TokioClock::starting_at(T0));
     let (scheduler, handle) = Scheduler::new(runner, clock, default_schedules(), policy, log);

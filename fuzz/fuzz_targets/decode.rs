@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ohlcv_server::server::checked::check_command;
-use ohlcv_server::server::prepared::Handle;
+use ohlcv_server::flight::checked::check_command;
+use ohlcv_server::flight::prepared::Handle;
 
 fuzz_target!(|data: &[u8]| {
     let _ = check_command(data, "command");

@@ -10,13 +10,11 @@ use super::proto;
 use super::proto::admin_service_server::AdminService;
 use std::sync::Arc;
 
-use crate::cache::BarCache;
+use crate::auth::{Identity, Role};
+use crate::candles::cache::BarCache;
+use crate::flight::Error;
+use crate::jobs::{BuilderJobs, Detail, History, JobKind, JobRun, SchedulerHandle, Timeframes};
 use crate::quality::Scope;
-use crate::scheduler::{
-    BuilderJobs, Detail, History, JobKind, JobRun, SchedulerHandle, Timeframes,
-};
-use crate::server::auth::{Identity, Role};
-use crate::server::Error;
 use crate::storage::{Listing, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
 
@@ -27,7 +25,7 @@ pub struct AdminApi {
     scheduler: SchedulerHandle,
     history: History,
     cache: BarCache,
-    auth: Arc<crate::server::auth::Auth>,
+    auth: Arc<crate::auth::Auth>,
 }
 
 impl AdminApi {
@@ -36,7 +34,7 @@ impl AdminApi {
         scheduler: SchedulerHandle,
         history: History,
         cache: BarCache,
-        auth: Arc<crate::server::auth::Auth>,
+        auth: Arc<crate::auth::Auth>,
     ) -> AdminApi {
         AdminApi {
             jobs,

@@ -130,66 +130,8 @@ pub(super) enum Planned {
     Work(Box<Plan>),
 }
 
-/// Builds `tf` (1m or 5m) up to `now_us` with `grace_us` for late trades.
-pub async fn build_incremental(
-    writer: &TableWriter,
-    tf: Timeframe,
-    now_us: i64,
-    grace_us: i64,
-) -> Result<BuildReport> {
-    let settings = super::BuildSettings {
-        grace_us,
-        ..super::BuildSettings::default()
-    };
-    let mut reports = build_from_trades(writer, &[tf], now_us, settings).await?;
-    Ok(reports.remove(0))
-}
-
-/// Builds the timeframes `tfs` (1m, 5m or both) from one read of the trades, in chunks that
-/// fit `settings.memory_bytes`, each committed with the watermark that says how far the
-/// build has got. One report per timeframe, in the order given.
-pub async fn build_from_trades(
-    writer: &TableWriter,
-    tfs: &[Timeframe],
-    now_us: i64,
-    settings: super::BuildSettings,
-) -> Result<Vec<BuildReport>> {
-    let storage = writer.storage();
-    let trades_table = storage.table(TableKind::Trades).await?;
-    let mut plans = Vec::new();
-    let mut done = Vec::new();
-    for &tf in tfs {
-        match plan(storage, &trades_table, tf, now_us, settings.grace_us).await? {
-            Planned::Done(report) => done.push(report),
-            Planned::Work(plan) => plans.push(*plan),
-        }
-    }
-    if !plans.is_empty() {
-        let layout = storage.layout(TableKind::Trades, &trades_table)?;
-        let listing = Listing::read_laid_out(
-            &trades_table,
-            TableKind::Trades,
-            layout,
-            None,
-            TimeRange::ALL,
-        )
-        .await?;
-        super::chunked::run(writer, &listing, &mut plans, now_us, settings, "build").await?;
-        done.extend(plans.into_iter().map(|p| p.report));
-    }
-    Ok(tfs
-        .iter()
-        .map(|tf| {
-            done.iter()
-                .find(|r| r.timeframe == Some(*tf))
-                .cloned()
-                .unwrap_or_default()
-        })
-        .collect())
-}
-
 /// What `tf` must recompute: its dirty windows and the windows newly closed.
-async fn plan(
+pub(super) async fn plan(
     storage: &Storage,
     trades_table: &Table,
     tf: Timeframe,

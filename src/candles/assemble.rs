@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use super::{schema, Fill, Request, Result, Windows};
 use crate::bars::{compute_bars, rollup, rollup_by};
-use crate::cache::{BarCache, View};
+use crate::candles::cache::{BarCache, View};
 use crate::storage::files::time_column;
 use crate::storage::{TableKind, TimeRange};
 use crate::timeframe::Timeframe;

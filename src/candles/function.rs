@@ -22,7 +22,7 @@ use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::{candles, schema, Error, Fill, Request, Windows};
-use crate::cache::BarCache;
+use crate::candles::cache::BarCache;
 use crate::timeframe::format_us;
 
 /// The registered table function.

@@ -16,7 +16,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPu
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::function::{string, to_datafusion};
-use crate::cache::BarCache;
+use crate::candles::cache::BarCache;
 use crate::storage::provider::time_range;
 use crate::storage::{MarketSchema, SnapshotTable, Storage, TableKind};
 use crate::timeframe::Timeframe;

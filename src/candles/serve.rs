@@ -6,7 +6,7 @@ use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 
 use super::shape::{Read, Shape};
-use crate::cache::{BarCache, Result, View};
+use crate::candles::cache::{BarCache, Result, View};
 
 /// The series a read is about (its view is taken for it).
 pub fn series(read: &Read) -> (&str, &str) {

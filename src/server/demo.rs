@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::scheduler::{JobKind, SchedulerHandle};
+use crate::jobs::{JobKind, SchedulerHandle};
 use crate::storage::{TableKind, TableWriter};
 use crate::timeframe::Timeframe;
 use crate::trades::generate::generate_continuing;

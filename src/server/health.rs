@@ -37,4 +37,4 @@ pub async fn watch_scheduler(
 }
 
 /// The service gRPC health reports Flight SQL under (`arrow.flight.protocol.FlightService`).
-pub type FlightService = FlightServiceServer<super::flight::OhlcvFlightSql>;
+pub type FlightService = FlightServiceServer<crate::flight::OhlcvFlightSql>;

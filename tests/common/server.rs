@@ -5,10 +5,11 @@ use ohlcv_server::build::{self, BuildSettings};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use ohlcv_server::auth::Auth;
+use ohlcv_server::auth::{hash_password, Role, UserConfig};
 use ohlcv_server::clock::ManualClock;
-use ohlcv_server::scheduler::{default_schedules, RetryPolicy};
-use ohlcv_server::server::auth::{hash_password, Role, UserConfig};
-use ohlcv_server::server::{self, Auth, ServeOptions};
+use ohlcv_server::jobs::{default_schedules, RetryPolicy};
+use ohlcv_server::server::{self, ServeOptions};
 use ohlcv_server::timeframe::Timeframe;
 use tonic::transport::Channel;
 
@@ -40,7 +41,7 @@ pub fn options() -> ServeOptions {
         alerts: Default::default(),
         // No polling for other engines' trades: the tests that want it turn it on, the others
         // stay deterministic.
-        cache: ohlcv_server::cache::CacheConfig {
+        cache: ohlcv_server::candles::cache::CacheConfig {
             trades_poll_ms: 0,
             ..Default::default()
         },

@@ -15,11 +15,25 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose};
 use base64::Engine;
 use rand::RngCore;
 
-use super::error::Error;
-
 use crate::clock::Clock;
 
 pub use crate::config::{Role, UserConfig};
+
+/// Why a request is refused. Mapped to gRPC codes with every other error in
+/// `server::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+}
+
+impl Error {
+    pub fn unauthenticated(message: impl Into<String>) -> Error {
+        Error::Unauthenticated(message.into())
+    }
+}
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

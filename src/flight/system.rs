@@ -15,9 +15,9 @@ use datafusion::catalog::SchemaProvider;
 use datafusion::datasource::{MemTable, TableProvider};
 use datafusion::error::{DataFusionError, Result as DfResult};
 
-use crate::cache::{BarCache, CacheStats};
+use crate::candles::cache::{BarCache, CacheStats};
+use crate::jobs::{History, JobRun, JobState, SchedulerHandle};
 use crate::quality::{CheckResult, Reports, RetentionRun};
-use crate::scheduler::{History, JobRun, JobState, SchedulerHandle};
 
 /// Rows of a history-like system table a query can see (the newest).
 const HISTORY_LIMIT: i64 = 100_000;
@@ -57,7 +57,7 @@ pub fn cluster_schema() -> SchemaRef {
 }
 
 fn cluster_batch(
-    members: &[super::cluster::Member],
+    members: &[crate::ops::cluster::Member],
     now_us: i64,
 ) -> Result<RecordBatch, ArrowError> {
     let ts = |values: Vec<i64>| -> ArrayRef {
@@ -76,7 +76,7 @@ fn cluster_batch(
                 members.iter().map(|m| m.role.as_str()),
             )),
             Arc::new(arrow::array::BooleanArray::from_iter(members.iter().map(
-                |m| Some(now_us - m.heartbeat_at <= super::cluster::ALIVE_US),
+                |m| Some(now_us - m.heartbeat_at <= crate::ops::cluster::ALIVE_US),
             ))),
             Arc::new(arrow::array::Int64Array::from_iter_values(
                 members.iter().map(|m| m.lag_ms),
@@ -444,7 +444,7 @@ pub struct SystemSchema {
     reports: Reports,
     scheduler: SchedulerHandle,
     cache: BarCache,
-    members: super::cluster::Members,
+    members: crate::ops::cluster::Members,
 }
 
 impl std::fmt::Debug for SystemSchema {
@@ -459,7 +459,7 @@ impl SystemSchema {
         reports: Reports,
         scheduler: SchedulerHandle,
         cache: BarCache,
-        members: super::cluster::Members,
+        members: crate::ops::cluster::Members,
     ) -> SystemSchema {
         SystemSchema {
             history,

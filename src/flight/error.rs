@@ -26,10 +26,10 @@ pub enum Error {
     Build(#[from] crate::bars::Error),
 
     #[error(transparent)]
-    Cache(#[from] crate::cache::Error),
+    Cache(#[from] crate::candles::cache::Error),
 
-    #[error("{0}")]
-    Unauthenticated(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
 
     #[error("{0}")]
     PermissionDenied(String),
@@ -55,13 +55,16 @@ pub enum Error {
     ShuttingDown,
 }
 
-impl Error {
-    pub fn unauthenticated(message: impl Into<String>) -> Error {
-        Error::Unauthenticated(message.into())
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::auth::Error> for Status {
+    fn from(err: crate::auth::Error) -> Status {
+        match err {
+            crate::auth::Error::Unauthenticated(m) => Status::unauthenticated(m),
+            crate::auth::Error::PermissionDenied(m) => Status::permission_denied(m),
+        }
     }
 }
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
@@ -73,7 +76,7 @@ impl From<Error> for Status {
             Error::Trades(e) => trades_status(e),
             Error::Build(e) => build_status(e),
             Error::Cache(e) => cache_status(e),
-            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::Auth(e) => e.into(),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
@@ -101,8 +104,8 @@ fn build_status(e: crate::bars::Error) -> Status {
     }
 }
 
-fn cache_status(e: crate::cache::Error) -> Status {
-    use crate::cache::Error as C;
+fn cache_status(e: crate::candles::cache::Error) -> Status {
+    use crate::candles::cache::Error as C;
     match e {
         C::Input(m) => Status::invalid_argument(m),
         C::Storage(s) => storage_status(s),

@@ -29,14 +29,14 @@ use prost::bytes::Bytes;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::answers::{Answers, Statement};
-use super::auth::{Auth, Identity, Role};
 use super::error::Error;
 use super::prepared::{self, Handle};
 use super::profile::Profile;
 use super::query::{Query, QueryEngine};
 use super::{ingest, keys};
+use crate::auth::{Auth, Identity, Role};
 use crate::candles::shape::Shape;
+use crate::candles::Statement;
 use crate::clock::Clock;
 use crate::storage::{TableKind, TableWriter};
 
@@ -53,7 +53,6 @@ pub struct OhlcvFlightSql {
     clock: Arc<dyn Clock>,
     sql_info: Arc<SqlInfoData>,
     xdbc_types: Arc<XdbcTypeInfoData>,
-    answers: Answers,
     limits: crate::trades::Limits,
     /// Flight locations of the servers on this lake (`[cluster] endpoints`), named in the
     /// query endpoints so that clients spread their DoGets; a ticket is valid on any of them.
@@ -92,7 +91,6 @@ impl OhlcvFlightSql {
         limits: crate::trades::Limits,
     ) -> OhlcvFlightSql {
         OhlcvFlightSql {
-            answers: Answers::new(engine.cache()),
             engine,
             writer,
             auth,
@@ -106,7 +104,7 @@ impl OhlcvFlightSql {
 
     /// `statement` ready to run. A candle read seen before is not parsed again.
     async fn query(&self, statement: &Statement) -> Result<Query, Status> {
-        if let Some(shape) = self.answers.shape(statement) {
+        if let Some(shape) = self.engine.reads().recognised(statement) {
             crate::metrics::metrics()
                 .statements
                 .with_label_values(&["candle_read"])
@@ -127,8 +125,9 @@ impl OhlcvFlightSql {
         };
         let path = match &query {
             Query::Candles(shape) => {
-                self.answers
-                    .remember_shape(statement.clone(), Arc::clone(shape));
+                self.engine
+                    .reads()
+                    .remember(statement.clone(), Arc::clone(shape));
                 "candle_read"
             }
             Query::Plan(_) => "plan",
@@ -194,53 +193,30 @@ impl OhlcvFlightSql {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    /// The Flight messages answering a candle read, kept per cache generation when its answer
-    /// depends on the tables alone.
+    /// The Flight messages answering a candle read, typed for `profile` (kept per cache
+    /// generation by the read room when its answer depends on the tables alone).
     async fn candles(
         &self,
         statement: &Statement,
         shape: &Shape,
         profile: Profile,
     ) -> Result<Arc<[FlightData]>, Status> {
-        let cache = self.engine.cache();
-        let read = shape
-            .resolve(cache.config().max_windows)
-            .map_err(Error::from)?;
-        let (exchange, symbol) = crate::candles::serve::series(&read);
-        let view = cache.view(exchange, symbol);
-        let keep = self.answers.enabled() && shape.keeps(&read);
-        if keep {
-            let kept = self
-                .answers
-                .answer(statement, profile, view.generation, read.windows());
-            if let Some(tf) = read.base() {
-                cache.note_answer(kept.is_some(), tf, exchange, symbol);
-            }
-            if let Some(data) = kept {
-                return Ok(data);
-            }
-        }
-        let batch = crate::candles::serve::answer(cache, &view, shape, &read)
-            .await
-            .map_err(Error::from)?;
         let schema = profile.schema(&shape.schema);
-        let batch = profile.batch(batch, &schema)?;
-        let data: Vec<FlightData> = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .build(futures::stream::once(async { Ok(batch) }))
-            .try_collect()
-            .await?;
-        let data: Arc<[FlightData]> = data.into();
-        if keep {
-            self.answers.remember_answer(
-                statement.clone(),
-                profile,
-                view.generation,
-                read.windows(),
-                Arc::clone(&data),
-            );
-        }
-        Ok(data)
+        let encode = |batch| async move {
+            let batch = profile.batch(batch, &schema)?;
+            let data: Vec<FlightData> = FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .build(futures::stream::once(async { Ok(batch) }))
+                .try_collect()
+                .await
+                .map_err(|e| Error::Internal(format!("encoding an answer: {e}")))?;
+            Ok::<_, Error>(data)
+        };
+        Ok(self
+            .engine
+            .reads()
+            .answer(statement, shape, profile as u8, encode)
+            .await?)
     }
 
     /// The tables this server exposes: (schema, table, Arrow schema).

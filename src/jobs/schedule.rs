@@ -1,7 +1,10 @@
 //! When jobs are due: fixed intervals with offsets, so jobs of different timeframes are
 //! staggered instead of all firing on the minute.
 
-use crate::jobs::JobKind;
+use serde::{Deserialize, Serialize};
+
+use super::JobKind;
+use crate::storage::TableKind;
 use crate::timeframe::Timeframe;
 
 /// A job due every `every_us`, at `offset_us` past each multiple of it (UTC epoch aligned).
@@ -58,6 +61,63 @@ pub fn default_schedules() -> Vec<Schedule> {
             offset_us: 45 * SEC,
         },
     ]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+/// `[quality]`: how often the checks and the upkeep of the tables run.
+pub struct ScheduleSettings {
+    /// Minutes between scheduled validations; 0 turns them off.
+    pub validate_every_mins: u64,
+    /// Minutes between scheduled compactions of closed partitions; 0 turns them off.
+    pub compact_every_mins: u64,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        ScheduleSettings {
+            validate_every_mins: 60,
+            compact_every_mins: 24 * 60,
+        }
+    }
+}
+
+const MIN: i64 = 60 * SEC;
+
+/// Every schedule a server runs: the builds, retention once a day, and validation and
+/// compaction as `settings` ask.
+pub fn schedules(settings: &ScheduleSettings) -> Vec<Schedule> {
+    let mut schedules = default_schedules();
+    schedules.push(Schedule {
+        job: JobKind::Retention,
+        every_us: 1440 * MIN,
+        offset_us: 30 * MIN,
+    });
+    // Validation runs after the builds of its hour have settled (the 1d build runs at
+    // 45 s past the hour); compaction at quiet minutes, one table after another.
+    let validate = settings.validate_every_mins as i64 * MIN;
+    if validate > 0 {
+        schedules.push(Schedule {
+            job: JobKind::Validate,
+            every_us: validate,
+            offset_us: (2 * MIN).min(validate / 2),
+        });
+    }
+    let compact = settings.compact_every_mins as i64 * MIN;
+    if compact > 0 {
+        let tables = Timeframe::ALL
+            .into_iter()
+            .map(TableKind::Bars)
+            .chain([TableKind::Trades]);
+        for (i, kind) in tables.enumerate() {
+            schedules.push(Schedule {
+                job: JobKind::Compact(kind),
+                every_us: compact,
+                offset_us: ((40 + i as i64) * MIN + 50_000_000) % compact,
+            });
+        }
+    }
+    schedules
 }
 
 #[cfg(test)]

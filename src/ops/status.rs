@@ -15,12 +15,12 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 
-use super::auth::Auth;
-use crate::cache::BarCache;
+use crate::auth::Auth;
+use crate::candles::cache::BarCache;
 use crate::candles::{Fill, Request, Windows};
 use crate::clock::Clock;
+use crate::jobs::{History, SchedulerHandle};
 use crate::quality::Reports;
-use crate::scheduler::{History, SchedulerHandle};
 use crate::storage::Storage;
 
 /// What the HTTP endpoint reads when scraped or probed (`telemetry`), and the page too.

@@ -13,7 +13,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use sqlx::{AnyPool, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::BarCache;
+use crate::candles::cache::BarCache;
 use crate::clock::Clock;
 use crate::storage::{Error, Result, Storage, TableWriter};
 

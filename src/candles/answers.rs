@@ -19,9 +19,8 @@ use arrow_flight::FlightData;
 use moka::sync::Cache;
 use prost::bytes::Bytes;
 
-use super::profile::Profile;
-use crate::cache::BarCache;
-use crate::candles::shape::Shape;
+use super::cache::CacheConfig;
+use super::shape::Shape;
 
 /// How a statement reached us; the bytes are its SQL or its prepared handle (SQL and bound
 /// parameters).
@@ -34,9 +33,13 @@ pub enum Statement {
 /// One answer larger than this is not kept: it would push out many hot small ones.
 const MAX_ANSWER_BYTES: usize = 4 << 20;
 
-/// A statement's Flight messages in one result profile, keyed by the cache generation they
-/// were computed at and the windows they cover.
-type Encoded = Cache<(Statement, Profile, u64, (i64, i64)), Arc<[FlightData]>>;
+/// How an answer was typed for its client (the Flight room's result profiles), so that one
+/// statement's answers in two typings are two answers.
+pub type Encoding = u8;
+
+/// A statement's Flight messages in one encoding, keyed by the cache generation they were
+/// computed at and the windows they cover.
+type Encoded = Cache<(Statement, Encoding, u64, (i64, i64)), Arc<[FlightData]>>;
 
 #[derive(Clone)]
 pub struct Answers {
@@ -45,8 +48,9 @@ pub struct Answers {
 }
 
 impl Answers {
-    pub fn new(cache: &BarCache) -> Answers {
-        let config = cache.config();
+    /// Answers within `config.answer_bytes()`: the part of the one `[cache] max_mb` that
+    /// is not for bars.
+    pub fn new(config: &CacheConfig) -> Answers {
         if !config.enabled {
             return Answers {
                 shapes: None,
@@ -60,7 +64,7 @@ impl Answers {
         let encoded = Cache::builder()
             .max_capacity(config.answer_bytes())
             .weigher(
-                |_: &(Statement, Profile, u64, (i64, i64)), data: &Arc<[FlightData]>| {
+                |_: &(Statement, Encoding, u64, (i64, i64)), data: &Arc<[FlightData]>| {
                     weight(data).try_into().unwrap_or(u32::MAX)
                 },
             )
@@ -94,13 +98,13 @@ impl Answers {
     pub fn answer(
         &self,
         statement: &Statement,
-        profile: Profile,
+        encoding: Encoding,
         generation: u64,
         windows: (i64, i64),
     ) -> Option<Arc<[FlightData]>> {
         self.encoded
             .as_ref()?
-            .get(&(statement.clone(), profile, generation, windows))
+            .get(&(statement.clone(), encoding, generation, windows))
     }
 
     /// Keeps `data` as the answer at `generation` (of a read whose answer depends on the view
@@ -108,7 +112,7 @@ impl Answers {
     pub fn remember_answer(
         &self,
         statement: Statement,
-        profile: Profile,
+        encoding: Encoding,
         generation: u64,
         windows: (i64, i64),
         data: Arc<[FlightData]>,
@@ -117,7 +121,7 @@ impl Answers {
             return;
         };
         if weight(&data) <= MAX_ANSWER_BYTES {
-            encoded.insert((statement, profile, generation, windows), data);
+            encoded.insert((statement, encoding, generation, windows), data);
         }
     }
 }

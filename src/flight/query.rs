@@ -17,11 +17,10 @@ use datafusion::sql::parser::Statement;
 
 use super::error::{Error, Result};
 use super::system::SystemSchema;
-use crate::cache::BarCache;
 use crate::candles::shape::Shape;
-use crate::candles::{CandlesFunction, MarketTables};
+use crate::candles::Reads;
+use crate::jobs::{History, SchedulerHandle};
 use crate::quality::Reports;
-use crate::scheduler::{History, SchedulerHandle};
 use crate::storage::Storage;
 
 /// A statement ready to run.
@@ -47,7 +46,7 @@ impl Query {
 #[derive(Clone)]
 pub struct QueryEngine {
     storage: Storage,
-    cache: BarCache,
+    reads: Reads,
     base: Arc<SessionState>,
     timeout: Option<std::time::Duration>,
 }
@@ -68,8 +67,8 @@ impl QueryEngine {
         scheduler: SchedulerHandle,
         history: History,
         reports: Reports,
-        cache: BarCache,
-        members: super::cluster::Members,
+        reads: Reads,
+        members: crate::ops::cluster::Members,
         limits: QueryLimits,
     ) -> Result<QueryEngine> {
         let runtime = RuntimeEnvBuilder::new()
@@ -82,22 +81,19 @@ impl QueryEngine {
             .with_information_schema(true);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let catalog = MemoryCatalogProvider::new();
-        catalog.register_schema(
-            storage.namespace(),
-            Arc::new(MarketTables::new(storage.clone(), cache.clone())),
-        )?;
+        catalog.register_schema(storage.namespace(), Arc::new(reads.tables(storage.clone())))?;
         catalog.register_schema(
             "system",
             Arc::new(SystemSchema::new(
                 history,
                 reports,
                 scheduler,
-                cache.clone(),
+                reads.cache().clone(),
                 members,
             )),
         )?;
         ctx.register_catalog(storage.catalog_name(), Arc::new(catalog));
-        ctx.register_udtf("candles", Arc::new(CandlesFunction::new(cache.clone())));
+        ctx.register_udtf("candles", Arc::new(reads.function()));
         super::bounded::register(&ctx, &pool);
         let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(
             ctx.state(),
@@ -106,7 +102,7 @@ impl QueryEngine {
         .build();
         Ok(QueryEngine {
             storage,
-            cache,
+            reads,
             base: Arc::new(state),
             timeout: Some(limits.timeout).filter(|t| !t.is_zero()),
         })
@@ -120,8 +116,9 @@ impl QueryEngine {
         self.storage.namespace()
     }
 
-    pub fn cache(&self) -> &BarCache {
-        &self.cache
+    /// The candle read room this engine's statements read through.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// `[server] query_timeout_secs`, when set.
@@ -168,7 +165,7 @@ impl QueryEngine {
             );
             if let Some(shape) = shape {
                 // Arguments a candle read refuses are refused here, before any DoGet.
-                shape.resolve(self.cache.config().max_windows)?;
+                shape.resolve(self.reads.cache().config().max_windows)?;
                 return Ok(Query::Candles(Arc::new(shape)));
             }
         }

@@ -1,14 +1,6 @@
 //! The scheduler: staggered schedules feeding one queue, so jobs run one at a time (the single
 //! writer), with retries on exponential backoff, a per-job timeout, manual triggers,
 //! pause/resume, and a persistent record of every attempt.
-//!
-//! | module | owns |
-//! |---|---|
-//! | `schedule` | job kinds and due-time arithmetic |
-//! | `history` | the run history table (`system.job_runs`) |
-
-pub mod history;
-pub mod schedule;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,9 +14,9 @@ use crate::alerts::{Alert, Alerts};
 use crate::build::BuildReport;
 use crate::clock::Clock;
 
-pub use crate::jobs::{check_json, BuilderJobs, Detail, JobKind, JobRunner, Outcome, Timeframes};
-pub use history::{History, JobRun};
-pub use schedule::{default_schedules, Schedule};
+use super::history::{self, History, JobRun};
+use super::schedule::Schedule;
+use super::{Detail, JobKind, JobRunner, Outcome};
 
 /// Where attempts are recorded: the history table in production.
 #[async_trait]
