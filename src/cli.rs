@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::build;
 use crate::config::Config;
-use crate::jobs::{run_once, BuilderJobs, Detail, History, JobKind, Timeframes};
+use crate::jobs::{record_once, run_once, BuilderJobs, Detail, History, JobKind, Timeframes};
 use crate::quality::{Reports, Scope};
 use crate::storage::{Storage, TableWriter, WriterLock};
 use crate::storage::{TableKind, TimeRange};
@@ -232,23 +232,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let timeframes = scope.timeframes()?;
             let range = scope.range()?;
             let writer = open_writer(&config, "build").await?;
+            let history = History::open(writer.storage().pool()).await?;
             let settings = config.build.settings();
             let _watch = progress::watch();
             let mut reports = Vec::new();
             let both = [Timeframe::M1, Timeframe::M5];
             if range.is_none() && both.iter().all(|tf| timeframes.contains(tf)) {
-                // One read of the trades feeds 1m and 5m.
+                // One read of the trades feeds 1m and 5m: one run, recorded for each.
                 let now = chrono::Utc::now().timestamp_micros();
-                reports.extend(build::build_from_trades(&writer, &both, now, settings).await?);
+                let result = build::build_from_trades(&writer, &both, now, settings).await;
+                let at = (now, chrono::Utc::now().timestamp_micros());
+                for (i, tf) in both.into_iter().enumerate() {
+                    let outcome = match &result {
+                        Ok(r) => Ok(&r[i]),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let outcome = outcome.as_ref().map_err(String::as_str).copied();
+                    record_once(&history, JobKind::Build(tf), at, outcome).await;
+                }
+                reports.extend(result?);
             }
             for tf in timeframes {
                 if reports.iter().any(|r| r.timeframe == Some(tf)) {
                     continue;
                 }
-                let now = chrono::Utc::now().timestamp_micros();
                 reports.push(match range {
-                    None => build::build(&writer, tf, now, settings).await?,
-                    Some(range) => build::backfill_with(&writer, tf, range, now, settings).await?,
+                    None => {
+                        recorded(&history, JobKind::Build(tf), |now| {
+                            build::build(&writer, tf, now, settings)
+                        })
+                        .await?
+                    }
+                    Some(range) => {
+                        recorded(&history, JobKind::Backfill(tf, range), |now| {
+                            build::backfill_with(&writer, tf, range, now, settings)
+                        })
+                        .await?
+                    }
                 });
             }
             for report in reports {
@@ -271,10 +291,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Compact => {
             let writer = open_writer(&config, "compact").await?;
+            let history = History::open(writer.storage().pool()).await?;
             let settings = config.build.settings();
             for kind in TableKind::all() {
-                let now = chrono::Utc::now().timestamp_micros();
-                let report = build::compact_closed(&writer, kind, now, settings).await?;
+                let report = recorded(&history, JobKind::Compact(kind), |now| {
+                    build::compact_closed(&writer, kind, now, settings)
+                })
+                .await?;
                 println!(
                     "{}: {} files merged into {}",
                     kind.name(),
@@ -485,6 +508,31 @@ async fn offline_run(config: &Config, purpose: &str, job: JobKind) -> anyhow::Re
     let history = History::open(pool).await?;
     let (_, result) = run_once(&jobs, &history, &crate::clock::SystemClock, job).await;
     result.map_err(anyhow::Error::msg)
+}
+
+/// Runs `work` (given the time it starts at) as `job` here and now, recorded in the run
+/// history like a job the server's queue runs.
+async fn recorded<F, Fut>(
+    history: &History,
+    job: JobKind,
+    work: F,
+) -> anyhow::Result<build::BuildReport>
+where
+    F: FnOnce(i64) -> Fut,
+    Fut: std::future::Future<Output = build::Result<build::BuildReport>>,
+{
+    let started = chrono::Utc::now().timestamp_micros();
+    let result = work(started).await;
+    let at = (started, chrono::Utc::now().timestamp_micros());
+    let outcome = result.as_ref().map_err(|e| e.to_string());
+    record_once(
+        history,
+        job,
+        at,
+        outcome.as_ref().map_err(String::as_str).copied(),
+    )
+    .await;
+    Ok(result?)
 }
 
 async fn open_writer(config: &Config, purpose: &str) -> anyhow::Result<TableWriter> {

@@ -18,7 +18,7 @@ pub mod runner;
 pub mod schedule;
 
 pub use history::{History, JobRun};
-pub use kind::{preset_metrics, Detail, JobKind, Outcome, Timeframes};
-pub use queue::{run_once, JobState, RetryPolicy, RunLog, Scheduler, SchedulerHandle};
+pub use kind::{preset_metrics, Detail, JobKind, JobName, Outcome, Timeframes};
+pub use queue::{record_once, run_once, JobState, RetryPolicy, RunLog, Scheduler, SchedulerHandle};
 pub use runner::{check_json, BuilderJobs, JobRunner};
 pub use schedule::{default_schedules, Schedule, ScheduleSettings};

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the process, through the `prometheus` crate: one registry, filled by
 //! every layer (jobs, commits, queries, ingest) and rendered by the telemetry endpoint
-//! (`server/telemetry.rs`), which also sets the gauges computed at scrape time (lags, cache).
+//! (`ops/telemetry.rs`), which also sets the gauges computed at scrape time (lags, cache).
 //!
 //! Names follow Prometheus conventions: `ohlcv_` prefix, `_total` counters, `_seconds`
 //! durations. Labels have small, closed value sets (job, timeframe, outcome, kind, gRPC code).

@@ -356,14 +356,34 @@ async fn the_validate_command_exits_1_on_violations() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("violations"));
     let out = run(&["retention", "--dry-run"]);
     assert!(out.status.success(), "{out:?}");
+    let out = run(&["build"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["compact"]);
+    assert!(out.status.success(), "{out:?}");
 
     // Offline commands are jobs like any other: each run has its row in the run history.
     let storage = ohlcv_server::storage::Storage::open(&config).await.unwrap();
     let history = ohlcv_server::jobs::History::open(storage.pool())
         .await
         .unwrap();
-    let runs = history.recent(10).await.unwrap();
+    let runs = history.recent(50).await.unwrap();
     let names: Vec<&str> = runs.iter().map(|r| r.job.as_str()).collect();
+    let of = |job: &str| -> Vec<Option<String>> {
+        let mut tfs: Vec<_> = runs
+            .iter()
+            .filter(|r| r.job.as_str() == job)
+            .map(|r| r.timeframe.clone())
+            .collect();
+        tfs.sort();
+        tfs
+    };
+    let mut sorted: Vec<Option<String>> =
+        Timeframe::ALL.iter().map(|t| Some(t.to_string())).collect();
+    sorted.sort();
+    assert_eq!(of("build"), sorted, "{names:?}");
+    let mut compacted = sorted.clone();
+    compacted.insert(0, None); // the trades table
+    assert_eq!(of("compact"), compacted, "{names:?}");
     assert_eq!(
         names.iter().filter(|n| **n == "validate").count(),
         2,

@@ -195,7 +195,7 @@ async fn shutdown_waits_for_the_running_job_within_its_grace() {
         task.await.unwrap();
         let took = stopping.elapsed();
         let last = log.0.lock().unwrap().last().cloned().unwrap();
-        assert_eq!(last.job, "build");
+        assert_eq!(last.job, ohlcv_server::jobs::JobName::Build);
         if hang {
             assert_eq!(last.status, Outcome::Cancelled);
             assert_eq!(took, RetryPolicy::default().shutdown_grace);

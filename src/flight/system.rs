@@ -292,7 +292,8 @@ fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError
         .iter()
         .map(|j| {
             running.as_ref().filter(|p| {
-                p.job == j.schedule.job.name() && j.schedule.job.timeframe() == Some(p.timeframe)
+                p.job == j.schedule.job.name().as_str()
+                    && j.schedule.job.timeframe() == Some(p.timeframe)
             })
         })
         .collect();
@@ -308,7 +309,7 @@ fn jobs_batch(jobs: &[JobState], paused: bool) -> Result<RecordBatch, ArrowError
         jobs_schema(),
         vec![
             Arc::new(StringArray::from_iter_values(
-                jobs.iter().map(|j| j.schedule.job.name()),
+                jobs.iter().map(|j| j.schedule.job.name().as_str()),
             )),
             Arc::new(
                 jobs.iter()
@@ -412,7 +413,7 @@ fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, ArrowError> {
         job_runs_schema(),
         vec![
             s(|r| Some(&r.run_id)),
-            s(|r| Some(&r.job)),
+            s(|r| Some(r.job.as_str())),
             s(|r| r.timeframe.as_deref()),
             Arc::new(Int32Array::from_iter_values(runs.iter().map(|r| r.attempt))),
             t(|r| r.started_at),

@@ -10,7 +10,7 @@ use crate::storage::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRun {
     pub run_id: String,
-    pub job: String,
+    pub job: super::JobName,
     pub timeframe: Option<String>,
     pub attempt: i32,
     pub started_at: i64,
@@ -18,6 +18,31 @@ pub struct JobRun {
     pub status: crate::jobs::Outcome,
     pub report: BuildReport,
     pub error: Option<String>,
+}
+
+impl JobRun {
+    /// The record of attempt `attempt` of `job`, which ran from `started_at` to `finished_at`
+    /// and ended as `status` says.
+    pub fn new(
+        job: super::JobKind,
+        attempt: u32,
+        (started_at, finished_at): (i64, i64),
+        status: super::Outcome,
+        report: BuildReport,
+        error: Option<String>,
+    ) -> JobRun {
+        JobRun {
+            run_id: uuid::Uuid::new_v4().to_string(),
+            job: job.name(),
+            timeframe: job.timeframe().map(|t| t.to_string()),
+            attempt: attempt as i32,
+            started_at,
+            finished_at,
+            status,
+            report,
+            error,
+        }
+    }
 }
 
 /// Counts a finished attempt in the process's metrics.
@@ -30,7 +55,7 @@ pub fn observe(run: &JobRun) {
     m.job_duration
         .with_label_values(&[run.job.as_str(), tf])
         .observe((run.finished_at - run.started_at).max(0) as f64 / 1e6);
-    if run.job == "build" || run.job == "backfill" {
+    if matches!(run.job, super::JobName::Build | super::JobName::Backfill) {
         let r = &run.report;
         for (counter, value) in [
             (&m.trades_read, r.trades_read),
@@ -111,7 +136,7 @@ impl History {
              $20, $21, $22)",
         )
         .bind(&run.run_id)
-        .bind(&run.job)
+        .bind(run.job.as_str())
         .bind(run.timeframe.clone())
         .bind(run.attempt)
         .bind(run.started_at)
@@ -141,28 +166,32 @@ impl History {
     pub async fn recent(&self, limit: i64) -> Result<Vec<JobRun>> {
         let sql = format!("{SELECT} order by started_at desc, attempt desc limit $1");
         let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(decode).collect()
+        known(rows.iter().map(decode))
     }
 
     /// Runs started at or after `t`.
     pub async fn since(&self, t: i64) -> Result<Vec<JobRun>> {
         let sql = format!("{SELECT} where started_at >= $1");
         let rows = sqlx::query(&sql).bind(t).fetch_all(&self.pool).await?;
-        rows.iter().map(decode).collect()
+        known(rows.iter().map(decode))
     }
 
     /// The latest attempt of a job (of a timeframe).
-    pub async fn last(&self, job: &str, timeframe: Option<&str>) -> Result<Option<JobRun>> {
+    pub async fn last(
+        &self,
+        job: super::JobName,
+        timeframe: Option<&str>,
+    ) -> Result<Option<JobRun>> {
         let sql = format!(
             "{SELECT} where job = $1 and coalesce(timeframe, '') = $2 \
              order by started_at desc, attempt desc limit 1"
         );
         let row = sqlx::query(&sql)
-            .bind(job)
+            .bind(job.as_str())
             .bind(timeframe.unwrap_or(""))
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(decode).transpose()
+        Ok(row.as_ref().map(decode).transpose()?.flatten())
     }
 }
 
@@ -171,12 +200,20 @@ const SELECT: &str = "select run_id, job, timeframe, attempt, started_at, finish
     snapshot_before, snapshot_after, source_snapshot, error, deleted_bars, skipped_rows, \
     delete_files_removed, orphans_deleted from ohlcv_job_runs";
 
-fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
+/// The runs of jobs this version knows: a newer server on the same lake may record others.
+fn known(rows: impl Iterator<Item = Result<Option<JobRun>>>) -> Result<Vec<JobRun>> {
+    rows.filter_map(Result::transpose).collect()
+}
+
+fn decode(row: &sqlx::any::AnyRow) -> Result<Option<JobRun>> {
     let n = |i: usize| -> Result<usize> { Ok(row.try_get::<i64, _>(i)? as usize) };
     let timeframe = row.try_get::<Option<String>, _>(2)?;
-    Ok(JobRun {
+    let Some(job) = super::JobName::parse(&row.try_get::<String, _>(1)?) else {
+        return Ok(None);
+    };
+    Ok(Some(JobRun {
         run_id: row.try_get(0)?,
-        job: row.try_get(1)?,
+        job,
         timeframe: timeframe.clone(),
         attempt: row.try_get(3)?,
         started_at: row.try_get(4)?,
@@ -201,5 +238,5 @@ fn decode(row: &sqlx::any::AnyRow) -> Result<JobRun> {
             source_snapshot: row.try_get(16)?,
         },
         error: row.try_get(17).map_err(Error::from)?,
-    })
+    }))
 }

@@ -57,15 +57,61 @@ pub enum Detail {
     Retention(Vec<crate::build::retention::RetentionAction>),
 }
 
-impl JobKind {
-    pub fn name(&self) -> &'static str {
+/// The name a job's runs are recorded, counted and shown under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobName {
+    Build,
+    Backfill,
+    Compact,
+    Retention,
+    Validate,
+    RetentionPlan,
+}
+
+impl JobName {
+    /// The name the history, `system.job_runs` and the metrics use.
+    pub fn as_str(self) -> &'static str {
         match self {
-            JobKind::Build(_) => "build",
-            JobKind::Backfill(..) => "backfill",
-            JobKind::Compact(_) => "compact",
-            JobKind::Retention => "retention",
-            JobKind::Validate | JobKind::ValidateScoped(..) => "validate",
-            JobKind::RetentionPlan => "retention_plan",
+            JobName::Build => "build",
+            JobName::Backfill => "backfill",
+            JobName::Compact => "compact",
+            JobName::Retention => "retention",
+            JobName::Validate => "validate",
+            JobName::RetentionPlan => "retention_plan",
+        }
+    }
+
+    /// The job a history row names; `None` for a name this version does not know (a newer
+    /// server on the same lake).
+    pub fn parse(name: &str) -> Option<JobName> {
+        [
+            JobName::Build,
+            JobName::Backfill,
+            JobName::Compact,
+            JobName::Retention,
+            JobName::Validate,
+            JobName::RetentionPlan,
+        ]
+        .into_iter()
+        .find(|n| n.as_str() == name)
+    }
+}
+
+impl fmt::Display for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl JobKind {
+    pub fn name(&self) -> JobName {
+        match self {
+            JobKind::Build(_) => JobName::Build,
+            JobKind::Backfill(..) => JobName::Backfill,
+            JobKind::Compact(_) => JobName::Compact,
+            JobKind::Retention => JobName::Retention,
+            JobKind::Validate | JobKind::ValidateScoped(..) => JobName::Validate,
+            JobKind::RetentionPlan => JobName::RetentionPlan,
         }
     }
 

@@ -169,23 +169,41 @@ pub async fn run_once(
 ) -> (JobRun, Result<Detail, String>) {
     let started = clock.now_us();
     let result = runner.run_detailed(job, started).await;
-    let (status, report, error) = match &result {
-        Ok((report, _)) => (Outcome::Succeeded, report.clone(), None),
-        Err(e) => (Outcome::Failed, BuildReport::default(), Some(e.clone())),
-    };
-    let run = JobRun {
-        run_id: uuid::Uuid::new_v4().to_string(),
-        job: job.name().to_string(),
-        timeframe: job.timeframe().map(|t| t.to_string()),
-        attempt: 1,
-        started_at: started,
-        finished_at: clock.now_us(),
-        status,
-        report,
-        error,
+    let finished = clock.now_us();
+    let run = record_once(
+        history,
+        job,
+        (started, finished),
+        result
+            .as_ref()
+            .map(|(report, _)| report)
+            .map_err(String::as_str),
+    )
+    .await;
+    (run, result.map(|(_, detail)| detail))
+}
+
+/// Records an attempt of `job` that ran outside the queue, from `at.0` to `at.1`, like a
+/// queued attempt.
+pub async fn record_once(
+    history: &dyn RunLog,
+    job: JobKind,
+    at: (i64, i64),
+    result: Result<&BuildReport, &str>,
+) -> JobRun {
+    let run = match result {
+        Ok(report) => JobRun::new(job, 1, at, Outcome::Succeeded, report.clone(), None),
+        Err(e) => JobRun::new(
+            job,
+            1,
+            at,
+            Outcome::Failed,
+            BuildReport::default(),
+            Some(e.to_string()),
+        ),
     };
     record(history, &run).await;
-    (run, result.map(|(_, detail)| detail))
+    run
 }
 
 /// The scheduler; `run` owns it until cancelled.
@@ -295,7 +313,7 @@ impl Scheduler {
             let started = self.clock.now_us();
             let span = tracing::info_span!(
                 "job",
-                job = job.name(),
+                job = job.name().as_str(),
                 timeframe = job.timeframe().map(|t| t.to_string()).unwrap_or_default(),
                 attempt,
                 status = tracing::field::Empty,
@@ -346,17 +364,8 @@ impl Scheduler {
                     Some(format!("no result after {:?}", self.policy.timeout)),
                 ),
             };
-            let run = JobRun {
-                run_id: uuid::Uuid::new_v4().to_string(),
-                job: job.name().to_string(),
-                timeframe: job.timeframe().map(|t| t.to_string()),
-                attempt: attempt as i32,
-                started_at: started,
-                finished_at: self.clock.now_us(),
-                status,
-                report,
-                error,
-            };
+            let at = (started, self.clock.now_us());
+            let run = JobRun::new(job, attempt, at, status, report, error);
             record(self.history.as_ref(), &run).await;
             span.record("status", run.status.as_str());
             match status {
@@ -376,7 +385,7 @@ impl Scheduler {
                         run.finished_at,
                         format!("job {job} {status} after {attempt} attempts{when}"),
                         serde_json::json!({
-                            "job": run.job,
+                            "job": run.job.as_str(),
                             "timeframe": run.timeframe,
                             "run_id": run.run_id,
                             "attempts": attempt,

@@ -220,7 +220,7 @@ async fn render(pages: &Pages, chart: ChartQuery) -> Result<String, String> {
                 out,
                 "<tr><td>{}</td><td>{} {}</td><td>{}</td><td class=\"bad\">{}</td><td class=\"err\">{}</td></tr>",
                 time(r.started_at),
-                esc(&r.job),
+                esc(r.job.as_str()),
                 esc(r.timeframe.as_deref().unwrap_or("")),
                 r.attempt,
                 r.status,
