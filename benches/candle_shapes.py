@@ -8,7 +8,8 @@ primary key `(exchange, symbol, window_start)`, and then, in one run, for each s
   CPU time per query;
 - PostgreSQL through `pgbench -M prepared` (the distribution's package), 1 and 32 clients,
   the same rows with PostgreSQL's own best formulation of the shape;
-- ours through Python ADBC (`adbc-driver-flightsql`): p50, and `select 1` for the floor.
+- ours through Python ADBC (`adbc-driver-flightsql`): p50, and `select 1` for the floor,
+  measured after the throughput runs, all statements interleaved in rounds.
 
     cargo build --release
     python3 benches/candle_shapes.py --binary target/release/ohlcv-server \
@@ -90,19 +91,29 @@ def pgbench(pg, sql, clients, seconds):
     return tps, latency
 
 
-def adbc_p50(uri, sql, params, n, warmup=30):
+def adbc_p50s(uri, statements, n, rounds=10, warmup=30):
+    """p50 latency of each `(sql, params)` through one ADBC connection, interleaved: `rounds`
+    rounds, each running n / rounds queries of every statement in turn, so that whatever the
+    machine does meanwhile (PostgreSQL's checkpoints after pgbench, the server's scheduled
+    builds) falls on every statement alike, the `select 1` floor included."""
     import time
 
-    out = []
+    times = [[] for _ in statements]
+    rows = [0 for _ in statements]
     with flightsql.connect(uri) as conn, conn.cursor() as cur:
-        for i in range(warmup + n):
-            t = time.perf_counter()
-            cur.execute(sql, params)
-            table = cur.fetch_arrow_table()
-            if i >= warmup:
-                out.append(time.perf_counter() - t)
-    out.sort()
-    return out[len(out) // 2], table.num_rows
+        for (sql, params) in statements:
+            for _ in range(warmup):
+                cur.execute(sql, params)
+                cur.fetch_arrow_table()
+        for _ in range(rounds):
+            for i, (sql, params) in enumerate(statements):
+                for _ in range(max(1, n // rounds)):
+                    t = time.perf_counter()
+                    cur.execute(sql, params)
+                    table = cur.fetch_arrow_table()
+                    times[i].append(time.perf_counter() - t)
+                rows[i] = table.num_rows
+    return [(sorted(t)[len(t) // 2], r) for t, r in zip(times, rows)]
 
 
 def main():
@@ -170,11 +181,9 @@ def main():
                     None,
                 ),
             ]
-            floor, _ = adbc_p50(uri, "select 1", None, args.queries)
             rows = []
             for name, ours, theirs, params in shapes:
-                p50, n = adbc_p50(uri, ours, params, args.queries)
-                row = {"name": name, "adbc_p50": p50, "rows": n}
+                row = {"name": name}
                 if params is None:
                     row["lean1"] = lean(load_binary, uri, ours, 1, args.seconds, proc)
                     row["lean32"] = lean(load_binary, uri, ours, 32, args.seconds, proc)
@@ -182,6 +191,12 @@ def main():
                     row["pg32"] = pgbench(args.pg, theirs, 32, args.seconds)
                 print(row, file=sys.stderr)
                 rows.append(row)
+            statements = [(ours, params) for _, ours, _, params in shapes]
+            *measured, (floor, _) = adbc_p50s(uri, statements + [("select 1", None)],
+                                              args.queries)
+            for row, (p50, n) in zip(rows, measured):
+                row["adbc_p50"], row["rows"] = p50, n
+                print(row["name"], f"ADBC p50 {p50 * 1e3:.2f} ms, {n} rows", file=sys.stderr)
         finally:
             proc.terminate()
             proc.wait()
