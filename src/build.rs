@@ -115,6 +115,18 @@ pub struct BuildSettings {
     /// What a build may hold at once (trades of the chunks in flight, the kernel's copy);
     /// longer builds go in chunks.
     pub memory_bytes: u64,
+    /// Whether a chunk commits while the next one is computed; `None`: from a budget of
+    /// `chunked::OVERLAP_MIN_BYTES` up.
+    pub overlap_commits: Option<bool>,
+}
+
+impl BuildSettings {
+    /// Whether chunks commit while the next is computed (faster; holds two chunks' bars, and
+    /// a kill may lose two chunks instead of one).
+    pub fn overlaps(&self) -> bool {
+        self.overlap_commits
+            .unwrap_or(self.memory_bytes >= chunked::OVERLAP_MIN_BYTES)
+    }
 }
 
 /// The default build budget.
@@ -125,6 +137,7 @@ impl Default for BuildSettings {
         BuildSettings {
             grace_us: 5 * crate::timeframe::MINUTE_US,
             memory_bytes: DEFAULT_MEMORY_MB << 20,
+            overlap_commits: None,
         }
     }
 }

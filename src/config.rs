@@ -211,6 +211,11 @@ pub struct BuildConfig {
     /// What a build may hold in memory at once (MB). A first build or backfill longer than
     /// that goes in chunks, each committed with how far the build has got.
     pub memory_mb: u64,
+    /// Whether a chunk commits while the next one is computed: faster, holds two chunks'
+    /// bars at once, and a kill may lose two chunks instead of one. Unset: from a 256 MB
+    /// budget up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlap_commits: Option<bool>,
 }
 
 impl Default for BuildConfig {
@@ -218,6 +223,7 @@ impl Default for BuildConfig {
         BuildConfig {
             grace_secs: 300,
             memory_mb: crate::build::DEFAULT_MEMORY_MB,
+            overlap_commits: None,
         }
     }
 }
@@ -227,6 +233,7 @@ impl BuildConfig {
         crate::build::BuildSettings {
             grace_us: self.grace_secs as i64 * 1_000_000,
             memory_bytes: self.memory_mb.max(1) << 20,
+            overlap_commits: self.overlap_commits,
         }
     }
 }

@@ -156,18 +156,36 @@ async fn killed_builds_leave_tables_equal_to_a_clean_build() {
 /// uninterrupted, unchunked build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_chunked_first_attach_resumes_and_equals_a_clean_build() {
+    killed_chunked_first_attach("false").await;
+}
+
+/// The same with each chunk committing while the next one is computed (the default from a
+/// 256 MB budget up): a kill may lose two chunks, never the order of the commits or a
+/// chunk's watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_overlapped_first_attach_resumes_and_equals_a_clean_build() {
+    killed_chunked_first_attach("true").await;
+}
+
+async fn killed_chunked_first_attach(overlap: &str) {
     let work = tempfile::tempdir().unwrap();
     let (file, clean) = clean_build(work.path(), "2");
     let file_arg = file.to_str().unwrap();
     let crashed = work.path().join("crashed");
     run(&["load", file_arg], &crashed);
     // 34 MB leaves 2 MB for trades: chunks of about 6,500 of the 150,000.
-    let budget = [("OHLCV_BUILD__MEMORY_MB", "34")];
+    let budget = [
+        ("OHLCV_BUILD__MEMORY_MB", "34"),
+        ("OHLCV_BUILD__OVERLAP_COMMITS", overlap),
+    ];
     let args = ["--data-dir", crashed.to_str().unwrap(), "build"];
     let mut cutoffs = Vec::new();
     let mut killed = 0;
-    for _ in 0..8 {
-        killed += kill_builds_with(&args, &budget, &[600], Duration::ZERO).await;
+    // Each run is killed at a different moment after its first commit (in the next chunk's
+    // read, compute or commit), not after a fixed time: how long a debug build takes to
+    // reach its first commit depends on what else the machine runs.
+    for after_ms in [0, 40, 90, 150, 220, 10, 300, 120] {
+        killed += kill_after_a_commit(&args, &budget, &crashed, after_ms).await as usize;
         cutoffs.push(cutoff_1m(&crashed).await);
     }
     assert!(
@@ -196,6 +214,45 @@ async fn killed_chunked_first_attach_resumes_and_equals_a_clean_build() {
     intact(&crashed).await;
 
     assert_same_tables(&clean, &crashed).await;
+}
+
+/// Runs `ohlcv-server <args>` and SIGKILLs it `after_ms` after its first commit to the 1m
+/// table (seen as its watermark moving); whether it was still running to be killed.
+async fn kill_after_a_commit(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    dir: &Path,
+    after_ms: u64,
+) -> bool {
+    let before = cutoff_1m(dir).await;
+    let mut child = bin()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if cutoff_1m(dir).await != before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no commit in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+    let running = child.try_wait().unwrap().is_none();
+    if running {
+        child.kill().unwrap(); // SIGKILL
+    }
+    child.wait().unwrap();
+    running
 }
 
 /// The 1m table's watermark cutoff: how far its build has got.

@@ -129,7 +129,7 @@ pub(super) async fn run(
     // The chunk whose bars are computed and not yet committed: it commits while the next one
     // is computed (committing is I/O, computing is CPU).
     let mut pending: Option<Pending> = None;
-    let overlap = settings.memory_bytes >= OVERLAP_MIN_BYTES;
+    let overlap = settings.overlaps();
     for (i, chunk) in chunks.iter().enumerate() {
         let Some(reading) = next.take() else { break };
         let waited = std::time::Instant::now();
