@@ -16,6 +16,7 @@
 //! | `ingest` | bulk ingest into `market.trades` |
 //! | `keys` | primary/foreign key metadata |
 //! | `system` | the `system` schema (`job_runs`, `jobs`, `validation_results`, `retention_runs`, `cluster`, ...) |
+//! | `snapshots` | `system.snapshots`: each bar table's snapshots, when and from what they were built |
 //! | `types` | XDBC type info |
 //! | `error` | the one mapping of errors to gRPC status codes |
 
@@ -29,6 +30,7 @@ pub mod prepared;
 pub mod profile;
 pub mod query;
 pub mod service;
+pub mod snapshots;
 pub mod sql;
 pub mod sql_info;
 pub mod system;

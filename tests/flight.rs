@@ -108,6 +108,7 @@ async fn statements_and_metadata_through_the_flight_sql_client() {
             "job_runs",
             "jobs",
             "retention_runs",
+            "snapshots",
             "validation_results"
         ]
     );
@@ -462,4 +463,84 @@ async fn admin_build_shows_in_system_job_runs_and_jobs() {
         .unwrap();
     assert!(!admin_status(&mut admin).await.paused);
     server.shutdown_and_wait().await;
+}
+
+/// `system.snapshots` lists every snapshot of each bar table with the trades snapshot its
+/// build had consumed: a late trade's revision is a second 1m snapshot, built from the
+/// trades snapshot that brought the trade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_snapshots_name_what_each_build_consumed() {
+    use common::trades::{load, trade};
+    use common::{DAY, T0};
+    use ohlcv_server::build::{self, BuildSettings};
+    let d = deployment_with_bars().await;
+    let trades_before = d.storage().table(TableKind::Trades).await.unwrap();
+    let consumed_first = trades_before.metadata().current_snapshot_id.unwrap();
+    // A late trade in the first window, then the 1m build that revises its bar.
+    load(
+        &d,
+        &[trade("kraken", "BTC-USD", "late", T0 + 1_000, 90.0, 2.0)],
+    )
+    .await;
+    let consumed_late = d
+        .storage()
+        .table(TableKind::Trades)
+        .await
+        .unwrap()
+        .metadata()
+        .current_snapshot_id
+        .unwrap();
+    let report = build::build(
+        &d.writer,
+        Timeframe::M1,
+        T0 + 2 * DAY,
+        BuildSettings::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.revised, 1);
+    let bars = d
+        .storage()
+        .table(TableKind::Bars(Timeframe::M1))
+        .await
+        .unwrap();
+    let mut held: Vec<i64> = bars.metadata().snapshots.keys().copied().collect();
+    held.sort();
+
+    let server = Server::start(&d).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let rows = query(
+        &mut client,
+        "select snapshot_id, trades_snapshot, operation, cutoff, is_current \
+         from system.snapshots where table_name = 'ohlcv_1m' order by committed_at, snapshot_id",
+    )
+    .await;
+    let rows = arrow::compute::concat_batches(&rows[0].schema(), &rows).unwrap();
+    let n = rows.num_rows();
+    let ids = rows.column(0).as_primitive::<Int64Type>();
+    let mut listed: Vec<i64> = ids.values().to_vec();
+    listed.sort();
+    assert_eq!(listed, held, "every snapshot the table holds, no other");
+    let consumed = rows.column(1).as_primitive::<Int64Type>();
+    let current = rows.column(4).as_boolean();
+    assert_eq!(
+        ids.value(n - 1),
+        bars.metadata().current_snapshot_id.unwrap()
+    );
+    assert!(current.value(n - 1));
+    assert_eq!(current.true_count(), 1);
+    // The revision was built from the trades snapshot of the late trade; the first build
+    // from the one before it.
+    assert_eq!(consumed.value(n - 1), consumed_late);
+    assert_eq!(consumed.value(0), consumed_first);
+    assert!(rows.column(3).is_valid(n - 1), "the cutoff is recorded");
+
+    // Rollups name the 1m snapshot they were built from.
+    let rollups = query(
+        &mut client,
+        "select count(*) from system.snapshots \
+         where table_name = 'ohlcv_1h' and source_snapshot is not null",
+    )
+    .await;
+    assert!(rollups[0].column(0).as_primitive::<Int64Type>().value(0) >= 1);
 }

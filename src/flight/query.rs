@@ -85,6 +85,7 @@ impl QueryEngine {
         catalog.register_schema(
             "system",
             Arc::new(SystemSchema::new(
+                storage.clone(),
                 history,
                 reports,
                 scheduler,

@@ -18,17 +18,19 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use crate::candles::cache::{BarCache, CacheStats};
 use crate::jobs::{History, JobRun, JobState, SchedulerHandle};
 use crate::quality::{CheckResult, Reports, RetentionRun};
+use crate::storage::Storage;
 
 /// Rows of a history-like system table a query can see (the newest).
 const HISTORY_LIMIT: i64 = 100_000;
 
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "job_runs",
     "jobs",
     "validation_results",
     "retention_runs",
     "cache_stats",
     "cluster",
+    "snapshots",
 ];
 
 /// Every system table with its schema.
@@ -40,6 +42,7 @@ pub fn tables() -> Vec<(&'static str, SchemaRef)> {
         ("retention_runs", retention_runs_schema()),
         ("cache_stats", cache_stats_schema()),
         ("cluster", cluster_schema()),
+        ("snapshots", super::snapshots::schema()),
     ]
 }
 
@@ -441,6 +444,7 @@ fn job_runs_batch(runs: &[JobRun]) -> Result<RecordBatch, ArrowError> {
 /// The `system` schema provider.
 #[derive(Clone)]
 pub struct SystemSchema {
+    storage: Storage,
     history: History,
     reports: Reports,
     scheduler: SchedulerHandle,
@@ -456,6 +460,7 @@ impl std::fmt::Debug for SystemSchema {
 
 impl SystemSchema {
     pub fn new(
+        storage: Storage,
         history: History,
         reports: Reports,
         scheduler: SchedulerHandle,
@@ -463,6 +468,7 @@ impl SystemSchema {
         members: crate::ops::cluster::Members,
     ) -> SystemSchema {
         SystemSchema {
+            storage,
             history,
             reports,
             scheduler,
@@ -521,6 +527,12 @@ impl SchemaProvider for SystemSchema {
                     jobs_batch(&jobs, self.scheduler.is_paused())?,
                 )
             }
+            "snapshots" => (
+                super::snapshots::schema(),
+                super::snapshots::batch(&self.storage)
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+            ),
             _ => return Ok(None),
         };
         Ok(Some(Arc::new(MemTable::try_new(

@@ -297,6 +297,16 @@ async fn prepare(
         (false, false) => Operation::Overwrite,
     };
     let mut summary = summary_fields(listing, &change, &outcome, &dropped);
+    // The position a build reached, set as table properties in this commit, is recorded with
+    // the snapshot too: the properties hold only the latest, and `system.snapshots` (what a
+    // point-in-time read saw) needs each snapshot's.
+    summary.extend(
+        change
+            .properties
+            .iter()
+            .filter(|(k, _)| k.starts_with("ohlcv."))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     summary.extend(change.summary);
     let mut builder = SnapshotBuilder::default();
     builder
