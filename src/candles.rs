@@ -65,6 +65,9 @@ pub struct Request {
     /// Only the latest this many candles of `[start, end)` (chart libraries' "count back"
     /// from `end`).
     pub last: Option<u64>,
+    /// Bars as the tables held them at this moment (UTC microseconds): each table's last
+    /// snapshot committed by then, no live bars.
+    pub as_of: Option<i64>,
 }
 
 impl Request {

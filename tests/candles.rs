@@ -912,3 +912,131 @@ async fn a_restarted_server_warms_the_series_queried_before() {
     );
     server.shutdown_and_wait().await;
 }
+
+/// `candles(..., as_of => t)` answers with the bars as the tables held them at `t`: a late
+/// trade's revision is invisible before its commit and visible after; a moment before the
+/// first build has no bars, and one older than the snapshots kept is refused, naming the
+/// oldest moment still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_reads_the_bars_known_at_that_moment() {
+    let d = Deployment::new().await;
+    let trades: Vec<Trade> = (0..120)
+        .map(|i| {
+            trade(
+                "kraken",
+                "BTC-USD",
+                &i.to_string(),
+                T0 + i * 30_000_000,
+                100.0 + i as f64,
+                1.0,
+            )
+        })
+        .collect();
+    load(&d, &trades).await;
+    let before_any = chrono::Utc::now().timestamp_micros();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    build_all(&d, T0 + 2 * DAY).await;
+    let clock = ManualClock::at(T0 + 2 * DAY);
+    let server = Server::start_with(&d, quiet(&clock)).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let at = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let (start, end) = (iso(T0), iso(T0 + HOUR));
+    let ask = |tf: &str, as_of: Option<i64>| match as_of {
+        Some(t) => format!(
+            "select * from candles('kraken', 'BTC-USD', '{tf}', '{start}', '{end}', as_of => '{}')",
+            at(t)
+        ),
+        None => format!("select * from candles('kraken', 'BTC-USD', '{tf}', '{start}', '{end}')"),
+    };
+    let first_1m = candles_of(&sql(&mut client, &ask("1m", None)).await);
+    let first_1h = candles_of(&sql(&mut client, &ask("1h", None)).await);
+    assert_eq!(first_1m.len(), 60);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let t1 = chrono::Utc::now().timestamp_micros();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    // A late trade in the first minute revises its 1m bar and the hour.
+    load(
+        &d,
+        &[trade("kraken", "BTC-USD", "late", T0 + 1_000, 90.0, 2.0)],
+    )
+    .await;
+    build_all(&d, T0 + 2 * DAY).await;
+    let revised_1m = candles_of(&sql(&mut client, &ask("1m", None)).await);
+    assert_ne!(revised_1m, first_1m, "the late trade revised a bar");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let t2 = chrono::Utc::now().timestamp_micros();
+
+    // As of t1: the bars as first built, for a stored and a rolled-up timeframe alike.
+    assert_eq!(
+        candles_of(&sql(&mut client, &ask("1m", Some(t1))).await),
+        first_1m
+    );
+    assert_eq!(
+        candles_of(&sql(&mut client, &ask("1h", Some(t1))).await),
+        first_1h
+    );
+    // As of t2: the revised ones.
+    assert_eq!(
+        candles_of(&sql(&mut client, &ask("1m", Some(t2))).await),
+        revised_1m
+    );
+    // Bound as a parameter of a prepared statement.
+    let mut prepared = client
+        .prepare(
+            format!(
+                "select * from candles('kraken', 'BTC-USD', '1m', '{start}', '{end}', as_of => $1)"
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let param = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("$1", DataType::Utf8, false)])),
+        vec![Arc::new(StringArray::from(vec![at(t1)]))],
+    )
+    .unwrap();
+    prepared.set_parameters(param).unwrap();
+    let info = prepared.execute().await.unwrap();
+    let mut bound = Vec::new();
+    for endpoint in info.endpoint {
+        let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+        bound.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+    }
+    assert_eq!(candles_of(&bound), first_1m);
+    // Before the first build the table held nothing.
+    assert!(candles_of(&sql(&mut client, &ask("1m", Some(before_any))).await).is_empty());
+
+    // Once the snapshots before the revision are expired, t1 is older than what is kept.
+    d.writer
+        .expire_snapshots(TableKind::Bars(Timeframe::M1), chrono::Utc::now(), 1)
+        .await
+        .unwrap();
+    // The statement is recognised at once; the moment is looked up when it is read.
+    let info = client.execute(ask("1m", Some(t1)), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let err = match client.do_get(ticket).await {
+        Err(e) => e,
+        Ok(stream) => stream.try_collect::<Vec<_>>().await.unwrap_err(),
+    };
+    let status = match err {
+        arrow_flight::error::FlightError::Tonic(s) => *s,
+        other => panic!("{other}"),
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(
+        status
+            .message()
+            .contains("older than the history ohlcv_1m keeps"),
+        "{status}"
+    );
+    // The current snapshot is still there to read as of now.
+    assert_eq!(
+        candles_of(&sql(&mut client, &ask("1m", Some(t2))).await),
+        revised_1m
+    );
+}

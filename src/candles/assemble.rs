@@ -26,7 +26,10 @@ const LAST_DOUBLINGS: u32 = 12;
 
 /// The candles `request` asks for, at one consistent view of the tables and trades.
 pub async fn candles(cache: &BarCache, request: &Request) -> Result<RecordBatch> {
-    let view = cache.view(&request.exchange, &request.symbol);
+    let view = match request.as_of {
+        Some(at) => cache.view_as_of(at).await?,
+        None => cache.view(&request.exchange, &request.symbol),
+    };
     candles_in(cache, &view, request).await
 }
 
@@ -74,7 +77,10 @@ async fn range(cache: &BarCache, view: &View, request: &Request) -> Result<Recor
         return Ok(RecordBatch::new_empty(schema()));
     }
     let base = w.base(lo, hi)?;
-    let now = cache.now_us();
+    // A past view's gap fill runs up to its moment.
+    let now = view
+        .as_of
+        .map_or(cache.now_us(), |at| at.min(cache.now_us()));
     let series = Series {
         cache,
         view,
@@ -109,6 +115,10 @@ async fn range(cache: &BarCache, view: &View, request: &Request) -> Result<Recor
 /// The first window a table has not persisted (`i64::MIN`: it has persisted nothing). Batch
 /// tables record the 1m cutoff they were built against; their windows ending by it are in.
 fn frontier(view: &View, tf: Timeframe) -> i64 {
+    if view.as_of.is_some() {
+        // A past view has no live bars: every window its tables held is the answer.
+        return i64::MAX;
+    }
     view.table(tf)
         .cutoff
         .map_or(i64::MIN, |c| tf.window_start(c))

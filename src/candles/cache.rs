@@ -16,6 +16,7 @@
 //! answer always equals the table at that snapshot; anything else is read from the table at
 //! exactly that snapshot.
 
+mod as_of;
 pub mod entry;
 pub mod error;
 pub mod follow;
@@ -140,6 +141,9 @@ pub struct View {
     /// this series' bars or unbuilt trades, so two views of one series at one generation give
     /// the same answer (a commit of other series leaves kept answers valid).
     pub generation: u64,
+    /// The past moment this view shows the tables at (`candles(..., as_of => t)`): stored
+    /// bars only, no live ones.
+    pub as_of: Option<i64>,
 }
 
 impl View {
@@ -304,6 +308,7 @@ impl BarCache {
             live_trades: state.live.trades(exchange, symbol),
             live_floor: state.live.floor(),
             generation: state.generations.of(exchange, symbol),
+            as_of: None,
         }
     }
 
@@ -351,6 +356,14 @@ impl BarCache {
                 stats::Counters::add(&self.inner.counters.hits);
                 return Ok(entry.slice(range));
             }
+        }
+        if view.as_of.is_some() {
+            // A past snapshot the cache does not hold: its rows in range, read and not kept.
+            stats::Counters::add(&self.inner.counters.table_reads);
+            let rows = self.read_series(&key, snapshot, range, None).await?;
+            return Entry::new(snapshot, i64::MIN, &rows)
+                .map(|e| e.rows)
+                .map_err(Into::into);
         }
         stats::Counters::add(&self.inner.counters.misses);
         let rows = self

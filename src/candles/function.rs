@@ -52,17 +52,18 @@ pub fn to_datafusion(e: Error) -> DataFusionError {
 }
 
 const USAGE: &str = "candles(exchange, symbol, timeframe, start, end [, fill => 'previous'] \
-                     [, tz => 'Area/City'] [, last => N])";
+                     [, tz => 'Area/City'] [, last => N] [, as_of => '<timestamp>'])";
 
 impl TableFunctionImpl for CandlesFunction {
     fn call(&self, args: &[Expr]) -> DfResult<Arc<dyn TableProvider>> {
         arity(args)?;
         // A prepared statement is planned before its parameters are bound: its schema is
         // known, the candles are not.
-        if let Some((i, id)) = args.iter().enumerate().find_map(|(i, a)| match a {
-            Expr::Placeholder(p) => Some((i, p.id.clone())),
-            _ => None,
-        }) {
+        if let Some((i, id)) = args
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| placeholder_in(a).map(|id| (i, id)))
+        {
             return Ok(Arc::new(CandlesTable {
                 cache: self.cache.clone(),
                 request: Err(format!(
@@ -76,6 +77,22 @@ impl TableFunctionImpl for CandlesFunction {
             request: Ok(request(args, self.cache.config().max_windows)?),
         }))
     }
+}
+
+/// The first parameter `e` names (`as_of => $1` is `'as_of=' || $1`).
+fn placeholder_in(e: &Expr) -> Option<String> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = None;
+    let _ = e.apply(|x| {
+        Ok(match x {
+            Expr::Placeholder(p) => {
+                found = Some(p.id.clone());
+                TreeNodeRecursion::Stop
+            }
+            _ => TreeNodeRecursion::Continue,
+        })
+    });
+    found
 }
 
 /// The request `candles(args)` stands for; every argument must fold to a constant. Shared by
@@ -107,7 +124,7 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
     );
     let start = timestamp(&values[3], "start")?;
     let end = timestamp(&values[4], "end")?;
-    let (mut fill, mut tz, mut last) = (Fill::None, None, None);
+    let (mut fill, mut tz, mut last, mut as_of) = (Fill::None, None, None, None);
     for (i, _) in values.iter().enumerate().skip(5) {
         let option = text(i, "option 'name=value'")?;
         let (name, value) = option.split_once('=').ok_or_else(|| {
@@ -131,6 +148,12 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
                     )));
                 }
                 last = Some(count);
+            }
+            ("as_of", at) => {
+                as_of = Some(
+                    crate::timeframe::parse_timestamp(at)
+                        .map_err(|e| DataFusionError::Plan(format!("candles option as_of: {e}")))?,
+                )
             }
             ("tz", zone) => {
                 tz =
@@ -176,6 +199,7 @@ pub fn request(args: &[Expr], max_windows: u64) -> DfResult<Request> {
         end,
         fill,
         last,
+        as_of,
     })
 }
 

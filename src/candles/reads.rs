@@ -82,7 +82,14 @@ impl Reads {
         let cache = &self.cache;
         let read = shape.resolve(cache.config().max_windows)?;
         let (exchange, symbol) = super::serve::series(&read);
-        let view = cache.view(exchange, symbol);
+        let as_of = match &read {
+            super::shape::Read::Candles(request) => request.as_of,
+            super::shape::Read::Bars { .. } => None,
+        };
+        let view = match as_of {
+            Some(at) => cache.view_as_of(at).await?,
+            None => cache.view(exchange, symbol),
+        };
         let keep = self.answers.enabled() && shape.keeps(&read);
         if keep {
             let kept = self

@@ -189,7 +189,8 @@ impl Shape {
     /// depends on nothing else unless it is gap-filled (gap fill runs up to now).
     pub fn keeps(&self, read: &Read) -> bool {
         match read {
-            Read::Candles(request) => request.fill == Fill::None,
+            // A past view is read on each request (it is not a cache generation).
+            Read::Candles(request) => request.fill == Fill::None && request.as_of.is_none(),
             Read::Bars { .. } => true,
         }
     }

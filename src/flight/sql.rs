@@ -161,6 +161,17 @@ impl VisitorMut for NamedArgs {
                     Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
                     Value::Number(n, _) => n.clone(),
                     Value::Boolean(b) => b.to_string(),
+                    // Bound later (a prepared statement's parameter): `'name=' || $n`, folded
+                    // to one string once the value is bound.
+                    Value::Placeholder(_) => {
+                        let bound = Expr::Value(v.clone());
+                        *arg = FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::BinaryOp {
+                            left: Box::new(string(format!("{}=", name.value))),
+                            op: datafusion::sql::sqlparser::ast::BinaryOperator::StringConcat,
+                            right: Box::new(bound),
+                        }));
+                        continue;
+                    }
                     other => {
                         return ControlFlow::Break(format!(
                             "argument {name} must be a constant, got {other}"

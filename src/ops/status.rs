@@ -305,6 +305,7 @@ async fn chart_section(pages: &Pages, chart: ChartQuery, now: i64, out: &mut Str
         end,
         fill: Fill::None,
         last: None,
+        as_of: None,
     };
     match crate::candles::candles(&pages.probe.cache, &request).await {
         Ok(batch) if batch.num_rows() > 0 => out.push_str(&svg(&batch)),
