@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `reads` | the room's interface: the cache, the answer memo, the function and routed tables over them |
 //! | `cache` | the hot bar cache kept equal to the tables by observing every commit, and the unbuilt trades for live bars |
+//! | `as_of` | `bars_as_of(table, moment)`: a bar table at a past moment or snapshot, for stock SQL |
 //! | `answers` | hot candle statements: their shapes and encoded answers per cache generation |
 //! | `windows` | any timeframe (15m, 4h, 1w, ...), time-zone days and weeks |
 //! | `assemble` | stored + live bars, rollup, finality, gap fill |
@@ -23,6 +24,7 @@
 //! them, and flagged `is_final = false`.
 
 pub mod answers;
+pub mod as_of;
 pub mod assemble;
 pub mod cache;
 pub mod function;

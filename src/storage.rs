@@ -30,6 +30,7 @@ pub mod commit;
 pub mod equality;
 pub mod error;
 pub mod files;
+pub mod history;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;

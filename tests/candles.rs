@@ -913,6 +913,24 @@ async fn a_restarted_server_warms_the_series_queried_before() {
     server.shutdown_and_wait().await;
 }
 
+/// The status a statement fails with, whether at planning or while its rows are read.
+async fn failure(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> tonic::Status {
+    let err = match client.execute(sql.to_string(), None).await {
+        Err(e) => e,
+        Ok(info) => {
+            let ticket = info.endpoint[0].ticket.clone().unwrap();
+            match client.do_get(ticket).await {
+                Err(e) => e,
+                Ok(stream) => stream.try_collect::<Vec<_>>().await.unwrap_err(),
+            }
+        }
+    };
+    match err {
+        arrow_flight::error::FlightError::Tonic(s) => *s,
+        other => panic!("{sql}: {other}"),
+    }
+}
+
 /// `candles(..., as_of => t)` answers with the bars as the tables held them at `t`: a late
 /// trade's revision is invisible before its commit and visible after; a moment before the
 /// first build has no bars, and one older than the snapshots kept is refused, naming the
@@ -1008,6 +1026,46 @@ async fn as_of_reads_the_bars_known_at_that_moment() {
         bound.extend(stream.try_collect::<Vec<_>>().await.unwrap());
     }
     assert_eq!(candles_of(&bound), first_1m);
+    // Stock SQL on a bar table as it stood then: by moment, and by the snapshot id that
+    // system.snapshots names.
+    let volumes = |batches: &[RecordBatch]| -> Vec<(i64, f64)> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let s = b.column(0).as_primitive::<TimestampMicrosecondType>();
+                let v = b.column(1).as_primitive::<Float64Type>();
+                (0..b.num_rows())
+                    .map(|i| (s.value(i), v.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let stock = |moment: String| {
+        format!(
+            "select window_start, volume from bars_as_of('ohlcv_1m', {moment}) \
+             where exchange = 'kraken' and symbol = 'BTC-USD' order by window_start"
+        )
+    };
+    let candle_volumes = |c: &BTreeMap<Key, Candle>| -> Vec<(i64, f64)> {
+        c.iter().map(|(k, c)| (k.2, c.bar.volume)).collect()
+    };
+    let then = volumes(&sql(&mut client, &stock(format!("'{}'", at(t1)))).await);
+    assert_eq!(then, candle_volumes(&first_1m));
+    assert_eq!(then[0].1, 2.0);
+    let now_rows = volumes(&sql(&mut client, &stock(format!("'{}'", at(t2)))).await);
+    assert_eq!(now_rows, candle_volumes(&revised_1m));
+    assert_eq!(now_rows[0].1, 4.0);
+    let current = sql(
+        &mut client,
+        "select snapshot_id from system.snapshots where table_name = 'ohlcv_1m' and is_current",
+    )
+    .await;
+    let current = current[0].column(0).as_primitive::<Int64Type>().value(0);
+    assert_eq!(
+        volumes(&sql(&mut client, &stock(current.to_string())).await),
+        now_rows
+    );
+    assert!(volumes(&sql(&mut client, &stock(format!("'{}'", at(before_any)))).await).is_empty());
     // Before the first build the table held nothing.
     assert!(candles_of(&sql(&mut client, &ask("1m", Some(before_any))).await).is_empty());
 
@@ -1033,6 +1091,18 @@ async fn as_of_reads_the_bars_known_at_that_moment() {
             .message()
             .contains("older than the history ohlcv_1m keeps"),
         "{status}"
+    );
+    let refused = |status: tonic::Status, says: &str| {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        assert!(status.message().contains(says), "{status}");
+    };
+    refused(
+        failure(&mut client, &stock(format!("'{}'", at(t1)))).await,
+        "older than the history ohlcv_1m keeps",
+    );
+    refused(
+        failure(&mut client, &stock("42".to_string())).await,
+        "snapshot 42 is not in ohlcv_1m's history",
     );
     // The current snapshot is still there to read as of now.
     assert_eq!(

@@ -47,6 +47,9 @@ impl CandlesFunction {
 pub fn to_datafusion(e: Error) -> DataFusionError {
     match e {
         Error::Input(m) => DataFusionError::Plan(m),
+        Error::Storage(e @ crate::storage::Error::HistoryExpired { .. }) => {
+            DataFusionError::Plan(e.to_string())
+        }
         other => DataFusionError::External(Box::new(other)),
     }
 }
@@ -80,7 +83,7 @@ impl TableFunctionImpl for CandlesFunction {
 }
 
 /// The first parameter `e` names (`as_of => $1` is `'as_of=' || $1`).
-fn placeholder_in(e: &Expr) -> Option<String> {
+pub(crate) fn placeholder_in(e: &Expr) -> Option<String> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     let mut found = None;
     let _ = e.apply(|x| {
@@ -225,7 +228,11 @@ fn arity(args: &[Expr]) -> DfResult<()> {
 }
 
 /// Folds an argument to a constant (`now() - interval '1 day'`, casts, ...).
-fn constant(simplifier: &ExprSimplifier, i: usize, expr: &Expr) -> DfResult<ScalarValue> {
+pub(crate) fn constant(
+    simplifier: &ExprSimplifier,
+    i: usize,
+    expr: &Expr,
+) -> DfResult<ScalarValue> {
     if let Expr::Literal(v, _) = expr {
         return Ok(v.clone());
     }
@@ -249,7 +256,7 @@ pub(crate) fn string(v: &ScalarValue) -> Option<String> {
 }
 
 /// A timestamp argument in UTC microseconds.
-fn timestamp(v: &ScalarValue, what: &str) -> DfResult<i64> {
+pub(crate) fn timestamp(v: &ScalarValue, what: &str) -> DfResult<i64> {
     let micros = match v {
         ScalarValue::TimestampMicrosecond(Some(t), _) => Some(*t),
         ScalarValue::TimestampNanosecond(Some(t), _) => Some(t.div_euclid(1_000)),

@@ -48,6 +48,11 @@ impl Reads {
         CandlesFunction::new(self.cache.clone())
     }
 
+    /// `bars_as_of(table, moment)`: a bar table at a past moment, read at that snapshot.
+    pub fn bars_as_of(&self, storage: Storage) -> super::as_of::BarsAsOf {
+        super::as_of::BarsAsOf::new(storage)
+    }
+
     /// The `market` schema, its bar tables routed through this cache.
     pub fn tables(&self, storage: Storage) -> MarketTables {
         MarketTables::new(storage, self.cache.clone())

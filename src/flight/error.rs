@@ -119,7 +119,7 @@ fn storage_status(e: crate::storage::Error) -> Status {
     use crate::storage::Error as S;
     match e {
         S::TableNotFound(t) => Status::not_found(format!("table {t} does not exist")),
-        S::InvalidData { .. } => Status::invalid_argument(e.to_string()),
+        S::InvalidData { .. } | S::HistoryExpired { .. } => Status::invalid_argument(e.to_string()),
         S::Locked { .. } | S::LostCommit { .. } | S::CommitFailed { .. } => {
             Status::aborted(e.to_string())
         }
@@ -156,6 +156,7 @@ fn datafusion_status(e: DataFusionError) -> Status {
         },
         DataFusionError::External(inner) => match inner.downcast_ref::<crate::storage::Error>() {
             Some(crate::storage::Error::TableNotFound(_)) => Status::not_found(message),
+            Some(crate::storage::Error::HistoryExpired { .. }) => Status::invalid_argument(message),
             _ => Status::internal(message),
         },
         _ => Status::internal(message),

@@ -95,6 +95,7 @@ impl QueryEngine {
         )?;
         ctx.register_catalog(storage.catalog_name(), Arc::new(catalog));
         ctx.register_udtf("candles", Arc::new(reads.function()));
+        ctx.register_udtf("bars_as_of", Arc::new(reads.bars_as_of(storage.clone())));
         super::bounded::register(&ctx, &pool);
         let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(
             ctx.state(),

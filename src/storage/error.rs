@@ -85,6 +85,22 @@ pub enum Error {
     #[error("{table} belongs to another pipeline ([source]): ohlcv-server never writes, compacts or expires it")]
     NotOwned { table: String },
 
+    /// A point-in-time read asked for a moment whose snapshot has been expired.
+    #[error(
+        "as_of {} is older than the history {table} keeps: {} (snapshots older than \
+         [retention] snapshot_keep_hours are expired)",
+        crate::timeframe::format_us(*at_us),
+        oldest_us.map_or("it holds no snapshot".to_string(), |o| format!(
+            "its oldest snapshot still held was committed at {}",
+            crate::timeframe::format_us(o)
+        ))
+    )]
+    HistoryExpired {
+        table: String,
+        at_us: i64,
+        oldest_us: Option<i64>,
+    },
+
     #[error("invalid rows for {table}: {reason}")]
     InvalidData { table: String, reason: String },
 }
