@@ -12,7 +12,7 @@ use arrow::datatypes::TimestampMicrosecondType;
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use chrono::TimeZone;
-use common::server::{options, Server};
+use common::server::{deployment_with_bars, options, Server};
 use common::trades::{assert_bars_match, load, reference, table_bars, trade, Key, RefBar, Trade};
 use common::{Deployment, DAY, MIN, T0};
 use futures::TryStreamExt;
@@ -937,23 +937,10 @@ async fn failure(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> ton
 /// oldest moment still held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn as_of_reads_the_bars_known_at_that_moment() {
-    let d = Deployment::new().await;
-    let trades: Vec<Trade> = (0..120)
-        .map(|i| {
-            trade(
-                "kraken",
-                "BTC-USD",
-                &i.to_string(),
-                T0 + i * 30_000_000,
-                100.0 + i as f64,
-                1.0,
-            )
-        })
-        .collect();
-    load(&d, &trades).await;
+    // Our tables are created without a snapshot: before the first build they held nothing.
     let before_any = chrono::Utc::now().timestamp_micros();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    build_all(&d, T0 + 2 * DAY).await;
+    let d = deployment_with_bars().await;
     let clock = ManualClock::at(T0 + 2 * DAY);
     let server = Server::start_with(&d, quiet(&clock)).await;
     let mut client = FlightSqlServiceClient::new(server.channel().await);

@@ -40,21 +40,10 @@ fn run(args: &[&str], dir: &Path) {
 /// Runs `ohlcv-server <args>` once per delay and SIGKILLs it after that delay if it is still
 /// running, pausing `after_kill` after each kill; returns how many runs were killed.
 async fn kill_builds(args: &[&str], delays_ms: &[u64], after_kill: Duration) -> usize {
-    kill_builds_with(args, &[], delays_ms, after_kill).await
-}
-
-/// As [`kill_builds`], with environment variables set for each run.
-async fn kill_builds_with(
-    args: &[&str],
-    envs: &[(&str, &str)],
-    delays_ms: &[u64],
-    after_kill: Duration,
-) -> usize {
     let mut killed = 0;
     for &delay_ms in delays_ms {
         let mut child = bin()
             .args(args)
-            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -26,10 +26,9 @@ const LAST_DOUBLINGS: u32 = 12;
 
 /// The candles `request` asks for, at one consistent view of the tables and trades.
 pub async fn candles(cache: &BarCache, request: &Request) -> Result<RecordBatch> {
-    let view = match request.as_of {
-        Some(at) => cache.view_as_of(at).await?,
-        None => cache.view(&request.exchange, &request.symbol),
-    };
+    let view = cache
+        .view_at(&request.exchange, &request.symbol, request.as_of)
+        .await?;
     candles_in(cache, &view, request).await
 }
 

@@ -320,6 +320,14 @@ impl BarCache {
         }
     }
 
+    /// The view a read of one series takes: now, or the tables as they were at `as_of`.
+    pub async fn view_at(&self, exchange: &str, symbol: &str, as_of: Option<i64>) -> Result<View> {
+        match as_of {
+            Some(at) => self.view_as_of(at).await,
+            None => Ok(self.view(exchange, symbol)),
+        }
+    }
+
     /// Unbuilt trades are kept from the lower incremental cutoff, at most one 1m horizon back.
     fn live_floor(&self, tables: &[TableState; 5]) -> i64 {
         let built = [Timeframe::M1, Timeframe::M5]
@@ -344,21 +352,18 @@ impl BarCache {
         let key = Key::new(tf, exchange, symbol);
         self.count(&key);
         let from = self.horizon_start(tf);
-        if !self.inner.config.enabled || range.start.unwrap_or(i64::MIN) < from {
-            stats::Counters::add(&self.inner.counters.table_reads);
-            let rows = self.read_series(&key, snapshot, range, None).await?;
-            return Entry::new(snapshot, i64::MIN, &rows)
-                .map(|e| e.rows)
-                .map_err(Into::into);
-        }
-        if let Some(entry) = self.inner.entries.get(&key) {
-            if entry.snapshot == snapshot && entry.from <= from {
-                stats::Counters::add(&self.inner.counters.hits);
-                return Ok(entry.slice(range));
+        let cold = !self.inner.config.enabled || range.start.unwrap_or(i64::MIN) < from;
+        if !cold {
+            if let Some(entry) = self.inner.entries.get(&key) {
+                if entry.snapshot == snapshot && entry.from <= from {
+                    stats::Counters::add(&self.inner.counters.hits);
+                    return Ok(entry.slice(range));
+                }
             }
         }
-        if view.as_of.is_some() {
-            // A past snapshot the cache does not hold: its rows in range, read and not kept.
+        // Outside the hot horizon, or a past snapshot the cache does not hold: the rows in
+        // range, read and not kept.
+        if cold || view.as_of.is_some() {
             stats::Counters::add(&self.inner.counters.table_reads);
             let rows = self.read_series(&key, snapshot, range, None).await?;
             return Entry::new(snapshot, i64::MIN, &rows)

@@ -91,10 +91,7 @@ impl Reads {
             super::shape::Read::Candles(request) => request.as_of,
             super::shape::Read::Bars { .. } => None,
         };
-        let view = match as_of {
-            Some(at) => cache.view_as_of(at).await?,
-            None => cache.view(exchange, symbol),
-        };
+        let view = cache.view_at(exchange, symbol, as_of).await?;
         let keep = self.answers.enabled() && shape.keeps(&read);
         if keep {
             let kept = self
