@@ -120,7 +120,10 @@ pub struct RetentionConfig {
     /// Days each table keeps, by table name (`trades`, `ohlcv_1m`, ...); absent or 0 keeps
     /// everything.
     pub days: std::collections::BTreeMap<String, u32>,
-    /// Snapshots younger than this survive the expiry after a retention drop.
+    /// How far back point-in-time reads (`candles(..., as_of => t)`, `bars_as_of`) must work:
+    /// the daily retention job expires only snapshots no moment in this window needs.
+    pub history_days: u32,
+    /// The same window in hours (the older setting); the longer of the two applies.
     pub snapshot_keep_hours: u32,
 }
 
@@ -137,7 +140,8 @@ impl Default for RetentionConfig {
             .into_iter()
             .map(|(t, d)| (t.to_string(), d))
             .collect(),
-            snapshot_keep_hours: 24,
+            history_days: 1,
+            snapshot_keep_hours: 0,
         }
     }
 }
@@ -151,9 +155,10 @@ impl RetentionConfig {
                 message: format!("unknown table '{unknown}' (tables: {})", tables.join(", ")),
             });
         }
+        let history_hours = (self.history_days as u64 * 24).max(self.snapshot_keep_hours as u64);
         Ok(crate::build::retention::RetentionPolicy::from_days(
             &self.days,
-            self.snapshot_keep_hours,
+            history_hours as i64 * 3_600_000_000,
         ))
     }
 }

@@ -473,3 +473,135 @@ async fn trades_listing(d: &Deployment) -> ohlcv_server::storage::Listing {
     .await
     .unwrap()
 }
+
+/// One series' bars as `[window_start_us, open, high, low, close, volume]` rows.
+type Rows = Vec<(i64, [f64; 5])>;
+
+fn rows_of(batches: &[arrow::array::RecordBatch]) -> Rows {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+    batches
+        .iter()
+        .flat_map(|b| {
+            let start = b.column(0).as_primitive::<TimestampMicrosecondType>();
+            let value = |c: usize, i: usize| b.column(c).as_primitive::<Float64Type>().value(i);
+            (0..b.num_rows())
+                .map(|i| {
+                    let v = [1, 2, 3, 4, 5].map(|c| value(c, i));
+                    (start.value(i), v)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// pyiceberg's read of one series of `table` at `snapshot_id`.
+fn pyiceberg_rows(d: &Deployment, table: &str, snapshot_id: i64) -> Rows {
+    let out = pyiceberg(
+        d,
+        table,
+        "read-at",
+        json!({ "snapshot_id": snapshot_id, "exchange": "kraken", "symbol": "BTC-USD" }),
+    );
+    let rows: Vec<(i64, f64, f64, f64, f64, f64)> = serde_json::from_str(&out).unwrap();
+    rows.into_iter()
+        .map(|(s, o, h, l, c, v)| (s, [o, h, l, c, v]))
+        .collect()
+}
+
+/// Builds, then records the 1m and 1h snapshots current and a moment inside that state.
+async fn settle(d: &Deployment, states: &mut Vec<(i64, i64, i64)>) {
+    d.build_all(NOW).await;
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let moment = chrono::Utc::now().timestamp_micros();
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let snapshot = |tf| d.snapshot(TableKind::Bars(tf));
+    states.push((
+        snapshot(Timeframe::M1).await.unwrap(),
+        snapshot(Timeframe::H1).await.unwrap(),
+        moment,
+    ));
+}
+
+/// Point-in-time reads across revisions by other engines: late trades pyiceberg appends and
+/// trades it deletes each revise built bars; `candles(..., as_of => t)` and `bars_as_of` at a
+/// moment before each revision answer the bars as they were, equal to pyiceberg's read of the
+/// snapshot that was current then, in a stored and a rolled-up timeframe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_reads_equal_pyiceberg_reads_of_each_snapshot() {
+    if python().is_none() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let d = Deployment::new().await;
+    let server = common::server::Server::start_with(&d, common::server::options()).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let mut all = trades("a", "BTC-USD", T0, 90, 400);
+    load(&d, &all).await;
+    // After each state: the snapshots then current and a moment inside it.
+    let mut states: Vec<(i64, i64, i64)> = Vec::new();
+    settle(&d, &mut states).await;
+    // Late trades another engine commits revise the first hours' bars.
+    let late = trades("late", "BTC-USD", T0 + 7 * MIN, 41, 60);
+    pyiceberg(&d, "trades", "append", trades_json(&late));
+    all.extend(late);
+    settle(&d, &mut states).await;
+    // Another engine deletes trades: every trade of minute 3 (its bar goes) and some more.
+    let doomed: Vec<String> = all
+        .iter()
+        .filter(|t| (t.ts - T0).div_euclid(MIN) == 3 || t.id.ends_with('4'))
+        .map(|t| t.id.clone())
+        .collect();
+    pyiceberg(&d, "trades", "delete", json!({ "trade_id": doomed }));
+    all.retain(|t| !doomed.contains(&t.id));
+    settle(&d, &mut states).await;
+
+    let micros = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let (start, end) = (iso(T0), iso(T0 + DAY));
+    let mut seen = Vec::new();
+    for (m1_snapshot, h1_snapshot, moment) in &states {
+        let at = micros(*moment);
+        let candles = |tf: &str| {
+            format!(
+                "select window_start, open, high, low, close, volume from candles('kraken', \
+                 'BTC-USD', '{tf}', '{start}', '{end}', as_of => '{at}')"
+            )
+        };
+        let stock = format!(
+            "select window_start, open, high, low, close, volume from bars_as_of('ohlcv_1m', \
+             '{at}') where exchange = 'kraken' and symbol = 'BTC-USD' order by window_start"
+        );
+        let want_1m = pyiceberg_rows(&d, "ohlcv_1m", *m1_snapshot);
+        assert!(!want_1m.is_empty());
+        assert_eq!(rows_of(&query(&mut client, &candles("1m")).await), want_1m);
+        assert_eq!(rows_of(&query(&mut client, &stock).await), want_1m);
+        assert_eq!(
+            rows_of(&query(&mut client, &candles("1h")).await),
+            pyiceberg_rows(&d, "ohlcv_1h", *h1_snapshot)
+        );
+        seen.push(want_1m);
+    }
+    assert_ne!(seen[0], seen[1], "the late trades revised bars");
+    assert_ne!(seen[1], seen[2], "the delete revised bars");
+    assert!(seen[1].iter().any(|(s, _)| *s == T0 + 3 * MIN));
+    assert!(
+        !seen[2].iter().any(|(s, _)| *s == T0 + 3 * MIN),
+        "minute 3 emptied"
+    );
+    // The last state is the trades that remain.
+    let volumes: Vec<(i64, f64)> = reference(&all, MIN)
+        .into_iter()
+        .map(|(k, b)| (k.2, b.volume))
+        .collect();
+    let last: Vec<(i64, f64)> = seen[2].iter().map(|(s, v)| (*s, v[4])).collect();
+    assert_eq!(last.len(), volumes.len());
+    for ((s, v), (ws, wv)) in last.iter().zip(&volumes) {
+        assert_eq!(s, ws);
+        assert!((v - wv).abs() < 1e-9, "{s}: {v} vs {wv}");
+    }
+    server.shutdown_and_wait().await;
+}

@@ -7,7 +7,8 @@
 //! batches and shows at least what was built two poll intervals before it was asked, the
 //! replicas catch up with the builder,
 //! no acknowledged trade is lost or stored twice, and the five tables equal a reference
-//! computed from every stored trade (a clean rebuild).
+//! computed from every stored trade (a clean rebuild). Every server answers `as_of` a moment
+//! mid-ingest the same, before and after the failover.
 
 mod common;
 
@@ -157,6 +158,28 @@ const TRADED_BTC: &str =
     "select sum(trade_count) from candles('kraken', 'BTC-USD', '1m', '2024-01-01', '2024-01-02')";
 const BTC_PER_BATCH: i64 = 20;
 
+/// What every live server answers for the BTC trades built as of `at_us`: all the same.
+async fn as_of_everywhere(addrs: &[String], servers: &[Option<Process>], at_us: i64) -> i64 {
+    let at = chrono::DateTime::from_timestamp_micros(at_us)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let sql = format!(
+        "select sum(trade_count) from candles('kraken', 'BTC-USD', '1m', '2024-01-01', \
+         '2024-01-02', as_of => '{at}')"
+    );
+    let mut answers = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        if servers[i].is_some() {
+            answers.push(number(&mut client(addr).await, &sql).await.unwrap());
+        }
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "as_of {at}: {answers:?}"
+    );
+    answers[0]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_one_builder_failover_under_ingest() {
     let Some(url) = postgres_url() else {
@@ -221,6 +244,9 @@ async fn three_servers_one_builder_failover_under_ingest() {
     // at least what was built two poll intervals before it was asked.
     let mut builds: Vec<(Instant, i64)> = Vec::new();
     let btc_acked = |acked: &Vec<Trade>| acked.len() as i64 / 2;
+    // A moment mid-ingest, and what every server answers as of it once all have followed.
+    let mut moment: Option<i64> = None;
+    let mut then: Option<i64> = None;
     for n in 0..60 {
         // Ingest one batch into the builder; replicas refuse with the builder's name.
         let batch = batch_of(n);
@@ -299,6 +325,12 @@ async fn three_servers_one_builder_failover_under_ingest() {
                  built two poll intervals before ({floor}) and what was sent ({sent})"
             );
         }
+        if n == 12 {
+            moment = Some(chrono::Utc::now().timestamp_micros());
+        }
+        if n == 20 {
+            then = Some(as_of_everywhere(&addrs, &servers, moment.unwrap()).await);
+        }
         if let (Some(at), None) = (killed_at, failover) {
             // Who builds now: the replica that accepts a write.
             for (i, addr) in addrs.iter().enumerate() {
@@ -367,6 +399,16 @@ async fn three_servers_one_builder_failover_under_ingest() {
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
     }
+    // The past reads the same on the survivors, after the failover, and it is the past.
+    let then = then.unwrap();
+    assert_eq!(
+        as_of_everywhere(&addrs, &servers, moment.unwrap()).await,
+        then
+    );
+    let now = number(&mut client(&addrs[builder]).await, TRADED_BTC)
+        .await
+        .unwrap();
+    assert!(then > 0 && then < now, "as of mid-ingest {then}, now {now}");
     for p in servers.iter_mut().flatten() {
         p.child.kill().unwrap();
         p.child.wait().unwrap();

@@ -200,3 +200,87 @@ async fn one_minute_bars_wait_for_the_rollups_built_from_them() {
         "every day before the 90-day horizon, once the rollups have it: {m1:?}"
     );
 }
+
+/// `[retention] history_days` is how far back `as_of` works: the expiry keeps the snapshot
+/// that was current at the start of the window (committed before it), so every moment in the
+/// window still reads, and a moment before it fails naming the oldest moment held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_keeps_every_snapshot_the_history_window_needs() {
+    use ohlcv_server::storage::history::snapshot_at;
+    let d = Deployment::new().await;
+    let wall = chrono::Utc::now().timestamp_micros();
+    let start = (wall - DAY).div_euclid(DAY) * DAY;
+    let m1 = TableKind::Bars(Timeframe::M1);
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(30));
+    let mut built = Vec::new();
+    let mut between = Vec::new();
+    for round in 0..3 {
+        load(
+            &d,
+            &[trade(
+                "kraken",
+                "BTC-USD",
+                &format!("r{round}"),
+                start + round * 60_000_000,
+                100.0,
+                1.0,
+            )],
+        )
+        .await;
+        build::build(
+            &d.writer,
+            Timeframe::M1,
+            wall + DAY,
+            BuildSettings::default(),
+        )
+        .await
+        .unwrap();
+        built.push(d.snapshot(m1).await.unwrap());
+        pause().await;
+        between.push(chrono::Utc::now().timestamp_micros());
+        pause().await;
+    }
+    // The window starts between the second and the third commit; the bars are all kept.
+    let config = RetentionConfig {
+        days: Default::default(),
+        history_days: 1,
+        snapshot_keep_hours: 0,
+    };
+    let now = between[1] + DAY;
+    let actions = retention::apply(&d.writer, &config.policy().unwrap(), now)
+        .await
+        .unwrap();
+    let action = actions.iter().find(|a| a.table == "ohlcv_1m").unwrap();
+    assert_eq!(action.snapshots_expired, 1, "{action:?}");
+
+    let table = d.storage().table(m1).await.unwrap();
+    let metadata = table.metadata();
+    let mut kept: Vec<i64> = metadata.snapshots.keys().copied().collect();
+    kept.sort_unstable();
+    let mut want = built[1..].to_vec();
+    want.sort_unstable();
+    assert_eq!(
+        kept, want,
+        "the first snapshot went, the one current at the cutoff stayed"
+    );
+    assert_eq!(
+        snapshot_at(metadata, "ohlcv_1m", between[1]).unwrap(),
+        Some(built[1])
+    );
+    assert_eq!(
+        snapshot_at(metadata, "ohlcv_1m", between[2]).unwrap(),
+        Some(built[2])
+    );
+    let oldest = *metadata.snapshots[&built[1]].timestamp_ms() * 1000;
+    match snapshot_at(metadata, "ohlcv_1m", between[0]) {
+        Err(e @ ohlcv_server::storage::Error::HistoryExpired { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("[retention] history_days"), "{text}");
+            assert!(
+                text.contains(&ohlcv_server::timeframe::format_us(oldest)),
+                "{text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

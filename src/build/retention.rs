@@ -18,13 +18,14 @@ const DAY_US: i64 = 86_400_000_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPolicy {
     pub keep: BTreeMap<String, Option<i64>>,
-    /// Snapshots younger than this survive the expiry that follows a drop (time travel).
-    pub snapshot_keep_us: i64,
+    /// How far back point-in-time reads work: the expiry that follows a drop keeps every
+    /// snapshot some moment of this window needs.
+    pub history_us: i64,
 }
 
 impl RetentionPolicy {
     /// `days` per table name; a table left out keeps everything.
-    pub fn from_days(days: &BTreeMap<String, u32>, snapshot_keep_hours: u32) -> RetentionPolicy {
+    pub fn from_days(days: &BTreeMap<String, u32>, history_us: i64) -> RetentionPolicy {
         RetentionPolicy {
             keep: TableKind::all()
                 .map(|k| {
@@ -35,7 +36,7 @@ impl RetentionPolicy {
                     (k.name(), keep)
                 })
                 .collect(),
-            snapshot_keep_us: snapshot_keep_hours as i64 * 3_600_000_000,
+            history_us,
         }
     }
 }
@@ -137,7 +138,7 @@ pub async fn apply(
                 .await?;
             action.snapshot_id = outcome.snapshot_id.or(action.snapshot_id);
         }
-        let older_than = now - chrono::Duration::microseconds(policy.snapshot_keep_us);
+        let older_than = now - chrono::Duration::microseconds(policy.history_us);
         action.snapshots_expired = writer.expire_snapshots(kind, older_than, 1).await?.len();
         // Files younger than an hour may belong to a commit in flight.
         let sweep = writer

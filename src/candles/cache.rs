@@ -38,7 +38,7 @@ use crate::storage::files::{conform, partition_range};
 use crate::storage::read::read_files;
 use crate::storage::series::Series;
 use crate::storage::{
-    CommitObserver, Committed, Content, Listing, LiveFile, Storage, TableKind, TimeRange,
+    history, CommitObserver, Committed, Content, Listing, LiveFile, Storage, TableKind, TimeRange,
 };
 use crate::timeframe::{Timeframe, MINUTE_US};
 
@@ -144,6 +144,9 @@ pub struct View {
     /// The past moment this view shows the tables at (`candles(..., as_of => t)`): stored
     /// bars only, no live ones.
     pub as_of: Option<i64>,
+    /// Each table's snapshot at `as_of`, looked up when a read first needs that table: a
+    /// request reads one or two of the five, and each look-up loads the table's metadata.
+    past: Arc<[tokio::sync::OnceCell<Option<i64>>; 5]>,
 }
 
 impl View {
@@ -309,7 +312,22 @@ impl BarCache {
             live_floor: state.live.floor(),
             generation: state.generations.of(exchange, symbol),
             as_of: None,
+            past: Arc::default(),
         }
+    }
+
+    /// The snapshot `view` reads `tf` at: the cache's for a current view, else the one the
+    /// table's history held at the view's moment.
+    pub async fn snapshot_of(&self, view: &View, tf: Timeframe) -> Result<Option<i64>> {
+        let Some(at) = view.as_of else {
+            return Ok(view.table(tf).snapshot);
+        };
+        let resolve = || async {
+            let kind = TableKind::Bars(tf);
+            let table = self.inner.storage.table(kind).await?;
+            Ok::<_, Error>(history::snapshot_at(table.metadata(), &kind.name(), at)?)
+        };
+        view.past[index(tf)].get_or_try_init(resolve).await.copied()
     }
 
     /// Oldest window start kept hot for `tf` (`i64::MIN`: everything).
@@ -323,7 +341,7 @@ impl BarCache {
     /// The view a read of one series takes: now, or the tables as they were at `as_of`.
     pub async fn view_at(&self, exchange: &str, symbol: &str, as_of: Option<i64>) -> Result<View> {
         match as_of {
-            Some(at) => self.view_as_of(at).await,
+            Some(at) => Ok(self.view_as_of(at)),
             None => Ok(self.view(exchange, symbol)),
         }
     }
@@ -348,7 +366,7 @@ impl BarCache {
         symbol: &str,
         range: TimeRange,
     ) -> Result<RecordBatch> {
-        let snapshot = view.table(tf).snapshot;
+        let snapshot = self.snapshot_of(view, tf).await?;
         let key = Key::new(tf, exchange, symbol);
         self.count(&key);
         let from = self.horizon_start(tf);
@@ -406,12 +424,9 @@ impl BarCache {
         // Older than the horizon: the newest files first, until n rows are found.
         let key = Key::new(tf, exchange, symbol);
         stats::Counters::add(&self.inner.counters.table_reads);
-        let rows = self
-            .read_series(&key, view.table(tf).snapshot, range, Some(n))
-            .await?;
-        Ok(tail(
-            Entry::new(view.table(tf).snapshot, i64::MIN, &rows)?.rows,
-        ))
+        let snapshot = self.snapshot_of(view, tf).await?;
+        let rows = self.read_series(&key, snapshot, range, Some(n)).await?;
+        Ok(tail(Entry::new(snapshot, i64::MIN, &rows)?.rows))
     }
 
     /// Caches `entry` unless its table has moved on since it was read (the commit observed in

@@ -88,7 +88,7 @@ pub enum Error {
     /// A point-in-time read asked for a moment whose snapshot has been expired.
     #[error(
         "as_of {} is older than the history {table} keeps: {} (snapshots older than \
-         [retention] snapshot_keep_hours are expired)",
+         [retention] history_days are expired)",
         crate::timeframe::format_us(*at_us),
         oldest_us.map_or("it holds no snapshot".to_string(), |o| format!(
             "its oldest snapshot still held was committed at {}",

@@ -35,7 +35,9 @@ pub struct SweepReport {
 
 impl TableWriter {
     /// Removes snapshots older than `older_than` from the table's history, always keeping the
-    /// current snapshot and the newest `retain_last`. Returns the expired snapshot ids.
+    /// current snapshot, the newest `retain_last`, and the snapshot that was current at
+    /// `older_than`: the table stays readable as of every moment since (point-in-time reads).
+    /// Returns the expired snapshot ids.
     pub async fn expire_snapshots(
         &self,
         kind: TableKind,
@@ -55,11 +57,16 @@ impl TableWriter {
             .collect();
         snapshots.sort_unstable_by(|a, b| b.cmp(a));
         let cutoff = older_than.timestamp_millis();
+        // A walk that meets an expired parent has nothing to anchor: every older snapshot is
+        // already gone.
+        let anchor = super::history::snapshot_at(metadata, "", cutoff * 1000)
+            .ok()
+            .flatten();
         let expired: Vec<i64> = snapshots
             .iter()
             .enumerate()
             .filter(|(rank, (ts, id))| {
-                *rank >= retain_last.max(1) && *ts < cutoff && *id != current
+                *rank >= retain_last.max(1) && *ts < cutoff && *id != current && Some(*id) != anchor
             })
             .map(|(_, (_, id))| *id)
             .collect();

@@ -13,6 +13,9 @@ usage: foreign_writer.py DATA_DIR TABLE OP [ROWS_JSON]
                  in a delete manifest (pyiceberg has no public writer of them).
   OP expire:     every snapshot but the current one is expired.
   OP count:      prints the number of rows pyiceberg reads (every referenced file opened).
+  OP read-at:    ROWS_JSON is {"snapshot_id": id, "exchange": e, "symbol": s}: prints, as
+                 JSON, that series' bars [window_start_us, open, high, low, close, volume]
+                 as the table held them at that snapshot, in window order (nothing committed).
 Each call is one pyiceberg commit on table market.TABLE of the SQLite catalog under DATA_DIR,
 or, when FOREIGN_CATALOG_URI (an SQLAlchemy URL) is set, of that SQL catalog (PostgreSQL),
 named FOREIGN_CATALOG_NAME.
@@ -114,6 +117,17 @@ def main():
         table.overwrite(rows_as_arrow(table, rows), overwrite_filter=In("trade_id", rows["trade_id"]))
     elif op == "count":
         print(table.scan().to_arrow().num_rows)
+        return
+    elif op == "read-at":
+        from pyiceberg.expressions import And, EqualTo
+
+        scan = table.scan(
+            row_filter=And(EqualTo("exchange", rows["exchange"]), EqualTo("symbol", rows["symbol"])),
+            snapshot_id=rows["snapshot_id"],
+        ).to_arrow()
+        starts = scan.column("window_start").cast(pa.int64()).to_pylist()
+        values = [scan.column(c).to_pylist() for c in ("open", "high", "low", "close", "volume")]
+        print(json.dumps(sorted([s, *v] for s, *v in zip(starts, *values))))
         return
     elif op == "pos-delete":
         position_delete(table, rows["trade_id"])
