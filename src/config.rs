@@ -175,15 +175,42 @@ pub struct ServerConfig {
     /// Longest a statement may run before it is stopped with `DEADLINE_EXCEEDED` (0: no
     /// limit); a client's own shorter deadline (`grpc-timeout`) wins.
     pub query_timeout_secs: u64,
+    /// Live subscriptions (`live_candles`, DoExchange) open at once; they are not held to
+    /// `query_timeout_secs`.
+    pub max_subscriptions: usize,
+    /// Of those, by one user.
+    pub max_subscriptions_per_user: usize,
+    /// A subscriber that takes nothing for this long is dropped (its stream ends with an
+    /// error saying so).
+    pub subscriber_timeout_ms: u64,
+    /// Latest windows a subscription tracks per series: the most its first message holds,
+    /// and how far back a revision is pushed.
+    pub subscription_windows: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
+        let push = crate::push::PushLimits::default();
         ServerConfig {
             tls_cert: None,
             tls_key: None,
             query_memory_limit_mb: 2048,
             query_timeout_secs: 300,
+            max_subscriptions: push.max_subscriptions,
+            max_subscriptions_per_user: push.max_per_user,
+            subscriber_timeout_ms: push.stall_timeout.as_millis() as u64,
+            subscription_windows: push.track_windows,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn push_limits(&self) -> crate::push::PushLimits {
+        crate::push::PushLimits {
+            max_subscriptions: self.max_subscriptions,
+            max_per_user: self.max_subscriptions_per_user,
+            track_windows: self.subscription_windows.max(1),
+            stall_timeout: std::time::Duration::from_millis(self.subscriber_timeout_ms.max(1)),
         }
     }
 }

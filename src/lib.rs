@@ -18,16 +18,18 @@
 //!    schedule, the one queue, retries, the run history and the shutdown order.
 //! 9. [`candles`]: the candle read room: the hot bar cache, the answer memo, the shape
 //!    recogniser, `candles(...)` and routed stock SQL, behind one [`candles::Reads`].
-//! 10. [`config`]: TOML + `OHLCV_*` environment configuration, composed from the settings
+//! 10. [`push`]: live candles pushed to subscribers (DoExchange, `live_candles(...)`),
+//!     conflated per candle, followed from the candle read room's changes.
+//! 11. [`config`]: TOML + `OHLCV_*` environment configuration, composed from the settings
 //!     each layer below owns.
-//! 11. [`auth`]: users, roles, handshake tokens and the layer that checks them.
-//! 12. [`ops`]: the operations room: HTTP telemetry and health, the status page, cluster
+//! 12. [`auth`]: users, roles, handshake tokens and the layer that checks them.
+//! 13. [`ops`]: the operations room: HTTP telemetry and health, the status page, cluster
 //!     heartbeats.
-//! 13. [`flight`]: the Flight SQL service, its query engine, and the one mapping of errors to
+//! 14. [`flight`]: the Flight SQL service, its query engine, and the one mapping of errors to
 //!     gRPC status codes.
-//! 14. [`admin`]: the admin gRPC service (generated from `proto/`) and its command-line client.
-//! 15. [`server`]: `serve`: one process wiring all of the above, started and stopped in order.
-//! 16. [`cli`]: the command-line interface that `main.rs` runs.
+//! 15. [`admin`]: the admin gRPC service (generated from `proto/`) and its command-line client.
+//! 16. [`server`]: `serve`: one process wiring all of the above, started and stopped in order.
+//! 17. [`cli`]: the command-line interface that `main.rs` runs.
 
 // 1. foundations, which use nothing of ours
 pub mod backoff;
@@ -59,23 +61,26 @@ pub mod jobs;
 // 9. the candle read room: cache, answer memo, candles(), routed tables
 pub mod candles;
 
-// 10. settings, composed from each layer's own section
+// 10. the push room: live subscriptions over the candle read room
+pub mod push;
+
+// 11. settings, composed from each layer's own section
 pub mod config;
 
-// 11. who may do what
+// 12. who may do what
 pub mod auth;
 
-// 12. the operations room: telemetry, status page, cluster heartbeats
+// 13. the operations room: telemetry, status page, cluster heartbeats
 pub mod ops;
 
-// 13. the Flight SQL service and the one error-to-status mapping
+// 14. the Flight SQL service and the one error-to-status mapping
 pub mod flight;
 
-// 14. the admin service and its client
+// 15. the admin service and its client
 pub mod admin;
 
-// 15. one process: everything above, started and stopped in order
+// 16. one process: everything above, started and stopped in order
 pub mod server;
 
-// 16. the command line
+// 17. the command line
 pub mod cli;

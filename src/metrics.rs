@@ -40,6 +40,9 @@ pub struct Metrics {
     pub build_chunks_total: IntGauge,
     pub build_trades_per_sec: prometheus::Gauge,
     pub build_eta: prometheus::Gauge,
+    pub subscribers: IntGauge,
+    pub subscription_updates: IntCounterVec,
+    pub subscribers_dropped: IntCounterVec,
 }
 
 /// The process's metrics.
@@ -240,6 +243,24 @@ impl Metrics {
             build_eta: gauge(
                 "ohlcv_build_eta_seconds",
                 "Seconds the running chunked build needs to finish at its rate so far",
+            ),
+            subscribers: int_gauge(
+                "ohlcv_subscribers",
+                "Live candle subscriptions open (live_candles statements and DoExchange)",
+            ),
+            subscription_updates: counter(
+                &registry,
+                "ohlcv_subscription_updates_total",
+                "Candle updates to subscribers: sent, or conflated (replaced by a newer state \
+                 of the same candle before it was sent)",
+                &["outcome"],
+            ),
+            subscribers_dropped: counter(
+                &registry,
+                "ohlcv_subscribers_dropped_total",
+                "Subscriptions the server ended, by reason (stalled: the client read nothing \
+                 for [server] subscriber_timeout_ms)",
+                &["reason"],
             ),
             registry,
         }

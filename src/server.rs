@@ -66,6 +66,8 @@ pub struct ServeOptions {
     pub endpoints: Vec<String>,
     /// `[cluster] advertise`: this server's Flight location; empty for its listen address.
     pub advertise: String,
+    /// `[server]` limits of live subscriptions.
+    pub push: crate::push::PushLimits,
 }
 
 /// Why the telemetry endpoint could not be bound, naming the setting that moves it: a second
@@ -149,6 +151,7 @@ impl ServeOptions {
             telemetry_listen: config.telemetry.listen.clone(),
             endpoints: config.cluster.endpoints.clone(),
             advertise: config.cluster.advertise.clone(),
+            push: config.server.push_limits(),
         })
     }
 
@@ -300,6 +303,7 @@ pub async fn serve(
             Arc::clone(&options.auth),
             Arc::clone(&options.clock),
             options.limits,
+            crate::push::Hub::new(cache.clone(), options.push, cancel.clone()),
         )
         .with_locations(options.endpoints.clone()),
     ))

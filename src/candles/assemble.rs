@@ -113,7 +113,8 @@ async fn range(cache: &BarCache, view: &View, request: &Request) -> Result<Recor
 
 /// The first window a table has not persisted (`i64::MIN`: it has persisted nothing). Batch
 /// tables record the 1m cutoff they were built against; their windows ending by it are in.
-fn frontier(view: &View, tf: Timeframe) -> i64 {
+/// Candles computed from `tf` before it change only with a commit to that table.
+pub fn frontier(view: &View, tf: Timeframe) -> i64 {
     if view.as_of.is_some() {
         // A past view has no live bars: every window its tables held is the answer.
         return i64::MAX;

@@ -153,6 +153,12 @@ impl View {
     pub fn table(&self, tf: Timeframe) -> TableState {
         self.tables[index(tf)]
     }
+
+    /// Where every bar table stands in this view: two views with equal tables differ only
+    /// in their live bars.
+    pub fn tables(&self) -> [TableState; 5] {
+        self.tables
+    }
 }
 
 fn index(tf: Timeframe) -> usize {
@@ -173,13 +179,25 @@ struct State {
 /// Which generation each series' data is at. Every change the cache observes takes the next
 /// number; a change confined to known series (an append, an upsert of bars) stamps those
 /// series, any other (partitions replaced, a reload) stamps all of them at once.
-#[derive(Default)]
 struct Generations {
     last: u64,
     /// The last change whose series are not known: every series is at least here.
     all: u64,
     /// Series stamped since `all`.
     series: HashMap<(String, String), u64>,
+    /// `last`, for whoever waits for a change (live subscriptions).
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations {
+            last: 0,
+            all: 0,
+            series: HashMap::new(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Generations {
@@ -196,6 +214,7 @@ impl Generations {
         self.last += 1;
         self.all = self.last;
         self.series.clear();
+        self.changed.send_replace(self.last);
     }
 
     fn touch<'k>(&mut self, series: impl IntoIterator<Item = &'k (String, String)>) {
@@ -203,6 +222,7 @@ impl Generations {
         for key in series {
             self.series.insert(key.clone(), self.last);
         }
+        self.changed.send_replace(self.last);
     }
 }
 
@@ -314,6 +334,17 @@ impl BarCache {
             as_of: None,
             past: Arc::default(),
         }
+    }
+
+    /// Wakes on every change of any series' generation (a commit observed, trades taken
+    /// in): live subscriptions compare their series' generations then.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.read().generations.changed.subscribe()
+    }
+
+    /// The series' generation now (see [`View::generation`]).
+    pub fn generation(&self, exchange: &str, symbol: &str) -> u64 {
+        self.read().generations.of(exchange, symbol)
     }
 
     /// The snapshot `view` reads `tf` at: the cache's for a current view, else the one the

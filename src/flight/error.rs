@@ -31,6 +31,9 @@ pub enum Error {
     #[error(transparent)]
     Auth(#[from] crate::auth::Error),
 
+    #[error(transparent)]
+    Push(#[from] crate::push::Error),
+
     #[error("{0}")]
     PermissionDenied(String),
 
@@ -77,6 +80,7 @@ impl From<Error> for Status {
             Error::Build(e) => build_status(e),
             Error::Cache(e) => cache_status(e),
             Error::Auth(e) => e.into(),
+            Error::Push(e) => push_status(e),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::NotFound(m) => Status::not_found(m),
             Error::AlreadyExists(m) => Status::already_exists(m),
@@ -112,6 +116,18 @@ fn cache_status(e: crate::candles::cache::Error) -> Status {
         C::Bars(b) => build_status(b),
         C::Trades(t) => trades_status(t),
         other => Status::internal(other.to_string()),
+    }
+}
+
+fn push_status(e: crate::push::Error) -> Status {
+    use crate::push::Error as P;
+    match e {
+        P::Input(m) => Status::invalid_argument(m),
+        P::Limit(m) => Status::resource_exhausted(m),
+        // The client resumes elsewhere or again, from the last candle it saw.
+        P::Ended(m) => Status::unavailable(m),
+        P::Candles(c) => cache_status(c),
+        P::Arrow(a) => Status::internal(a.to_string()),
     }
 }
 

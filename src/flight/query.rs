@@ -27,6 +27,8 @@ use crate::storage::Storage;
 pub enum Query {
     /// A candle read, answered from the cache without a plan (see `candles::shape`).
     Candles(Arc<Shape>),
+    /// A subscription (`select * from live_candles(...)`): its result stays open.
+    Live(Arc<crate::push::LiveStatement>),
     Plan(Box<DataFrame>),
 }
 
@@ -34,6 +36,7 @@ impl Query {
     pub fn schema(&self) -> SchemaRef {
         match self {
             Query::Candles(shape) => Arc::clone(&shape.schema),
+            Query::Live(live) => Arc::clone(&live.schema),
             Query::Plan(df) => Arc::new(df.schema().as_arrow().clone()),
         }
     }
@@ -96,6 +99,7 @@ impl QueryEngine {
         ctx.register_catalog(storage.catalog_name(), Arc::new(catalog));
         ctx.register_udtf("candles", Arc::new(reads.function()));
         ctx.register_udtf("bars_as_of", Arc::new(reads.bars_as_of(storage.clone())));
+        ctx.register_udtf("live_candles", Arc::new(crate::push::LiveFunction));
         super::bounded::register(&ctx, &pool);
         let state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(
             ctx.state(),
@@ -171,7 +175,12 @@ impl QueryEngine {
                 return Ok(Query::Candles(Arc::new(shape)));
             }
         }
-        Ok(Query::Plan(Box::new(self.plan_statement(statement).await?)))
+        let df = self.plan_statement(statement).await?;
+        match crate::push::LiveStatement::find(df.logical_plan()) {
+            Some(Ok(live)) => Ok(Query::Live(Arc::new(live))),
+            Some(Err(message)) => Err(Error::InvalidRequest(message)),
+            None => Ok(Query::Plan(Box::new(df))),
+        }
     }
 
     /// Statements that would change anything are refused.

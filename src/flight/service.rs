@@ -57,6 +57,8 @@ pub struct OhlcvFlightSql {
     /// Flight locations of the servers on this lake (`[cluster] endpoints`), named in the
     /// query endpoints so that clients spread their DoGets; a ticket is valid on any of them.
     locations: Arc<(Vec<String>, std::sync::atomic::AtomicUsize)>,
+    /// Live subscriptions: `live_candles(...)` statements and DoExchange.
+    push: crate::push::Hub,
 }
 
 impl OhlcvFlightSql {
@@ -89,8 +91,10 @@ impl OhlcvFlightSql {
         auth: Arc<Auth>,
         clock: Arc<dyn Clock>,
         limits: crate::trades::Limits,
+        push: crate::push::Hub,
     ) -> OhlcvFlightSql {
         OhlcvFlightSql {
+            push,
             engine,
             writer,
             auth,
@@ -130,6 +134,7 @@ impl OhlcvFlightSql {
                     .remember(statement.clone(), Arc::clone(shape));
                 "candle_read"
             }
+            Query::Live(_) => "subscription",
             Query::Plan(_) => "plan",
         };
         crate::metrics::metrics()
@@ -148,9 +153,23 @@ impl OhlcvFlightSql {
         query: Query,
         client_deadline: Option<std::time::Duration>,
         profile: Profile,
+        user: &str,
     ) -> Result<Response<DataStream>, Status> {
         let df = match query {
             Query::Plan(df) => *df,
+            // Held to the subscription limits, not to the statement timeout: it stays open.
+            Query::Live(live) => {
+                let subscription = self
+                    .push
+                    .subscribe(&live.spec, user)
+                    .await
+                    .map_err(Error::from)?;
+                return Ok(Response::new(live_stream(
+                    subscription,
+                    Some(live.columns.clone()),
+                    profile,
+                )));
+            }
             Query::Candles(shape) => {
                 let data = self.candles(statement, &shape, profile).await?;
                 let stream =
@@ -272,6 +291,38 @@ fn query_info(
     Ok(Response::new(info))
 }
 
+/// A subscription as Flight data: `columns` of each batch (all when `None`), typed for
+/// `profile`, ending with the status the server ended it with.
+fn live_stream(
+    subscription: crate::push::Subscription,
+    columns: Option<Vec<usize>>,
+    profile: Profile,
+) -> DataStream {
+    let full = crate::push::candle::schema();
+    let schema = match &columns {
+        Some(c) => Arc::new(full.project(c).unwrap_or_else(|_| full.as_ref().clone())),
+        None => full,
+    };
+    let schema = profile.schema(&schema);
+    let typed = Arc::clone(&schema);
+    let batches = subscription
+        .map_err(Error::from)
+        .and_then(move |b| {
+            let projected = match &columns {
+                Some(c) => b.project(c).map_err(Error::from),
+                None => Ok(b),
+            };
+            futures::future::ready(projected.and_then(|b| profile.batch(b, &typed)))
+        })
+        .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(e.into())));
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from),
+    )
+}
+
 fn one_batch<E>(
     schema: Arc<Schema>,
     batch: Result<arrow::array::RecordBatch, E>,
@@ -321,7 +372,8 @@ impl FlightSqlService for OhlcvFlightSql {
         let statement = Statement::Sql(ticket.statement_handle);
         let query = self.query(&statement).await?;
         let deadline = super::deadline::client_deadline(request.metadata());
-        self.stream_results(&statement, query, deadline, profile)
+        let user = Identity::of(&request)?.user;
+        self.stream_results(&statement, query, deadline, profile, &user)
             .await
     }
 
@@ -437,8 +489,43 @@ impl FlightSqlService for OhlcvFlightSql {
         let statement = Statement::Prepared(query.prepared_statement_handle);
         let query = self.query(&statement).await?;
         let deadline = super::deadline::client_deadline(request.metadata());
-        self.stream_results(&statement, query, deadline, profile)
+        let user = Identity::of(&request)?.user;
+        self.stream_results(&statement, query, deadline, profile, &user)
             .await
+    }
+
+    /// A live subscription: the first message's descriptor command is the JSON subscription
+    /// (see `push::spec`); the response is the candles as they stand, then every change.
+    /// Later messages from the client are not read.
+    async fn do_exchange_fallback(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<<Self as FlightService>::DoExchangeStream>, Status> {
+        let user = Identity::of(&request)?.user;
+        let profile = Profile::of(request.metadata())?;
+        let mut messages = request.into_inner();
+        let first = messages
+            .message()
+            .await?
+            .ok_or_else(|| Error::InvalidRequest("DoExchange: no message".into()))?;
+        let command = first
+            .flight_descriptor
+            .map(|d| d.cmd)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidRequest(
+                    "DoExchange: the first message's descriptor carries the subscription \
+                     (a JSON command)"
+                        .into(),
+                )
+            })?;
+        let spec = crate::push::Spec::from_json(&command).map_err(Error::from)?;
+        let subscription = self
+            .push
+            .subscribe(&spec, &user)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(live_stream(subscription, None, profile)))
     }
 
     /// A DoPut without a command (an empty upload) is the client's mistake, not a missing

@@ -46,6 +46,7 @@ pub fn options() -> ServeOptions {
             ..Default::default()
         },
         limits: Default::default(),
+        push: Default::default(),
         clock,
         // Off: a test that scrapes turns it on at a port of its own.
         telemetry_listen: String::new(),
