@@ -226,3 +226,104 @@ async fn admin_cli_backfills_with_progress_and_compacts() {
     assert_eq!(rows, 120 + 1440);
     server.shutdown_and_wait().await;
 }
+
+/// The Python live-candle client (clients/python/live_candles.py), through ADBC (a statement
+/// whose result stays open, read with `fetch_record_batch()`) and pyarrow.flight DoExchange:
+/// both get the candles as they stand, then each ingested trade as a live candle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_live_candle_clients_receive_each_trade() {
+    use tokio::io::AsyncBufReadExt;
+    let python_ready = std::process::Command::new("python3")
+        .args(["-c", "import adbc_driver_flightsql, pyarrow.flight"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !python_ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install tests/python/requirements.txt"
+        );
+        eprintln!("skipping: adbc_driver_flightsql is not installed");
+        return;
+    }
+    let d = deployment_with_bars().await;
+    let mut options = options_with_users();
+    // The bars are three days behind the test clock: track that far back (5,000 1m windows).
+    options.push.track_windows = 5_000;
+    let server = Server::start_with(&d, options).await;
+    let mut clients = Vec::new();
+    for via in ["adbc", "flight"] {
+        let mut child = tokio::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/clients/python/live_candles.py"
+            ))
+            .arg(format!("grpc://{}", server.addr))
+            .args(["kraken", "BTC-USD", "1m", "--via", via, "--last", "3"])
+            .args(["--updates", "3", "--user", "rita", "--password", "rita-pw"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut first = Vec::new();
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{via}: no first message"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{via}: ended before its first message"));
+            if line == "subscribed" {
+                break;
+            }
+            first.push(line);
+        }
+        assert_eq!(first.len(), 3, "{via}: {first:?}");
+        assert!(
+            first
+                .iter()
+                .all(|l| l.starts_with("snapshot BTC-USD 2024-01-01T00:5")),
+            "{via}: {first:?}"
+        );
+        clients.push((via, child, lines));
+    }
+    let mut writer = arrow_flight::sql::client::FlightSqlServiceClient::new(server.channel().await);
+    writer.handshake("will", "will-pw").await.unwrap();
+    let now = T0 + 3 * DAY;
+    for i in 0..3 {
+        let t = trade(
+            "kraken",
+            "BTC-USD",
+            &format!("live{i}"),
+            now - 20 * MIN + i * MIN,
+            200.0 + i as f64,
+            1.5,
+        );
+        common::server::ingest_trades(&mut writer, common::trades::trade_batch(&[t]))
+            .await
+            .unwrap();
+    }
+    for (via, mut child, mut lines) in clients {
+        let mut updates = Vec::new();
+        while let Some(line) =
+            tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("{via}: no updates"))
+                .unwrap()
+        {
+            updates.push(line);
+        }
+        let status = child.wait().await.unwrap();
+        assert!(status.success(), "{via}: {updates:?}");
+        assert_eq!(updates.len(), 3, "{via}: {updates:?}");
+        for (i, line) in updates.iter().enumerate() {
+            let close = 200.0 + i as f64;
+            assert!(
+                line.starts_with(&format!("live BTC-USD 2024-01-03T23:{}:00", 40 + i))
+                    && line.contains(&format!("close={close:?} volume=1.5 trades=1 final=False")),
+                "{via}: {line}"
+            );
+        }
+    }
+    server.shutdown_and_wait().await;
+}

@@ -605,3 +605,112 @@ async fn as_of_reads_equal_pyiceberg_reads_of_each_snapshot() {
     }
     server.shutdown_and_wait().await;
 }
+
+/// Trades another engine deletes reach live subscribers at the next build: a window left
+/// without trades as `deleted`, a window that lost some as `revised`, each equal to what
+/// `candles()` answers then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_delete_reaches_subscribers_as_revisions() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+    use futures::StreamExt;
+    if python().is_none() {
+        eprintln!("skipping: pyiceberg is not installed");
+        return;
+    }
+    let d = Deployment::new().await;
+    let all = trades("a", "BTC-USD", NOW - 60 * MIN, 25, 100);
+    load(&d, &all).await;
+    d.build_all(NOW).await;
+    let server = common::server::Server::start_with(&d, common::server::options()).await;
+    let mut client = FlightSqlServiceClient::new(server.channel().await);
+    let mut live = common::server::subscribe(
+        server.channel().await,
+        json!({"series": [{"exchange": "kraken", "symbol": "BTC-USD"}], "timeframe": "1m",
+               "last": 100}),
+    )
+    .await;
+    // (window, change, volume) of each pushed candle.
+    let mut next = async || -> Vec<(i64, String, f64)> {
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(20), live.next())
+            .await
+            .expect("a pushed batch")
+            .unwrap()
+            .unwrap();
+        let w = batch.column_by_name("window_start").unwrap();
+        let v = batch.column_by_name("volume").unwrap();
+        let c = batch.column_by_name("change").unwrap();
+        (0..batch.num_rows())
+            .map(|i| {
+                (
+                    w.as_primitive::<TimestampMicrosecondType>().value(i),
+                    c.as_string::<i32>().value(i).to_string(),
+                    v.as_primitive::<Float64Type>().value(i),
+                )
+            })
+            .collect()
+    };
+    let first = next().await;
+    assert_eq!(first.len(), reference(&all, MIN).len(), "{first:?}");
+    assert!(first.iter().all(|(_, c, _)| c == "snapshot"));
+
+    // Every trade of the first minute, and one of a later minute that keeps others.
+    let emptied = NOW - 60 * MIN;
+    let thinned = all
+        .iter()
+        .find(|t| {
+            let w = t.ts - t.ts.rem_euclid(MIN);
+            w > emptied
+                && all
+                    .iter()
+                    .filter(|u| u.ts - u.ts.rem_euclid(MIN) == w)
+                    .count()
+                    > 1
+        })
+        .unwrap()
+        .clone();
+    let doomed: Vec<String> = all
+        .iter()
+        .filter(|t| t.ts - t.ts.rem_euclid(MIN) == emptied || t.id == thinned.id)
+        .map(|t| t.id.clone())
+        .collect();
+    pyiceberg(&d, "trades", "delete", json!({ "trade_id": doomed }));
+    d.build_all(NOW).await;
+    let mut pushed = Vec::new();
+    while pushed.len() < 2 {
+        pushed.extend(next().await);
+    }
+    pushed.sort_by_key(|p| p.0);
+    let thinned_window = thinned.ts - thinned.ts.rem_euclid(MIN);
+    assert_eq!(pushed.len(), 2, "{pushed:?}");
+    assert_eq!((pushed[0].0, pushed[0].1.as_str()), (emptied, "deleted"));
+    assert_eq!(
+        (pushed[1].0, pushed[1].1.as_str()),
+        (thinned_window, "revised")
+    );
+    let answer = query(
+        &mut client,
+        &format!(
+            "select window_start, volume from candles('kraken', 'BTC-USD', '1m', '{}', '{}')",
+            iso(emptied),
+            iso(thinned_window + MIN)
+        ),
+    )
+    .await;
+    let answered: Vec<(i64, f64)> = answer
+        .iter()
+        .flat_map(|b| {
+            let w = b.column(0).as_primitive::<TimestampMicrosecondType>();
+            let v = b.column(1).as_primitive::<Float64Type>();
+            (0..b.num_rows())
+                .map(|i| (w.value(i), v.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(answered.iter().all(|(w, _)| *w != emptied), "{answered:?}");
+    assert!(
+        answered.contains(&(thinned_window, pushed[1].2)),
+        "{answered:?}"
+    );
+    server.shutdown_and_wait().await;
+}

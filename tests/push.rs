@@ -14,7 +14,7 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
-use common::server::{fetch, ingest_trades, options, Server};
+use common::server::{fetch, ingest_trades, options, subscribe as exchange, Server};
 use common::trades::{trade, trade_batch, Trade};
 use common::{Deployment, DAY, MIN, T0};
 use futures::StreamExt;
@@ -56,19 +56,6 @@ fn pushed(batch: &RecordBatch) -> Vec<Pushed> {
             change: change.value(i).to_string(),
         })
         .collect()
-}
-
-/// A DoExchange subscription.
-async fn exchange(channel: Channel, command: serde_json::Value) -> FlightRecordBatchStream {
-    let mut client = FlightClient::new(channel);
-    let first = FlightData {
-        flight_descriptor: Some(FlightDescriptor::new_cmd(command.to_string())),
-        ..Default::default()
-    };
-    client
-        .do_exchange(futures::stream::iter([Ok(first)]))
-        .await
-        .unwrap()
 }
 
 /// A Flight SQL statement whose result stays open.

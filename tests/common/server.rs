@@ -283,3 +283,20 @@ pub async fn strings(
         })
         .collect()
 }
+
+/// A live subscription over Flight DoExchange: the first message's descriptor carries the
+/// JSON command (see `push::spec`).
+pub async fn subscribe(
+    channel: Channel,
+    command: serde_json::Value,
+) -> arrow_flight::decode::FlightRecordBatchStream {
+    let mut client = arrow_flight::FlightClient::new(channel);
+    let first = arrow_flight::FlightData {
+        flight_descriptor: Some(arrow_flight::FlightDescriptor::new_cmd(command.to_string())),
+        ..Default::default()
+    };
+    client
+        .do_exchange(futures::stream::iter([Ok(first)]))
+        .await
+        .unwrap()
+}
