@@ -158,6 +158,102 @@ const TRADED_BTC: &str =
     "select sum(trade_count) from candles('kraken', 'BTC-USD', '1m', '2024-01-01', '2024-01-02')";
 const BTC_PER_BATCH: i64 = 20;
 
+/// A live subscription to kraken BTC-USD 1m, read in the background: the latest state of each
+/// candle, and how the stream ended.
+struct Watched {
+    state: std::sync::Arc<std::sync::Mutex<WatchedState>>,
+}
+
+#[derive(Default, Clone)]
+struct WatchedState {
+    /// window start -> (trade count, final)
+    candles: std::collections::BTreeMap<i64, (i64, bool)>,
+    ended: Option<String>,
+}
+
+impl Watched {
+    fn start(addr: String) -> Watched {
+        Watched::follow(addr, None, WatchedState::default())
+    }
+
+    /// Subscribes again from `since` (the window of the last candle seen), on top of what
+    /// `before` holds.
+    fn resume(addr: String, before: &Watched, since: i64) -> Watched {
+        let mut state = before.state.lock().unwrap().clone();
+        state.ended = None;
+        Watched::follow(addr, Some(since), state)
+    }
+
+    fn follow(addr: String, since: Option<i64>, state: WatchedState) -> Watched {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(state));
+        let shared = std::sync::Arc::clone(&state);
+        tokio::spawn(async move {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut command = serde_json::json!({
+                "series": [{"exchange": "kraken", "symbol": "BTC-USD"}],
+                "timeframe": "1m",
+            });
+            if let Some(since) = since {
+                command["since"] = chrono::DateTime::from_timestamp_micros(since)
+                    .unwrap()
+                    .to_rfc3339()
+                    .into();
+            }
+            let mut stream = common::server::subscribe(channel, command).await;
+            use futures::StreamExt;
+            while let Some(next) = stream.next().await {
+                let batch = match next {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        shared.lock().unwrap().ended = Some(e.to_string());
+                        return;
+                    }
+                };
+                let col = |n: &str| batch.column_by_name(n).unwrap().clone();
+                let (w, n, f, c) = (
+                    col("window_start"),
+                    col("trade_count"),
+                    col("is_final"),
+                    col("change"),
+                );
+                let mut s = shared.lock().unwrap();
+                for i in 0..batch.num_rows() {
+                    let window = w
+                        .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .value(i);
+                    if c.as_string::<i32>().value(i) == "deleted" {
+                        s.candles.remove(&window);
+                    } else {
+                        let count = n.as_primitive::<Int64Type>().value(i);
+                        s.candles.insert(window, (count, f.as_boolean().value(i)));
+                    }
+                }
+            }
+            shared.lock().unwrap().ended = Some("the stream ended".into());
+        });
+        Watched { state }
+    }
+
+    fn candles(&self) -> std::collections::BTreeMap<i64, (i64, bool)> {
+        self.state.lock().unwrap().candles.clone()
+    }
+
+    fn traded(&self) -> i64 {
+        self.candles().values().map(|(n, _)| n).sum()
+    }
+
+    /// The window of the last candle seen and the error, once the stream has ended.
+    fn ended(&self) -> Option<(i64, String)> {
+        let s = self.state.lock().unwrap();
+        let last = s.candles.keys().next_back().copied()?;
+        s.ended.clone().map(|e| (last, e))
+    }
+}
+
 /// What every live server answers for the BTC trades built as of `at_us`: all the same.
 async fn as_of_everywhere(addrs: &[String], servers: &[Option<Process>], at_us: i64) -> i64 {
     let at = chrono::DateTime::from_timestamp_micros(at_us)
@@ -199,6 +295,8 @@ async fn three_servers_one_builder_failover_under_ingest() {
     let prefix = uuid::Uuid::new_v4().simple().to_string();
     config.catalog.warehouse = Some(format!("s3://{STATE_BUCKET}/{prefix}"));
     config.cache.trades_poll_ms = POLL_MS;
+    // The trades are of 2024: subscriptions track that far back.
+    config.server.subscription_windows = 2_000_000;
     let config_path = root.path().join("ohlcv.toml");
     std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
 
@@ -234,6 +332,11 @@ async fn three_servers_one_builder_failover_under_ingest() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Live subscriptions on the builder (killed below) and on a replica.
+    let watched: Vec<Watched> = [0, 2]
+        .iter()
+        .map(|&i| Watched::start(addrs[i].clone()))
+        .collect();
     let mut acked: Vec<Trade> = Vec::new();
     let mut unacked: Vec<Trade> = Vec::new();
     let mut seen = [0i64; 3];
@@ -399,6 +502,35 @@ async fn three_servers_one_builder_failover_under_ingest() {
             tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
         }
     }
+    // The replica's subscription went on through the failover: its candles are what
+    // candles() answers. The builder's ended with an error; resumed on a survivor from the
+    // last candle it saw, it holds the same.
+    let want_btc = number(&mut client(&addrs[2]).await, TRADED_BTC)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watched[1].traded() != want_btc {
+        assert!(
+            Instant::now() < deadline,
+            "the replica's subscription holds {} BTC trades, candles() {want_btc}",
+            watched[1].traded()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (last_seen, error) = watched[0]
+        .ended()
+        .expect("the killed builder's stream ended");
+    eprintln!("the builder's subscription ended with: {error}");
+    let resumed = Watched::resume(addrs[builder].clone(), &watched[0], last_seen);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while resumed.candles() != watched[1].candles() {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed subscription differs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The past reads the same on the survivors, after the failover, and it is the past.
     let then = then.unwrap();
     assert_eq!(
