@@ -216,8 +216,35 @@ async fn every_trade_reaches_every_subscriber_as_candles_answers_it() {
             }
         }
     }
+    // A trade out of order, into an earlier live window: only that candle changes.
+    let early = trade("kraken", "BTC-USD", "early", start + 65_000_000, 77.0, 0.5);
+    ingest_trades(&mut client, trade_batch(std::slice::from_ref(&early)))
+        .await
+        .unwrap();
+    sent.push(early);
+    let got = next(&mut btc, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].window, got[0].change.as_str()),
+        (start + MIN, "live")
+    );
+    assert_eq!(
+        Some(values(&got[0])),
+        candle_now(&mut client, "BTC-USD", "1m", start + MIN).await
+    );
+    for stream in [&mut both, &mut sql] {
+        assert_eq!(next(stream, Duration::from_secs(10)).await.len(), 1);
+    }
     // Nothing of another series reached a subscriber of one.
     assert!(next(&mut btc, Duration::from_millis(300)).await.is_empty());
+    // Counted (other tests of this binary count too: at least these).
+    let metrics = ohlcv_server::metrics::metrics();
+    assert!(metrics.subscribers.get() >= 5);
+    let counted = metrics
+        .subscription_updates
+        .with_label_values(&["sent"])
+        .get();
+    assert!(counted >= 12 * 3 + 4, "{counted}");
 
     // A build persists the windows: each arrives as final, with the same values.
     d.build_all(NOW).await;

@@ -347,6 +347,17 @@ impl BarCache {
         self.read().generations.of(exchange, symbol)
     }
 
+    /// When only new trades changed the series since `generation` (no commit of another
+    /// kind, no trades forgotten), the earliest trade time they brought: the series' candles
+    /// before its window are as they were. `None` when that cannot be said.
+    pub fn added_since(&self, exchange: &str, symbol: &str, generation: u64) -> Option<i64> {
+        let state = self.read();
+        if state.generations.all > generation {
+            return None;
+        }
+        state.live.added_since(exchange, symbol, generation)
+    }
+
     /// The snapshot `view` reads `tf` at: the cache's for a current view, else the one the
     /// table's history held at the view's moment.
     pub async fn snapshot_of(&self, view: &View, tf: Timeframe) -> Result<Option<i64>> {
@@ -688,7 +699,8 @@ impl BarCache {
                 state.trades_snapshot = c.after;
                 match c.content {
                     Content::Append(batches) => {
-                        let gained = state.live.add(batches)?;
+                        let stamp = state.generations.last + 1;
+                        let gained = state.live.add(batches, stamp)?;
                         state.generations.touch(&gained);
                     }
                     Content::Replace { partitions, .. } => {

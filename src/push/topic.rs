@@ -81,14 +81,24 @@ impl Topic {
         // Trades a little ahead of the clock are candles too.
         let end = self.windows.window(now.saturating_add(86_400_000_000)).1;
         let tables = view.tables();
-        let unchanged_tables = self.state().tables == Some(tables);
+        let (before_tables, before_generation) = {
+            let state = self.state();
+            (state.tables, state.generation)
+        };
+        // With the tables where they were, only windows from the base table's frontier on
+        // can have changed; and when only new trades changed the series, only those from
+        // the earliest of them on.
         let start = match self.windows.base(track_start, end) {
-            Ok(base) if unchanged_tables => {
+            Ok(base) if before_tables == Some(tables) => {
                 let frontier = crate::candles::assemble::frontier(&view, base);
-                if frontier == i64::MIN {
+                let added = before_generation
+                    .and_then(|g| cache.added_since(exchange, symbol, g))
+                    .unwrap_or(i64::MIN);
+                let from = frontier.max(added);
+                if from == i64::MIN {
                     track_start
                 } else {
-                    track_start.max(self.windows.window(frontier).0)
+                    track_start.max(self.windows.window(from).0)
                 }
             }
             _ => track_start,

@@ -56,7 +56,8 @@ impl BarCache {
             return Ok(false);
         }
         let mut live = state.live.emptied();
-        live.add(&trades)?;
+        // A reload moves every series (`touch_all`): no stamp is asked of it.
+        live.add(&trades, 0)?;
         state.live = live;
         state.trades_snapshot = current;
         // Kept candle answers are keyed by generation: none may outlive this.

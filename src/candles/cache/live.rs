@@ -13,9 +13,24 @@ use super::entry::by_series;
 use crate::storage::files::{conform, time_column};
 use crate::storage::{Result, TableKind};
 
+/// Batches a series' live trades are kept in before they are merged into one.
+const MAX_BATCHES: usize = 8;
+
+/// Additions remembered per series for [`LiveTrades::added_since`].
+const ADDED_LOG: usize = 64;
+
+/// The latest additions to one series' trades: (stamp, earliest trade time added).
+#[derive(Debug, Default, Clone)]
+struct Added {
+    log: std::collections::VecDeque<(u64, i64)>,
+    /// Additions stamped at or before this are forgotten.
+    forgotten: u64,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct LiveTrades {
     series: HashMap<(String, String), Vec<RecordBatch>>,
+    added: HashMap<(String, String), Added>,
     floor: i64,
     /// The newest trade time ever handed over (kept when trades are dropped): the source lag.
     newest: Option<i64>,
@@ -40,6 +55,7 @@ impl LiveTrades {
     pub fn emptied(&self) -> LiveTrades {
         LiveTrades {
             series: HashMap::new(),
+            added: HashMap::new(),
             floor: self.floor,
             newest: self.newest,
         }
@@ -47,7 +63,9 @@ impl LiveTrades {
 
     /// Keeps the trades of `batches` at or after the floor; returns the series that gained
     /// trades.
-    pub fn add(&mut self, batches: &[RecordBatch]) -> Result<Vec<(String, String)>> {
+    /// `stamp` (the generation this addition moves its series to) is remembered with the
+    /// earliest trade time it brought each series.
+    pub fn add(&mut self, batches: &[RecordBatch], stamp: u64) -> Result<Vec<(String, String)>> {
         let all = conform(TableKind::Trades, batches)?;
         if let Some(max) = arrow::compute::max(time_column(TableKind::Trades, &all)?) {
             self.newest = Some(self.newest.map_or(max, |n| n.max(max)));
@@ -58,7 +76,23 @@ impl LiveTrades {
         }
         let mut gained = Vec::new();
         for (key, rows) in by_series(&all)? {
-            self.series.entry(key.clone()).or_default().push(rows);
+            if let Some(earliest) = arrow::compute::min(time_column(TableKind::Trades, &rows)?) {
+                let added = self.added.entry(key.clone()).or_default();
+                added.log.push_back((stamp, earliest));
+                if added.log.len() > ADDED_LOG {
+                    if let Some((old, _)) = added.log.pop_front() {
+                        added.forgotten = old;
+                    }
+                }
+            }
+            let batches = self.series.entry(key.clone()).or_default();
+            batches.push(rows);
+            // A feed commits a few trades of each series at a time: every live read would
+            // otherwise walk (and every view clone) hundreds of tiny batches per series.
+            if batches.len() > MAX_BATCHES {
+                let merged = arrow::compute::concat_batches(&batches[0].schema(), &*batches)?;
+                *batches = vec![merged];
+            }
             gained.push(key);
         }
         Ok(gained)
@@ -84,6 +118,7 @@ impl LiveTrades {
             }
             if dropped {
                 lost.push(key.clone());
+                self.added.remove(key);
             }
             *batches = kept;
         }
@@ -119,6 +154,23 @@ impl LiveTrades {
             .get(&(exchange.to_string(), symbol.to_string()))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The earliest trade time added to the series by the additions stamped after
+    /// `generation`, if all of them are remembered (`None`: not known, or none).
+    pub fn added_since(&self, exchange: &str, symbol: &str, generation: u64) -> Option<i64> {
+        let added = self
+            .added
+            .get(&(exchange.to_string(), symbol.to_string()))?;
+        if generation < added.forgotten {
+            return None;
+        }
+        added
+            .log
+            .iter()
+            .filter(|(stamp, _)| *stamp > generation)
+            .map(|(_, t)| *t)
+            .min()
     }
 
     pub fn rows(&self) -> usize {
