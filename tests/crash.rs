@@ -322,7 +322,9 @@ async fn kills_across_load_build_compact_and_retention_leave_clean_tables() {
 
     let clean = work.path().join("clean");
     let crashed = work.path().join("crashed");
-    let delays_ms = [40, 120, 250, 500, 900, 1500];
+    // Each crashed run is killed at a share of the time the same command took on the clean
+    // copy just before (fixed delays let a faster machine finish most commands first).
+    let shares = [0.05, 0.2, 0.35, 0.5, 0.7, 0.9];
     let mut step = 0;
     let mut killed = 0;
     for file in &files {
@@ -333,7 +335,9 @@ async fn kills_across_load_build_compact_and_retention_leave_clean_tables() {
             vec!["retention"],
         ];
         for args in commands {
+            let timed = std::time::Instant::now();
             run(&args, &clean);
+            let took = timed.elapsed();
             let before = intact(&crashed).await;
             let mut child = bin()
                 .arg("--data-dir")
@@ -343,7 +347,7 @@ async fn kills_across_load_build_compact_and_retention_leave_clean_tables() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(delays_ms[step % delays_ms.len()])).await;
+            tokio::time::sleep(took.mul_f64(shares[step % shares.len()])).await;
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap(); // SIGKILL
                 killed += 1;
@@ -369,6 +373,7 @@ async fn kills_across_load_build_compact_and_retention_leave_clean_tables() {
         }
     }
     assert_eq!(step, 24);
+    eprintln!("{killed} of {step} commands were killed while running");
     assert!(
         killed >= 10,
         "too few commands were still running when killed ({killed})"
