@@ -452,3 +452,48 @@ async fn subscriptions_are_limited_and_bad_ones_refused() {
     assert!(status.message().contains("streams changes"), "{status}");
     server.shutdown_and_wait().await;
 }
+
+/// Subscriptions are held to the same users as queries: none without a login, a reader's
+/// with its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_need_a_login() {
+    let d = Deployment::new().await;
+    let server = Server::start_with(&d, common::server::options_with_users()).await;
+    let mut anonymous = FlightClient::new(server.channel().await);
+    let first = |command: &serde_json::Value| FlightData {
+        flight_descriptor: Some(FlightDescriptor::new_cmd(command.to_string())),
+        ..Default::default()
+    };
+    let command = subscription(&["BTC-USD"], "1m");
+    let refused = anonymous
+        .do_exchange(futures::stream::iter([Ok(first(&command))]))
+        .await;
+    match refused {
+        Err(arrow_flight::error::FlightError::Tonic(s)) => {
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s}")
+        }
+        other => panic!("{:?}", other.map(|_| "a stream")),
+    }
+    let mut login = FlightSqlServiceClient::new(server.channel().await);
+    let token = login.handshake("rita", "rita-pw").await.unwrap();
+    let mut reader = FlightClient::new(server.channel().await);
+    reader
+        .add_header(
+            "authorization",
+            &format!("Bearer {}", String::from_utf8(token.to_vec()).unwrap()),
+        )
+        .unwrap();
+    let mut stream = reader
+        .do_exchange(futures::stream::iter([Ok(first(&command))]))
+        .await
+        .unwrap();
+    // No candle yet: the first batch is the first change, a trade a writer ingests.
+    let mut writer = FlightSqlServiceClient::new(server.channel().await);
+    writer.handshake("will", "will-pw").await.unwrap();
+    let t = trade("kraken", "BTC-USD", "w1", NOW - 10 * MIN, 10.0, 1.0);
+    ingest_trades(&mut writer, trade_batch(&[t])).await.unwrap();
+    let got = next(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].change, "live");
+    server.shutdown_and_wait().await;
+}

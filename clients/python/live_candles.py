@@ -13,8 +13,9 @@ Two ways, the same stream (the candles as they stand, then each change, marked i
 usage: live_candles.py URI EXCHANGE SYMBOL TIMEFRAME [--via adbc|flight] [--updates N]
                        [--user USER --password PASSWORD]
 
-Prints `subscribed` once the first message is in, then one line per pushed candle, and stops
-after N changes (default: never). To resume after a disconnect, subscribe again with `since`
+Prints `subscribed` once the first message is in (the candles as they stand; when the series
+has none yet, the first change), then one line per pushed candle, and stops after N changes
+(default: never). To resume after a disconnect, subscribe again with `since`
 set to the window of the last candle received.
 """
 

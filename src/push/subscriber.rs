@@ -82,7 +82,8 @@ impl Sink {
 }
 
 /// Sends `sink`'s queue into `tx` until the client goes, stalls or the server stops. The
-/// first message is sent even when it holds no candle, so a client knows it is subscribed.
+/// first batch is the candles as they stand, sent at once; with none, the client has only the
+/// stream's schema until the first change (Flight encoders send no empty batch).
 pub async fn pump(
     sink: Arc<Sink>,
     tx: mpsc::Sender<Result<RecordBatch>>,
@@ -120,12 +121,10 @@ pub async fn pump(
                 return;
             }
         };
-        let batch = match sink.take() {
-            Some(batch) => batch,
-            None if first => Ok(RecordBatch::new_empty(candle::schema())),
-            None => continue,
-        };
         first = false;
+        let Some(batch) = sink.take() else {
+            continue;
+        };
         let rows = batch.as_ref().map_or(0, |b| b.num_rows() as u64);
         permit.send(batch);
         metrics
