@@ -6,6 +6,7 @@
 //! | `order` | trades moved into series order, in two passes over parts of the input |
 //! | `parallel` | scoped threads over parts, series ranges balanced by rows |
 //! | `rollup` | bars → bars of a multiple timeframe |
+//! | `running` | one series' bars kept up to date trade by trade (live bars) |
 //! | `columns` | typed access to input columns, the Fx hash |
 //! | `file` | bars of a trade Parquet file, read in parallel parts (the `compute` command) |
 
@@ -16,7 +17,9 @@ pub mod kernel;
 mod order;
 mod parallel;
 pub mod rollup;
+pub mod running;
 
 pub use error::{Error, Result};
 pub use kernel::{compute_bars, compute_bars_each, compute_bars_us};
 pub use rollup::{rollup, rollup_by};
+pub use running::RunningBars;

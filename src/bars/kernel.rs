@@ -205,7 +205,7 @@ impl<'a> Trades<'a> {
         }
         let span = (wmax - wmin) as u128 + 1;
         if span <= (4 * rows.len() + 1024) as u128 {
-            let mut accs: Vec<Option<Acc>> = vec![None; span as usize];
+            let mut accs: Vec<Option<Acc<usize>>> = vec![None; span as usize];
             for p in rows.clone() {
                 if kept(p) {
                     let w = self.o.ts[p].div_euclid(tf_us);
@@ -218,7 +218,7 @@ impl<'a> Trades<'a> {
                 }
             }
         } else {
-            let mut accs: FxHashMap<i64, Option<Acc>> = FxHashMap::default();
+            let mut accs: FxHashMap<i64, Option<Acc<usize>>> = FxHashMap::default();
             for p in rows.clone() {
                 if kept(p) {
                     let w = self.o.ts[p].div_euclid(tf_us);
@@ -236,46 +236,11 @@ impl<'a> Trades<'a> {
     }
 
     #[inline]
-    fn add(&self, slot: &mut Option<Acc>, p: usize) {
-        let (ts, price, qty) = (self.o.ts[p], self.o.price[p], self.o.qty[p]);
-        let quote = fix(price * qty);
-        let vol = fix(qty);
-        let buy = if self.o.buy[p] { vol } else { 0 };
+    fn add(&self, slot: &mut Option<Acc<usize>>, p: usize) {
+        let (ts, price, qty, buy) = (self.o.ts[p], self.o.price[p], self.o.qty[p], self.o.buy[p]);
         match slot {
-            None => {
-                *slot = Some(Acc {
-                    open_pos: p,
-                    open_ts: ts,
-                    open: price,
-                    close_pos: p,
-                    close_ts: ts,
-                    close: price,
-                    high: price,
-                    low: price,
-                    volume: vol,
-                    quote,
-                    buy,
-                    count: 1,
-                })
-            }
-            Some(acc) => {
-                if ts < acc.open_ts
-                    || (ts == acc.open_ts && self.id_cmp(p, acc.open_pos) == Ordering::Less)
-                {
-                    (acc.open_pos, acc.open_ts, acc.open) = (p, ts, price);
-                }
-                if ts > acc.close_ts
-                    || (ts == acc.close_ts && self.id_cmp(p, acc.close_pos) == Ordering::Greater)
-                {
-                    (acc.close_pos, acc.close_ts, acc.close) = (p, ts, price);
-                }
-                acc.high = acc.high.max(price);
-                acc.low = acc.low.min(price);
-                acc.volume += vol;
-                acc.quote += quote;
-                acc.buy += buy;
-                acc.count += 1;
-            }
+            None => *slot = Some(Acc::first(p, ts, price, qty, buy)),
+            Some(acc) => acc.add(&p, ts, price, qty, buy, |a, b| self.id_cmp(*a, *b)),
         }
     }
 
@@ -346,42 +311,52 @@ impl<'a> Trades<'a> {
     }
 
     fn to_batch(&self, bars: &[Bar], tf_us: i64, built_at: i64) -> Result<RecordBatch> {
-        let n = bars.len();
-        let key = |b: &Bar| &self.o.keys[b.series as usize];
-        let ts = |v: Vec<i64>| -> ArrayRef {
-            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
-        };
-        let f = |g: fn(&Bar) -> f64| -> ArrayRef {
-            Arc::new(Float64Array::from_iter_values(bars.iter().map(g)))
-        };
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                bars.iter().map(|b| &key(b).0),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                bars.iter().map(|b| &key(b).1),
-            )),
-            ts(bars.iter().map(|b| b.window * tf_us).collect()),
-            ts(bars.iter().map(|b| (b.window + 1) * tf_us).collect()),
-            f(|b| b.open),
-            f(|b| b.high),
-            f(|b| b.low),
-            f(|b| b.close),
-            f(|b| b.volume),
-            f(|b| b.quote_volume),
-            f(|b| b.quote_volume / b.volume),
-            Arc::new(Int64Array::from_iter_values(bars.iter().map(|b| b.count))),
-            f(|b| b.buy_volume),
-            ts(bars.iter().map(|b| b.first_ts).collect()),
-            ts(bars.iter().map(|b| b.last_ts).collect()),
-            Arc::new(Int32Array::from(vec![0; n])),
-            ts(vec![built_at; n]),
-        ];
-        Ok(RecordBatch::try_new(
-            TableKind::Bars(Timeframe::M1).arrow_schema()?,
-            columns,
-        )?)
+        bar_batch(bars, &self.o.keys, tf_us, built_at)
     }
+}
+
+/// Bars as the bar tables' rows; `keys` names each bar's series.
+pub(super) fn bar_batch(
+    bars: &[Bar],
+    keys: &[(String, String)],
+    tf_us: i64,
+    built_at: i64,
+) -> Result<RecordBatch> {
+    let n = bars.len();
+    let key = |b: &Bar| &keys[b.series as usize];
+    let ts = |v: Vec<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+    };
+    let f = |g: fn(&Bar) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(bars.iter().map(g)))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            bars.iter().map(|b| &key(b).0),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            bars.iter().map(|b| &key(b).1),
+        )),
+        ts(bars.iter().map(|b| b.window * tf_us).collect()),
+        ts(bars.iter().map(|b| (b.window + 1) * tf_us).collect()),
+        f(|b| b.open),
+        f(|b| b.high),
+        f(|b| b.low),
+        f(|b| b.close),
+        f(|b| b.volume),
+        f(|b| b.quote_volume),
+        f(|b| b.quote_volume / b.volume),
+        Arc::new(Int64Array::from_iter_values(bars.iter().map(|b| b.count))),
+        f(|b| b.buy_volume),
+        ts(bars.iter().map(|b| b.first_ts).collect()),
+        ts(bars.iter().map(|b| b.last_ts).collect()),
+        Arc::new(Int32Array::from(vec![0; n])),
+        ts(vec![built_at; n]),
+    ];
+    Ok(RecordBatch::try_new(
+        TableKind::Bars(Timeframe::M1).arrow_schema()?,
+        columns,
+    )?)
 }
 
 /// The numeric trade ids of one series seen more than once: a bitmap over their span when it
@@ -456,11 +431,11 @@ impl DupNumbers {
     }
 }
 
-fn itoa_buf() -> [u8; 20] {
+pub(super) fn itoa_buf() -> [u8; 20] {
     [0u8; 20]
 }
 
-fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -473,24 +448,80 @@ fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// One window's aggregate while trades are added; `P` tells the open and close trades apart
+/// from later ones at the same time (a position in the kernel, the trade id when running).
 #[derive(Clone, Copy)]
-struct Acc {
-    open_pos: usize,
-    open_ts: i64,
-    open: f64,
-    close_pos: usize,
-    close_ts: i64,
-    close: f64,
-    high: f64,
-    low: f64,
-    volume: i128,
-    quote: i128,
-    buy: i128,
-    count: i64,
+pub(super) struct Acc<P> {
+    pub open_pos: P,
+    pub open_ts: i64,
+    pub open: f64,
+    pub close_pos: P,
+    pub close_ts: i64,
+    pub close: f64,
+    pub high: f64,
+    pub low: f64,
+    pub volume: i128,
+    pub quote: i128,
+    pub buy: i128,
+    pub count: i64,
 }
 
-impl Acc {
-    fn finish(self, series: u32, window: i64) -> Bar {
+impl<P> Acc<P> {
+    /// The aggregate of one trade.
+    pub fn first(pos: P, ts: i64, price: f64, qty: f64, buy: bool) -> Acc<P>
+    where
+        P: Clone,
+    {
+        let vol = fix(qty);
+        Acc {
+            open_pos: pos.clone(),
+            open_ts: ts,
+            open: price,
+            close_pos: pos,
+            close_ts: ts,
+            close: price,
+            high: price,
+            low: price,
+            volume: vol,
+            quote: fix(price * qty),
+            buy: if buy { vol } else { 0 },
+            count: 1,
+        }
+    }
+
+    /// Adds a trade; `cmp(new, old)` orders trades of equal time by trade id.
+    #[inline]
+    pub fn add(
+        &mut self,
+        pos: &P,
+        ts: i64,
+        price: f64,
+        qty: f64,
+        buy: bool,
+        cmp: impl Fn(&P, &P) -> Ordering,
+    ) where
+        P: Clone,
+    {
+        if ts < self.open_ts || (ts == self.open_ts && cmp(pos, &self.open_pos) == Ordering::Less) {
+            (self.open_pos, self.open_ts, self.open) = (pos.clone(), ts, price);
+        }
+        if ts > self.close_ts
+            || (ts == self.close_ts && cmp(pos, &self.close_pos) == Ordering::Greater)
+        {
+            (self.close_pos, self.close_ts, self.close) = (pos.clone(), ts, price);
+        }
+        let vol = fix(qty);
+        self.high = self.high.max(price);
+        self.low = self.low.min(price);
+        self.volume += vol;
+        self.quote += fix(price * qty);
+        if buy {
+            self.buy += vol;
+        }
+        self.count += 1;
+    }
+
+    pub fn finish(&self, series: u32, window: i64) -> Bar {
         Bar {
             series,
             window,
@@ -509,7 +540,7 @@ impl Acc {
 }
 
 /// One finished bar before it becomes Arrow columns.
-struct Bar {
+pub(super) struct Bar {
     series: u32,
     window: i64,
     open: f64,

@@ -395,7 +395,7 @@ fn series_of(batch: &RecordBatch) -> Result<(Vec<SeriesKey>, Vec<u32>)> {
 
 /// Whether each row's side is "buy" (any case); NULL is not. A dictionary's few values are
 /// compared once, not per row.
-fn buy_flags(side: &Strings) -> Vec<bool> {
+pub(super) fn buy_flags(side: &Strings) -> Vec<bool> {
     let mut buy: Vec<bool> = match side {
         Strings::Dict { keys, values, .. } => {
             let is_buy: Vec<bool> = (0..values.len())
@@ -415,7 +415,7 @@ fn buy_flags(side: &Strings) -> Vec<bool> {
     buy
 }
 
-fn micros(batch: &RecordBatch) -> Result<&[i64]> {
+pub(super) fn micros(batch: &RecordBatch) -> Result<&[i64]> {
     let ts = column(batch, "ts")?;
     match ts.data_type() {
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
@@ -427,7 +427,7 @@ fn micros(batch: &RecordBatch) -> Result<&[i64]> {
     }
 }
 
-fn floats<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b [f64]> {
+pub(super) fn floats<'b>(batch: &'b RecordBatch, name: &str) -> Result<&'b [f64]> {
     let array = column(batch, name)?;
     match array.data_type() {
         DataType::Float64 => Ok(array.as_primitive::<Float64Type>().values()),

@@ -7,14 +7,13 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
-use arrow::compute::{concat_batches, filter_record_batch, sort_to_indices, take_record_batch};
+use arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use futures::future::BoxFuture;
 
 use super::{schema, Fill, Request, Result, Windows};
-use crate::bars::{compute_bars, rollup, rollup_by};
+use crate::bars::{rollup, rollup_by};
 use crate::candles::cache::{BarCache, View};
-use crate::storage::files::time_column;
 use crate::storage::{TableKind, TimeRange};
 use crate::timeframe::Timeframe;
 
@@ -157,9 +156,11 @@ impl Series<'_> {
             let live = TimeRange::new(Some(start.max(f)), Some(end));
             match tf {
                 Timeframe::M1 | Timeframe::M5 => {
-                    let trades = trades_in(&self.view.live_trades, live)?;
-                    if !trades.is_empty() {
-                        out.push(compute_bars(&trades, tf, self.now)?);
+                    if let Some(bars) = &self.view.live_bars {
+                        let rows = bars.in_range(tf, start.max(f), end);
+                        if rows.num_rows() > 0 {
+                            out.push(rows);
+                        }
                     }
                 }
                 _ => {
@@ -184,23 +185,6 @@ impl Series<'_> {
         let days = self.bars(Timeframe::D1, year).await?;
         last_close(&days)
     }
-}
-
-fn trades_in(batches: &[RecordBatch], range: TimeRange) -> Result<Vec<RecordBatch>> {
-    let mut out = Vec::new();
-    for b in batches {
-        let ts = time_column(TableKind::Trades, b)?;
-        let keep: BooleanArray = ts
-            .values()
-            .iter()
-            .map(|t| Some(range.overlaps_closed(*t, *t)))
-            .collect();
-        let kept = filter_record_batch(b, &keep)?;
-        if kept.num_rows() > 0 {
-            out.push(kept);
-        }
-    }
-    Ok(out)
 }
 
 fn bar_schema() -> Result<arrow::datatypes::SchemaRef> {

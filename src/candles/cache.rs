@@ -44,7 +44,7 @@ use crate::timeframe::{Timeframe, MINUTE_US};
 
 pub use entry::Entry;
 pub use error::{Error, Result};
-pub use live::LiveTrades;
+pub use live::{LiveBars, LiveTrades};
 pub use popular::Popular;
 pub use stats::CacheStats;
 
@@ -134,8 +134,10 @@ pub struct TableState {
 #[derive(Debug, Clone)]
 pub struct View {
     tables: [TableState; 5],
-    pub live_trades: Vec<RecordBatch>,
-    /// Trades before this are not in `live_trades`.
+    /// The series' live bars (1m and 5m past the tables' cutoffs), none without unbuilt
+    /// trades.
+    pub live_bars: Option<Arc<LiveBars>>,
+    /// Trades before this are not in the live bars.
     pub live_floor: i64,
     /// The series' generation: changes with every commit the cache observes that may change
     /// this series' bars or unbuilt trades, so two views of one series at one generation give
@@ -328,7 +330,7 @@ impl BarCache {
         let state = self.read();
         View {
             tables: state.tables,
-            live_trades: state.live.trades(exchange, symbol),
+            live_bars: state.live.bars(exchange, symbol),
             live_floor: state.live.floor(),
             generation: state.generations.of(exchange, symbol),
             as_of: None,

@@ -12,7 +12,7 @@ impl BarCache {
     pub fn view_as_of(&self, at_us: i64) -> View {
         View {
             tables: [TableState::default(); 5],
-            live_trades: Vec::new(),
+            live_bars: None,
             live_floor: i64::MAX,
             generation: 0,
             as_of: Some(at_us),

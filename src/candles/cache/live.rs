@@ -1,17 +1,86 @@
-//! Trades not yet built into bars, kept in memory per series as they are committed, so live
-//! bars (windows past a table's cutoff) are computed without reading Parquet.
+//! Trades not yet built into bars, kept in memory per series as they are committed, with the
+//! live bars (windows past a table's cutoff) they make, kept up to date as trades arrive
+//! (`bars::RunningBars`): a read of live bars costs a slice, and a commit costs the trades it
+//! brings, not the windows they fall in.
 //!
 //! Holds the trades at or after the floor: the lower of the 1m and 5m cutoffs (what neither
 //! incremental table has persisted yet), but never more than the 1m hot horizon back.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMicrosecondType;
 
 use super::entry::by_series;
+use super::error::Result;
+use crate::bars::RunningBars;
 use crate::storage::files::{conform, time_column};
-use crate::storage::{Result, TableKind};
+use crate::storage::TableKind;
+use crate::timeframe::Timeframe;
+
+/// The live bars of one series as of its last change, shared with the views taken since.
+#[derive(Debug)]
+pub struct LiveBars {
+    m1: RecordBatch,
+    m5: RecordBatch,
+}
+
+impl LiveBars {
+    /// The bars of `tf` (1m or 5m) whose windows start in `[start, end)`.
+    pub fn in_range(&self, tf: Timeframe, start: i64, end: i64) -> RecordBatch {
+        let bars = if tf == Timeframe::M5 {
+            &self.m5
+        } else {
+            &self.m1
+        };
+        let starts = bars
+            .column(2)
+            .as_primitive::<TimestampMicrosecondType>()
+            .values();
+        let from = starts.partition_point(|s| *s < start);
+        let to = starts.partition_point(|s| *s < end);
+        bars.slice(from, to.saturating_sub(from))
+    }
+}
+
+/// One series: its trades, and the live bars they make.
+#[derive(Clone)]
+struct Series {
+    trades: Vec<RecordBatch>,
+    running: RunningBars,
+    bars: Arc<LiveBars>,
+}
+
+impl Series {
+    fn new(key: &(String, String)) -> Result<Series> {
+        let running = RunningBars::new(&key.0, &key.1, &LENGTHS)?;
+        Ok(Series {
+            trades: Vec::new(),
+            bars: Arc::new(materialize(&running)?),
+            running,
+        })
+    }
+
+    /// Makes the live bars again after `running` changed.
+    fn changed(&mut self) -> Result<()> {
+        self.bars = Arc::new(materialize(&self.running)?);
+        Ok(())
+    }
+}
+
+/// The window lengths a live series keeps bars of, in `RunningBars`' order: 1m and 5m (the
+/// tables built from trades; higher timeframes roll up live 1m bars).
+const LENGTHS: [i64; 2] = [60_000_000, 300_000_000];
+
+fn materialize(running: &RunningBars) -> Result<LiveBars> {
+    // `built_at` is not part of a candle: live bars carry 0.
+    Ok(LiveBars {
+        m1: running.bars(0, i64::MIN, i64::MAX, 0)?,
+        m5: running.bars(1, i64::MIN, i64::MAX, 0)?,
+    })
+}
 
 /// Batches a series' live trades are kept in before they are merged into one.
 const MAX_BATCHES: usize = 8;
@@ -27,13 +96,23 @@ struct Added {
     forgotten: u64,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct LiveTrades {
-    series: HashMap<(String, String), Vec<RecordBatch>>,
+    series: HashMap<(String, String), Series>,
     added: HashMap<(String, String), Added>,
     floor: i64,
     /// The newest trade time ever handed over (kept when trades are dropped): the source lag.
     newest: Option<i64>,
+}
+
+impl std::fmt::Debug for LiveTrades {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTrades")
+            .field("series", &self.series.len())
+            .field("rows", &self.rows())
+            .field("floor", &self.floor)
+            .finish()
+    }
 }
 
 impl LiveTrades {
@@ -85,13 +164,19 @@ impl LiveTrades {
                     }
                 }
             }
-            let batches = self.series.entry(key.clone()).or_default();
-            batches.push(rows);
-            // A feed commits a few trades of each series at a time: every live read would
-            // otherwise walk (and every view clone) hundreds of tiny batches per series.
-            if batches.len() > MAX_BATCHES {
-                let merged = arrow::compute::concat_batches(&batches[0].schema(), &*batches)?;
-                *batches = vec![merged];
+            let series = match self.series.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(Series::new(&key)?),
+            };
+            series.trades.push(rows.clone());
+            series.running.add(&rows, &series.trades)?;
+            series.changed()?;
+            // A feed commits a few trades of each series at a time: every view clone and
+            // recompute would otherwise walk hundreds of tiny batches per series.
+            if series.trades.len() > MAX_BATCHES {
+                let merged =
+                    arrow::compute::concat_batches(&series.trades[0].schema(), &series.trades)?;
+                series.trades = vec![merged];
             }
             gained.push(key);
         }
@@ -106,31 +191,33 @@ impl LiveTrades {
             return Ok(lost);
         }
         self.floor = floor;
-        for (key, batches) in self.series.iter_mut() {
-            let mut kept = Vec::with_capacity(batches.len());
+        for (key, series) in self.series.iter_mut() {
+            let mut kept = Vec::with_capacity(series.trades.len());
             let mut dropped = false;
-            for b in batches.iter() {
+            for b in series.trades.iter() {
                 let after = at_or_after(b, floor)?;
                 dropped |= after.num_rows() < b.num_rows();
                 if after.num_rows() > 0 {
                     kept.push(after);
                 }
             }
+            series.trades = kept;
             if dropped {
                 lost.push(key.clone());
                 self.added.remove(key);
+                series.running.forget_before(floor, &series.trades)?;
+                series.changed()?;
             }
-            *batches = kept;
         }
-        self.series.retain(|_, b| !b.is_empty());
+        self.series.retain(|_, s| !s.trades.is_empty());
         Ok(lost)
     }
 
     /// Forgets the trades in `ranges` (their partitions were dropped).
     pub fn drop_ranges(&mut self, ranges: &[(i64, i64)]) -> Result<()> {
-        for batches in self.series.values_mut() {
-            let mut kept = Vec::with_capacity(batches.len());
-            for b in batches.iter() {
+        for series in self.series.values_mut() {
+            let mut kept = Vec::with_capacity(series.trades.len());
+            for b in series.trades.iter() {
                 let ts = time_column(TableKind::Trades, b)?;
                 let keep: BooleanArray = ts
                     .values()
@@ -142,18 +229,19 @@ impl LiveTrades {
                     kept.push(b);
                 }
             }
-            *batches = kept;
+            series.trades = kept;
+            series.running.recompute_ranges(ranges, &series.trades)?;
+            series.changed()?;
         }
-        self.series.retain(|_, b| !b.is_empty());
+        self.series.retain(|_, s| !s.trades.is_empty());
         Ok(())
     }
 
-    /// The series' trades (shared buffers, no copy of the values).
-    pub fn trades(&self, exchange: &str, symbol: &str) -> Vec<RecordBatch> {
+    /// The series' live bars (none when it has no unbuilt trade).
+    pub fn bars(&self, exchange: &str, symbol: &str) -> Option<Arc<LiveBars>> {
         self.series
             .get(&(exchange.to_string(), symbol.to_string()))
-            .cloned()
-            .unwrap_or_default()
+            .map(|s| Arc::clone(&s.bars))
     }
 
     /// The earliest trade time added to the series by the additions stamped after
@@ -176,7 +264,7 @@ impl LiveTrades {
     pub fn rows(&self) -> usize {
         self.series
             .values()
-            .flat_map(|b| b.iter().map(|b| b.num_rows()))
+            .flat_map(|s| s.trades.iter().map(|b| b.num_rows()))
             .sum()
     }
 }
