@@ -24,6 +24,8 @@ usage:
   python3 benches/attach.py --days 2 --runs 1 --work . --wrap "perf record -F 499 -g -o perf.data"
   # the allocator's purge delay (ms): the server inherits the environment
   MIMALLOC_PURGE_DELAY=250 python3 benches/attach.py --days 2 --runs 2
+  # before/after: another build run after ours in every round
+  python3 benches/attach.py --days 2 --runs 2 --baseline /tmp/ohlcv-server-before
 """
 
 import argparse
@@ -288,6 +290,8 @@ def main():
     ap.add_argument("--memory-mb", type=int, default=1024)
     ap.add_argument("--work", default=None, help="directory for the store (default: a temp dir)")
     ap.add_argument("--wrap", default="", help="command our runs are started under (perf record)")
+    ap.add_argument("--baseline", default=None,
+                    help="another build of ours, run after ours in every round (before/after)")
     ap.add_argument("--floor", nargs=2, metavar=("S3", "REST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     global PER_DAY
@@ -296,6 +300,7 @@ def main():
         return floor(*args.floor)
     work = tempfile.mkdtemp(prefix="attach-bench-", dir=args.work)
     binary = os.path.abspath(args.binary)
+    baseline = os.path.abspath(args.baseline) if args.baseline else None
     weed, s3, rest = start_weed(work)
     rows = []
     try:
@@ -306,24 +311,27 @@ def main():
             print(f"filling to {days} days", flush=True)
             t, v = fill(cat, days - filled, filled)
             filled, trades, volume = days, trades + t, volume + v
-            ours_runs, floor_runs = [], []
+            ours_runs, floor_runs, base_runs = [], [], []
             for run in range(args.runs):
                 out, _, _, rss = measured([sys.executable, __file__, "--floor", s3, rest])
                 result = json.loads(out)
                 assert result["rows"] == trades, (result, trades)
                 floor_runs.append((result["seconds"], rss, result["files"]))
-                namespace = f"candles_d{days}_r{run}"
-                data_dir = tempfile.mkdtemp(dir=work)
-                config = os.path.join(data_dir, "lake.toml")
-                lake_config(config, data_dir, s3, rest, namespace, args.memory_mb)
-                _, err, took, rss = measured(
-                    shlex.split(args.wrap) + [binary, "--config", config, "build"],
-                    env=dict(os.environ, RUST_LOG="warn"))
-                check_bars(cat, namespace, trades, volume)
-                ours_runs.append((took, rss))
-                print(f"  {trades} trades run {run}: floor {floor_runs[-1][0]:.1f} s, "
-                      f"ours {took:.1f} s, peak {rss:.0f} MB", flush=True)
-            rows.append((days, trades, floor_runs, ours_runs))
+                for which, exe in [("ours", binary), ("baseline", baseline)]:
+                    if exe is None:
+                        continue
+                    namespace = f"candles_d{days}_r{run}_{which}"
+                    data_dir = tempfile.mkdtemp(dir=work)
+                    config = os.path.join(data_dir, "lake.toml")
+                    lake_config(config, data_dir, s3, rest, namespace, args.memory_mb)
+                    _, err, took, rss = measured(
+                        shlex.split(args.wrap) + [exe, "--config", config, "build"],
+                        env=dict(os.environ, RUST_LOG="warn"))
+                    check_bars(cat, namespace, trades, volume)
+                    (ours_runs if which == "ours" else base_runs).append((took, rss))
+                    print(f"  {trades} trades run {run}: floor {floor_runs[-1][0]:.1f} s, "
+                          f"{which} {took:.1f} s, peak {rss:.0f} MB", flush=True)
+            rows.append((days, trades, floor_runs, ours_runs, base_runs))
     finally:
         weed.terminate()
         weed.wait()
@@ -332,12 +340,16 @@ def main():
     print("| days | trades | files | pyarrow read (floor) | ours: first attach | ratio | "
           "ours peak RSS | pyarrow peak RSS |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for days, trades, floor_runs, ours_runs in rows:
+    for days, trades, floor_runs, ours_runs, base_runs in rows:
         f = statistics.median(r[0] for r in floor_runs)
         o = statistics.median(r[0] for r in ours_runs)
         print(f"| {days} | {trades / 1e6:.0f} M | {floor_runs[0][2]} | {f:.1f} s | {o:.1f} s | "
               f"{o / f:.2f}x | {max(r[1] for r in ours_runs):.0f} MB | "
               f"{max(r[1] for r in floor_runs):.0f} MB |")
+        if base_runs:
+            b = statistics.median(r[0] for r in base_runs)
+            print(f"  baseline build ({args.baseline}): {b:.1f} s, {b / f:.2f}x the floor, "
+                  f"peak {max(r[1] for r in base_runs):.0f} MB; ours / baseline {o / b:.2f}")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         growth = max(r[1] for r in last[3]) / max(r[1] for r in first[3])

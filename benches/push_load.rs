@@ -10,8 +10,13 @@
 //! measured seconds, from /proc) and its resident memory at the end of the phase. The clients
 //! run in this process, on the same cores as the server.
 //!
+//! The trades' shape: text ids (`k-i`) each at its own microsecond by default; `--numeric-ids`
+//! sends canonical numbers, `--burst N` puts N trades of a series at one microsecond, and
+//! `--copies P` re-sends P % of the previous call's trades (a feed that re-delivers).
+//!
 //!     cargo build --release --bin ohlcv-server --bin push-load
 //!     target/release/push-load --server target/release/ohlcv-server
+//!     target/release/push-load --server target/release/ohlcv-server --numeric-ids --burst 5 --copies 5
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +36,12 @@ struct Args {
     rate: usize,
     seconds: u64,
     rounds: usize,
+    /// Trades of a series sharing one timestamp (bursts); 1: every trade its own.
+    burst: usize,
+    /// Ids as canonical numbers instead of text ("k-i").
+    numeric_ids: bool,
+    /// Percent of each call's trades that are copies of the previous call's (re-delivery).
+    copies: usize,
 }
 
 fn args() -> Args {
@@ -41,6 +52,9 @@ fn args() -> Args {
         rate: 10_000,
         seconds: 20,
         rounds: 2,
+        burst: 1,
+        numeric_ids: false,
+        copies: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +66,9 @@ fn args() -> Args {
             "--rate" => out.rate = value().parse().expect("N"),
             "--seconds" => out.seconds = value().parse().expect("S"),
             "--rounds" => out.rounds = value().parse().expect("N"),
+            "--burst" => out.burst = value().parse::<usize>().expect("N").max(1),
+            "--numeric-ids" => out.numeric_ids = true,
+            "--copies" => out.copies = value().parse().expect("percent"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -180,11 +197,23 @@ async fn poller(
     samples.lock().unwrap().extend(mine);
 }
 
+/// The shape of the feed's trades.
+#[derive(Clone, Copy)]
+struct Shape {
+    burst: usize,
+    numeric_ids: bool,
+    copies: usize,
+}
+
+/// One trade as sent: (symbol index, id, ts, price).
+type Row = (usize, String, i64, f64);
+
 /// The ingest feed: `rate / 10` trades every 100 ms, every series in each call.
 async fn feed(
     uri: String,
     args_series: usize,
     per_call: usize,
+    shape: Shape,
     calls: Arc<Calls>,
     stop: Arc<AtomicBool>,
     first: usize,
@@ -195,27 +224,46 @@ async fn feed(
     let schema = ohlcv_server::trades::generate::trade_input_schema();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut k = first;
+    let mut previous: Vec<Row> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         k += 1;
         let now = chrono::Utc::now().timestamp_micros();
-        let n = per_call;
+        // A series' trades increase in time within the call (in groups of `burst` at one
+        // microsecond), so the call's trades close its candle.
+        let mut rows: Vec<Row> = (0..per_call)
+            .map(|i| {
+                let id = if shape.numeric_ids {
+                    (k * per_call + i).to_string()
+                } else {
+                    format!("{k}-{i}")
+                };
+                let at = now + ((i / args_series) / shape.burst) as i64;
+                (i % args_series, id, at, k as f64)
+            })
+            .collect();
+        let resent: Vec<Row> = previous
+            .iter()
+            .step_by((100 / shape.copies.max(1)).max(1))
+            .take(per_call * shape.copies / 100)
+            .cloned()
+            .collect();
+        previous = rows.clone();
+        rows.extend(resent);
+        let n = rows.len();
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new(StringArray::from_iter_values((0..n).map(|_| "bench"))),
                 Arc::new(StringArray::from_iter_values(
-                    (0..n).map(|i| symbol(i % args_series)),
+                    rows.iter().map(|r| symbol(r.0)),
                 )),
-                Arc::new(StringArray::from_iter_values(
-                    (0..n).map(|i| format!("{k}-{i}")),
-                )),
-                // Increasing within each series, so the call's trades close its candle.
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
                 Arc::new(
-                    TimestampMicrosecondArray::from_iter_values((0..n).map(|i| now + i as i64))
+                    TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.2))
                         .with_timezone("UTC"),
                 ),
-                Arc::new(Float64Array::from_iter_values((0..n).map(|_| k as f64))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
                 Arc::new(Float64Array::from_iter_values((0..n).map(|_| 0.5))),
                 Arc::new(StringArray::from_iter_values((0..n).map(|_| "buy"))),
             ],
@@ -328,10 +376,16 @@ async fn main() {
             });
         }
         // The feed continues the sequence numbers of the last phase.
+        let shape = Shape {
+            burst: args.burst,
+            numeric_ids: args.numeric_ids,
+            copies: args.copies,
+        };
         let feeding = tokio::spawn(feed(
             uri.clone(),
             args.series,
             per_call,
+            shape,
             calls.clone(),
             stop.clone(),
             k,
@@ -365,8 +419,16 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     println!(
-        "{} clients over {} series, {} trades/s ingested in 10 calls/s; {} rounds of {} s per mode, interleaved",
-        args.subscribers, args.series, args.rate, args.rounds, args.seconds
+        "{} clients over {} series, {} trades/s ingested in 10 calls/s ({} ids, bursts of {}, \
+         {} % copies); {} rounds of {} s per mode, interleaved",
+        args.subscribers,
+        args.series,
+        args.rate,
+        if args.numeric_ids { "numeric" } else { "text" },
+        args.burst,
+        args.copies,
+        args.rounds,
+        args.seconds
     );
     println!();
     println!(

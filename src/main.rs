@@ -20,10 +20,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Its default in mimalloc 3, by which the option is recognised.
 const MI_PURGE_DELAY_DEFAULT_MS: std::ffi::c_long = 1000;
-/// Freed pages go back to the kernel after this long (mimalloc 2's default).
+/// Freed pages go back to the kernel after this long (mimalloc 2's default)...
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
+/// ...or this long with a build budget of `ROOMY_BUDGET_MB` or more: a chunked build frees
+/// and refills its buffers every chunk, and faulting them in again cost about 10 % of a first
+/// attach (benches/README.md, issue 24); the peak stays under the budget either way.
+const ROOMY_PURGE_DELAY_MS: std::ffi::c_long = 250;
+const ROOMY_BUDGET_MB: u64 = 1024;
 
-fn return_freed_memory_promptly() {
+fn return_freed_memory_promptly(build_memory_mb: Option<u64>) {
+    let delay = match build_memory_mb {
+        Some(mb) if mb >= ROOMY_BUDGET_MB => ROOMY_PURGE_DELAY_MS,
+        _ => PURGE_DELAY_MS,
+    };
     // SAFETY: plain option get/set on the allocator, called before any other thread exists
     // (the options are not synchronised). An explicit MIMALLOC_PURGE_DELAY is left alone, and
     // nothing is set unless option 15 holds the purge delay's default, so another mimalloc
@@ -32,27 +41,28 @@ fn return_freed_memory_promptly() {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()
             && libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_PURGE_DELAY_DEFAULT_MS
         {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay);
         }
     }
 }
 
 fn main() -> std::process::ExitCode {
-    return_freed_memory_promptly();
+    let cli = Cli::parse();
+    // Read before any thread starts (see above); a config that does not load is reported by
+    // the command itself.
+    let config = cli.load_config().ok();
+    return_freed_memory_promptly(config.as_ref().map(|c| c.build.memory_mb));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the tokio runtime starts")
-        .block_on(run_cli())
+        .block_on(run_cli(cli, config))
 }
 
-async fn run_cli() -> std::process::ExitCode {
-    let cli = Cli::parse();
+async fn run_cli(cli: Cli, config: Option<ohlcv_server::config::Config>) -> std::process::ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // A config that does not load is reported by the command itself; logs are text until then.
-    let json = cli
-        .load_config()
-        .is_ok_and(|c| c.telemetry.log_format == "json");
+    // Logs are text until a config loads.
+    let json = config.is_some_and(|c| c.telemetry.log_format == "json");
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
