@@ -23,6 +23,40 @@ use super::error::{Error, Result};
 /// Manifests read at once.
 const CONCURRENCY: usize = 8;
 
+/// Decoded manifest entries kept at most (all tables of the process together): a manifest
+/// never changes once written, and every commit lists its table (the trades table gains a
+/// manifest per ingest), so without this each commit read and decoded every manifest again
+/// and cost more the more the table held.
+const CACHED_ENTRIES: u64 = 200_000;
+
+/// What a manifest decodes to depends on its bytes (its path: manifests are never rewritten
+/// in place), the fields it inherits from its manifest-list entry, and the table's schema and
+/// the manifest's partition spec, by which the partition tuple is typed.
+type Key = (String, i64, i64, i32, i32);
+
+fn decoded() -> &'static moka::sync::Cache<Key, Arc<Vec<ManifestEntry>>> {
+    static DECODED: std::sync::OnceLock<moka::sync::Cache<Key, Arc<Vec<ManifestEntry>>>> =
+        std::sync::OnceLock::new();
+    DECODED.get_or_init(|| {
+        moka::sync::Cache::builder()
+            .max_capacity(CACHED_ENTRIES)
+            .weigher(|_: &Key, entries: &Arc<Vec<ManifestEntry>>| {
+                u32::try_from(entries.len()).unwrap_or(u32::MAX).max(1)
+            })
+            .build()
+    })
+}
+
+fn key(metadata: &TableMetadata, manifest: &ManifestListEntry) -> Key {
+    (
+        manifest.manifest_path.clone(),
+        manifest.sequence_number,
+        manifest.added_snapshot_id,
+        manifest.partition_spec_id,
+        metadata.current_schema_id,
+    )
+}
+
 /// Every entry of `manifests` (any status), with inherited fields filled in, paired with the
 /// path of the manifest that lists it.
 pub async fn read_entries(
@@ -31,11 +65,21 @@ pub async fn read_entries(
     metadata: &TableMetadata,
     manifests: &[ManifestListEntry],
 ) -> Result<Vec<(String, ManifestEntry)>> {
+    let cache = decoded();
+    let known: Vec<Option<Arc<Vec<ManifestEntry>>>> = manifests
+        .iter()
+        .map(|m| cache.get(&key(metadata, m)))
+        .collect();
     // Owned futures only: a stream of futures borrowing the caller's data trips rustc's
     // higher-ranked `Send` check in the tasks that await this.
-    let paths: Vec<String> = manifests.iter().map(|m| m.manifest_path.clone()).collect();
+    let paths: Vec<String> = manifests
+        .iter()
+        .zip(&known)
+        .filter(|(_, k)| k.is_none())
+        .map(|(m, _)| m.manifest_path.clone())
+        .collect();
     let store = Arc::clone(store);
-    let fetched: Vec<Result<prost::bytes::Bytes, String>> = stream::iter(paths)
+    let mut fetched = stream::iter(paths)
         .map(move |path| {
             let store = Arc::clone(&store);
             async move {
@@ -47,14 +91,28 @@ pub async fn read_entries(
             }
         })
         .buffered(CONCURRENCY)
-        .collect()
-        .await;
+        .collect::<Vec<Result<prost::bytes::Bytes, String>>>()
+        .await
+        .into_iter();
     let mut out = Vec::new();
-    for (manifest, bytes) in manifests.iter().zip(fetched) {
-        let bytes = bytes.map_err(|e| unreadable(table, &manifest.manifest_path, e))?;
-        for entry in decode(table, metadata, manifest, bytes.to_vec())? {
-            out.push((manifest.manifest_path.clone(), entry));
-        }
+    for (manifest, known) in manifests.iter().zip(known) {
+        let entries = match known {
+            Some(entries) => entries,
+            None => {
+                let bytes = fetched
+                    .next()
+                    .expect("one fetch per manifest not cached")
+                    .map_err(|e| unreadable(table, &manifest.manifest_path, e))?;
+                let entries = Arc::new(decode(table, metadata, manifest, bytes.to_vec())?);
+                cache.insert(key(metadata, manifest), Arc::clone(&entries));
+                entries
+            }
+        };
+        out.extend(
+            entries
+                .iter()
+                .map(|entry| (manifest.manifest_path.clone(), entry.clone())),
+        );
     }
     Ok(out)
 }
