@@ -107,6 +107,28 @@ fn closes(batch: &RecordBatch) -> Vec<f64> {
     }
 }
 
+/// One client's view of the feed: the last call it has seen, and its latencies.
+#[derive(Default)]
+struct Seen {
+    call: usize,
+    latencies: Vec<u64>,
+}
+
+impl Seen {
+    /// Batches that just arrived: the calls they show for the first time are latencies
+    /// (while measuring; the first arrival only says where the client starts).
+    fn arrived(&mut self, batches: &[RecordBatch], calls: &Calls, measuring: &AtomicBool) {
+        let now = Instant::now();
+        let k = batches.iter().flat_map(closes).fold(0.0f64, f64::max) as usize;
+        if k > self.call {
+            if self.call > 0 && measuring.load(Ordering::Relaxed) {
+                calls.covered(self.call, k, now, &mut self.latencies);
+            }
+            self.call = k;
+        }
+    }
+}
+
 async fn channel(uri: &str) -> Channel {
     Endpoint::from_shared(uri.to_string())
         .unwrap()
@@ -137,22 +159,14 @@ async fn subscriber(
         .do_exchange(futures::stream::iter([Ok(first)]))
         .await
         .expect("subscribe");
-    let mut seen = 0usize;
-    let mut mine = Vec::new();
+    let mut seen = Seen::default();
     while !stop.load(Ordering::Relaxed) {
         let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
         let Ok(Some(batch)) = next else { continue };
         let batch = batch.expect("pushed batch");
-        let now = Instant::now();
-        let k = closes(&batch).into_iter().fold(0.0f64, f64::max) as usize;
-        if k > seen {
-            if seen > 0 && measuring.load(Ordering::Relaxed) {
-                calls.covered(seen, k, now, &mut mine);
-            }
-            seen = k;
-        }
+        seen.arrived(&[batch], &calls, &measuring);
     }
-    samples.lock().unwrap().extend(mine);
+    samples.lock().unwrap().extend(seen.latencies);
 }
 
 /// A polling client: `candles(..., last => 1)` once a second.
@@ -172,8 +186,7 @@ async fn poller(
     );
     tokio::time::sleep(offset).await;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut seen = 0usize;
-    let mut mine = Vec::new();
+    let mut seen = Seen::default();
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let info = client.execute(sql.clone(), None).await.expect("poll");
@@ -185,16 +198,9 @@ async fn poller(
             .try_collect()
             .await
             .expect("DoGet stream");
-        let now = Instant::now();
-        let k = batches.iter().flat_map(closes).fold(0.0f64, f64::max) as usize;
-        if k > seen {
-            if seen > 0 && measuring.load(Ordering::Relaxed) {
-                calls.covered(seen, k, now, &mut mine);
-            }
-            seen = k;
-        }
+        seen.arrived(&batches, &calls, &measuring);
     }
-    samples.lock().unwrap().extend(mine);
+    samples.lock().unwrap().extend(seen.latencies);
 }
 
 /// The shape of the feed's trades.

@@ -177,9 +177,10 @@ impl Cli {
     }
 }
 
-/// Runs one command to completion.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.load_config()?;
+/// Runs one command to completion with `config` (from [`Cli::load_config`], loaded by the
+/// caller before the runtime starts; an error is the command's).
+pub async fn run(cli: Cli, config: anyhow::Result<Config>) -> anyhow::Result<()> {
+    let config = config?;
     match cli.command {
         Command::Serve {
             listen,

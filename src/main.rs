@@ -50,8 +50,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Read before any thread starts (see above); a config that does not load is reported by
     // the command itself.
-    let config = cli.load_config().ok();
-    return_freed_memory_promptly(config.as_ref().map(|c| c.build.memory_mb));
+    let config = cli.load_config();
+    return_freed_memory_promptly(config.as_ref().ok().map(|c| c.build.memory_mb));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -59,10 +59,15 @@ fn main() -> std::process::ExitCode {
         .block_on(run_cli(cli, config))
 }
 
-async fn run_cli(cli: Cli, config: Option<ohlcv_server::config::Config>) -> std::process::ExitCode {
+async fn run_cli(
+    cli: Cli,
+    config: anyhow::Result<ohlcv_server::config::Config>,
+) -> std::process::ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs are text until a config loads.
-    let json = config.is_some_and(|c| c.telemetry.log_format == "json");
+    let json = config
+        .as_ref()
+        .is_ok_and(|c| c.telemetry.log_format == "json");
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -71,7 +76,7 @@ async fn run_cli(cli: Cli, config: Option<ohlcv_server::config::Config>) -> std:
     } else {
         logs.init();
     }
-    match run(cli).await {
+    match run(cli, config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -44,7 +44,6 @@ impl Id {
 }
 
 /// One trade, as aggregated.
-#[derive(Clone)]
 struct Trade {
     ts: i64,
     price: f64,
@@ -129,7 +128,7 @@ impl<'a> Columns<'a> {
 }
 
 /// The distinct ids of the trades in one window of the shortest length.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Ids {
     numbers: FxHashSet<u64>,
     texts: FxHashSet<Box<str>>,
@@ -163,7 +162,6 @@ fn fold(acc: &mut Option<Acc<Id>>, trade: &Trade) {
 }
 
 /// The running bars of one series for one window length.
-#[derive(Clone)]
 struct Length {
     us: i64,
     /// Windows of the shortest length in one of this length.
@@ -172,7 +170,6 @@ struct Length {
 }
 
 /// The running bars of one series for a few window lengths (a live series: 1m and 5m).
-#[derive(Clone)]
 pub struct RunningBars {
     key: [(String, String); 1],
     /// Ids by window of the shortest length (`lengths[0]`); a longer window's ids are those

@@ -137,8 +137,6 @@ pub struct View {
     /// The series' live bars (1m and 5m past the tables' cutoffs), none without unbuilt
     /// trades.
     pub live_bars: Option<Arc<LiveBars>>,
-    /// Trades before this are not in the live bars.
-    pub live_floor: i64,
     /// The series' generation: changes with every commit the cache observes that may change
     /// this series' bars or unbuilt trades, so two views of one series at one generation give
     /// the same answer (a commit of other series leaves kept answers valid).
@@ -331,7 +329,6 @@ impl BarCache {
         View {
             tables: state.tables,
             live_bars: state.live.bars(exchange, symbol),
-            live_floor: state.live.floor(),
             generation: state.generations.of(exchange, symbol),
             as_of: None,
             past: Arc::default(),

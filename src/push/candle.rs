@@ -73,17 +73,8 @@ pub struct Candle {
     pub is_synthetic: bool,
 }
 
-/// The float columns of `candles()`, in order.
-const FLOATS: [&str; 8] = [
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "vwap",
-    "buy_volume",
-];
+/// The float columns of `candles()`, in order: a bar's float measures.
+const FLOATS: [&str; 8] = crate::build::diff::MEASURES_F64;
 
 impl Candle {
     /// Equal as a client sees it (bit for bit: a NaN equals itself).

@@ -13,7 +13,6 @@ impl BarCache {
         View {
             tables: [TableState::default(); 5],
             live_bars: None,
-            live_floor: i64::MAX,
             generation: 0,
             as_of: Some(at_us),
             past: Default::default(),

@@ -46,7 +46,6 @@ impl LiveBars {
 }
 
 /// One series: its trades, and the live bars they make.
-#[derive(Clone)]
 struct Series {
     trades: Vec<RecordBatch>,
     running: RunningBars,
@@ -96,7 +95,7 @@ struct Added {
     forgotten: u64,
 }
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct LiveTrades {
     series: HashMap<(String, String), Series>,
     added: HashMap<(String, String), Added>,
@@ -217,6 +216,7 @@ impl LiveTrades {
     pub fn drop_ranges(&mut self, ranges: &[(i64, i64)]) -> Result<()> {
         for series in self.series.values_mut() {
             let mut kept = Vec::with_capacity(series.trades.len());
+            let mut dropped = false;
             for b in series.trades.iter() {
                 let ts = time_column(TableKind::Trades, b)?;
                 let keep: BooleanArray = ts
@@ -224,14 +224,17 @@ impl LiveTrades {
                     .iter()
                     .map(|t| Some(!ranges.iter().any(|(s, e)| s <= t && t < e)))
                     .collect();
-                let b = filter_record_batch(b, &keep)?;
-                if b.num_rows() > 0 {
-                    kept.push(b);
+                let after = filter_record_batch(b, &keep)?;
+                dropped |= after.num_rows() < b.num_rows();
+                if after.num_rows() > 0 {
+                    kept.push(after);
                 }
             }
             series.trades = kept;
-            series.running.recompute_ranges(ranges, &series.trades)?;
-            series.changed()?;
+            if dropped {
+                series.running.recompute_ranges(ranges, &series.trades)?;
+                series.changed()?;
+            }
         }
         self.series.retain(|_, s| !s.trades.is_empty());
         Ok(())
