@@ -253,24 +253,40 @@ pub async fn run(cli: Cli, config: anyhow::Result<Config>) -> anyhow::Result<()>
                 }
                 reports.extend(result?);
             }
-            for tf in timeframes {
-                if reports.iter().any(|r| r.timeframe == Some(tf)) {
-                    continue;
+            let one = |tf: Timeframe| {
+                let (writer, history) = (&writer, &history);
+                async move {
+                    match range {
+                        None => {
+                            recorded(history, JobKind::Build(tf), |now| {
+                                build::build(writer, tf, now, settings)
+                            })
+                            .await
+                        }
+                        Some(range) => {
+                            recorded(history, JobKind::Backfill(tf, range), |now| {
+                                build::backfill_with(writer, tf, range, now, settings)
+                            })
+                            .await
+                        }
+                    }
                 }
-                reports.push(match range {
-                    None => {
-                        recorded(&history, JobKind::Build(tf), |now| {
-                            build::build(&writer, tf, now, settings)
-                        })
-                        .await?
-                    }
-                    Some(range) => {
-                        recorded(&history, JobKind::Backfill(tf, range), |now| {
-                            build::backfill_with(&writer, tf, range, now, settings)
-                        })
-                        .await?
-                    }
-                });
+            };
+            let todo: Vec<Timeframe> = timeframes
+                .into_iter()
+                .filter(|tf| !reports.iter().any(|r| r.timeframe == Some(*tf)))
+                .collect();
+            let (from_trades, rollups): (Vec<Timeframe>, Vec<Timeframe>) = todo
+                .into_iter()
+                .partition(|tf| matches!(tf, Timeframe::M1 | Timeframe::M5));
+            for tf in from_trades {
+                reports.push(one(tf).await?);
+            }
+            // Rollups read only the 1m table, each writes its own: run together they use
+            // both cores, where one after another they left one idle for the last part of an
+            // attach.
+            for report in futures::future::join_all(rollups.into_iter().map(one)).await {
+                reports.push(report?);
             }
             for report in reports {
                 let tf = report.timeframe.map_or(String::new(), |t| t.to_string());
