@@ -92,6 +92,16 @@ pub fn diff(
     keep_unchanged: bool,
 ) -> Result<Diff> {
     let schema = TableKind::Bars(Timeframe::M1).arrow_schema()?;
+    if existing.iter().all(|b| b.num_rows() == 0) {
+        // Nothing stored (every chunk of a first attach): all bars are new, as computed.
+        return Ok(Diff {
+            rows: stamped(&schema, computed.columns().to_vec(), 0, built_at)?,
+            new: computed.num_rows(),
+            revised: 0,
+            unchanged: 0,
+            late_revisions: 0,
+        });
+    }
     let mut stored: FxHashMap<Key<'_>, (usize, usize)> = FxHashMap::default();
     for (bi, b) in existing.iter().enumerate() {
         for row in 0..b.num_rows() {
@@ -175,10 +185,9 @@ pub fn diff(
     let refs: Vec<&RecordBatch> = sources.iter().collect();
     let picked = interleave_record_batch(&refs, &picks)?;
     let mut columns: Vec<ArrayRef> = picked.columns().to_vec();
-    let rev_idx = schema.index_of("revision")?;
-    let built_idx = schema.index_of("built_at")?;
-    columns[rev_idx] = Arc::new(Int32Array::from(revision));
-    columns[built_idx] = Arc::new(TimestampMicrosecondArray::from(stamp).with_timezone("UTC"));
+    columns[schema.index_of("revision")?] = Arc::new(Int32Array::from(revision));
+    columns[schema.index_of("built_at")?] =
+        Arc::new(TimestampMicrosecondArray::from(stamp).with_timezone("UTC"));
     Ok(Diff {
         rows: RecordBatch::try_new(schema, columns)?,
         new,
@@ -186,6 +195,20 @@ pub fn diff(
         unchanged,
         late_revisions: late,
     })
+}
+
+/// `columns` (bar-table order) with every row's revision and built_at set to the same values.
+fn stamped(
+    schema: &arrow::datatypes::SchemaRef,
+    mut columns: Vec<ArrayRef>,
+    revision: i32,
+    built_at: i64,
+) -> Result<RecordBatch> {
+    let n = columns.first().map_or(0, |c| c.len());
+    columns[schema.index_of("revision")?] = Arc::new(Int32Array::from(vec![revision; n]));
+    columns[schema.index_of("built_at")?] =
+        Arc::new(TimestampMicrosecondArray::from(vec![built_at; n]).with_timezone("UTC"));
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 fn old_revision(b: &RecordBatch, row: usize) -> i32 {
