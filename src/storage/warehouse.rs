@@ -8,12 +8,14 @@
 //! catalog scopes to the bucket of its metadata ([`bucket`]). [`Warehouse::path`], for the
 //! lease, also checks the bucket.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iceberg_rust::object_store::ObjectStoreBuilder;
 use object_store::aws::AmazonS3Builder;
+use object_store::client::{HttpClient, HttpConnector, ReqwestConnector};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore};
@@ -72,7 +74,31 @@ pub enum Warehouse {
         /// Key prefix under which our namespace directories are created (no slashes around).
         prefix: String,
         config: S3Config,
+        clients: SharedClients,
     },
+}
+
+/// One HTTP client per distinct set of client options, for every store built from one
+/// warehouse, ours and the catalogs' alike. The Iceberg catalogs build a store for each table
+/// they load (a chunked build loads its tables at every commit), and each store built its
+/// own client: it parsed the system's CA certificates again (3 % of a first attach's CPU, on
+/// its main thread) and opened new connections. Scoped to the warehouse, not the process: a
+/// client's pooled connections belong to the runtime that opened them.
+#[derive(Debug, Clone, Default)]
+pub struct SharedClients(Arc<Mutex<HashMap<String, HttpClient>>>);
+
+impl HttpConnector for SharedClients {
+    fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
+        // Same options, same client: the debug form names every option.
+        let key = format!("{options:?}");
+        let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = ReqwestConnector::default().connect(options)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
 }
 
 impl Warehouse {
@@ -89,6 +115,7 @@ impl Warehouse {
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
                 config: s3.clone(),
+                clients: SharedClients::default(),
             });
         }
         if location.contains("://") && !location.starts_with("file://") {
@@ -128,9 +155,16 @@ impl Warehouse {
     pub fn store(&self) -> Result<Arc<dyn ObjectStore>> {
         Ok(match self {
             Warehouse::Local(_) => Arc::new(LocalFileSystem::new()),
-            Warehouse::S3 { bucket, config, .. } => {
-                Arc::new(s3_builder(config).with_bucket_name(bucket).build()?)
-            }
+            Warehouse::S3 {
+                bucket,
+                config,
+                clients,
+                ..
+            } => Arc::new(
+                s3_builder(config, clients)
+                    .with_bucket_name(bucket)
+                    .build()?,
+            ),
         })
     }
 
@@ -138,7 +172,9 @@ impl Warehouse {
     pub fn iceberg_store(&self) -> ObjectStoreBuilder {
         match self {
             Warehouse::Local(_) => ObjectStoreBuilder::filesystem("/"),
-            Warehouse::S3 { config, .. } => ObjectStoreBuilder::S3(Box::new(s3_builder(config))),
+            Warehouse::S3 {
+                config, clients, ..
+            } => ObjectStoreBuilder::S3(Box::new(s3_builder(config, clients))),
         }
     }
 
@@ -201,8 +237,9 @@ pub fn bucket(location: &str) -> Option<&str> {
     Some(rest.split_once('/').map_or(rest, |(bucket, _)| bucket))
 }
 
-fn s3_builder(config: &S3Config) -> AmazonS3Builder {
+fn s3_builder(config: &S3Config, clients: &SharedClients) -> AmazonS3Builder {
     let mut builder = AmazonS3Builder::from_env()
+        .with_http_connector(clients.clone())
         .with_client_options(
             ClientOptions::new()
                 .with_timeout(STORE_TIMEOUT)
@@ -235,6 +272,30 @@ fn s3_builder(config: &S3Config) -> AmazonS3Builder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stores_of_one_warehouse_share_a_client_per_set_of_options() {
+        let clients = SharedClients::default();
+        let options = ClientOptions::new().with_timeout(STORE_TIMEOUT);
+        clients.connect(&options).unwrap();
+        clients.connect(&options.clone()).unwrap();
+        assert_eq!(clients.0.lock().unwrap().len(), 1);
+        clients
+            .connect(&options.with_timeout(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(clients.0.lock().unwrap().len(), 2);
+        // Two stores built from one S3 warehouse connect through the same clients.
+        let w = Warehouse::parse("s3://lake/ohlcv", &S3Config::default()).unwrap();
+        let Warehouse::S3 { clients, .. } = &w else {
+            unreachable!()
+        };
+        w.store().unwrap();
+        w.store().unwrap();
+        let built = clients.0.lock().unwrap().len();
+        assert!(built >= 1, "{built}");
+        w.store().unwrap();
+        assert_eq!(clients.0.lock().unwrap().len(), built);
+    }
 
     #[test]
     fn s3_locations_become_keys_of_their_bucket_only() {
