@@ -282,9 +282,9 @@ pub async fn run(cli: Cli, config: anyhow::Result<Config>) -> anyhow::Result<()>
             for tf in from_trades {
                 reports.push(one(tf).await?);
             }
-            // Rollups read only the 1m table, each writes its own: run together they use
-            // both cores, where one after another they left one idle for the last part of an
-            // attach.
+            // Rollups read only the 1m table, each writes its own: run together (their CPU
+            // part is on the blocking pool) they use both cores, where one after another they
+            // left one idle for the last part of an attach.
             for report in futures::future::join_all(rollups.into_iter().map(one)).await {
                 reports.push(report?);
             }

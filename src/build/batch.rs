@@ -152,7 +152,13 @@ pub async fn build_rollup(
                 .collect();
             let lower = read_files(storage, SOURCE, &children, window).await?;
             report.trades_read += lower.iter().map(|b| b.num_rows()).sum::<usize>();
-            let rolled = rollup(&lower, tf.micros(), 0, now_us)?;
+            // On the blocking pool: a day of children is tens of milliseconds of CPU, which
+            // would hold a runtime worker (serving, other jobs), and rollups run together get
+            // a core each.
+            let rolled =
+                tokio::task::spawn_blocking(move || rollup(&lower, tf.micros(), 0, now_us))
+                    .await
+                    .map_err(|e| crate::bars::Error::Input(format!("rollup panicked: {e}")))??;
             // Persist only parents whose children are all final and all still retained.
             let keep = parents_to_keep(&rolled, tf, source_cutoff, retained_from);
             parents.push(filter_record_batch(&rolled, &keep)?);
