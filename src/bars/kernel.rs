@@ -388,7 +388,7 @@ impl DupNumbers {
             any: false,
             text_rows: numeric < ids.len(),
         };
-        if numeric == 0 {
+        if numeric == 0 || distinct_by_runs(ids) {
             return found;
         }
         let span = hi - lo + 1;
@@ -429,6 +429,33 @@ impl DupNumbers {
             None => self.set.contains(&id),
         }
     }
+}
+
+/// Whether the numeric ids cannot repeat, found in one pass without a set: they rise strictly
+/// within runs (an exchange's ids in time order, file after file) whose spans do not overlap.
+/// Input in no such order gives up after a few runs and is left to the set.
+fn distinct_by_runs(ids: &[u64]) -> bool {
+    let most = ids.len() / 64 + 8;
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut run: Option<(u64, u64)> = None;
+    for &id in ids {
+        if id & TEXT != 0 {
+            continue;
+        }
+        match &mut run {
+            Some((_, hi)) if id > *hi => *hi = id,
+            _ => {
+                runs.extend(run.take());
+                if runs.len() >= most {
+                    return false;
+                }
+                run = Some((id, id));
+            }
+        }
+    }
+    runs.extend(run);
+    runs.sort_unstable();
+    runs.windows(2).all(|w| w[0].1 < w[1].0)
 }
 
 pub(super) fn itoa_buf() -> [u8; 20] {
@@ -604,6 +631,29 @@ mod tests {
         for x in values {
             assert_eq!(fix(x), (x * SCALE) as i128, "{x:e}");
         }
+    }
+
+    #[test]
+    fn ids_rising_in_disjoint_runs_are_distinct_and_anything_else_goes_to_the_set() {
+        // Two files of one series, the later one first; text ids are not numbers.
+        assert!(distinct_by_runs(&[50, 51, 60, 10, 12, TEXT | 3, 20]));
+        assert!(distinct_by_runs(&[]));
+        // Runs whose spans overlap may repeat an id, and then do.
+        assert!(!distinct_by_runs(&[10, 20, 15, 30]));
+        assert!(!distinct_by_runs(&[10, 11, 11]));
+        assert!(!distinct_by_runs(&[7, 8, 7]));
+        // Ids in no order give up on runs; the set still finds exactly the repeats.
+        let shuffled: Vec<u64> = (0..1000u64).map(|i| (i * 7919) % 1000).collect();
+        assert!(!distinct_by_runs(&shuffled));
+        let found = DupNumbers::find(&shuffled);
+        assert!(!found.any);
+        let mut repeated = shuffled.clone();
+        repeated.push(421);
+        let found = DupNumbers::find(&repeated);
+        assert!(found.any && found.contains(421) && !found.contains(420));
+        // Rising runs that overlap: the repeat is found, the rest are not taken for repeats.
+        let found = DupNumbers::find(&[1, 5, 9, 2, 5, 8]);
+        assert!(found.any && found.contains(5) && !found.contains(9));
     }
 
     type T<'a> = (&'a str, &'a str, &'a str, i64, f64, f64, Option<&'a str>);

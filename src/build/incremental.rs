@@ -302,7 +302,9 @@ pub(super) async fn finish(
         .iter()
         .filter(|f| bar_ranges.iter().any(|r| f.may_overlap(kind, r)))
         .collect();
+    let listed = started.elapsed();
     let existing = read_files_in(storage, kind, &bar_files, &bar_ranges).await?;
+    let read_back = started.elapsed() - listed;
     let gone = match plan.deletes {
         true => bars_left_without_trades(&existing, computed, |e, s, w| plan.in_scope(e, s, w)),
         false => HashSet::new(),
@@ -339,6 +341,9 @@ pub(super) async fn finish(
     }
     tracing::debug!(
         timeframe = %tf,
+        listed_ms = listed.as_millis() as u64,
+        read_back_files = bar_files.len(),
+        read_back_ms = read_back.as_millis() as u64,
         diff_ms = diffed.as_millis() as u64,
         commit_ms = (started.elapsed() - diffed).as_millis() as u64,
         bars = written,
@@ -419,6 +424,10 @@ fn bars_left_without_trades(
     computed: &RecordBatch,
     in_scope: impl Fn(&str, &str, i64) -> bool,
 ) -> HashSet<BarKey> {
+    // A first attach's chunks have nothing stored: no set of what they produced.
+    if existing.iter().all(|b| b.num_rows() == 0) {
+        return HashSet::new();
+    }
     let produced: HashSet<(&str, &str, i64)> = bar_keys(computed).collect();
     existing
         .iter()
