@@ -23,9 +23,11 @@ const MI_PURGE_DELAY_DEFAULT_MS: std::ffi::c_long = 1000;
 /// Freed pages go back to the kernel after this long (mimalloc 2's default)...
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 /// ...or this long with a build budget of `ROOMY_BUDGET_MB` or more: a chunked build frees
-/// and refills its buffers every chunk, and faulting them in again cost about 10 % of a first
-/// attach (benches/README.md, issue 24); the peak stays under the budget either way.
-const ROOMY_PURGE_DELAY_MS: std::ffi::c_long = 250;
+/// and refills its buffers every chunk (a chunk takes about half a second there), and faulting
+/// them in again cost about 10 % of a first attach at 250 ms (1.2 M faults for 50 M trades,
+/// 0.47 M at 2 s; benches/README.md, issue 24). The peak stays under the budget either way
+/// (50 M trades, 1 GB: 680 MB at 250 ms, 775 MB at 2 s).
+const ROOMY_PURGE_DELAY_MS: std::ffi::c_long = 2000;
 const ROOMY_BUDGET_MB: u64 = 1024;
 
 fn return_freed_memory_promptly(build_memory_mb: Option<u64>) {

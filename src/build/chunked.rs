@@ -252,7 +252,8 @@ async fn compute(
     Ok(bars)
 }
 
-/// Commits `pending` for each plan, one table after another; what each plan's commit did.
+/// Commits `pending` for each plan, the tables at once (each has its own commit turn, and a
+/// commit is mostly waiting on the store); what each plan's commit did.
 async fn commit(
     writer: &TableWriter,
     plans: &[Plan],
@@ -261,17 +262,19 @@ async fn commit(
     now_us: i64,
 ) -> Result<Option<(u64, Vec<BuildReport>)>> {
     let Some(p) = pending else { return Ok(None) };
-    let mut reports = Vec::with_capacity(plans.len());
-    for ((plan, bars), (ranges, last)) in
-        plans.iter().zip(&p.bars).zip(p.ranges.iter().zip(last_of))
-    {
-        reports.push(match bars {
-            Some(bars) => {
-                finish(writer, plan, bars, ranges, *last == Some(p.chunk), now_us).await?
+    let commits = plans
+        .iter()
+        .zip(&p.bars)
+        .zip(p.ranges.iter().zip(last_of))
+        .map(|((plan, bars), (ranges, last))| async move {
+            match bars {
+                Some(bars) => {
+                    finish(writer, plan, bars, ranges, *last == Some(p.chunk), now_us).await
+                }
+                None => Ok(BuildReport::default()),
             }
-            None => BuildReport::default(),
         });
-    }
+    let reports = futures::future::try_join_all(commits).await?;
     tracing::debug!(chunk = p.chunk + 1, "chunk committed");
     Ok(Some((p.rows, reports)))
 }

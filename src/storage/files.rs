@@ -392,7 +392,7 @@ pub async fn read_data_file_as(
     path: &str,
 ) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
-    read_data_file_each(store, table, target, path, None, |b| {
+    read_data_file_each(store, table, target, path, None, None, |b| {
         out.push(b);
         Ok::<_, Error>(())
     })
@@ -401,16 +401,22 @@ pub async fn read_data_file_as(
 }
 
 /// As [`read_data_file_as`], handing each batch to `each` as it is decoded, so a caller that
-/// keeps part of a file never holds all of it.
+/// keeps part of a file never holds all of it. `size` (a manifest's `file_size_in_bytes`)
+/// lets the footer come in one bounded request.
 pub async fn read_data_file_each<E: From<Error>>(
     store: &Arc<dyn ObjectStore>,
     table: &str,
     target: &SchemaRef,
     path: &str,
+    size: Option<u64>,
     batch_rows: Option<usize>,
     mut each: impl FnMut(RecordBatch) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
-    let mut reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path));
+    let mut reader = ParquetObjectReader::new(Arc::clone(store), super::warehouse::key(path))
+        .with_footer_size_hint(FOOTER_HINT);
+    if let Some(size) = size.filter(|s| *s > 0) {
+        reader = reader.with_file_size(size);
+    }
     let metadata = ArrowReaderMetadata::load_async(&mut reader, Default::default())
         .await
         .map_err(Error::from)?;
@@ -438,9 +444,18 @@ pub async fn read_data_file_each<E: From<Error>>(
     let mut stream = builder.build().map_err(Error::from)?;
     while let Some(batch) = stream.try_next().await.map_err(Error::from)? {
         each(conform_columns(table, target, path, &batch)?)?;
+        // Decoding a fetched row group never waits, so without a yield one task decodes it
+        // whole on its worker while the I/O beside it (a build's commits, the next fetches,
+        // the connections' own tasks) waits behind: it stretched a first attach's commits
+        // five-fold. A yield lets the worker poll the driver between batches.
+        tokio::task::yield_now().await;
     }
     Ok(())
 }
+
+/// Bytes fetched from a file's end for its footer: one request instead of two (its length,
+/// then its metadata) for the footers of our files and of usual foreign ones.
+const FOOTER_HINT: usize = 64 << 10;
 
 /// The file's schema with the text columns that `target` takes as dictionaries asked for as
 /// such; `None` when there are none.

@@ -51,16 +51,25 @@ pub async fn read_files_in(
                 let mut out = Vec::new();
                 let mut offset = 0;
                 let target = kind.arrow_schema()?;
-                read_data_file_each(&store, &kind.name(), &target, file.path(), None, |batch| {
-                    let rows = batch.num_rows();
-                    let batch = without_row_deletes_at(&file, batch, offset)?;
-                    offset += rows;
-                    let kept = keep_in(&batch, time_column(kind, &batch)?, &ranges)?;
-                    if kept.num_rows() > 0 {
-                        out.push(kept);
-                    }
-                    Ok::<_, super::error::Error>(())
-                })
+                let size = u64::try_from(file.size()).ok();
+                read_data_file_each(
+                    &store,
+                    &kind.name(),
+                    &target,
+                    file.path(),
+                    size,
+                    None,
+                    |batch| {
+                        let rows = batch.num_rows();
+                        let batch = without_row_deletes_at(&file, batch, offset)?;
+                        offset += rows;
+                        let kept = keep_in(&batch, time_column(kind, &batch)?, &ranges)?;
+                        if kept.num_rows() > 0 {
+                            out.push(kept);
+                        }
+                        Ok::<_, super::error::Error>(())
+                    },
+                )
                 .await?;
                 Ok::<_, super::error::Error>(out)
             }

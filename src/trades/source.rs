@@ -189,23 +189,32 @@ pub async fn read_trades_in(
             let mut out = Vec::new();
             let mut skipped = Skipped::default();
             let mut offset = 0;
-            read_data_file_each(&store, &name, &target, file.path(), batch_rows, |batch| {
-                let rows_in_file = batch.num_rows();
-                let batch = match &file.deleted {
-                    Some(deleted) => without_deleted(batch, offset, deleted)?,
-                    None => batch,
-                };
-                let batch = crate::storage::equality::without_equal(batch, &file.equality)?;
-                let checked = map_batch(&source, &batch, offset, read_at, for_kernel)
-                    .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
-                offset += rows_in_file;
-                skipped.add(file.path(), &checked);
-                let rows = in_ranges(checked.rows, &ranges)?;
-                if rows.num_rows() > 0 {
-                    out.push(rows);
-                }
-                Ok::<_, Error>(())
-            })
+            let size = u64::try_from(file.size()).ok();
+            read_data_file_each(
+                &store,
+                &name,
+                &target,
+                file.path(),
+                size,
+                batch_rows,
+                |batch| {
+                    let rows_in_file = batch.num_rows();
+                    let batch = match &file.deleted {
+                        Some(deleted) => without_deleted(batch, offset, deleted)?,
+                        None => batch,
+                    };
+                    let batch = crate::storage::equality::without_equal(batch, &file.equality)?;
+                    let checked = map_batch(&source, &batch, offset, read_at, for_kernel)
+                        .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
+                    offset += rows_in_file;
+                    skipped.add(file.path(), &checked);
+                    let rows = in_ranges(checked.rows, &ranges)?;
+                    if rows.num_rows() > 0 {
+                        out.push(rows);
+                    }
+                    Ok::<_, Error>(())
+                },
+            )
             .await?;
             Ok::<_, Error>((out, skipped))
         })
