@@ -252,8 +252,10 @@ async fn compute(
     Ok(bars)
 }
 
-/// Commits `pending` for each plan, the tables at once (each has its own commit turn, and a
-/// commit is mostly waiting on the store); what each plan's commit did.
+/// Commits `pending` for each plan, one table after another; what each plan's commit did.
+/// Not at once: with the 5m commit free to land before or beside the 1m one, a replica
+/// following the builder dropped cached series the commits did not change (tests/cluster.rs
+/// failed 2 runs in 12; 0 in 12 in order). Why is not yet understood.
 async fn commit(
     writer: &TableWriter,
     plans: &[Plan],
@@ -262,19 +264,17 @@ async fn commit(
     now_us: i64,
 ) -> Result<Option<(u64, Vec<BuildReport>)>> {
     let Some(p) = pending else { return Ok(None) };
-    let commits = plans
-        .iter()
-        .zip(&p.bars)
-        .zip(p.ranges.iter().zip(last_of))
-        .map(|((plan, bars), (ranges, last))| async move {
-            match bars {
-                Some(bars) => {
-                    finish(writer, plan, bars, ranges, *last == Some(p.chunk), now_us).await
-                }
-                None => Ok(BuildReport::default()),
+    let mut reports = Vec::with_capacity(plans.len());
+    for ((plan, bars), (ranges, last)) in
+        plans.iter().zip(&p.bars).zip(p.ranges.iter().zip(last_of))
+    {
+        reports.push(match bars {
+            Some(bars) => {
+                finish(writer, plan, bars, ranges, *last == Some(p.chunk), now_us).await?
             }
+            None => BuildReport::default(),
         });
-    let reports = futures::future::try_join_all(commits).await?;
+    }
     tracing::debug!(chunk = p.chunk + 1, "chunk committed");
     Ok(Some((p.rows, reports)))
 }

@@ -220,21 +220,34 @@ impl TableWriter {
         };
         for (partition, (indices, removed)) in work {
             let new_rows = take_record_batch(&rows, &UInt32Array::from(indices))?;
-            let mut keys = bar_keys(&new_rows)?;
-            if keys.len() != new_rows.num_rows() {
+            if repeats_a_key(&new_rows)? {
                 discard(&store, &change.add).await;
                 return Err(Error::InvalidData {
                     table: kind.name(),
                     reason: "the rows to upsert repeat a key".to_string(),
                 });
             }
-            keys.extend(removed);
-            let (lo, hi) = key_time_bounds(&keys);
+            let (lo, hi) = key_time_bounds(&new_rows, &removed)?;
+            let stored: Vec<&LiveFile> = listing
+                .files
+                .iter()
+                .filter(|f| {
+                    f.partition(kind) == Some(partition)
+                        && f.may_overlap(kind, &TimeRange::new(Some(lo), Some(hi + 1)))
+                })
+                .collect();
+            // The keys are only needed to find the stored rows replaced, and a first attach
+            // has none: its chunks skip a set of every bar's key.
+            let keys = match stored.is_empty() {
+                true => HashSet::new(),
+                false => {
+                    let mut keys = bar_keys(&new_rows)?;
+                    keys.extend(removed);
+                    keys
+                }
+            };
             let mut merged = vec![new_rows];
-            for file in listing.files.iter().filter(|f| {
-                f.partition(kind) == Some(partition)
-                    && f.may_overlap(kind, &TimeRange::new(Some(lo), Some(hi + 1)))
-            }) {
+            for file in stored {
                 let old = read_data_file(&store, kind, file.path()).await?;
                 if old.is_empty() {
                     continue;
@@ -454,10 +467,33 @@ fn bar_keys(batch: &RecordBatch) -> Result<HashSet<BarKey>> {
         .collect())
 }
 
-fn key_time_bounds(keys: &HashSet<BarKey>) -> (i64, i64) {
-    let lo = keys.iter().map(|k| k.2).min().unwrap_or(i64::MIN);
-    let hi = keys.iter().map(|k| k.2).max().unwrap_or(i64::MAX);
-    (lo, hi)
+/// Whether two rows share a bar key. Bars come from the kernel in key order, which one pass
+/// confirms; only other input is hashed.
+fn repeats_a_key(batch: &RecordBatch) -> Result<bool> {
+    let kind = TableKind::Bars(crate::timeframe::Timeframe::M1);
+    let exchange = string_column(batch, "exchange")?;
+    let symbol = string_column(batch, "symbol")?;
+    let ts = time_column(kind, batch)?;
+    let key = |i: usize| (exchange.value(i), symbol.value(i), ts.value(i));
+    if (1..batch.num_rows()).all(|i| key(i - 1) < key(i)) {
+        return Ok(false);
+    }
+    let mut seen = HashSet::with_capacity(batch.num_rows());
+    Ok(!(0..batch.num_rows()).all(|i| seen.insert(key(i))))
+}
+
+/// The first and last bar time among `batch`'s rows and `removed`.
+fn key_time_bounds(batch: &RecordBatch, removed: &HashSet<BarKey>) -> Result<(i64, i64)> {
+    let ts = time_column(TableKind::Bars(crate::timeframe::Timeframe::M1), batch)?;
+    let times = || {
+        ts.values()
+            .iter()
+            .copied()
+            .chain(removed.iter().map(|k| k.2))
+    };
+    let lo = times().min().unwrap_or(i64::MIN);
+    let hi = times().max().unwrap_or(i64::MAX);
+    Ok((lo, hi))
 }
 
 fn not_in_keys(batch: &RecordBatch, keys: &HashSet<BarKey>) -> Result<BooleanArray> {
@@ -486,4 +522,57 @@ fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArr
             table: "bars".to_string(),
             reason: format!("missing string column {name}"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::TimestampMicrosecondArray;
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    fn keys(rows: &[(&str, &str, i64)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("exchange", DataType::Utf8, false),
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                false,
+            ),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn repeated_keys_are_found_in_key_order_and_out_of_it() {
+        let sorted = [("a", "X", 1), ("a", "X", 2), ("a", "Y", 1), ("b", "X", 0)];
+        assert!(!repeats_a_key(&keys(&sorted)).unwrap());
+        let shuffled = [("b", "X", 0), ("a", "X", 2), ("a", "Y", 1), ("a", "X", 1)];
+        assert!(!repeats_a_key(&keys(&shuffled)).unwrap());
+        let sorted_repeat = [("a", "X", 1), ("a", "X", 1), ("b", "X", 0)];
+        assert!(repeats_a_key(&keys(&sorted_repeat)).unwrap());
+        let shuffled_repeat = [("b", "X", 0), ("a", "X", 1), ("b", "X", 0)];
+        assert!(repeats_a_key(&keys(&shuffled_repeat)).unwrap());
+        assert!(!repeats_a_key(&keys(&[])).unwrap());
+    }
+
+    #[test]
+    fn time_bounds_cover_the_rows_and_the_keys_removed() {
+        let batch = keys(&[("a", "X", 60), ("a", "Y", 0), ("b", "X", 120)]);
+        assert_eq!(key_time_bounds(&batch, &HashSet::new()).unwrap(), (0, 120));
+        let removed = HashSet::from([("a".to_string(), "X".to_string(), 600)]);
+        assert_eq!(key_time_bounds(&batch, &removed).unwrap(), (0, 600));
+        let removed_only = key_time_bounds(&keys(&[]), &removed).unwrap();
+        assert_eq!(removed_only, (600, 600));
+    }
 }
