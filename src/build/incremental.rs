@@ -284,6 +284,7 @@ pub(super) async fn finish(
     computed: &RecordBatch,
     ranges: &[(i64, i64)],
     last: bool,
+    nothing_stored: bool,
     now_us: i64,
 ) -> Result<BuildReport> {
     let storage = writer.storage();
@@ -295,15 +296,25 @@ pub(super) async fn finish(
         .iter()
         .map(|(s, e)| TimeRange::new(Some(*s), Some(*e)))
         .collect();
-    let bars_table = storage.table(kind).await?;
-    let bar_listing = Listing::read(&bars_table, kind, None, TimeRange::ALL).await?;
-    let bar_files: Vec<&LiveFile> = bar_listing
-        .files
-        .iter()
-        .filter(|f| bar_ranges.iter().any(|r| f.may_overlap(kind, r)))
-        .collect();
-    let listed = started.elapsed();
-    let existing = read_files_in(storage, kind, &bar_files, &bar_ranges).await?;
+    // With nothing stored in range (the caller knows: every chunk of a first attach after
+    // the first), the table is neither loaded nor listed here; the upsert lists it anyway.
+    let mut read_back_files = 0;
+    let (existing, listed) = match nothing_stored {
+        true => (Vec::new(), started.elapsed()),
+        false => {
+            let bars_table = storage.table(kind).await?;
+            let bar_listing = Listing::read(&bars_table, kind, None, TimeRange::ALL).await?;
+            let bar_files: Vec<&LiveFile> = bar_listing
+                .files
+                .iter()
+                .filter(|f| bar_ranges.iter().any(|r| f.may_overlap(kind, r)))
+                .collect();
+            read_back_files = bar_files.len();
+            let listed = started.elapsed();
+            let existing = read_files_in(storage, kind, &bar_files, &bar_ranges).await?;
+            (existing, listed)
+        }
+    };
     let read_back = started.elapsed() - listed;
     let gone = match plan.deletes {
         true => bars_left_without_trades(&existing, computed, |e, s, w| plan.in_scope(e, s, w)),
@@ -342,7 +353,7 @@ pub(super) async fn finish(
     tracing::debug!(
         timeframe = %tf,
         listed_ms = listed.as_millis() as u64,
-        read_back_files = bar_files.len(),
+        read_back_files,
         read_back_ms = read_back.as_millis() as u64,
         diff_ms = diffed.as_millis() as u64,
         commit_ms = (started.elapsed() - diffed).as_millis() as u64,
