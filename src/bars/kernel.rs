@@ -105,10 +105,7 @@ pub fn compute_bars_each(
     let ordered = order(&InMemory {
         runs: batches.chunks(chunk).collect(),
     })?;
-    tfs_us
-        .iter()
-        .map(|tf_us| bars_of(&ordered, *tf_us, built_at))
-        .collect()
+    bars_each(&ordered, tfs_us, built_at)
 }
 
 /// Refuses a window length that is not positive (every kernel divides by it).
@@ -123,6 +120,12 @@ pub(super) fn positive_window(us: i64) -> Result<()> {
 
 /// Aggregates trades in series order (see `order`) into bars of `tf_us`.
 pub(super) fn bars_of(ordered: &Ordered, tf_us: i64, built_at: i64) -> Result<RecordBatch> {
+    let mut bars = bars_each(ordered, &[tf_us], built_at)?;
+    Ok(bars.pop().expect("one window length, one result"))
+}
+
+/// As [`bars_of`], for each of `tfs_us`.
+fn bars_each(ordered: &Ordered, tfs_us: &[i64], built_at: i64) -> Result<Vec<RecordBatch>> {
     let texts = &ordered.texts;
     let trades = Trades {
         ids: texts
@@ -132,8 +135,11 @@ pub(super) fn bars_of(ordered: &Ordered, tf_us: i64, built_at: i64) -> Result<Re
         offsets: texts.iter().map(|(first, _)| *first).collect(),
         o: ordered,
     };
-    let bars = trades.aggregate(tf_us);
-    trades.to_batch(&bars, tf_us, built_at)
+    let bars = trades.aggregate(tfs_us);
+    bars.iter()
+        .zip(tfs_us)
+        .map(|(bars, tf_us)| trades.to_batch(bars, *tf_us, built_at))
+        .collect()
 }
 
 /// Trades in series order (each series' rows contiguous, so aggregation reads memory
@@ -168,30 +174,78 @@ impl<'a> Trades<'a> {
         self.id_text(a).cmp(&self.id_text(b))
     }
 
-    fn aggregate(&self, tf_us: i64) -> Vec<Bar> {
+    /// Bars for each of `tfs_us` (in that order), each series on one core.
+    fn aggregate(&self, tfs_us: &[i64]) -> Vec<Vec<Bar>> {
         let starts = &self.o.starts;
         let ranges = balanced(starts, threads(self.o.ts.len()));
-        on_threads(ranges, |range| {
-            let mut out = Vec::new();
+        let parts = on_threads(ranges, |range| {
+            let mut out: Vec<Vec<Bar>> = tfs_us.iter().map(|_| Vec::new()).collect();
             for s in range {
-                self.aggregate_series(s as u32, starts[s]..starts[s + 1], tf_us, &mut out);
+                self.aggregate_series(s as u32, starts[s]..starts[s + 1], tfs_us, &mut out);
             }
             out
-        })
-        .into_iter()
-        .flatten()
-        .collect()
+        });
+        let mut all: Vec<Vec<Bar>> = tfs_us.iter().map(|_| Vec::new()).collect();
+        for part in parts {
+            for (into, bars) in all.iter_mut().zip(part) {
+                into.extend(bars);
+            }
+        }
+        all
     }
 
+    /// One series' bars for each of `tfs_us` into `out`. The series is deduplicated once;
+    /// a window length that is a multiple of the first is merged from the first's
+    /// aggregates instead of adding every trade again (exact: the sums are fixed-point, and
+    /// open and close compare time and id as adding does), any other one from the trades.
     fn aggregate_series(
         &self,
         series: u32,
         rows: std::ops::Range<usize>,
-        tf_us: i64,
-        out: &mut Vec<Bar>,
+        tfs_us: &[i64],
+        out: &mut [Vec<Bar>],
     ) {
         let keep = self.dedupe(rows.clone());
-        let kept = |p: usize| keep.as_ref().is_none_or(|k| k[p - rows.start]);
+        let base = tfs_us[0];
+        let windows = self.windows(rows.clone(), keep.as_deref(), base);
+        for (tf_us, out) in tfs_us.iter().zip(out.iter_mut()) {
+            if *tf_us == base {
+                out.extend(windows.iter().map(|(w, acc)| acc.finish(series, *w)));
+            } else if tf_us % base == 0 {
+                let ratio = tf_us / base;
+                let mut parent: Option<(i64, Acc<usize>)> = None;
+                for (w, acc) in &windows {
+                    let p = w.div_euclid(ratio);
+                    match &mut parent {
+                        Some((at, merged)) if *at == p => {
+                            merged.merge(acc, |a, b| self.id_cmp(*a, *b))
+                        }
+                        _ => {
+                            if let Some((at, merged)) = parent.take() {
+                                out.push(merged.finish(series, at));
+                            }
+                            parent = Some((p, *acc));
+                        }
+                    }
+                }
+                if let Some((at, merged)) = parent {
+                    out.push(merged.finish(series, at));
+                }
+            } else {
+                let own = self.windows(rows.clone(), keep.as_deref(), *tf_us);
+                out.extend(own.iter().map(|(w, acc)| acc.finish(series, *w)));
+            }
+        }
+    }
+
+    /// The aggregates of one series' kept trades by window index of `tf_us`, in window order.
+    fn windows(
+        &self,
+        rows: std::ops::Range<usize>,
+        keep: Option<&[bool]>,
+        tf_us: i64,
+    ) -> Vec<(i64, Acc<usize>)> {
+        let kept = |p: usize| keep.is_none_or(|k| k[p - rows.start]);
         let (mut wmin, mut wmax) = (i64::MAX, i64::MIN);
         for p in rows.clone() {
             if kept(p) {
@@ -201,7 +255,7 @@ impl<'a> Trades<'a> {
             }
         }
         if wmin > wmax {
-            return;
+            return Vec::new();
         }
         let span = (wmax - wmin) as u128 + 1;
         if span <= (4 * rows.len() + 1024) as u128 {
@@ -212,11 +266,10 @@ impl<'a> Trades<'a> {
                     self.add(&mut accs[(w - wmin) as usize], p);
                 }
             }
-            for (offset, acc) in accs.into_iter().enumerate() {
-                if let Some(acc) = acc {
-                    out.push(acc.finish(series, wmin + offset as i64));
-                }
-            }
+            accs.into_iter()
+                .enumerate()
+                .filter_map(|(offset, acc)| acc.map(|a| (wmin + offset as i64, a)))
+                .collect()
         } else {
             let mut accs: FxHashMap<i64, Option<Acc<usize>>> = FxHashMap::default();
             for p in rows.clone() {
@@ -225,13 +278,12 @@ impl<'a> Trades<'a> {
                     self.add(accs.entry(w).or_default(), p);
                 }
             }
-            let mut windows: Vec<_> = accs.into_iter().collect();
+            let mut windows: Vec<(i64, Acc<usize>)> = accs
+                .into_iter()
+                .filter_map(|(w, acc)| acc.map(|a| (w, a)))
+                .collect();
             windows.sort_unstable_by_key(|(w, _)| *w);
-            out.extend(
-                windows
-                    .into_iter()
-                    .filter_map(|(w, acc)| acc.map(|a| a.finish(series, w))),
-            );
+            windows
         }
     }
 
@@ -548,6 +600,31 @@ impl<P> Acc<P> {
         self.count += 1;
     }
 
+    /// Adds the trades `other` aggregated (of a window inside this one); `cmp` as for `add`.
+    pub fn merge(&mut self, other: &Acc<P>, cmp: impl Fn(&P, &P) -> Ordering)
+    where
+        P: Clone,
+    {
+        if other.open_ts < self.open_ts
+            || (other.open_ts == self.open_ts && cmp(&other.open_pos, &self.open_pos).is_lt())
+        {
+            (self.open_pos, self.open_ts, self.open) =
+                (other.open_pos.clone(), other.open_ts, other.open);
+        }
+        if other.close_ts > self.close_ts
+            || (other.close_ts == self.close_ts && cmp(&other.close_pos, &self.close_pos).is_gt())
+        {
+            (self.close_pos, self.close_ts, self.close) =
+                (other.close_pos.clone(), other.close_ts, other.close);
+        }
+        self.high = self.high.max(other.high);
+        self.low = self.low.min(other.low);
+        self.volume += other.volume;
+        self.quote += other.quote;
+        self.buy += other.buy;
+        self.count += other.count;
+    }
+
     pub fn finish(&self, series: u32, window: i64) -> Bar {
         Bar {
             series,
@@ -766,6 +843,42 @@ mod tests {
             assert!(one.num_rows() > 0);
         }
         assert_ne!(each[1].num_rows(), each[0].num_rows());
+    }
+
+    #[test]
+    fn longer_windows_merged_from_the_first_equal_windows_aggregated_from_trades() {
+        // Three series, bursts of trades at one instant, ids in no order (some text, some
+        // repeated with other content), windows that are and are not multiples of the first.
+        let ids: Vec<String> = (0..3000)
+            .map(|i| match i % 11 {
+                0 => format!("t-{}", i % 400),
+                1 => format!("{}", (i * 37) % 900),
+                _ => format!("{}", 10_000 + (i * 7919) % 2999),
+            })
+            .collect();
+        let rows: Vec<T> = (0..3000)
+            .map(|i| {
+                let symbol = ["A", "B", "C"][i % 3];
+                let ts = ((i as i64 * 104_729) % 7_200) / 3 * 1_500_000 - 3_600_000_000;
+                let price = 1.0 + ((i * 31) % 97) as f64 * 0.013;
+                let qty = 0.01 * (1 + (i * 13) % 29) as f64;
+                let side = [Some("buy"), Some("sell"), None][i % 3];
+                ("x", symbol, ids[i].as_str(), ts, price, qty, side)
+            })
+            .collect();
+        let input: Vec<RecordBatch> = rows.chunks(413).map(trades).collect();
+        let lengths = [
+            60_000_000,
+            300_000_000,
+            90_000_000,
+            3_600_000_000,
+            7_000_000,
+        ];
+        let each = compute_bars_each(&input, &lengths, 0).unwrap();
+        for (one, tf_us) in each.iter().zip(lengths) {
+            assert_eq!(one, &compute_bars_us(&input, tf_us, 0).unwrap(), "{tf_us}");
+            assert!(one.num_rows() > 0);
+        }
     }
 
     #[test]
