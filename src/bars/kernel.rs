@@ -126,6 +126,10 @@ pub(super) fn bars_of(ordered: &Ordered, tf_us: i64, built_at: i64) -> Result<Re
 
 /// As [`bars_of`], for each of `tfs_us`.
 fn bars_each(ordered: &Ordered, tfs_us: &[i64], built_at: i64) -> Result<Vec<RecordBatch>> {
+    // A build whose plans all take some rows only asks for no length at all.
+    if tfs_us.is_empty() {
+        return Ok(Vec::new());
+    }
     let texts = &ordered.texts;
     let trades = Trades {
         ids: texts
@@ -867,6 +871,7 @@ mod tests {
             })
             .collect();
         let input: Vec<RecordBatch> = rows.chunks(413).map(trades).collect();
+        assert!(compute_bars_each(&input, &[], 0).unwrap().is_empty());
         let lengths = [
             60_000_000,
             300_000_000,
