@@ -26,7 +26,7 @@ const PURGE_DELAY_MS: std::ffi::c_long = 10;
 /// and refills its buffers every chunk (a chunk takes about half a second there), and faulting
 /// them in again cost about 10 % of a first attach at 250 ms (1.2 M faults for 50 M trades,
 /// 0.47 M at 2 s; benches/README.md, issue 24). The peak stays under the budget either way
-/// (50 M trades, 1 GB: 680 MB at 250 ms, 775 MB at 2 s).
+/// (50 M trades, 1 GB: 680 MB at 250 ms, 750-830 MB at 2 s).
 const ROOMY_PURGE_DELAY_MS: std::ffi::c_long = 2000;
 const ROOMY_BUDGET_MB: u64 = 1024;
 
