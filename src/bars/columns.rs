@@ -99,11 +99,15 @@ impl<'a> Strings<'a> {
             DataType::Utf8View => Strings::View(array.as_string_view()),
             DataType::Dictionary(_, _) => {
                 let dict = array.as_any_dictionary();
-                // Null slots may hold any key: borrow the keys only when all are in range (as
-                // `normalized_keys` guarantees for the copy).
+                // A dictionary array's valid slots always hold keys in range (its constructor
+                // checks them), but null slots may hold any key: with nulls, borrow the keys
+                // only when all are in range (as `normalized_keys` guarantees for the copy).
                 let len = dict.values().len();
                 let keys = match array.as_dictionary_opt::<Int32Type>() {
-                    Some(d) if d.keys().values().iter().all(|&k| (k as u32 as usize) < len) => {
+                    Some(d)
+                        if d.keys().null_count() == 0
+                            || d.keys().values().iter().all(|&k| (k as u32 as usize) < len) =>
+                    {
                         DictKeys::I32(d.keys().values())
                     }
                     _ => DictKeys::Other(dict.normalized_keys()),

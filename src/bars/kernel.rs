@@ -76,7 +76,7 @@ pub(crate) fn fix(x: f64) -> i128 {
 
 #[inline]
 pub(crate) fn unfix(v: i128) -> f64 {
-    v as f64 / SCALE
+    crate::trades::normalize::i128_to_f64(v) / SCALE
 }
 
 /// Computes the bars of `tf` for every window that holds at least one of `batches`' trades.
@@ -250,23 +250,25 @@ impl<'a> Trades<'a> {
         tf_us: i64,
     ) -> Vec<(i64, Acc<usize>)> {
         let kept = |p: usize| keep.is_none_or(|k| k[p - rows.start]);
-        let (mut wmin, mut wmax) = (i64::MAX, i64::MIN);
+        // Window indexes rise with time: the extreme times give the extreme windows.
+        let (mut tmin, mut tmax) = (i64::MAX, i64::MIN);
         for p in rows.clone() {
             if kept(p) {
-                let w = self.o.ts[p].div_euclid(tf_us);
-                wmin = wmin.min(w);
-                wmax = wmax.max(w);
+                tmin = tmin.min(self.o.ts[p]);
+                tmax = tmax.max(self.o.ts[p]);
             }
         }
-        if wmin > wmax {
+        if tmin > tmax {
             return Vec::new();
         }
+        let (wmin, wmax) = (tmin.div_euclid(tf_us), tmax.div_euclid(tf_us));
+        let mut window = WindowOf::new(tf_us);
         let span = (wmax - wmin) as u128 + 1;
         if span <= (4 * rows.len() + 1024) as u128 {
             let mut accs: Vec<Option<Acc<usize>>> = vec![None; span as usize];
             for p in rows.clone() {
                 if kept(p) {
-                    let w = self.o.ts[p].div_euclid(tf_us);
+                    let w = window.of(self.o.ts[p]);
                     self.add(&mut accs[(w - wmin) as usize], p);
                 }
             }
@@ -278,7 +280,7 @@ impl<'a> Trades<'a> {
             let mut accs: FxHashMap<i64, Option<Acc<usize>>> = FxHashMap::default();
             for p in rows.clone() {
                 if kept(p) {
-                    let w = self.o.ts[p].div_euclid(tf_us);
+                    let w = window.of(self.o.ts[p]);
                     self.add(accs.entry(w).or_default(), p);
                 }
             }
@@ -413,6 +415,41 @@ pub(super) fn bar_batch(
         TableKind::Bars(Timeframe::M1).arrow_schema()?,
         columns,
     )?)
+}
+
+/// `ts.div_euclid(tf_us)`, remembering the last window's bounds: a series' trades mostly come
+/// in time order, so most rows fall in the window of the row before and cost two comparisons
+/// instead of a 64-bit division (the largest part of aggregating).
+struct WindowOf {
+    tf_us: i64,
+    window: i64,
+    start: i64,
+    end: i64,
+}
+
+impl WindowOf {
+    fn new(tf_us: i64) -> WindowOf {
+        // An empty range: the first row computes its window.
+        WindowOf {
+            tf_us,
+            window: 0,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    #[inline]
+    fn of(&mut self, ts: i64) -> i64 {
+        if ts < self.start || ts >= self.end {
+            self.window = ts.div_euclid(self.tf_us);
+            // Past either end of the range the bounds saturate: a window's start below
+            // `i64::MIN` admits every earlier time there is, and at the top `i64::MAX`
+            // itself divides again.
+            self.start = self.window.saturating_mul(self.tf_us);
+            self.end = self.window.saturating_add(1).saturating_mul(self.tf_us);
+        }
+        self.window
+    }
 }
 
 /// The numeric trade ids of one series seen more than once: a bitmap over their span when it
@@ -711,6 +748,30 @@ mod tests {
         }
         for x in values {
             assert_eq!(fix(x), (x * SCALE) as i128, "{x:e}");
+        }
+    }
+
+    #[test]
+    fn remembered_windows_equal_division_in_any_order() {
+        let mut times: Vec<i64> = vec![i64::MIN, i64::MAX, -1, 0, 1, 59_999_999, 60_000_000];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..10_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let last = *times.last().unwrap();
+            // Mostly small steps forward, sometimes back, sometimes anywhere.
+            times.push(match state % 10 {
+                0 => state as i64,
+                1 => last.saturating_sub((state >> 8) as i64 % 120_000_000),
+                _ => last.saturating_add((state >> 8) as i64 % 7_000_000),
+            });
+        }
+        for tf in [1, 7, 60_000_000, 300_000_000, 86_400_000_000] {
+            let mut window = WindowOf::new(tf);
+            for &t in &times {
+                assert_eq!(window.of(t), t.div_euclid(tf), "{t} by {tf}");
+            }
         }
     }
 

@@ -8,12 +8,12 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::chunks::{self, Chunk, FileSpan};
-use super::incremental::{finish, select, Plan, Selected};
+use super::incremental::{finish, select, time_bounds, Plan, Selected};
 use super::{coalesce, progress, BuildReport, BuildSettings, Result};
 use crate::bars::{compute_bars, compute_bars_each};
 use crate::storage::{Listing, LiveFile, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
-use crate::trades::{read_trades_in, Skipped};
+use crate::trades::read_trades_in;
 
 /// Bytes a trade takes while its chunk is held: the decoded columns (text keys and ids
 /// included), the kernel's series-ordered copy and the reader's buffers (measured with
@@ -142,7 +142,11 @@ pub(super) async fn run(
         AbortOnDropHandle::new(tokio::spawn(
             async move {
                 let files: Vec<&LiveFile> = files.iter().collect();
-                read_trades_in(&storage, &files, &ranges, now_us, true).await
+                let (trades, skipped) =
+                    read_trades_in(&storage, &files, &ranges, now_us, true).await?;
+                // Here, beside the read, rather than on the loop that computes and commits.
+                let bounds: Vec<Option<(i64, i64)>> = trades.iter().map(time_bounds).collect();
+                Ok::<_, crate::trades::Error>((trades, bounds, skipped))
             }
             .instrument(span),
         ))
@@ -155,7 +159,7 @@ pub(super) async fn run(
     for (i, chunk) in chunks.iter().enumerate() {
         let Some(reading) = next.take() else { break };
         let waited = std::time::Instant::now();
-        let (trades, skipped): (Vec<RecordBatch>, Skipped) = reading
+        let (trades, bounds, skipped) = reading
             .await
             .map_err(|e| crate::bars::Error::Input(format!("a trades read panicked: {e}")))??;
         // Time spent waiting here is the read not keeping up with building.
@@ -176,7 +180,7 @@ pub(super) async fn run(
                 continue;
             }
             plan.report.skipped_rows += skipped.count;
-            let s = select(plan, &trades)?;
+            let s = select(plan, &trades, &bounds)?;
             plan.report.trades_read += match &s {
                 Selected::All => trades.iter().map(|b| b.num_rows()).sum::<usize>(),
                 Selected::Rows(rows) => rows.iter().map(|b| b.num_rows()).sum::<usize>(),

@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use iceberg_rust::table::Table;
@@ -233,15 +233,20 @@ pub(super) enum Selected {
 
 /// The rows of `trades` in `plan`'s scope. Looks at each row's keys only in batches that reach
 /// windows outside what the plan covers as a whole (dirty windows of an incremental build).
-pub(super) fn select(plan: &Plan, trades: &[RecordBatch]) -> Result<Selected> {
+/// `bounds` are each batch's [`time_bounds`].
+pub(super) fn select(
+    plan: &Plan,
+    trades: &[RecordBatch],
+    bounds: &[Option<(i64, i64)>],
+) -> Result<Selected> {
     let tf = plan.tf;
     let mut kept: Vec<RecordBatch> = Vec::with_capacity(trades.len());
     let mut all = true;
-    for batch in trades {
+    for (batch, bounds) in trades.iter().zip(bounds) {
         let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
-        let whole = match (arrow::compute::min(ts), arrow::compute::max(ts)) {
-            (Some(lo), Some(hi)) => plan.covers(tf.window_start(lo), tf.window_start(hi)),
-            _ => true,
+        let whole = match bounds {
+            Some((lo, hi)) => plan.covers(tf.window_start(*lo), tf.window_start(*hi)),
+            None => true,
         };
         let batch = if whole {
             batch.clone()
@@ -270,6 +275,22 @@ pub(super) fn select(plan: &Plan, trades: &[RecordBatch]) -> Result<Selected> {
     Ok(match all {
         true => Selected::All,
         false => Selected::Rows(kept),
+    })
+}
+
+/// The earliest and latest trade time of a batch of normalized trades (`None` when empty),
+/// found once for every plan that selects from it.
+pub(super) fn time_bounds(batch: &RecordBatch) -> Option<(i64, i64)> {
+    let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
+    if ts.null_count() > 0 {
+        return arrow::compute::min(ts).zip(arrow::compute::max(ts));
+    }
+    // One pass for both, which the compiler vectorizes (arrow's are a pass each).
+    let values = ts.values();
+    (!values.is_empty()).then(|| {
+        values
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)))
     })
 }
 

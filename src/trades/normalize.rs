@@ -492,15 +492,35 @@ fn float_column(batch: &RecordBatch, name: &str) -> Result<Float64Array> {
         .clone())
 }
 
-/// Decimals as floats exactly as arrow's cast makes them (the unscaled integer as a float over
-/// ten to the scale), converting through `i64` where the integer fits: a decimal(18, x) price
-/// always does, and the 128-bit conversion is a software routine.
+/// Decimals as floats exactly as arrow's cast makes them: the unscaled integer as a float
+/// over ten to the scale.
 fn decimal_as_f64(array: &Decimal128Array, scale: i8) -> Float64Array {
     let divisor = 10_f64.powi(scale as i32);
-    array.unary(|x| match i64::try_from(x) {
-        Ok(small) => small as f64 / divisor,
-        Err(_) => x as f64 / divisor,
-    })
+    array.unary(|x| i128_to_f64(x) / divisor)
+}
+
+/// `v as f64` (round to nearest, ties to even) without the compiler's software routine for
+/// 128-bit integers (`__floattidf`, 2 % of a first attach's CPU: the compiler calls it for
+/// every value even behind an `i64` range check, the two arms being equal). Values that fit
+/// in `i64` convert in hardware; larger ones keep their top 64 bits, with every lower bit
+/// folded into the last one so that rounding still sees them, and scale by a power of two.
+#[inline]
+pub(crate) fn i128_to_f64(v: i128) -> f64 {
+    let low = v as i64;
+    if low as i128 == v {
+        return low as f64;
+    }
+    let magnitude = v.unsigned_abs();
+    // At least 2^63 here, so the top 64 bits hold bit 63 and the shift is at most 64.
+    let zeros = magnitude.leading_zeros();
+    let shifted = magnitude << zeros;
+    let top = (shifted >> 64) as u64 | ((shifted as u64 != 0) as u64);
+    let scaled = top as f64 * f64::from_bits(((1023 + 64 - zeros) as u64) << 52);
+    if v < 0 {
+        -scaled
+    } else {
+        scaled
+    }
 }
 
 /// `ts` as UTC microseconds. Values that cannot be represented become NULL (and are reported
@@ -562,6 +582,20 @@ mod tests {
             state ^= state << 17;
             values.push(Some((state >> (state % 40)) as i128));
             values.push(Some(-((state as i128) << (state % 50))));
+        }
+        for v in values.iter().flatten().copied().chain([
+            i128::MIN,
+            i128::MAX,
+            (1i128 << 64) + (1 << 11), // a tie at 2^64: rounds to even (down)
+            (1i128 << 64) + (1 << 11) + 1, // just past the tie: up
+            (1i128 << 64) + (3 << 11), // a tie rounding up to even
+            -((1i128 << 100) + (1 << 47)), // a tie, negative
+            -((1i128 << 100) + (1 << 47) + 1),
+            (1i128 << 63),
+            -(1i128 << 63),
+            -(1i128 << 63) - 1,
+        ]) {
+            assert_eq!(i128_to_f64(v).to_bits(), (v as f64).to_bits(), "{v}");
         }
         for scale in [0i8, 2, 8, 18, -3] {
             let decimals = Decimal128Array::from(values.clone())
