@@ -7,6 +7,7 @@
 //! | `chunked` | running 1m/5m builds and backfills chunk by chunk, one read for both |
 //! | `progress` | the running chunked build's chunks, rate and time left |
 //! | `batch` | 30m, 1h and 1d by partition, rolled up from 1m |
+//! | `children` | the 1m days rollups run together read once |
 //! | `changes` | files a source's snapshots added and removed since a build consumed it |
 //! | `compact` | merging the files of closed partitions |
 //! | `retention` | dropping partitions past each table's horizon |
@@ -20,6 +21,7 @@
 
 pub mod batch;
 pub mod changes;
+pub mod children;
 mod chunked;
 pub mod chunks;
 pub mod compact;
@@ -33,7 +35,8 @@ use crate::storage::{CommitOutcome, Listing, TableKind, TableWriter, TimeRange};
 use crate::timeframe::Timeframe;
 
 pub use crate::bars::{Error, Result};
-pub use batch::{build_rollup, Scope};
+pub use batch::{build_rollup, build_rollup_with, Scope};
+pub use children::SharedChildren;
 pub use compact::compact_closed;
 
 /// What one build did; becomes a row of `system.job_runs`.

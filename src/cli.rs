@@ -253,25 +253,6 @@ pub async fn run(cli: Cli, config: anyhow::Result<Config>) -> anyhow::Result<()>
                 }
                 reports.extend(result?);
             }
-            let one = |tf: Timeframe| {
-                let (writer, history) = (&writer, &history);
-                async move {
-                    match range {
-                        None => {
-                            recorded(history, JobKind::Build(tf), |now| {
-                                build::build(writer, tf, now, settings)
-                            })
-                            .await
-                        }
-                        Some(range) => {
-                            recorded(history, JobKind::Backfill(tf, range), |now| {
-                                build::backfill_with(writer, tf, range, now, settings)
-                            })
-                            .await
-                        }
-                    }
-                }
-            };
             let todo: Vec<Timeframe> = timeframes
                 .into_iter()
                 .filter(|tf| !reports.iter().any(|r| r.timeframe == Some(*tf)))
@@ -279,12 +260,39 @@ pub async fn run(cli: Cli, config: anyhow::Result<Config>) -> anyhow::Result<()>
             let (from_trades, rollups): (Vec<Timeframe>, Vec<Timeframe>) = todo
                 .into_iter()
                 .partition(|tf| matches!(tf, Timeframe::M1 | Timeframe::M5));
+            let shared = build::SharedChildren::new(rollups.len());
+            let one = |tf: Timeframe| {
+                let (writer, history, shared) = (&writer, &history, &shared);
+                let rollup = !matches!(tf, Timeframe::M1 | Timeframe::M5);
+                async move {
+                    let job = match range {
+                        None => JobKind::Build(tf),
+                        Some(range) => JobKind::Backfill(tf, range),
+                    };
+                    recorded(history, job, |now| async move {
+                        match (range, rollup) {
+                            (None, false) => build::build(writer, tf, now, settings).await,
+                            (Some(range), false) => {
+                                build::backfill_with(writer, tf, range, now, settings).await
+                            }
+                            (range, true) => {
+                                let scope =
+                                    range.map_or(build::Scope::Changed, build::Scope::Range);
+                                build::build_rollup_with(writer, tf, now, scope, settings, shared)
+                                    .await
+                            }
+                        }
+                    })
+                    .await
+                }
+            };
             for tf in from_trades {
                 reports.push(one(tf).await?);
             }
             // Rollups read only the 1m table, each writes its own: run together (their CPU
             // part is on the blocking pool) they use both cores, where one after another they
-            // left one idle for the last part of an attach.
+            // left one idle for the last part of an attach, and each day of 1m bars is read
+            // once for all of them.
             for report in futures::future::join_all(rollups.into_iter().map(one)).await {
                 reports.push(report?);
             }

@@ -15,6 +15,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 
 use super::changes::{since, SourceChanges};
+use super::children::SharedChildren;
 use super::diff::{bar_keys, diff};
 use super::state::{prop_i64, Watermark, RETAINED_FROM, SOURCE_SEQUENCE, SOURCE_SNAPSHOT};
 use super::{BuildReport, Result};
@@ -43,6 +44,18 @@ pub async fn build_rollup(
     now_us: i64,
     scope: Scope,
     settings: super::BuildSettings,
+) -> Result<BuildReport> {
+    build_rollup_with(writer, tf, now_us, scope, settings, &SharedChildren::new(1)).await
+}
+
+/// As [`build_rollup`], with the 1m reads shared by the rollups run together with it.
+pub async fn build_rollup_with(
+    writer: &TableWriter,
+    tf: Timeframe,
+    now_us: i64,
+    scope: Scope,
+    settings: super::BuildSettings,
+    shared: &SharedChildren,
 ) -> Result<BuildReport> {
     let storage = writer.storage();
     let kind = TableKind::Bars(tf);
@@ -133,6 +146,10 @@ pub async fn build_rollup(
 
     let mut replace: Vec<i32> = Vec::new();
     let mut rows: Vec<RecordBatch> = Vec::new();
+    // Where the time goes, for the debug log (reading children, rolling up, reading and
+    // diffing the stored parents, committing).
+    let (mut read_ms, mut rollup_ms, mut stored_ms, mut commit_ms) = (0u128, 0u128, 0u128, 0u128);
+    let started = std::time::Instant::now();
     // Bytes of changed partitions not yet committed, and bars already committed.
     let (mut held, mut committed) = (0u64, 0usize);
     for p in partitions {
@@ -150,7 +167,10 @@ pub async fn build_rollup(
                 .iter()
                 .filter(|f| f.may_overlap(SOURCE, &window))
                 .collect();
-            let lower = read_files(storage, SOURCE, &children, window).await?;
+            let t = std::time::Instant::now();
+            let lower = shared.read(storage, SOURCE, &children, window).await?;
+            read_ms += t.elapsed().as_millis();
+            let t = std::time::Instant::now();
             report.trades_read += lower.iter().map(|b| b.num_rows()).sum::<usize>();
             // On the blocking pool: a day of children is tens of milliseconds of CPU, which
             // would hold a runtime worker (serving, other jobs), and rollups run together get
@@ -162,7 +182,9 @@ pub async fn build_rollup(
             // Persist only parents whose children are all final and all still retained.
             let keep = parents_to_keep(&rolled, tf, source_cutoff, retained_from);
             parents.push(filter_record_batch(&rolled, &keep)?);
+            rollup_ms += t.elapsed().as_millis();
         }
+        let t = std::time::Instant::now();
         let rolled = arrow::compute::concat_batches(&kind.arrow_schema()?, &parents)?;
         drop(parents);
 
@@ -204,7 +226,9 @@ pub async fn build_rollup(
         } else {
             report.unchanged += d.unchanged;
         }
+        stored_ms += t.elapsed().as_millis();
         if held > settings.memory_bytes / 16 {
+            let t = std::time::Instant::now();
             let written = report.new + report.revised + report.deleted - committed;
             let outcome = writer
                 .replace_partitions(kind, &replace, &rows, Default::default())
@@ -212,6 +236,7 @@ pub async fn build_rollup(
             report.commit(&outcome, written);
             committed += written;
             (replace, rows, held) = (Vec::new(), Vec::new(), 0);
+            commit_ms += t.elapsed().as_millis();
         }
     }
 
@@ -219,6 +244,7 @@ pub async fn build_rollup(
         Scope::Changed => next.to_props(SOURCE_SNAPSHOT, SOURCE_SEQUENCE),
         Scope::Range(_) => Default::default(),
     };
+    let t = std::time::Instant::now();
     if !replace.is_empty() {
         let outcome = writer
             .replace_partitions(kind, &replace, &rows, props)
@@ -228,6 +254,17 @@ pub async fn build_rollup(
     } else if !props.is_empty() {
         writer.set_properties(kind, props).await?;
     }
+    commit_ms += t.elapsed().as_millis();
+    tracing::debug!(
+        timeframe = %tf,
+        total_ms = started.elapsed().as_millis() as u64,
+        read_ms = read_ms as u64,
+        rollup_ms = rollup_ms as u64,
+        stored_ms = stored_ms as u64,
+        commit_ms = commit_ms as u64,
+        children = report.trades_read,
+        "rolled up"
+    );
     Ok(report)
 }
 
