@@ -524,9 +524,11 @@ impl DupNumbers {
     }
 }
 
-/// Whether the numeric ids cannot repeat, found in one pass without a set: they rise strictly
-/// within runs (an exchange's ids in time order, file after file) whose spans do not overlap.
-/// Input in no such order gives up after a few runs and is left to the set.
+/// Whether the numeric ids cannot repeat, found without a set: they rise strictly within
+/// runs (an exchange's ids in time order, file after file). When the runs' spans do not
+/// overlap one pass decides; when they do (a chunk's files listed out of time order) the ids
+/// are sorted, which merges the runs (O(n log runs)), and checked for neighbours that are
+/// equal. Input in no such order gives up after a few runs and is left to the set.
 fn distinct_by_runs(ids: &[u64]) -> bool {
     let most = ids.len() / 64 + 8;
     let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -548,7 +550,13 @@ fn distinct_by_runs(ids: &[u64]) -> bool {
     }
     runs.extend(run);
     runs.sort_unstable();
-    runs.windows(2).all(|w| w[0].1 < w[1].0)
+    if runs.windows(2).all(|w| w[0].1 < w[1].0) {
+        return true;
+    }
+    // The stable sort finds the rising runs and merges them.
+    let mut numbers: Vec<u64> = ids.iter().copied().filter(|id| id & TEXT == 0).collect();
+    numbers.sort();
+    numbers.windows(2).all(|w| w[0] < w[1])
 }
 
 pub(super) fn itoa_buf() -> [u8; 20] {
@@ -781,7 +789,13 @@ mod tests {
         assert!(distinct_by_runs(&[50, 51, 60, 10, 12, TEXT | 3, 20]));
         assert!(distinct_by_runs(&[]));
         // Runs whose spans overlap may repeat an id, and then do.
-        assert!(!distinct_by_runs(&[10, 20, 15, 30]));
+        assert!(!distinct_by_runs(&[10, 20, 15, 20, 30]));
+        assert!(!distinct_by_runs(&[10, 20, 30, 5, TEXT | 9, 20]));
+        // Or interleave without a repeat: hours 0, 1, 4 and 5 of a venue, then 2 and 3.
+        assert!(distinct_by_runs(&[
+            1, 2, 10, 11, 40, 41, 50, 20, 21, 30, 31
+        ]));
+        assert!(distinct_by_runs(&[10, 20, 15, 30]));
         assert!(!distinct_by_runs(&[10, 11, 11]));
         assert!(!distinct_by_runs(&[7, 8, 7]));
         // Ids in no order give up on runs; the set still finds exactly the repeats.
