@@ -8,7 +8,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::chunks::{self, Chunk, FileSpan};
-use super::incremental::{finish, select, time_bounds, Plan, Selected};
+use super::incremental::{finish, select, Plan, Selected};
 use super::{coalesce, progress, BuildReport, BuildSettings, Result};
 use crate::bars::{compute_bars, compute_bars_each};
 use crate::storage::{Listing, LiveFile, TableKind, TableWriter, TimeRange};
@@ -142,11 +142,7 @@ pub(super) async fn run(
         AbortOnDropHandle::new(tokio::spawn(
             async move {
                 let files: Vec<&LiveFile> = files.iter().collect();
-                let (trades, skipped) =
-                    read_trades_in(&storage, &files, &ranges, now_us, true).await?;
-                // Here, beside the read, rather than on the loop that computes and commits.
-                let bounds: Vec<Option<(i64, i64)>> = trades.iter().map(time_bounds).collect();
-                Ok::<_, crate::trades::Error>((trades, bounds, skipped))
+                read_trades_in(&storage, &files, &ranges, now_us, true).await
             }
             .instrument(span),
         ))
@@ -159,7 +155,7 @@ pub(super) async fn run(
     for (i, chunk) in chunks.iter().enumerate() {
         let Some(reading) = next.take() else { break };
         let waited = std::time::Instant::now();
-        let (trades, bounds, skipped) = reading
+        let (trades, skipped) = reading
             .await
             .map_err(|e| crate::bars::Error::Input(format!("a trades read panicked: {e}")))??;
         // Time spent waiting here is the read not keeping up with building.
@@ -180,7 +176,7 @@ pub(super) async fn run(
                 continue;
             }
             plan.report.skipped_rows += skipped.count;
-            let s = select(plan, &trades, &bounds)?;
+            let s = select(plan, &trades, &chunk.ranges)?;
             plan.report.trades_read += match &s {
                 Selected::All => trades.iter().map(|b| b.num_rows()).sum::<usize>(),
                 Selected::Rows(rows) => rows.iter().map(|b| b.num_rows()).sum::<usize>(),

@@ -233,19 +233,27 @@ pub(super) enum Selected {
 
 /// The rows of `trades` in `plan`'s scope. Looks at each row's keys only in batches that reach
 /// windows outside what the plan covers as a whole (dirty windows of an incremental build).
-/// `bounds` are each batch's [`time_bounds`].
+/// `spans` are where the trades lie (a chunk's ranges): when the plan covers all of them, as
+/// in every chunk of a first attach but the first, no batch is looked at.
 pub(super) fn select(
     plan: &Plan,
     trades: &[RecordBatch],
-    bounds: &[Option<(i64, i64)>],
+    spans: &[(i64, i64)],
 ) -> Result<Selected> {
     let tf = plan.tf;
+    // A span open at the start (the first chunk's) has no first window to ask about.
+    let covered = spans.iter().all(|(s, e)| {
+        *s > i64::MIN && s < e && plan.covers(tf.window_start(*s), tf.window_start(e - 1))
+    });
+    if covered {
+        return Ok(Selected::All);
+    }
     let mut kept: Vec<RecordBatch> = Vec::with_capacity(trades.len());
     let mut all = true;
-    for (batch, bounds) in trades.iter().zip(bounds) {
+    for batch in trades {
         let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
-        let whole = match bounds {
-            Some((lo, hi)) => plan.covers(tf.window_start(*lo), tf.window_start(*hi)),
+        let whole = match time_bounds(batch) {
+            Some((lo, hi)) => plan.covers(tf.window_start(lo), tf.window_start(hi)),
             None => true,
         };
         let batch = if whole {
@@ -278,9 +286,8 @@ pub(super) fn select(
     })
 }
 
-/// The earliest and latest trade time of a batch of normalized trades (`None` when empty),
-/// found once for every plan that selects from it.
-pub(super) fn time_bounds(batch: &RecordBatch) -> Option<(i64, i64)> {
+/// The earliest and latest trade time of a batch of normalized trades (`None` when empty).
+fn time_bounds(batch: &RecordBatch) -> Option<(i64, i64)> {
     let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
     if ts.null_count() > 0 {
         return arrow::compute::min(ts).zip(arrow::compute::max(ts));
