@@ -147,6 +147,7 @@ async fn a_first_attach_in_chunks_stays_in_its_budget_and_equals_one_build() {
     let dir = |name: &str| work.path().join(name);
     load(&dir("one"), &short);
     load(&dir("chunked"), &short);
+    load(&dir("apart"), &short);
     load(&dir("long"), &long);
     let idle = idle_server(&dir("idle"));
 
@@ -173,6 +174,14 @@ async fn a_first_attach_in_chunks_stays_in_its_budget_and_equals_one_build() {
     );
     // The bars of one build.
     assert_eq!(tables(&dir("chunked")).await, tables(&dir("one")).await);
+    // Which are those of each timeframe built alone: the rollups run together share their
+    // reads of the 1m table (`build/children.rs`), one alone reads for itself.
+    for tf in Timeframe::ALL {
+        ok(bin()
+            .args(["--data-dir", dir("apart").to_str().unwrap(), "build"])
+            .args(["--timeframe", &tf.to_string()]));
+    }
+    assert_eq!(tables(&dir("apart")).await, tables(&dir("one")).await);
 
     // Within the budget plus the idle server, give or take a quarter of the budget: runs of
     // the long history peaked at 71-89 MB: allocator pages held by fragmentation, the live
