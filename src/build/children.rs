@@ -25,7 +25,7 @@ pub struct SharedChildren {
 
 /// A read some of the users have not taken yet.
 struct Held {
-    window: (Option<i64>, Option<i64>),
+    window: TimeRange,
     files: Vec<String>,
     read: Read,
     taken: usize,
@@ -58,12 +58,11 @@ impl SharedChildren {
             return Ok(Arc::new(read_files(storage, kind, files, window).await?));
         }
         let paths: Vec<String> = files.iter().map(|f| f.path().to_string()).collect();
-        let key = (window.start, window.end);
         let read = {
             let mut held = self.held.lock().expect("shared children lock");
             match held
                 .iter()
-                .position(|h| h.window == key && h.files == paths)
+                .position(|h| h.window == window && h.files == paths)
             {
                 Some(i) => {
                     held[i].taken += 1;
@@ -74,8 +73,8 @@ impl SharedChildren {
                     read
                 }
                 None => {
-                    let (storage, owned) = (storage.clone(), files.iter().map(|f| (*f).clone()));
-                    let owned: Vec<LiveFile> = owned.collect();
+                    let storage = storage.clone();
+                    let owned: Vec<LiveFile> = files.iter().map(|f| (*f).clone()).collect();
                     let read: Read = async move {
                         let files: Vec<&LiveFile> = owned.iter().collect();
                         // A failed read is not shared: each user reads again and gets its
@@ -91,7 +90,7 @@ impl SharedChildren {
                         held.remove(0);
                     }
                     held.push(Held {
-                        window: key,
+                        window,
                         files: paths,
                         read: read.clone(),
                         taken: 1,

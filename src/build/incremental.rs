@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use iceberg_rust::table::Table;
@@ -252,9 +252,9 @@ pub(super) fn select(
     let mut all = true;
     for batch in trades {
         let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
-        let whole = match time_bounds(batch) {
-            Some((lo, hi)) => plan.covers(tf.window_start(lo), tf.window_start(hi)),
-            None => true,
+        let whole = match (arrow::compute::min(ts), arrow::compute::max(ts)) {
+            (Some(lo), Some(hi)) => plan.covers(tf.window_start(lo), tf.window_start(hi)),
+            _ => true,
         };
         let batch = if whole {
             batch.clone()
@@ -283,21 +283,6 @@ pub(super) fn select(
     Ok(match all {
         true => Selected::All,
         false => Selected::Rows(kept),
-    })
-}
-
-/// The earliest and latest trade time of a batch of normalized trades (`None` when empty).
-fn time_bounds(batch: &RecordBatch) -> Option<(i64, i64)> {
-    let ts = batch.column(3).as_primitive::<TimestampMicrosecondType>();
-    if ts.null_count() > 0 {
-        return arrow::compute::min(ts).zip(arrow::compute::max(ts));
-    }
-    // One pass for both, which the compiler vectorizes (arrow's are a pass each).
-    let values = ts.values();
-    (!values.is_empty()).then(|| {
-        values
-            .iter()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)))
     })
 }
 
