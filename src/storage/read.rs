@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch, TimestampMicrosecondArray};
-use arrow::compute::filter_record_batch;
+use arrow::array::{Array, BooleanArray, RecordBatch, TimestampMicrosecondArray};
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::{filter_record_batch, max, min};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::catalog::Storage;
@@ -89,11 +90,22 @@ pub fn keep_in(
     if ranges.contains(&TimeRange::ALL) {
         return Ok(batch.clone());
     }
-    let keep: BooleanArray = ts
-        .values()
-        .iter()
-        .map(|t| Some(ranges.iter().any(|r| r.overlaps_closed(*t, *t))))
-        .collect();
+    // A batch inside one range (nearly every batch of a chunked build) is kept without a
+    // look at each row: two vectorised passes instead of a range test per row (1.4 % of a
+    // first attach's CPU, issue 24).
+    let inside = |t: i64| move |r: &TimeRange| r.overlaps_closed(t, t);
+    if ts.null_count() == 0 {
+        if let (Some(lo), Some(hi)) = (min(ts), max(ts)) {
+            if ranges.iter().any(|r| inside(lo)(r) && inside(hi)(r)) {
+                return Ok(batch.clone());
+            }
+        }
+    }
+    let values = ts.values();
+    let keep = BooleanArray::new(
+        BooleanBuffer::collect_bool(values.len(), |i| ranges.iter().any(inside(values[i]))),
+        None,
+    );
     if keep.true_count() == batch.num_rows() {
         return Ok(batch.clone());
     }
@@ -140,4 +152,50 @@ pub async fn read_range(
     let files: Vec<&LiveFile> = listing.files.iter().collect();
     let rows = read_files(storage, kind, &files, range).await?;
     Ok((listing, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(ts: TimestampMicrosecondArray) -> RecordBatch {
+        let rows = Int64Array::from_iter_values(0..ts.len() as i64);
+        let schema = Schema::new(vec![
+            Field::new("ts", ts.data_type().clone(), true),
+            Field::new("row", DataType::Int64, false),
+        ]);
+        RecordBatch::try_new(Arc::new(schema), vec![Arc::new(ts), Arc::new(rows)]).unwrap()
+    }
+
+    fn kept(ts: Vec<Option<i64>>, ranges: &[(i64, i64)]) -> Vec<i64> {
+        let ts = TimestampMicrosecondArray::from(ts);
+        let ranges: Vec<TimeRange> = ranges
+            .iter()
+            .map(|(s, e)| TimeRange::new(Some(*s), Some(*e)))
+            .collect();
+        let out = keep_in(&batch(ts.clone()), &ts, &ranges).unwrap();
+        let rows = out.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        rows.values().to_vec()
+    }
+
+    #[test]
+    fn rows_are_kept_by_half_open_ranges() {
+        let ts = || vec![Some(10), Some(20), Some(30), Some(40)];
+        // Inside one range whole, at its start.
+        assert_eq!(kept(ts(), &[(10, 41)]), vec![0, 1, 2, 3]);
+        // The end is outside.
+        assert_eq!(kept(ts(), &[(10, 40)]), vec![0, 1, 2]);
+        // The extremes in two ranges, a row between them in neither.
+        assert_eq!(kept(ts(), &[(0, 15), (35, 50)]), vec![0, 3]);
+        // Covered by two ranges together, by neither alone.
+        assert_eq!(kept(ts(), &[(0, 25), (25, 50)]), vec![0, 1, 2, 3]);
+        assert!(kept(ts(), &[(50, 60)]).is_empty());
+        // A NULL time is kept only where its slot's value would be.
+        assert_eq!(
+            kept(vec![Some(10), None, Some(30)], &[(10, 31)]),
+            vec![0, 2]
+        );
+    }
 }

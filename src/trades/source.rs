@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, DictionaryArray, Int32Array, RecordBatch, StringArray,
 };
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
@@ -190,6 +191,12 @@ pub async fn read_trades_in(
             let mut skipped = Skipped::default();
             let mut offset = 0;
             let size = u64::try_from(file.size()).ok();
+            // A file whose statistics put it inside one range (every file of a chunked
+            // build but those at a chunk's edges) keeps every row without a look at them.
+            let inside = |t: i64| move |r: &TimeRange| r.overlaps_closed(t, t);
+            let whole = file
+                .time_bounds()
+                .is_some_and(|(lo, hi)| ranges.iter().any(|r| inside(lo)(r) && inside(hi)(r)));
             read_data_file_each(
                 &store,
                 &name,
@@ -208,7 +215,10 @@ pub async fn read_trades_in(
                         .map_err(|e| e.in_file(std::path::Path::new(file.path())))?;
                     offset += rows_in_file;
                     skipped.add(file.path(), &checked);
-                    let rows = in_ranges(checked.rows, &ranges)?;
+                    let rows = match whole {
+                        true => checked.rows,
+                        false => in_ranges(checked.rows, &ranges)?,
+                    };
                     if rows.num_rows() > 0 {
                         out.push(rows);
                     }
@@ -325,10 +335,7 @@ fn side(array: &ArrayRef) -> Result<ArrayRef> {
         let maker = array.as_boolean();
         // From the bits, not row by row through options (2 % of a first attach's CPU);
         // a null row's key is in range and masked.
-        let keys = Int32Array::new(
-            maker.values().iter().map(i32::from).collect(),
-            maker.nulls().cloned(),
-        );
+        let keys = Int32Array::new(bits_as_keys(maker.values()).into(), maker.nulls().cloned());
         let sides =
             DictionaryArray::try_new(keys, Arc::new(StringArray::from(vec!["buy", "sell"])))?;
         return Ok(Arc::new(sides));
@@ -346,6 +353,18 @@ fn side(array: &ArrayRef) -> Result<ArrayRef> {
         })
         .collect();
     Ok(Arc::new(sides))
+}
+
+/// Each bit as 0 or 1, 64 at a time (bit by bit it was 1.3 % of a first attach's CPU).
+fn bits_as_keys(bits: &BooleanBuffer) -> Vec<i32> {
+    let chunks = bits.inner().bit_chunks(bits.offset(), bits.len());
+    let mut keys = Vec::with_capacity(bits.len());
+    for word in chunks.iter() {
+        keys.extend((0..64).map(|i| ((word >> i) & 1) as i32));
+    }
+    let rest = chunks.remainder_bits();
+    keys.extend((0..chunks.remainder_len()).map(|i| ((rest >> i) & 1) as i32));
+    keys
 }
 
 #[cfg(test)]
@@ -462,5 +481,19 @@ mod tests {
             got,
             [Some("buy"), Some("sell"), Some("buy"), Some("sell"), None]
         );
+    }
+
+    #[test]
+    fn bits_become_keys_at_any_offset_and_length() {
+        let bools: Vec<bool> = (0..200).map(|i| i % 3 == 0 || i % 7 == 0).collect();
+        let all = BooleanBuffer::from(bools.clone());
+        for (offset, len) in [(0, 200), (0, 64), (5, 64), (13, 150), (70, 0), (63, 1)] {
+            let keys = bits_as_keys(&all.slice(offset, len));
+            let expected: Vec<i32> = bools[offset..offset + len]
+                .iter()
+                .map(|b| *b as i32)
+                .collect();
+            assert_eq!(keys, expected, "offset {offset}, length {len}");
+        }
     }
 }
