@@ -28,6 +28,12 @@ pub(super) const TEXT: u64 = 1 << 63;
 /// in the same order both times).
 pub(super) trait Parts: Sync {
     fn parts(&self) -> usize;
+    /// Whether each batch's series ids are worth keeping from the count for the move: they
+    /// cost 4 bytes a row, which input already in memory can spare and a file read twice
+    /// (to hold only the ordered columns) cannot.
+    fn keep_series(&self) -> bool {
+        false
+    }
     /// Calls `each` with the batches of `part` in order; with `keys_only`, only `exchange` and
     /// `symbol` are needed.
     fn read(
@@ -46,6 +52,10 @@ pub(super) struct InMemory<'b> {
 impl Parts for InMemory<'_> {
     fn parts(&self) -> usize {
         self.runs.len()
+    }
+
+    fn keep_series(&self) -> bool {
+        true
     }
 
     fn read(
@@ -82,12 +92,23 @@ pub(super) struct Ordered {
 struct Counted {
     keys: Vec<SeriesKey>,
     rows: Vec<usize>,
+    /// Each batch's series, when the input keeps them (`Parts::keep_series`).
+    series: Vec<Series>,
 }
 
+/// A batch's `(exchange, symbol)` pairs in order of appearance and each row's index among
+/// them (`series_of`).
+type Series = (Vec<SeriesKey>, Vec<u32>);
+
 pub(super) fn order(input: &dyn Parts) -> Result<Ordered> {
-    let counted: Vec<Counted> = on_threads((0..input.parts()).collect(), |part| count(input, part))
-        .into_iter()
-        .collect::<Result<_>>()?;
+    let mut counted: Vec<Counted> =
+        on_threads((0..input.parts()).collect(), |part| count(input, part))
+            .into_iter()
+            .collect::<Result<_>>()?;
+    let series: Vec<Vec<Series>> = counted
+        .iter_mut()
+        .map(|c| std::mem::take(&mut c.series))
+        .collect();
 
     let mut keys: Vec<SeriesKey> = counted
         .iter()
@@ -148,12 +169,14 @@ pub(super) fn order(input: &dyn Parts) -> Result<Ordered> {
         })
         .collect();
     let index = &index;
-    let parts: Vec<(usize, Slots)> = slots.into_iter().enumerate().collect();
-    let texts = on_threads(parts, |(part, mut slots)| {
+    let parts: Vec<(usize, (Slots, Vec<Series>))> =
+        slots.into_iter().zip(series).enumerate().collect();
+    let texts = on_threads(parts, |(part, (mut slots, series))| {
         let mut first = part_first_row[part];
         let mut texts = Vec::new();
+        let mut series = series.into_iter();
         input.read(part, false, &mut |batch| {
-            if let Some(ids) = slots.fill(batch, first, index)? {
+            if let Some(ids) = slots.fill(batch, first, index, series.next())? {
                 texts.push((first, ids));
             }
             first += batch.num_rows();
@@ -182,11 +205,15 @@ pub(super) fn order(input: &dyn Parts) -> Result<Ordered> {
 fn count(input: &dyn Parts, part: usize) -> Result<Counted> {
     let mut counted = Counted::default();
     let mut seen: FxHashMap<SeriesKey, usize> = FxHashMap::default();
+    let keep = input.keep_series();
     input.read(part, true, &mut |batch| {
         let (keys, local) = series_of(batch)?;
         let mut rows = vec![0usize; keys.len()];
         for l in &local {
             rows[*l as usize] += 1;
+        }
+        if keep {
+            counted.series.push((keys.clone(), local));
         }
         for (key, n) in keys.into_iter().zip(rows) {
             let i = *seen.entry(key.clone()).or_insert_with(|| {
@@ -228,15 +255,23 @@ struct Slots<'v> {
 
 impl Slots<'_> {
     /// Moves the rows of `batch` (whose first row is input row `first`) into place; returns its
-    /// id column when some ids must be compared as text.
+    /// id column when some ids must be compared as text. `series`: the batch's series as the
+    /// count found them, if kept.
     fn fill(
         &mut self,
         batch: &RecordBatch,
         first: usize,
         index: &FxHashMap<SeriesKey, u32>,
+        series: Option<Series>,
     ) -> Result<Option<ArrayRef>> {
-        let d = decode_batch(batch, first)?;
         let changed = || Error::Input("the input changed while it was read".into());
+        if series
+            .as_ref()
+            .is_some_and(|(_, local)| local.len() != batch.num_rows())
+        {
+            return Err(changed());
+        }
+        let d = decode_batch(batch, first, series)?;
         let remap: Vec<usize> = d
             .keys
             .iter()
@@ -288,7 +323,11 @@ struct Decoded<'a> {
     buy: Vec<bool>,
 }
 
-fn decode_batch<'a>(batch: &'a RecordBatch, offset: usize) -> Result<Decoded<'a>> {
+fn decode_batch<'a>(
+    batch: &'a RecordBatch,
+    offset: usize,
+    series: Option<Series>,
+) -> Result<Decoded<'a>> {
     let exchange = column(batch, "exchange")?;
     let symbol = column(batch, "symbol")?;
     let ids = TradeIds::new(column(batch, "trade_id")?)?;
@@ -329,7 +368,10 @@ fn decode_batch<'a>(batch: &'a RecordBatch, offset: usize) -> Result<Decoded<'a>
         }
     }
     micros(batch)?;
-    let (keys, local) = series_of(batch)?;
+    let (keys, local) = match series {
+        Some(series) => series,
+        None => series_of(batch)?,
+    };
     let buy = match batch.column_by_name("side") {
         None => vec![false; n],
         Some(side) => buy_flags(&Strings::new(side.as_ref(), "side")?),
