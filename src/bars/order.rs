@@ -19,6 +19,7 @@ use arrow::datatypes::{DataType, Float64Type, TimeUnit, TimestampMicrosecondType
 use super::columns::{column, FxHashMap, Strings, TradeIds};
 use super::error::{Error, Result};
 use super::parallel::on_threads;
+use crate::trades::normalize::all_positive_finite;
 
 /// Set on an id that is compared as text; the other bits are the row's input position. Ids from
 /// 2^63 up are kept as text too: as decimal text they compare and dedupe the same either way.
@@ -359,6 +360,9 @@ fn decode_batch<'a>(
         ("price", floats(batch, "price")?),
         ("quantity", floats(batch, "quantity")?),
     ] {
+        if all_positive_finite(values) {
+            continue;
+        }
         if let Some(row) = values.iter().position(|v| !(v.is_finite() && *v > 0.0)) {
             return Err(Error::Input(format!(
                 "{name} {} at row {} is not a positive finite number",

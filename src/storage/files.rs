@@ -459,7 +459,7 @@ const FOOTER_HINT: usize = 64 << 10;
 /// The file's schema with its text columns asked for in the form `target` takes them: as
 /// dictionaries where it wants those, straight from the file's dictionary pages instead of a
 /// string per row; as `Utf8` where a writer's schema says `LargeUtf8` (pyiceberg's), instead
-/// of decoding wide offsets and copying every string into narrow ones afterwards (1.5 % of a
+/// of decoding wide offsets and copying every string into narrow ones afterwards (about 1 % of a
 /// first attach's CPU, issue 24). `None` when nothing changes.
 fn text_hint(file: &SchemaRef, target: &SchemaRef) -> Option<SchemaRef> {
     let wanted = |f: &arrow::datatypes::Field| -> Option<&DataType> {

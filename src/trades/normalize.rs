@@ -100,6 +100,15 @@ pub fn normalize_skipping(
     check(batch, row_offset, ingested_at, None, keep_dictionaries)
 }
 
+/// Whether every value is a positive finite number, in one pass the compiler vectorises
+/// (an early exit kept it to one value at a time); the rare batch with a bad value is then
+/// looked at row by row.
+pub fn all_positive_finite(values: &[f64]) -> bool {
+    values
+        .iter()
+        .fold(true, |ok, v| ok & (v.is_finite() & (*v > 0.0)))
+}
+
 fn check(
     batch: &RecordBatch,
     row_offset: usize,
@@ -118,9 +127,7 @@ fn check(
         None => None,
     };
     // Rows are looked at one by one only when some column could hold a bad one.
-    let positive = |a: &Float64Array| {
-        a.null_count() == 0 && a.values().iter().all(|v| v.is_finite() && *v > 0.0)
-    };
+    let positive = |a: &Float64Array| a.null_count() == 0 && all_positive_finite(a.values());
     let clean = limits.is_none()
         && [&exchange, &symbol, &trade_id]
             .iter()
@@ -559,6 +566,21 @@ fn timestamp_column(batch: &RecordBatch) -> Result<TimestampMicrosecondArray> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positive_finite_values_pass_and_any_other_fails() {
+        assert!(all_positive_finite(&[]));
+        assert!(all_positive_finite(&[
+            1.0,
+            f64::MIN_POSITIVE / 2.0,
+            f64::MAX
+        ]));
+        for bad in [0.0, -0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut values = vec![1.0; 37];
+            values[29] = bad;
+            assert!(!all_positive_finite(&values), "{bad}");
+        }
+    }
     use arrow::array::{Int64Array, TimestampNanosecondArray};
     use arrow::datatypes::{Field, Schema};
 
