@@ -47,6 +47,11 @@ impl TimeRange {
     pub fn overlaps_closed(&self, lo: i64, hi: i64) -> bool {
         self.start.is_none_or(|s| hi >= s) && self.end.is_none_or(|e| lo < e)
     }
+
+    /// Whether the closed interval `[lo, hi]` lies wholly inside this range.
+    pub fn holds(&self, lo: i64, hi: i64) -> bool {
+        self.start.is_none_or(|s| lo >= s) && self.end.is_none_or(|e| hi < e)
+    }
 }
 
 /// A data file that is live in the listed snapshot.
@@ -108,6 +113,13 @@ impl LiveFile {
             | (Value::Timestamp(lo), Value::Timestamp(hi)) => Some((*lo, *hi)),
             _ => None,
         }
+    }
+
+    /// Whether the file's statistics put all its rows inside one of `ranges` (false when they
+    /// are missing): its rows then need no cut to them.
+    pub fn inside_one_of(&self, ranges: &[TimeRange]) -> bool {
+        self.time_bounds()
+            .is_some_and(|(lo, hi)| ranges.iter().any(|r| r.holds(lo, hi)))
     }
 
     /// Whether the file may hold rows in `range` (true when statistics are missing).

@@ -566,6 +566,8 @@ fn timestamp_column(batch: &RecordBatch) -> Result<TimestampMicrosecondArray> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{Int64Array, TimestampNanosecondArray};
+    use arrow::datatypes::{Field, Schema};
 
     #[test]
     fn positive_finite_values_pass_and_any_other_fails() {
@@ -581,8 +583,6 @@ mod tests {
             assert!(!all_positive_finite(&values), "{bad}");
         }
     }
-    use arrow::array::{Int64Array, TimestampNanosecondArray};
-    use arrow::datatypes::{Field, Schema};
 
     #[test]
     fn decimals_become_the_floats_arrows_cast_makes() {

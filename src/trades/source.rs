@@ -191,12 +191,8 @@ pub async fn read_trades_in(
             let mut skipped = Skipped::default();
             let mut offset = 0;
             let size = u64::try_from(file.size()).ok();
-            // A file whose statistics put it inside one range (every file of a chunked
-            // build but those at a chunk's edges) keeps every row without a look at them.
-            let inside = |t: i64| move |r: &TimeRange| r.overlaps_closed(t, t);
-            let whole = file
-                .time_bounds()
-                .is_some_and(|(lo, hi)| ranges.iter().any(|r| inside(lo)(r) && inside(hi)(r)));
+            // Every file of a chunked build but those at a chunk's edges (see `read_files_in`).
+            let whole = file.inside_one_of(&ranges);
             read_data_file_each(
                 &store,
                 &name,
